@@ -1,0 +1,49 @@
+# The two commands of the README: `make demo` and `make test`. Each creates .venv and installs
+# what it needs (the demo without torch: the daemon runs on ONNX Runtime).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint demo-bundle mosquitto clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# One stamp per set of extras, redone when pyproject.toml changes.
+$(VENV)/.stamp-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[demo]"
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[demo,train,dev]"
+	touch $@
+
+demo: $(VENV)/.stamp-demo
+	$(BIN)/inspectd demo --out demo-out --limit 60
+
+# Tests talk to a real mosquitto; install Debian's where it is missing.
+mosquitto:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
+		echo "installing Debian's mosquitto"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto >/dev/null; }
+
+lint: $(VENV)/.stamp-dev
+	$(BIN)/ruff check .
+
+test: $(VENV)/.stamp-dev mosquitto lint
+	$(BIN)/pytest
+
+# Rebuild products/button from scratch (synthetic buttons -> ae -> ONNX -> thresholds).
+BUTTON_DATA := .work/button-data
+demo-bundle: $(VENV)/.stamp-dev
+	rm -rf $(BUTTON_DATA)
+	$(BIN)/python -m inspectd.train.datasets.button --out $(BUTTON_DATA) --seed 0 \
+		--train-good 250 --test-good 60 --per-defect 10
+	$(BIN)/inspectd train --product button --data $(BUTTON_DATA) --model ae \
+		--epochs 150 --patience 30 --lr 1e-3 --seed 0 --input-size 128
+
+clean:
+	rm -rf $(VENV) demo-out .work

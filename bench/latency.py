@@ -1,0 +1,101 @@
+"""Per-stage latency and daemon throughput vs the bare engine, measured in one run.
+
+    .venv/bin/python bench/latency.py [--parts 200] [--products products] [--no-mqtt]
+
+The bare engine runs the bundle's model on preloaded, preprocessed inputs back to back
+(batch 1). The daemon runs the real station wiring on the same parts from a folder camera:
+read + decode, preprocess, infer, decide, and publish (verdicts.jsonl, NG overlays, MQTT QoS 1
+to a private mosquitto). The ratio daemon / bare says what the daemon's own work costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from inspectd.bundle import load_bundle
+from inspectd.config import StationConfig
+from inspectd.demo import REPO_PRODUCTS, write_parts
+from inspectd.engine import load_engine
+from inspectd.logs import configure_logging
+from inspectd.mqtt.broker import LocalBroker
+from inspectd.pipeline import STAGES
+from inspectd.preprocess import load_inputs
+from inspectd.station import Station
+
+
+def bare_engine(products: Path, frames: list[Path]) -> float:
+    bundle = load_bundle(products / "button")
+    engine = load_engine(bundle.model_path)
+    engine.warmup()
+    inputs = load_inputs(frames, bundle.manifest.preprocess)
+    t0 = time.perf_counter()
+    for x in inputs:
+        engine.infer(x[None])
+    return len(inputs) / (time.perf_counter() - t0)
+
+
+def daemon(products: Path, folder: Path, work: Path, mqtt: LocalBroker | None, n: int):
+    config = StationConfig.model_validate(
+        {
+            "station": {"name": "bench"},
+            "product": "button",
+            "products_dir": str(products),
+            "state_dir": str(work / "state"),
+            "camera": {"source": "folder", "path": str(folder)},
+            "mqtt": (
+                {"host": mqtt.host, "port": mqtt.port, "protocol": mqtt.protocol}
+                if mqtt else {"enabled": False}
+            ),
+            "output": {"dir": str(work / "out"), "overlays": "ng"},
+        }
+    )
+    station = Station(config)
+    station.start()
+    try:
+        stats = station.run(limit=n)
+    finally:
+        station.stop()
+    return stats
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", type=int, default=200)
+    p.add_argument("--products", type=Path, default=REPO_PRODUCTS)
+    p.add_argument("--no-mqtt", action="store_true")
+    args = p.parse_args()
+    configure_logging("warning", "console")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        write_parts(work / "frames", args.parts)
+        frames = sorted(p for p in (work / "frames").iterdir() if "corrupt" not in p.name)
+        for f in set((work / "frames").iterdir()) - set(frames):
+            f.unlink()  # timing is about inspected parts; the ERROR path is tested elsewhere
+        bare = bare_engine(args.products, frames)
+        broker = None if args.no_mqtt else LocalBroker.start_mosquitto()
+        try:
+            stats = daemon(args.products, work / "frames", work, broker, len(frames))
+        finally:
+            if broker:
+                broker.stop()
+
+    n = sum(stats.verdicts.values())
+    through = n / stats.seconds
+    print(f"parts: {n}  verdicts: {dict(stats.verdicts)}  mqtt: {'off' if args.no_mqtt else 'mosquitto'}")
+    print(f"{'stage':<12}{'p50 ms':>10}{'p99 ms':>10}")
+    for stage in STAGES:
+        p50, p99 = stats.percentiles(stats.stage_ms[stage])
+        print(f"{stage:<12}{p50:>10.2f}{p99:>10.2f}")
+    p50, p99 = stats.percentiles(stats.latency_ms)
+    print(f"{'capture->verdict':<12}{p50:>6.2f}{p99:>10.2f}")
+    print(f"bare engine: {bare:.1f} parts/s   daemon: {through:.1f} parts/s   ratio daemon/bare: {through / bare:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

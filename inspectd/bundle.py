@@ -1,0 +1,133 @@
+"""The product bundle, the unit of deployment: products/<name>/.
+
+manifest.yaml   what the model is, how frames are prepared, how it was built, sha256 of files
+model.onnx      the graph: uint8 NHWC -> anomaly map, score
+thresholds.yaml what calibration decided, for which model (by sha256)
+
+Loading verifies every hash, so a bundle edited by hand or half-copied is refused instead of
+producing verdicts nobody can reproduce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from inspectd.config.base import StrictModel
+from inspectd.config.loader import ConfigError, load_yaml_model
+from inspectd.preprocess import PreprocessSpec
+
+MANIFEST = "manifest.yaml"
+THRESHOLDS = "thresholds.yaml"
+BUNDLE_SCHEMA = "inspectd.bundle/1"
+THRESHOLDS_SCHEMA = "inspectd.thresholds/1"
+
+
+class BundleError(Exception):
+    """The bundle is missing, malformed or does not match its hashes."""
+
+
+class ModelSpec(StrictModel):
+    family: Literal["ae", "hybrid", "vivano"] = Field(description="model family")
+    file: str = Field("model.onnx", description="the exported graph, relative to the bundle")
+    opset: int = Field(ge=1, description="ONNX opset of the exported graph")
+    params: dict[str, Any] = Field(default_factory=dict, description="architecture settings")
+
+
+class ScoringSpec(StrictModel):
+    method: Literal["msgms_l2", "nll"] = Field(description="how the graph scores")
+    mean_filter: int = Field(21, ge=1, description="mean filter size of the msgms_l2 head")
+    scales: int = Field(4, ge=1, description="MSGMS scales")
+    c: float = Field(0.0026, gt=0, description="GMS stability constant")
+
+
+class Manifest(StrictModel):
+    schema_: Literal["inspectd.bundle/1"] = Field(alias="schema")
+    name: str
+    created: str
+    tool_version: str
+    model: ModelSpec
+    preprocess: PreprocessSpec
+    scoring: ScoringSpec
+    training: dict[str, Any] = Field(default_factory=dict, description="how it was built")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="evaluation at build time")
+    files: dict[str, str] = Field(description="file name -> sha256 of every file of the bundle")
+
+
+class Thresholds(StrictModel):
+    schema_: Literal["inspectd.thresholds/1"] = Field(alias="schema")
+    image: float = Field(description="NG when the image score is >= this")
+    pixel: float = Field(description="map pixels >= this form defect regions")
+    min_region_area: int = Field(1, ge=1, description="smallest region, in map pixels")
+    model_sha256: str = Field(description="the model these thresholds were computed for")
+    method: str = Field(description="how they were computed")
+    n_good: int = Field(ge=0, description="good parts they were computed from")
+    target_frr: float | None = Field(None, ge=0, le=1, description="false-reject rate aimed at")
+    quantiles: dict[str, float] = Field(default_factory=dict, description="good score quantiles")
+    created: str
+    tool_version: str
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+    thresholds: Thresholds
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest.model.file
+
+    @property
+    def model_sha256(self) -> str:
+        return self.manifest.files[self.manifest.model.file]
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Load and verify products/<name>/; raises BundleError saying what is wrong and where."""
+    if not (path / MANIFEST).is_file():
+        raise BundleError(f"{path}: not a product bundle (no {MANIFEST})")
+    try:
+        manifest = load_yaml_model(path / MANIFEST, Manifest)
+    except ConfigError as exc:
+        raise BundleError(str(exc)) from exc
+    for required in (manifest.model.file, THRESHOLDS):
+        if required not in manifest.files:
+            raise BundleError(f"{path / MANIFEST}: files does not list {required}")
+    for name, want in manifest.files.items():
+        f = path / name
+        if not f.is_file():
+            raise BundleError(f"{f}: missing (listed in {MANIFEST})")
+        got = sha256_of(f)
+        if got != want:
+            raise BundleError(
+                f"{f}: sha256 {got[:12]}… does not match the manifest ({want[:12]}…); the file "
+                f"was changed after the bundle was sealed — restore it or rebuild the bundle"
+            )
+    try:
+        thresholds = load_yaml_model(path / THRESHOLDS, Thresholds)
+    except ConfigError as exc:
+        raise BundleError(str(exc)) from exc
+    model_sha = manifest.files[manifest.model.file]
+    if thresholds.model_sha256 != model_sha:
+        raise BundleError(
+            f"{path / THRESHOLDS}: made for model {thresholds.model_sha256[:12]}…, the bundle's "
+            f"model is {model_sha[:12]}…; recalibrate (inspectd calibrate --product {manifest.name})"
+        )
+    return Bundle(path=path, manifest=manifest, thresholds=thresholds)

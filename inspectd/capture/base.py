@@ -1,0 +1,53 @@
+"""What every capture source offers the pipeline."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+
+from inspectd.frame import Frame
+
+
+class CaptureError(Exception):
+    """The source cannot be used at all (missing folder, no matching files, device not found).
+
+    Raised by `open()` only; a single bad frame is a Frame with `error` set, never this.
+    """
+
+
+class EndOfStream(Exception):
+    """The source has no more frames (a folder without loop, the end of a video file)."""
+
+
+class CaptureTimeout(Exception):
+    """No frame arrived within the timeout."""
+
+
+class CaptureSource(abc.ABC):
+    """A camera. `open()` may fail loudly (missing folder, no device); `grab()` never raises
+    for a bad image: it returns a Frame with `error` set, so the part becomes an ERROR verdict.
+    """
+
+    @abc.abstractmethod
+    def open(self) -> None: ...
+
+    @abc.abstractmethod
+    def grab(self, timeout: float) -> Frame:
+        """Next frame; raises EndOfStream when exhausted, CaptureTimeout when none came."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> CaptureSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        while True:
+            try:
+                yield self.grab(timeout=5.0)
+            except EndOfStream:
+                return

@@ -1,0 +1,233 @@
+"""The station config: one YAML file per camera station.
+
+Every field has its default, bounds and description on one line; allowed values live in the
+type (``Literal``); rules that involve several fields are model validators next to the fields.
+Validation is pure: no network, no file system access, no environment variables. Relative
+paths are resolved against ``context["base_dir"]`` (the config file's directory) when given.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from inspectd.config.base import StrictModel
+
+__all__ = [
+    "ConfigPath",
+    "CameraConfig",
+    "EngineConfig",
+    "FolderCamera",
+    "LoggingConfig",
+    "MqttConfig",
+    "OpenCVCamera",
+    "OutputConfig",
+    "StationConfig",
+    "StationId",
+]
+
+# Names that go into MQTT topics and file names.
+NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+TOPIC_PLACEHOLDERS = ("site", "line", "station")
+
+
+def _path_not_empty(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("a path must not be empty")
+    return value
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    if str(value).startswith("~"):
+        raise ValueError("'~' is not expanded here; write the full path")
+    base_dir = (info.context or {}).get("base_dir")
+    if base_dir is None or value.is_absolute():
+        return value
+    return Path(os.path.normpath(Path(base_dir) / value))
+
+
+# A path in the config file: relative paths are relative to the config file's directory.
+ConfigPath = Annotated[Path, BeforeValidator(_path_not_empty), AfterValidator(_resolve_path)]
+
+
+class StationId(StrictModel):
+    """Where the station is; the three names make up its MQTT topics."""
+
+    # fmt: off
+    site: str = Field("site", pattern=NAME_PATTERN, description="Site (plant) name; letters, digits, _ and - only.")
+    line: str = Field("line1", pattern=NAME_PATTERN, description="Production line name; letters, digits, _ and - only.")
+    name: str = Field(pattern=NAME_PATTERN, description="Station name, unique on its line; letters, digits, _ and - only.")
+    # fmt: on
+
+
+class FolderCamera(StrictModel):
+    """Images read from a folder: for bring-up, replays and tests."""
+
+    # fmt: off
+    source: Literal["folder"] = Field(description="Camera kind.")
+    path: ConfigPath = Field(description="Folder to read images from.")
+    pattern: str = Field("*.png,*.jpg,*.jpeg,*.bmp,*.tif,*.tiff", min_length=1, description="Comma-separated file name globs to pick up.")
+    loop: bool = Field(False, description="Start over at the first image after the last one.")
+    rate_hz: float = Field(0.0, ge=0, description="Images per second; 0 = as fast as the pipeline takes them.")
+    # fmt: on
+
+    @field_validator("pattern")
+    @classmethod
+    def _globs_not_empty(cls, value: str) -> str:
+        globs = [g.strip() for g in value.split(",")]
+        if not all(globs):
+            raise ValueError(
+                "an empty glob in the list; separate globs by commas, e.g. '*.png,*.jpg'"
+            )
+        return ",".join(globs)
+
+    def globs(self) -> list[str]:
+        """The file name globs, in order."""
+        return self.pattern.split(",")
+
+
+class OpenCVCamera(StrictModel):
+    """A camera (or video file, or stream) read through OpenCV's VideoCapture."""
+
+    # fmt: off
+    source: Literal["opencv"] = Field(description="Camera kind.")
+    device: Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1)] = Field(description="Device index (0, 1, ...), a video file path or an rtsp:// or http:// URL.")
+    width: int | None = Field(None, gt=0, description="Requested frame width in pixels; null = the device's default.")
+    height: int | None = Field(None, gt=0, description="Requested frame height in pixels; null = the device's default.")
+    fps: float | None = Field(None, gt=0, description="Requested frames per second; null = the device's default.")
+    timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for a frame before the camera counts as lost.")
+    # fmt: on
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a device index (0, 1, ...), a video file path or a URL")
+        return value
+
+    @model_validator(mode="after")
+    def _size_together(self) -> OpenCVCamera:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height go together: give both or neither")
+        return self
+
+
+# The camera section; the "source" key picks the kind. A new kind is one more member here.
+CameraConfig = Annotated[FolderCamera | OpenCVCamera, Field(discriminator="source")]
+
+
+class EngineConfig(StrictModel):
+    """The inference runtime."""
+
+    # fmt: off
+    backend: Literal["auto", "onnxruntime"] = Field("auto", description="Inference runtime; auto = the best one installed.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where the model runs.")
+    threads: int = Field(0, ge=0, description="CPU threads for the runtime; 0 = the runtime's default.")
+    max_batch: int = Field(1, ge=1, le=64, description="Most frames run through the model at once.")
+    # fmt: on
+
+
+class MqttConfig(StrictModel):
+    """The MQTT connection verdicts and status are published on."""
+
+    # fmt: off
+    enabled: bool = Field(True, description="Publish over MQTT at all.")
+    host: str = Field("localhost", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker TCP port.")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version; a bare 5 in YAML counts as \"5\".")
+    client_id: str | None = Field(None, min_length=1, description="MQTT client id; null = inspectd-<station name>.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="Seconds between keep-alive pings.")
+    base_topic: str = Field("inspectd/v1/{site}/{line}/{station}", min_length=1, description="Topic prefix; placeholders {site}, {line}, {station}.")
+    # fmt: on
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: Any) -> Any:
+        # "protocol: 5" in YAML is the integer 5
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, float):
+            return str(int(value)) if value.is_integer() else str(value)
+        return value
+
+    @field_validator("base_topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        if "+" in value or "#" in value:
+            raise ValueError("the MQTT wildcards + and # are not allowed in a topic")
+        if value.startswith("/") or value.endswith("/") or "//" in value:
+            raise ValueError("empty topic level: no leading, trailing or double '/'")
+        try:
+            parts = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            msg = f"bad placeholder: {exc} (write {{{{ and }}}} for literal braces)"
+            raise ValueError(msg) from None
+        allowed = ", ".join("{" + p + "}" for p in TOPIC_PLACEHOLDERS)
+        for _, name, spec, conversion in parts:
+            if name is None:
+                continue
+            if name not in TOPIC_PLACEHOLDERS or spec or conversion:
+                raise ValueError(f"unknown placeholder {{{name}}}; allowed: {allowed}")
+        return value
+
+
+class OutputConfig(StrictModel):
+    """Files written next to the MQTT messages."""
+
+    # fmt: off
+    dir: ConfigPath | None = Field(None, description="Folder for verdicts.jsonl and overlay images; null = write no files.")
+    overlays: Literal["none", "ng", "all"] = Field("ng", description="Which frames get an overlay image (needs dir).")
+    verdicts_jsonl: bool = Field(True, description="Append every verdict to <dir>/verdicts.jsonl (needs dir).")
+    jpeg_quality: int = Field(85, ge=1, le=100, description="JPEG quality of overlay images.")
+    # fmt: on
+
+
+class LoggingConfig(StrictModel):
+    """Log output."""
+
+    # fmt: off
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level that is logged.")
+    format: Literal["auto", "json", "console"] = Field("auto", description="auto = console on a terminal, JSON lines otherwise.")
+    # fmt: on
+
+
+class StationConfig(StrictModel):
+    """One camera station: what it inspects, with which camera, and where results go."""
+
+    # fmt: off
+    station: StationId = Field(description="Site, line and name of this station.")
+    product: str = Field(pattern=NAME_PATTERN, description="Name of the product bundle to inspect with (a folder in products_dir).")
+    products_dir: ConfigPath = Field(Path("/etc/inspectd/products"), description="Folder holding the product bundles.")
+    state_dir: ConfigPath = Field(Path("/var/lib/inspectd"), description="Folder for the daemon's own state.")
+    camera: CameraConfig = Field(description="Where frames come from; 'source' picks the kind.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="Inference runtime.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT connection.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Files written by the station.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log output.")
+    # fmt: on
+
+    @model_validator(mode="after")
+    def _default_client_id(self) -> StationConfig:
+        if self.mqtt.client_id is None:
+            mqtt = self.mqtt.model_copy(update={"client_id": f"inspectd-{self.station.name}"})
+            # the model is frozen; filling a default during its own validation is fine
+            object.__setattr__(self, "mqtt", mqtt)
+        return self
+
+    def topic_base(self) -> str:
+        """``mqtt.base_topic`` with {site}, {line} and {station} filled in."""
+        s = self.station
+        return self.mqtt.base_topic.format(site=s.site, line=s.line, station=s.name)

@@ -1,0 +1,43 @@
+"""What every inference backend offers the pipeline."""
+
+from __future__ import annotations
+
+import abc
+from typing import NamedTuple
+
+import numpy as np
+
+
+class InferenceResult(NamedTuple):
+    anomaly_map: np.ndarray  # float32 N x H x W
+    score: np.ndarray  # float32 N
+
+
+class EngineError(RuntimeError):
+    """The engine could not be loaded or could not run a batch."""
+
+
+class Engine(abc.ABC):
+    """Runs the exported graph: uint8 N x H x W x 3 (RGB, preprocessed) -> maps and scores."""
+
+    name: str
+    input_hw: tuple[int, int]
+
+    @abc.abstractmethod
+    def infer(self, batch: np.ndarray) -> InferenceResult: ...
+
+    def check_batch(self, batch: np.ndarray) -> None:
+        h, w = self.input_hw
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != (h, w, 3):
+            raise ValueError(
+                f"engine input must be uint8 N x {h} x {w} x 3, got {batch.dtype} {batch.shape}"
+            )
+
+    def warmup(self, runs: int = 3) -> None:
+        """Run a few batches so first-part latency is not spent on lazy initialisation."""
+        h, w = self.input_hw
+        for _ in range(runs):
+            self.infer(np.zeros((1, h, w, 3), np.uint8))
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass

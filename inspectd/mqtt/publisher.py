@@ -1,0 +1,545 @@
+"""Publishing verdicts and status over MQTT (design.md, "MQTT contract (v1)"), on paho-mqtt 2.x.
+
+Two halves, kept apart so the durable outbox (a later issue) can sit between them:
+
+* *what* to publish: ``verdict_messages()`` and ``status_payload()`` turn records into
+  ``OutgoingMessage`` objects (topic, payload bytes, QoS, retain);
+* *how*: ``MqttPublisher.enqueue(message)`` hands one to the client and calls ``message.on_ack``
+  on PUBACK. The outbox will call ``enqueue`` with its stored rows and delete a row in
+  ``on_ack``; ``publish_verdict`` is the outbox-less shortcut used until then.
+
+Ordering. paho 2.2 keeps QoS 1 messages published while disconnected (``publish`` returns
+``MQTT_ERR_NO_CONN`` but the message stays in its queue and is sent after the next CONNACK, also
+before the first connect). But a message published between ``reconnect()`` opening the socket and
+the end of paho's CONNACK handling is written at once, *before* the older messages paho resends
+after the CONNACK; with a steady stream of publishes across a broker restart this was seen to
+reorder. So this publisher holds messages in its own FIFO while not connected and hands them to
+paho from one sender thread only through a "gate": the gate closes in ``on_disconnect`` (which
+waits for a hand-over in progress) and opens after a reconnect only once paho holds none of our
+older messages, or on the first PUBACK of the new connection (paho's resend is done by then).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from inspectd.mqtt.topics import Topics
+from inspectd.verdict import Verdict, VerdictRecord, iso_utc
+
+log = structlog.get_logger(__name__)
+
+PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+RECONNECT_MIN_DELAY_S = 1
+RECONNECT_MAX_DELAY_S = 30
+DEFAULT_MAX_QUEUED = 50_000  # messages not yet acknowledged, held in memory (until the outbox)
+_PAHO_WINDOW = 1000  # most messages handed to paho and not yet acknowledged (mids are 16-bit)
+_HANDOFF_BATCH = 100
+_MAX_PAYLOAD = 268_435_455
+
+
+# -- what to publish ----------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def encode_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON. NaN/inf are not JSON: they become null, with an error logged."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        log.error("mqtt.payload_not_finite", detail="NaN or infinity replaced by null")
+        text = json.dumps(_finite(obj), separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8")
+
+
+@dataclass(slots=True)
+class OutgoingMessage:
+    """One message to publish. ``on_ack(ok)`` runs on paho's network thread when the broker
+    acknowledges it (``ok`` is False for an MQTT 5 PUBACK with a failure reason code): keep it
+    short and do not block in it."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    label: str = ""  # for logs, e.g. "seq=12"
+    on_ack: Callable[[bool], None] | None = None
+    content_type: str | None = "application/json"  # MQTT 5 property; None for binary payloads
+
+
+def status_payload(state: str, status_fields: dict[str, Any], t: float | None = None) -> bytes:
+    return encode_json(
+        {"state": state, **status_fields, "ts": iso_utc(time.time() if t is None else t)}
+    )
+
+
+def reject_payload(record: VerdictRecord) -> dict[str, Any]:
+    return {
+        "part_id": record.part_id,
+        "seq": record.seq,
+        "verdict": record.verdict.value,
+        "deadline_ts": None,  # set once triggers carry a part travel window
+    }
+
+
+def verdict_messages(topics: Topics, record: VerdictRecord) -> list[OutgoingMessage]:
+    """…/verdict for every record, and …/reject for NG and ERROR (what a PLC gateway acts on)."""
+    label = f"seq={record.seq}"
+    messages = [OutgoingMessage(topics.verdict, encode_json(record.to_payload()), 1, False, label)]
+    if record.verdict in (Verdict.NG, Verdict.ERROR):
+        messages.append(
+            OutgoingMessage(topics.reject, encode_json(reject_payload(record)), 1, False, label)
+        )
+    return messages
+
+
+# -- how ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    id: int
+    message: OutgoingMessage
+    mid: int | None = field(default=None)
+
+
+class MqttPublisher:
+    """QoS 1 publisher with Last Will, retained status, automatic reconnect and in-order delivery.
+
+    ``publish_verdict``/``enqueue`` never wait for the network: messages go to an in-memory FIFO
+    (bounded by ``max_queued``; a message that does not fit is logged with its label and counted
+    in ``stats()["dropped"]``) and are handed to paho by a sender thread while connected.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        protocol: str,
+        client_id: str,
+        keepalive_s: int,
+        topics: Topics,
+        status_fields: dict[str, Any],
+        max_queued: int = DEFAULT_MAX_QUEUED,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"MQTT protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be >= 1, got {max_queued}")
+        self.host = host
+        self.port = port
+        self.protocol = protocol
+        self.client_id = client_id
+        self.keepalive_s = keepalive_s
+        self.topics = topics
+        self.status_fields = dict(status_fields)
+        self.max_queued = max_queued
+        self._v5 = protocol == "5"
+
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=PROTOCOLS[protocol],
+            clean_session=None if self._v5 else True,
+            reconnect_on_failure=True,
+        )
+        self._client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
+        self._client.max_queued_messages_set(0)  # unlimited in paho: the bound is ours
+        self._client.on_pre_connect = self._on_pre_connect
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+
+        self._publish_props: dict[str, Properties] = {}  # by content type, MQTT 5 only
+
+        # Lock order: _handoff -> paho's locks -> _cv. Never call paho while holding _cv.
+        self._cv = threading.Condition()
+        self._handoff = threading.Lock()
+        self._backlog: deque[_Entry] = deque()  # accepted, not yet handed to paho
+        self._outstanding: dict[int, _Entry] = {}  # accepted, not yet acknowledged; in id order
+        self._by_mid: dict[int, _Entry] = {}  # handed to paho, not yet acknowledged
+        self._early_acks: dict[int, bool] = {}  # PUBACKs that beat the mid registration
+        self._status_mids: set[int] = set()  # "online" publishes made in on_connect
+        self._in_paho = 0
+        self._next_id = 0
+        self._gate_open = False
+        self._connected = False
+        self._started = False
+        self._stopping = False
+        self._stopped = False
+        self._sender_stop = False
+        self._sender: threading.Thread | None = None
+        self._counts = {"published": 0, "acked": 0, "refused": 0, "dropped": 0, "connects": 0}
+        self._connect_failures = 0
+
+    # -- public API -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def start(self) -> None:
+        if self._started:
+            raise RuntimeError("MqttPublisher.start() called twice")
+        self._started = True
+        self._set_will()
+        if self._v5:
+            self._client.connect_async(self.host, self.port, self.keepalive_s, clean_start=True)
+        else:
+            self._client.connect_async(self.host, self.port, self.keepalive_s)
+        self._sender = threading.Thread(
+            target=self._sender_main, name=f"mqtt-sender-{self.client_id}", daemon=True
+        )
+        self._sender.start()
+        self._client.loop_start()
+        log.info(
+            "mqtt.starting",
+            host=self.host,
+            port=self.port,
+            protocol=self.protocol,
+            client_id=self.client_id,
+        )
+
+    def publish_verdict(self, record: VerdictRecord) -> None:
+        """Queue the verdict (and the reject, for NG/ERROR); returns without network I/O."""
+        for message in verdict_messages(self.topics, record):
+            self.enqueue(message)
+
+    def enqueue(self, message: OutgoingMessage) -> bool:
+        """Queue one message for publishing, in order. False (and an error logged) if it cannot
+        be queued: the queue is full or the publisher is stopped."""
+        if message.qos not in (0, 1, 2):
+            raise ValueError(f"invalid QoS {message.qos}")
+        if not message.topic or "+" in message.topic or "#" in message.topic:
+            raise ValueError(f"cannot publish on {message.topic!r}")
+        if len(message.payload) > _MAX_PAYLOAD:
+            raise ValueError(f"payload of {len(message.payload)} bytes is too large for MQTT")
+        with self._cv:
+            reason = None
+            if self._stopped:
+                reason = "publisher stopped"
+            elif len(self._outstanding) >= self.max_queued:
+                reason = "queue full"
+            if reason is None:
+                entry = _Entry(self._next_id, message)
+                self._next_id += 1
+                self._outstanding[entry.id] = entry
+                self._backlog.append(entry)
+                self._counts["published"] += 1
+                self._cv.notify_all()
+                return True
+            self._counts["dropped"] += 1
+        log.error(
+            "mqtt.publish_dropped",
+            topic=message.topic,
+            label=message.label,
+            reason=reason,
+            max_queued=self.max_queued,
+            connected=self._connected,
+        )
+        return False
+
+    def wait_published(self, timeout: float) -> bool:
+        """True once every message accepted so far has been acknowledged by the broker."""
+        with self._cv:
+            target = self._next_id
+
+            def done() -> bool:
+                return not self._outstanding or next(iter(self._outstanding)) >= target
+
+            return self._cv.wait_for(done, timeout=max(0.0, timeout))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish retained ``stopped``, wait up to ``timeout`` for acknowledgements, disconnect
+        cleanly (the broker does not send the Last Will) and stop the network thread."""
+        if not self._started or self._stopping:
+            return
+        deadline = time.monotonic() + timeout
+        self.enqueue(
+            OutgoingMessage(
+                self.topics.status,
+                status_payload("stopped", self.status_fields),
+                qos=1,
+                retain=True,
+                label="status=stopped",
+            )
+        )
+        self.wait_published(timeout)
+        with self._cv:
+            self._stopping = True
+            self._stopped = True
+            self._sender_stop = True
+            self._cv.notify_all()
+            lost = list(self._outstanding.values())
+        if self._sender is not None:
+            self._sender.join(timeout=max(0.5, deadline - time.monotonic()))
+        if lost:
+            log.error(
+                "mqtt.stop_unacknowledged",
+                count=len(lost),
+                labels=[e.message.label for e in lost[:50]],
+                detail="not acknowledged by the broker before stop; not sent again",
+            )
+        self._client.disconnect()
+        self._client.loop_stop()
+        with self._cv:
+            self._connected = False
+            self._gate_open = False
+        log.info("mqtt.stopped", host=self.host, port=self.port, **self._stats_locked())
+
+    def stats(self) -> dict[str, Any]:
+        with self._cv:
+            return self._stats_locked()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _stats_locked(self) -> dict[str, Any]:
+        return {
+            **self._counts,
+            "pending": len(self._outstanding),
+            "backlog": len(self._backlog),
+            "in_flight": self._in_paho,
+            "connected": self._connected,
+        }
+
+    def _status_props(self, packet_type: int) -> Properties | None:
+        if not self._v5:
+            return None
+        props = Properties(packet_type)
+        props.PayloadFormatIndicator = 1  # UTF-8 text
+        props.ContentType = "application/json"
+        return props
+
+    def _props_for(self, message: OutgoingMessage) -> Properties | None:
+        if not self._v5 or message.content_type is None:
+            return None
+        props = self._publish_props.get(message.content_type)
+        if props is None:  # only the sender thread gets here
+            props = Properties(PacketTypes.PUBLISH)
+            if message.content_type == "application/json" or message.content_type.startswith(
+                "text/"
+            ):
+                props.PayloadFormatIndicator = 1
+            props.ContentType = message.content_type
+            self._publish_props[message.content_type] = props
+        return props
+
+    def _set_will(self) -> None:
+        # ts: when the connection that died was opened (the will is fixed at CONNECT time)
+        self._client.will_set(
+            self.topics.status,
+            status_payload("offline", self.status_fields),
+            qos=1,
+            retain=True,
+            properties=self._status_props(PacketTypes.WILLMESSAGE),
+        )
+
+    def _sender_main(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(
+                    lambda: (
+                        self._sender_stop
+                        or (self._gate_open and self._backlog and self._in_paho < _PAHO_WINDOW)
+                    )
+                )
+                if self._sender_stop:
+                    return
+            with self._handoff:
+                for _ in range(_HANDOFF_BATCH):
+                    with self._cv:
+                        if not (
+                            self._gate_open
+                            and self._backlog
+                            and self._in_paho < _PAHO_WINDOW
+                            and not self._sender_stop
+                        ):
+                            break
+                        entry = self._backlog.popleft()
+                        self._in_paho += 1
+                    self._hand_to_paho(entry)
+
+    def _hand_to_paho(self, entry: _Entry) -> None:
+        m = entry.message
+        props = self._props_for(m)
+        error: str | None = None
+        try:
+            info = self._client.publish(m.topic, m.payload, m.qos, m.retain, props)
+        except (ValueError, TypeError) as exc:  # checked in enqueue; should not happen
+            error = str(exc)
+        else:
+            # NO_CONN: the connection dropped since the gate opened; paho keeps the message and
+            # sends it after the reconnect, ahead of anything newer (see the module docstring).
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                error = mqtt.error_string(info.rc)
+        with self._cv:
+            if error is None:
+                ok = self._early_acks.pop(info.mid, None)
+                if ok is None:
+                    entry.mid = info.mid
+                    self._by_mid[info.mid] = entry
+                    return
+                self._complete_locked(entry, ok)
+            else:
+                self._in_paho -= 1
+                self._outstanding.pop(entry.id, None)
+                self._counts["dropped"] += 1
+                self._cv.notify_all()
+        if error is not None:
+            log.error("mqtt.publish_dropped", topic=m.topic, label=m.label, reason=error)
+        else:
+            self._after_ack(entry, ok)
+
+    def _complete_locked(self, entry: _Entry, ok: bool) -> None:
+        self._in_paho -= 1
+        self._outstanding.pop(entry.id, None)
+        self._counts["acked" if ok else "refused"] += 1
+        self._cv.notify_all()
+
+    def _after_ack(self, entry: _Entry, ok: bool) -> None:
+        m = entry.message
+        if not ok:
+            log.error("mqtt.publish_refused", topic=m.topic, label=m.label)
+        if m.on_ack is not None:
+            try:
+                m.on_ack(ok)
+            except Exception:
+                log.exception("mqtt.on_ack_failed", topic=m.topic, label=m.label)
+
+    # paho callbacks: all on paho's network thread
+
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        self._set_will()
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error(
+                "mqtt.connect_refused", host=self.host, port=self.port, reason_code=str(reason_code)
+            )
+            return
+        info = client.publish(
+            self.topics.status,
+            status_payload("online", self.status_fields),
+            qos=1,
+            retain=True,
+            properties=self._status_props(PacketTypes.PUBLISH),
+        )
+        with self._cv:
+            self._connected = True
+            self._counts["connects"] += 1
+            self._connect_failures = 0
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._status_mids.add(info.mid)
+            if self._in_paho == 0:
+                # paho holds none of our older messages: nothing for new ones to overtake
+                self._gate_open = True
+            self._cv.notify_all()
+            pending = len(self._outstanding)
+        log.info(
+            "mqtt.connected",
+            host=self.host,
+            port=self.port,
+            protocol=self.protocol,
+            reason_code=str(reason_code),
+            session_present=bool(flags.session_present),
+            pending=pending,
+        )
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        with self._cv:
+            self._connect_failures += 1
+            failures = self._connect_failures
+            pending = len(self._outstanding)
+        log.warning(
+            "mqtt.connect_failed", host=self.host, port=self.port, attempt=failures, pending=pending
+        )
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        # Waiting for _handoff: a hand-over in progress lands in paho before the gate closes, so
+        # it is resent in order after the reconnect (see the module docstring).
+        with self._handoff, self._cv:
+            was_connected = self._connected
+            self._connected = False
+            self._gate_open = False
+            stopping = self._stopping
+            pending = len(self._outstanding)
+        fields = {
+            "host": self.host,
+            "port": self.port,
+            "reason_code": str(reason_code),
+            "from_broker": bool(flags.is_disconnect_packet_from_server),
+            "pending": pending,
+        }
+        if stopping:
+            log.info("mqtt.disconnected", **fields)
+        elif was_connected:
+            log.warning("mqtt.disconnected", **fields)
+        else:
+            log.warning("mqtt.connect_lost", **fields)
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        ok = not reason_code.is_failure
+        with self._cv:
+            if self._connected and not self._gate_open:
+                # paho resends its older messages while handling CONNACK, before any PUBACK is
+                # read: from here on new messages queue up behind them
+                self._gate_open = True
+                self._cv.notify_all()
+            if mid in self._status_mids:
+                self._status_mids.discard(mid)
+                entry = None
+            else:
+                entry = self._by_mid.pop(mid, None)
+                if entry is None:
+                    self._early_acks[mid] = ok
+                else:
+                    self._complete_locked(entry, ok)
+        if entry is not None:
+            self._after_ack(entry, ok)
+        elif not ok:
+            log.error("mqtt.publish_refused", mid=mid, reason_code=str(reason_code))

@@ -1,0 +1,77 @@
+"""Verdicts and the v1 payload published on …/verdict (design.md, MQTT contract)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+VERDICT_SCHEMA = "inspectd.verdict/1"
+
+
+class Verdict(enum.StrEnum):
+    OK = "OK"
+    NG = "NG"
+    ERROR = "ERROR"  # the part could not be inspected; a PLC treats it as reject
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A connected defect region, in the pixel coordinates of the captured frame."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    area: int  # pixels of the frame covered by the region
+    peak: float  # highest anomaly value inside it
+
+
+def iso_utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class VerdictRecord:
+    """Everything published about one part. `seq` is given when the record is sequenced."""
+
+    station: str
+    product: str
+    part_id: str
+    verdict: Verdict
+    score: float | None
+    threshold: float | None
+    model_name: str
+    model_sha256: str
+    camera_serial: str
+    frame_id: int
+    t_capture: float
+    t_verdict: float
+    latency_ms: float
+    regions: list[Region] = field(default_factory=list)
+    request_id: str | None = None
+    error: str | None = None
+    seq: int = 0
+    replayed: bool = False
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "schema": VERDICT_SCHEMA,
+            "seq": self.seq,
+            "station": self.station,
+            "product": self.product,
+            "part_id": self.part_id,
+            "request_id": self.request_id,
+            "verdict": self.verdict.value,
+            "score": self.score,
+            "threshold": self.threshold,
+            "regions": [asdict(r) for r in self.regions],
+            "model": {"name": self.model_name, "sha256": self.model_sha256},
+            "camera": {"serial": self.camera_serial, "frame_id": self.frame_id},
+            "t_capture": iso_utc(self.t_capture),
+            "t_verdict": iso_utc(self.t_verdict),
+            "latency_ms": round(self.latency_ms, 3),
+            "replayed": self.replayed,
+            "error": self.error,
+        }

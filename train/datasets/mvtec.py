@@ -1,0 +1,158 @@
+"""Reader for data sets in MVTec AD layout.
+
+    <root>/train/good/*.png                     good parts to train on
+    <root>/test/good/*.png                      good parts to evaluate on
+    <root>/test/<defect>/*.png                  defective parts, one folder per defect type
+    <root>/ground_truth/<defect>/<stem>_mask.png  0/255 pixel mask of test/<defect>/<stem>.*
+
+Images may be png, jpg, jpeg, bmp, tif or tiff (any case). Only numpy and cv2: the daemon and
+the calibration tools use this without torch. Files are read through np.fromfile + cv2.imdecode
+so paths with non-ASCII characters work on every platform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+GOOD = "good"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of the set. `defect` is the folder name ("good" for good parts); `mask_path` is
+    the ground-truth mask if one exists (always None for good parts)."""
+
+    path: Path
+    defect: str
+    mask_path: Path | None = None
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.defect != GOOD
+
+
+def expected_mask_path(image_path: Path, defect: str) -> Path:
+    """Where MVTec AD keeps the mask of <root>/test/<defect>/<stem>.<ext> (a PNG)."""
+    root = Path(image_path).parent.parent.parent
+    return root / "ground_truth" / defect / f"{Path(image_path).stem}_mask.png"
+
+
+def _images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name; hidden files are skipped."""
+    return sorted(
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        ),
+        key=lambda p: p.name,
+    )
+
+
+def _find_mask(root: Path, defect: str, stem: str) -> Path | None:
+    folder = root / "ground_truth" / defect
+    preferred = folder / f"{stem}_mask.png"
+    if preferred.is_file():
+        return preferred
+    for ext in sorted(IMAGE_EXTENSIONS - {".png"}):
+        for candidate in (folder / f"{stem}_mask{ext}", folder / f"{stem}_mask{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+class MVTecSet:
+    """An MVTec AD style data set on disk; the listing is taken once, at construction."""
+
+    def __init__(self, root: Path) -> None:
+        """Check the layout: root, train/good and test/good must be folders.
+
+        Raises FileNotFoundError naming the first missing folder, and ValueError if train/good
+        holds no images (nothing to train on). Missing masks are reported only when a mask is
+        loaded, so a set with partial annotations can still be used for image-level metrics.
+        """
+        self.root = Path(root)
+        for folder in (self.root, self.root / "train" / GOOD, self.root / "test" / GOOD):
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"MVTec layout: missing folder {folder} (expected <root>/train/good, "
+                    f"<root>/test/good, <root>/test/<defect>, <root>/ground_truth/<defect>)"
+                )
+        self._train = [Sample(p, GOOD) for p in _images(self.root / "train" / GOOD)]
+        if not self._train:
+            raise ValueError(f"MVTec layout: no images in {self.root / 'train' / GOOD}")
+        self._defects = sorted(
+            p.name
+            for p in (self.root / "test").iterdir()
+            if p.is_dir() and p.name != GOOD and not p.name.startswith(".")
+        )
+        test = [Sample(p, GOOD) for p in _images(self.root / "test" / GOOD)]
+        for defect in self._defects:
+            for p in _images(self.root / "test" / defect):
+                test.append(Sample(p, defect, _find_mask(self.root, defect, p.stem)))
+        self._test = test
+
+    def __repr__(self) -> str:
+        return (
+            f"MVTecSet({str(self.root)!r}: {len(self._train)} train, {len(self._test)} test, "
+            f"defects={self._defects})"
+        )
+
+    def train_good(self) -> list[Sample]:
+        """Good training samples, sorted by file name."""
+        return list(self._train)
+
+    def test(self) -> list[Sample]:
+        """Test samples: test/good first, then each defect type in name order; by file name
+        within a folder."""
+        return list(self._test)
+
+    def defect_types(self) -> list[str]:
+        """Folder names under test/ other than "good", sorted."""
+        return list(self._defects)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Image file -> BGR uint8 H x W x 3 (grey files are expanded to three channels, 16-bit
+    files reduced to 8 bits by OpenCV). FileNotFoundError if absent; ValueError if undecodable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot decode image {path}")
+    return image
+
+
+def load_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+    """Ground truth of `sample` as bool (height, width) = `shape`.
+
+    Good samples give all False. A mask is read as grey, resized with nearest neighbour if its
+    size differs (so it stays binary) and thresholded at > 127. An all-zero mask is valid and
+    returned as all False (some real defects are annotated as empty). ValueError if a defect
+    sample has no mask (naming the path expected), if the mask cannot be decoded, or if it is
+    non-zero but never above 127 (a 0/1-encoded mask, which would otherwise read as empty).
+    """
+    height, width = int(shape[0]), int(shape[1])
+    if not sample.is_anomalous:
+        return np.zeros((height, width), bool)
+    path = sample.mask_path
+    if path is None or not Path(path).is_file():
+        expected = path if path is not None else expected_mask_path(sample.path, sample.defect)
+        raise ValueError(f"no ground-truth mask for {sample.path}: expected {expected}")
+    raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    if raw is None:
+        raise ValueError(f"cannot decode mask {path}")
+    peak = int(raw.max())
+    if 0 < peak <= 127:
+        raise ValueError(
+            f"mask {path} has values only up to {peak}; masks must be 0/255 (a 0/1 mask?)"
+        )
+    if raw.shape != (height, width):
+        raw = cv2.resize(raw, (width, height), interpolation=cv2.INTER_NEAREST)
+    return raw > 127

@@ -1,0 +1,65 @@
+"""The scoring head: reconstruction -> anomaly map and image score.
+
+This is the only implementation of scoring. It is composed into the exported graph
+(`inspectd.train.graph.InspectionGraph`), so the daemon gets maps from ONNX Runtime or
+TensorRT without re-implementing it, and training-time evaluation uses the same module.
+
+A = mean21(1 - MSGMS(x, x_hat)) + mean21(L2(x, x_hat)),  score = max over pixels of A.
+
+MSGMS follows Zavrtnik et al. (RIAD): gradient magnitude similarity with 3x3 Prewitt kernels on
+the channel-mean grey image, at scales 1, 1/2, 1/4, 1/8 (2x2 average pooling between scales),
+each scale upsampled bilinearly to full size and averaged. GMS = (2 g1 g2 + c) / (g1^2 + g2^2 + c).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MsgmsL2Head(nn.Module):
+    """Inputs: x, x_hat float N x C x H x W in [0, 1]. Outputs: map N x H x W, score N."""
+
+    def __init__(self, mean_filter: int = 21, scales: int = 4, c: float = 0.0026) -> None:
+        super().__init__()
+        if mean_filter % 2 != 1:
+            raise ValueError(f"mean_filter must be odd, got {mean_filter}")
+        self.mean_filter = mean_filter
+        self.scales = scales
+        self.c = c
+        prewitt_x = torch.tensor([[1.0, 0.0, -1.0]] * 3) / 3.0
+        kernels = torch.stack([prewitt_x, prewitt_x.t()]).unsqueeze(1)  # 2 x 1 x 3 x 3
+        self.register_buffer("prewitt", kernels, persistent=False)
+
+    def _magnitude(self, grey: torch.Tensor) -> torch.Tensor:
+        g = F.conv2d(grey, self.prewitt, padding=1)
+        # The epsilon keeps sqrt differentiable where the gradient is zero.
+        return torch.sqrt(g[:, 0:1] ** 2 + g[:, 1:2] ** 2 + 1e-12)
+
+    def gms(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ma, mb = self._magnitude(a), self._magnitude(b)
+        return (2 * ma * mb + self.c) / (ma**2 + mb**2 + self.c)
+
+    def msgms(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """Multi-scale GMS map, N x 1 x H x W, 1 where the images agree."""
+        size = x.shape[-2:]
+        a, b = x.mean(1, keepdim=True), x_hat.mean(1, keepdim=True)
+        total = self.gms(a, b)
+        for _ in range(1, self.scales):
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+            total = total + F.interpolate(
+                self.gms(a, b), size=size, mode="bilinear", align_corners=False
+            )
+        return total / self.scales
+
+    def _mean(self, m: torch.Tensor) -> torch.Tensor:
+        # count_include_pad=False: a true mean at the border, so edges are not scored lower.
+        k = self.mean_filter
+        return F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
+
+    def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        l2 = ((x - x_hat) ** 2).mean(1, keepdim=True)
+        amap = self._mean(1.0 - self.msgms(x, x_hat)) + self._mean(l2)
+        amap = amap[:, 0]
+        return amap, amap.amax(dim=(1, 2))
