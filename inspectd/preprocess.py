@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from inspectd.config.base import StrictModel
+from inspectd.imagefile import read_image
 
 
 class PreprocessError(ValueError):
@@ -99,15 +100,6 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, Geo
     else:
         rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
     return rgb, Geometry(x0, y0, rw / out_w, rh / out_h)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file as the folder camera does (unchanged channels and depth)."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise PreprocessError(f"{path}: cannot decode image")
-    return image
 
 
 def load_inputs(paths: Sequence[str | Path], spec: PreprocessSpec) -> np.ndarray:

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-import inspectd.capture.folder as folder_mod
 import inspectd.capture.opencv as opencv_mod
+import inspectd.imagefile as imagefile_mod
 from inspectd.capture import (
     CaptureError,
     CaptureSource,
@@ -22,8 +22,9 @@ from inspectd.capture import (
     OpenCVSource,
     open_source,
 )
-from inspectd.capture.folder import DEFAULT_PATTERN, decode_image_file
+from inspectd.capture.folder import DEFAULT_PATTERN
 from inspectd.capture.opencv import READ_FAILED, redact_url
+from inspectd.imagefile import decode_image_file
 
 UNDECODABLE = "cannot decode image file {} (truncated or not an image)"
 
@@ -202,7 +203,7 @@ def test_truncation_is_caught_even_if_the_decoder_returns_a_partial_image(
     def partial_decode(buf: np.ndarray, flags: int) -> np.ndarray:
         return np.full((240, 320, 3), 128, np.uint8)
 
-    monkeypatch.setattr(folder_mod.cv2, "imdecode", partial_decode)
+    monkeypatch.setattr(imagefile_mod.cv2, "imdecode", partial_decode)
     for name in ["png_half.png", "png_no_iend.png", "jpg_half.jpg", "jpg_no_eoi.jpg"]:
         image, error = decode_image_file(tmp_path / name)
         assert image is None and error == UNDECODABLE.format(name)

@@ -9,8 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from inspectd.imagefile import read_image
+from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.button import DEFECTS, write_dataset
-from inspectd.train.datasets.mvtec import MVTecSet, Sample, load_mask, read_image
+from inspectd.train.datasets.mvtec import MVTecSet, Sample, load_mask
 
 # ../shared/data beside the checkout (not part of the repo)
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtoc_lenses"
@@ -138,11 +140,12 @@ def test_read_image_errors_name_the_path(tmp_path: Path) -> None:
         read_image(tmp_path / "absent.png")
 
 
-def test_grey_images_read_as_three_channels(tmp_path: Path) -> None:
+def test_grey_images_read_as_stored_and_preprocess_expands_them(tmp_path: Path) -> None:
     path = tmp_path / "grey.png"
     cv2.imwrite(str(path), np.full((5, 7), 100, np.uint8))
-    image = read_image(path)
-    assert image.shape == (5, 7, 3) and (image == 100).all()
+    assert read_image(path).shape == (5, 7)  # as the folder camera delivers it
+    inputs = load_inputs([path], PreprocessSpec(size=(4, 6)))
+    assert inputs.shape == (1, 4, 6, 3) and (inputs == 100).all()
 
 
 def test_sample_label() -> None:

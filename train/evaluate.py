@@ -47,7 +47,7 @@ def evaluate(
 def _mask_like_input(sample: Any, spec: PreprocessSpec, hw: tuple[int, int]) -> np.ndarray:
     import cv2
 
-    from inspectd.preprocess import read_image
+    from inspectd.imagefile import read_image
 
     frame_hw = read_image(sample.path).shape[:2]
     mask = load_mask(sample, frame_hw).astype(np.uint8)

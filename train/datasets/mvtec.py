@@ -5,9 +5,9 @@
     <root>/test/<defect>/*.png                  defective parts, one folder per defect type
     <root>/ground_truth/<defect>/<stem>_mask.png  0/255 pixel mask of test/<defect>/<stem>.*
 
-Images may be png, jpg, jpeg, bmp, tif or tiff (any case). Only numpy and cv2: the daemon and
-the calibration tools use this without torch. Files are read through np.fromfile + cv2.imdecode
-so paths with non-ASCII characters work on every platform.
+Images may be png, jpg, jpeg, bmp, tif or tiff (any case). Only numpy and cv2: the calibration
+tools use this without torch. Images are read with inspectd.imagefile.read_image, the folder
+camera's decoder.
 """
 
 from __future__ import annotations
@@ -115,18 +115,6 @@ class MVTecSet:
     def defect_types(self) -> list[str]:
         """Folder names under test/ other than "good", sorted."""
         return list(self._defects)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Image file -> BGR uint8 H x W x 3 (grey files are expanded to three channels, 16-bit
-    files reduced to 8 bits by OpenCV). FileNotFoundError if absent; ValueError if undecodable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot decode image {path}")
-    return image
 
 
 def load_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
