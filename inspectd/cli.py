@@ -36,10 +36,11 @@ def _run(args: argparse.Namespace) -> int:
         station.stop()
         return EXIT_CONFIG
     try:
-        station.run(stop=stop)
+        stats = station.run(stop=stop)
     finally:
         station.stop()
-    return 0
+    # A camera that broke is a failure: systemd restarts the service (Restart=on-failure).
+    return 1 if stats.capture_failure else 0
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -115,8 +115,9 @@ class GatewayView:
 def run_demo(out: Path, limit: int, mqtt_host: str, mqtt_port: int, products: Path) -> int:
     out = out.resolve()
     print(f"inspectd demo: {limit} parts -> {out}")
-    # The demo owns its output folder: start each run from a clean one.
-    for old in ("frames", "overlays", "state"):
+    # The demo owns its output folder: each run starts with fresh parts and files. The state
+    # (seq) is kept, as on a real station: seq never goes backwards.
+    for old in ("frames", "overlays"):
         shutil.rmtree(out / old, ignore_errors=True)
     (out / "verdicts.jsonl").unlink(missing_ok=True)
     labels = write_parts(out / "frames", limit)

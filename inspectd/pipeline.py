@@ -66,6 +66,7 @@ class PipelineStats:
     latency_ms: list[float] = field(default_factory=list)  # capture -> verdict decided
     sink_errors: int = 0
     seconds: float = 0.0
+    capture_failure: str | None = None  # the source broke (not one bad frame) and ended the run
 
     def percentiles(self, values: Sequence[float]) -> tuple[float, float]:
         if not values:
@@ -114,10 +115,11 @@ class Pipeline:
                 t1 = time.monotonic()
                 self._inputs.put(self._prepare(frame, {"capture": t1 - t0}))
                 count += 1
-        except Exception:
+        except Exception as exc:
             # The source itself broke (not one bad frame): say so loudly and end the run; the
             # parts already queued still get their verdicts.
             log.exception("capture.failed")
+            self.stats.capture_failure = f"{type(exc).__name__}: {exc}"
         finally:
             self._inputs.put(_END)
 

@@ -27,6 +27,7 @@ from inspectd.calibrate.thresholds import max_of_good
 from inspectd.deploy.bundle import seal, write_thresholds
 from inspectd.deploy.export import OPSET, export_onnx, parity
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine
+from inspectd.imagefile import read_image
 from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.mvtec import MVTecSet
 from inspectd.train.evaluate import evaluate
@@ -69,8 +70,15 @@ def data_digest(paths: list[Path], root: Path) -> tuple[str, list[str]]:
 def build_product(req: BuildRequest) -> Path:
     t0 = time.monotonic()
     dataset = MVTecSet(req.data)
-    spec = PreprocessSpec(size=(req.input_size, req.input_size), roi=req.roi)
     good = [s.path for s in dataset.train_good()]
+    # The camera that made the training images fixes the frame size: the daemon refuses frames
+    # of another size (a wrong camera or ROI setting) instead of scoring them.
+    sizes = {read_image(p).shape[:2] for p in good}
+    spec = PreprocessSpec(
+        size=(req.input_size, req.input_size),
+        roi=req.roi,
+        source_size=sizes.pop() if len(sizes) == 1 else None,
+    )
     images = load_inputs(good, spec)
     train_idx, val_idx = split_indices(len(images), 0.2, req.settings.seed)
     log.info("train.data", images=len(images), train=len(train_idx), validation=len(val_idx))

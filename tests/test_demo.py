@@ -1,0 +1,74 @@
+"""`inspectd demo`, the README's first command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mqtt_client import Subscriber
+
+REPO = Path(__file__).resolve().parents[1]
+TOPIC = "inspectd/v1/demo/line1/demo1"
+LIMIT = 40  # the issue's end-to-end check: 40 parts, both verdict kinds
+
+# The demo must not import torch either: it runs the daemon's own path.
+LEAN_DEMO = (
+    "import sys; from inspectd.cli import main; rc = main(sys.argv[1:]); "
+    "sys.exit(99 if 'torch' in sys.modules else rc)"
+)
+
+pytestmark = pytest.mark.skipif(
+    not (REPO / "products" / "button" / "manifest.yaml").is_file(),
+    reason="products/button is missing (make demo-bundle builds it)",
+)
+
+
+def run_demo(out: Path, port: int) -> subprocess.CompletedProcess[str]:
+    args = ["demo", "--out", str(out), "--limit", str(LIMIT), "--mqtt-host", "127.0.0.1",
+            "--mqtt-port", str(port)]  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", LEAN_DEMO, *args], capture_output=True, text=True, timeout=240
+    )
+
+
+def check_output(proc: subprocess.CompletedProcess[str], out: Path) -> list[dict]:
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
+    assert [r["seq"] for r in records] == list(range(1, LIMIT + 1))
+    by_part = {r["part_id"]: r for r in records}
+    # the truncated file is an ERROR with its reason, never OK and never skipped
+    assert by_part["0025_corrupt"]["verdict"] == "ERROR"
+    assert "cannot decode" in by_part["0025_corrupt"]["error"]
+    verdicts = {r["verdict"] for r in records}
+    assert {"OK", "NG", "ERROR"} <= verdicts
+    counts = {v: sum(r["verdict"] == v for r in records) for v in ("OK", "NG", "ERROR")}
+    summary = f"Summary: {LIMIT} parts  OK {counts['OK']}  NG {counts['NG']}  ERROR {counts['ERROR']}"
+    assert summary in proc.stdout
+    auroc = float(re.search(r"image AUROC on this run: ([0-9.]+)", proc.stdout).group(1))
+    assert auroc > 0.7  # the bundled model tells defects from good parts
+    received = re.search(r"MQTT: (\d+) verdicts and (\d+) rejects", proc.stdout)
+    assert received and int(received.group(1)) == LIMIT
+    assert int(received.group(2)) == counts["NG"] + counts["ERROR"]
+    assert len(list((out / "overlays").iterdir())) == LIMIT - counts["ERROR"]
+    return records
+
+
+def test_demo_against_a_running_broker(mosquitto, tmp_path):
+    out = tmp_path / "demo-out"
+    with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/verdict") as sub:
+        proc = run_demo(out, mosquitto.port)
+        records = check_output(proc, out)
+        published = [m.json() for m in sub.wait_for(LIMIT)]
+    assert "MQTT: using the broker at 127.0.0.1" in proc.stdout
+    assert [p["seq"] for p in published] == [r["seq"] for r in records]
+    assert [p["verdict"] for p in published] == [r["verdict"] for r in records]
+
+    # A second run starts with fresh parts and files; seq goes on from where it was.
+    proc = run_demo(out, mosquitto.port)
+    assert proc.returncode == 0
+    again = [json.loads(line)["seq"] for line in (out / "verdicts.jsonl").read_text().splitlines()]
+    assert again == list(range(LIMIT + 1, 2 * LIMIT + 1))

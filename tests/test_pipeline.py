@@ -1,0 +1,135 @@
+"""Pipeline faults: each one is an ERROR verdict for the parts it touched, and the line goes on.
+
+The shipped button bundle runs on the real ONNX Runtime engine; faults are injected by small
+wrappers around it (an engine that fails one call, a sink that raises), not by mocks of it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspectd.bundle import load_bundle
+from inspectd.capture.base import CaptureSource, EndOfStream
+from inspectd.engine import load_engine
+from inspectd.engine.base import Engine, InferenceResult
+from inspectd.frame import CameraMeta, Frame
+from inspectd.pipeline import Inspection, Pipeline
+from inspectd.sequence import SequenceCounter
+from inspectd.train.datasets.button import render_part
+
+BUNDLE = Path(__file__).resolve().parents[1] / "products" / "button"
+pytestmark = pytest.mark.skipif(
+    not (BUNDLE / "manifest.yaml").is_file(), reason="products/button is missing"
+)
+
+
+class ListSource(CaptureSource):
+    """Frames from a list; raises `fail_with` once the list is used up, if given."""
+
+    def __init__(self, images: list[np.ndarray], fail_with: Exception | None = None) -> None:
+        self.images = list(images)
+        self.fail_with = fail_with
+        self.i = 0
+
+    def open(self) -> None:
+        pass
+
+    def grab(self, timeout: float) -> Frame:
+        if self.i == len(self.images):
+            if self.fail_with is not None:
+                raise self.fail_with
+            raise EndOfStream
+        self.i += 1
+        now = time.time()
+        return Frame(self.images[self.i - 1], self.i, f"p{self.i}", now, time.monotonic(),
+                     CameraMeta("list"))  # fmt: skip
+
+    def close(self) -> None:
+        pass
+
+
+class FaultyEngine(Engine):
+    """The real engine, except that chosen calls raise or return NaN."""
+
+    def __init__(self, inner: Engine, raise_on: set[int], nan_on: set[int]) -> None:
+        self.inner, self.raise_on, self.nan_on = inner, raise_on, nan_on
+        self.name, self.input_hw = inner.name, inner.input_hw
+        self.calls = 0
+
+    def infer(self, batch: np.ndarray) -> InferenceResult:
+        self.calls += 1
+        if self.calls in self.raise_on:
+            raise RuntimeError("device lost")
+        result = self.inner.infer(batch)
+        if self.calls in self.nan_on:
+            result.anomaly_map[:] = np.nan
+            result.score[:] = np.nan
+        return result
+
+
+class Collect:
+    def __init__(self, fail: bool = False) -> None:
+        self.got: list[Inspection] = []
+        self.fail = fail
+
+    def handle(self, inspection: Inspection) -> None:
+        if self.fail:
+            raise OSError("disk full")
+        self.got.append(inspection)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(BUNDLE)
+
+
+def parts(n: int) -> list[np.ndarray]:
+    return [render_part(3, i, None)[0] for i in range(n)]
+
+
+def make_pipeline(bundle, tmp_path, source, engine, sinks):
+    return Pipeline(source=source, engine=engine, bundle=bundle, station="s",
+                    sequence=SequenceCounter(tmp_path / "seq"), sinks=sinks)  # fmt: skip
+
+
+def test_engine_failure_and_nan_are_errors_for_those_parts_only(bundle, tmp_path):
+    engine = FaultyEngine(load_engine(bundle.model_path), raise_on={2}, nan_on={4})
+    broken, sink = Collect(fail=True), Collect()
+    pipe = make_pipeline(bundle, tmp_path, ListSource(parts(5)), engine, [broken, sink])
+    stats = pipe.run()
+    records = [i.record for i in sink.got]
+    assert [r.seq for r in records] == [1, 2, 3, 4, 5]
+    assert [r.verdict.value != "ERROR" for r in records] == [True, False, True, False, True]
+    assert records[1].error == "engine error: RuntimeError: device lost"
+    assert "non-finite" in records[3].error and records[3].score is None
+    # the broken sink was counted and did not starve the good one
+    assert stats.sink_errors == 5 and stats.verdicts["ERROR"] == 2
+
+
+def test_a_source_that_breaks_ends_the_run_and_says_why(bundle, tmp_path):
+    engine = load_engine(bundle.model_path)
+    sink = Collect()
+    source = ListSource(parts(3), fail_with=OSError("USB device gone"))
+    stats = make_pipeline(bundle, tmp_path, source, engine, [sink]).run()
+    assert len(sink.got) == 3  # the parts taken in before the failure got their verdicts
+    assert stats.capture_failure == "OSError: USB device gone"
+
+
+def test_batches_give_the_same_scores_as_single_parts(bundle, tmp_path):
+    engine = load_engine(bundle.model_path)
+    images = parts(6)
+    single, batched = Collect(), Collect()
+    make_pipeline(bundle, tmp_path / "a", ListSource(images), engine, [single]).run()
+    pipe = make_pipeline(bundle, tmp_path / "b", ListSource(images), engine, [batched])
+    pipe.max_batch = 4
+    pipe.run()
+    a = [i.record.score for i in single.got]
+    b = [i.record.score for i in batched.got]
+    np.testing.assert_allclose(a, b, rtol=1e-4)

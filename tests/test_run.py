@@ -1,0 +1,203 @@
+"""`inspectd run` end to end: the shipped button bundle, a folder camera, a real mosquitto.
+
+The daemon runs as a child process, exactly as systemd starts it; what it publishes is read by a
+real MQTT subscriber.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from mqtt_client import Subscriber
+
+from inspectd.bundle import load_bundle
+from inspectd.train.datasets.button import render_part
+
+REPO = Path(__file__).resolve().parents[1]
+PRODUCTS = REPO / "products"
+BASE = "inspectd/v1/plant/l1/cam1"
+
+# Runs the CLI and fails with 99 if torch was imported: the daemon must stay lean.
+LEAN_RUN = (
+    "import sys; from inspectd.cli import main; rc = main(sys.argv[1:]); "
+    "sys.exit(99 if 'torch' in sys.modules else rc)"
+)
+
+pytestmark = pytest.mark.skipif(
+    not (PRODUCTS / "button" / "manifest.yaml").is_file(),
+    reason="products/button is missing (make demo-bundle builds it)",
+)
+
+
+def _png(path: Path, image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", image)
+    assert ok
+    path.write_bytes(data.tobytes())
+    return data.tobytes()
+
+
+def write_frames(folder: Path) -> dict[str, str]:
+    """Good parts, one defect, and every kind of frame that cannot be inspected.
+    Returns file stem -> expected error text (None for frames that get a score)."""
+    folder.mkdir(parents=True)
+    expected: dict[str, str | None] = {}
+    for i in range(3):
+        _png(folder / f"{i + 1:02d}_good.png", render_part(77, i, None)[0])
+        expected[f"{i + 1:02d}_good"] = None
+    _png(folder / "04_defect.png", render_part(77, 3, "crack")[0])
+    expected["04_defect"] = None
+    whole = _png(folder / "05_truncated.png", render_part(77, 4, None)[0])
+    (folder / "05_truncated.png").write_bytes(whole[: len(whole) // 2])
+    expected["05_truncated"] = "cannot decode image file 05_truncated.png"
+    small = cv2.resize(render_part(77, 5, None)[0], (200, 150))
+    _png(folder / "06_wrong_size.png", small)
+    expected["06_wrong_size"] = "frame is 200x150, the product expects"
+    (folder / "07_empty.png").write_bytes(b"")
+    expected["07_empty"] = "empty image file: 07_empty.png"
+    deep = render_part(77, 6, None)[0].astype(np.uint16) * 257
+    _png(folder / "08_16bit.png", deep)
+    expected["08_16bit"] = "unsupported pixel type uint16"
+    rgba = cv2.cvtColor(render_part(77, 7, None)[0], cv2.COLOR_BGR2BGRA)
+    _png(folder / "09_rgba.png", rgba)
+    expected["09_rgba"] = "unsupported channel count 4"
+    return expected
+
+
+def write_config(tmp: Path, port: int, frames: Path, **camera: object) -> Path:
+    config = {
+        "station": {"site": "plant", "line": "l1", "name": "cam1"},
+        "product": "button",
+        "products_dir": str(PRODUCTS),
+        "state_dir": str(tmp / "state"),
+        "camera": {"source": "folder", "path": str(frames), **camera},
+        "mqtt": {"host": "127.0.0.1", "port": port},
+        "output": {"dir": str(tmp / "out"), "overlays": "ng"},
+        "logging": {"level": "info", "format": "json"},
+    }
+    path = tmp / "station.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def run_daemon(config: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", LEAN_RUN, "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+    )  # fmt: skip
+
+
+def test_every_frame_gets_one_verdict_in_order_and_bad_frames_are_errors(mosquitto, tmp_path):
+    expected = write_frames(tmp_path / "frames")
+    config = write_config(tmp_path, mosquitto.port, tmp_path / "frames")
+    with Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/#") as sub:
+        proc = run_daemon(config)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        verdicts = [m.json() for m in sub.wait_for(9, topic=f"{BASE}/verdict")]
+        statuses = [m.json()["state"] for m in sub.wait_for(2, topic=f"{BASE}/status")]
+
+    assert [v["seq"] for v in verdicts] == list(range(1, 10))
+    assert [v["part_id"] for v in verdicts] == sorted(expected)
+    bundle = load_bundle(PRODUCTS / "button")
+    for v in verdicts:
+        reason = expected[v["part_id"]]
+        assert v["schema"] == "inspectd.verdict/1" and v["station"] == "cam1"
+        assert v["model"]["sha256"] == bundle.model_sha256
+        if reason is None:
+            assert v["verdict"] in ("OK", "NG") and v["error"] is None
+            assert 0 <= v["score"] < 10 and v["threshold"] == bundle.thresholds.image
+            assert (v["verdict"] == "NG") == (v["score"] > v["threshold"])
+        else:  # never OK, never silent: ERROR with the reason
+            assert v["verdict"] == "ERROR" and v["score"] is None, v
+            assert reason in v["error"], v
+    by_part = {v["part_id"]: v for v in verdicts}
+    assert by_part["04_defect"]["verdict"] == "NG" and by_part["04_defect"]["regions"]
+    assert by_part["04_defect"]["score"] > max(by_part[f"0{i}_good"]["score"] for i in (1, 2, 3))
+
+    # A PLC gateway hears about every NG and ERROR part on …/reject, and only those.
+    rejected = [v["part_id"] for v in verdicts if v["verdict"] != "OK"]
+    assert [m.json()["part_id"] for m in sub.messages(f"{BASE}/reject")] == rejected
+    assert statuses[0] == "online" and statuses[-1] == "stopped"
+
+    # The files agree with MQTT.
+    lines = (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == list(range(1, 10))
+    overlays = sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir())
+    assert len(overlays) == sum(v["verdict"] == "NG" for v in verdicts)
+
+    # seq survives a restart: the next run continues where this one ended.
+    with Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/verdict") as sub:
+        assert run_daemon(config).returncode == 0
+        again = [m.json()["seq"] for m in sub.wait_for(9)]
+    assert again == list(range(10, 19))
+
+
+def test_sigterm_drains_and_publishes_stopped(mosquitto, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        _png(frames / f"{i}.png", render_part(5, i, None)[0])
+    config = write_config(tmp_path, mosquitto.port, frames, loop=True, rate_hz=10)
+    with Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/#") as sub:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LEAN_RUN, "run", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )  # fmt: skip
+        try:
+            sub.wait_for(5, timeout=60, topic=f"{BASE}/verdict")
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err[-3000:]
+        deadline = time.monotonic() + 5
+        while sub.messages(f"{BASE}/status")[-1].json()["state"] != "stopped":
+            assert time.monotonic() < deadline, "no 'stopped' status after SIGTERM"
+            time.sleep(0.05)
+        seqs = [m.json()["seq"] for m in sub.messages(f"{BASE}/verdict")]
+    # every part the daemon took in before the signal got its verdict, none twice
+    lines = (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()
+    assert seqs == list(range(1, len(lines) + 1))
+    assert '"event": "station.stopped"' in err
+
+
+def test_config_and_bundle_errors_exit_2_with_the_reason(tmp_path):
+    bad = tmp_path / "station.yaml"
+    bad.write_text("station:\n  name: cam1\nproduct: button\ncamera:\n  source: genicm\n")
+    for command in (["check-config", str(bad)], ["run", "--config", str(bad)]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "inspectd", *command], capture_output=True, text=True
+        )
+        assert proc.returncode == 2
+        assert f"{bad}:5:11 camera.source: 'genicm' is not one of folder, opencv" in proc.stderr
+
+    # A valid config naming a product that is not there: exit 2 (systemd must not restart-loop).
+    (tmp_path / "frames").mkdir()
+    config = write_config(tmp_path, 1, tmp_path / "frames")
+    text = config.read_text().replace('"product": "button"', '"product": "nosuch"')
+    config.write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "inspectd", "run", "--config", str(config)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "nosuch" in proc.stderr
+
+
+def test_check_config_prints_the_resolved_config(tmp_path):
+    (tmp_path / "frames").mkdir()
+    config = write_config(tmp_path, 1883, Path("frames"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "inspectd", "check-config", str(config)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"path: {tmp_path / 'frames'}" in proc.stdout  # relative to the config file
+    assert "client_id: inspectd-cam1" in proc.stdout  # defaults filled in
