@@ -43,7 +43,7 @@ demo-bundle: $(VENV)/.stamp-dev
 	$(BIN)/python -m inspectd.train.datasets.button --out $(BUTTON_DATA) --seed 0 \
 		--train-good 250 --test-good 60 --per-defect 10
 	$(BIN)/inspectd train --product button --data $(BUTTON_DATA) --model ae \
-		--epochs 150 --patience 30 --lr 1e-3 --seed 0 --input-size 128
+		--epochs 200 --patience 30 --lr 1e-3 --seed 0 --input-size 128
 
 clean:
 	rm -rf $(VENV) demo-out .work

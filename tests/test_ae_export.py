@@ -91,3 +91,26 @@ def test_tiny_training_run_lowers_the_loss_on_synthetic_buttons(tmp_path: Path) 
         TrainSettings(epochs=10, batch_size=2, lr=2e-3), checkpoint=ckpt, progress=False,
     )  # fmt: skip
     assert len(resumed.history) == 10 - (result.best_epoch + 1)
+
+
+def test_build_product_writes_a_bundle_the_daemon_loads(tmp_path: Path) -> None:
+    """`inspectd train` end to end on a tiny set: train, export, parity, thresholds, evaluate,
+    seal; the daemon's loader accepts the result and the manifest says how it was made."""
+    from inspectd.bundle import load_bundle
+    from inspectd.train.build import BuildRequest, build_product
+    from inspectd.train.datasets.button import write_dataset
+
+    write_dataset(tmp_path / "data", seed=1, n_train_good=10, n_test_good=3, n_test_per_defect=1)
+    out = build_product(
+        BuildRequest(
+            product="tiny", data=tmp_path / "data", out=tmp_path / "products" / "tiny",
+            latent_dim=16, settings=TrainSettings(epochs=2, batch_size=4),
+        )
+    )  # fmt: skip
+    bundle = load_bundle(out)
+    m = bundle.manifest
+    assert m.preprocess.size == (128, 128) and m.preprocess.source_size == (256, 256)
+    assert bundle.thresholds.model_sha256 == bundle.model_sha256
+    assert m.training["epochs_run"] == 2 and m.training["torch"].startswith("2.")
+    assert 0.0 <= m.metrics["image_auroc"] <= 1.0
+    assert len((out / "train_images.sha256").read_text().splitlines()) == 10

@@ -113,7 +113,7 @@ def test_every_frame_gets_one_verdict_in_order_and_bad_frames_are_errors(mosquit
         if reason is None:
             assert v["verdict"] in ("OK", "NG") and v["error"] is None
             assert 0 <= v["score"] < 10 and v["threshold"] == bundle.thresholds.image
-            assert (v["verdict"] == "NG") == (v["score"] > v["threshold"])
+            assert (v["verdict"] == "NG") == (v["score"] >= v["threshold"])
         else:  # never OK, never silent: ERROR with the reason
             assert v["verdict"] == "ERROR" and v["score"] is None, v
             assert reason in v["error"], v

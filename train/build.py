@@ -130,7 +130,7 @@ def build_product(req: BuildRequest) -> Path:
             "best_epoch": result.best_epoch,
             "best_val_loss": round(result.best_val_loss, 6),
             "train_seconds": round(result.seconds, 1),
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),  # a TorchVersion, which YAML cannot write
             "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
             "onnx_parity_max_abs": float(f"{diff:.3g}"),
         },
