@@ -59,7 +59,7 @@ def _demo(args: argparse.Namespace) -> int:
     from inspectd.demo import REPO_PRODUCTS, run_demo
     from inspectd.logs import configure_logging
 
-    configure_logging("warning", "console")
+    configure_logging("error", "console")  # the part lines already show every ERROR's reason
     return run_demo(args.out, args.limit, args.mqtt_host, args.mqtt_port, args.products or REPO_PRODUCTS)
 
 

@@ -31,6 +31,13 @@ from inspectd.verdict import Verdict
 REPO_PRODUCTS = Path(__file__).resolve().parent.parent / "products"
 DEMO_SEED = 20261123  # not the training seed: the demo parts are new to the model
 CORRUPT_EVERY = 25  # one part in 25 is a truncated file, to show the ERROR path
+LINE_RATE_HZ = 20.0  # parts per second, as from a triggered camera on a line
+_print_lock = threading.Lock()  # the part lines and the gateway's lines come from two threads
+
+
+def _say(text: str) -> None:
+    with _print_lock:
+        print(text, flush=True)
 
 
 def write_parts(folder: Path, n: int, seed: int = DEMO_SEED) -> dict[str, str]:
@@ -66,8 +73,8 @@ class PartPrinter:
         extra = f"  {len(r.regions)} region(s)" if r.regions else ""
         if r.error:
             extra = f"  {r.error}"
-        print(f"  #{r.seq:<5d} {r.part_id:<22s} {r.verdict.value:<5s} score {score}  "
-              f"{r.latency_ms:7.1f} ms{extra}", flush=True)  # fmt: skip
+        _say(f"  #{r.seq:<5d} {r.part_id:<22s} {r.verdict.value:<5s} score {score}  "
+             f"{r.latency_ms:7.1f} ms{extra}")  # fmt: skip
 
     def close(self) -> None:
         pass
@@ -99,8 +106,8 @@ class GatewayView:
             self.verdicts += 1
         else:
             self.rejects += 1
-            print(f"  PLC  <- reject part {payload['part_id']} ({payload['verdict']}, "
-                  f"seq {payload['seq']})", flush=True)  # fmt: skip
+            _say(f"  PLC  <- reject part {payload['part_id']} ({payload['verdict']}, "
+                 f"seq {payload['seq']})")  # fmt: skip
 
     def wait_for(self, n: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -114,7 +121,7 @@ class GatewayView:
 
 def run_demo(out: Path, limit: int, mqtt_host: str, mqtt_port: int, products: Path) -> int:
     out = out.resolve()
-    print(f"inspectd demo: {limit} parts -> {out}")
+    print(f"inspectd demo: {limit} parts at {LINE_RATE_HZ:g} parts/s -> {out}")
     # The demo owns its output folder: each run starts with fresh parts and files. The state
     # (seq) is kept, as on a real station: seq never goes backwards.
     for old in ("frames", "overlays"):
@@ -137,7 +144,7 @@ def run_demo(out: Path, limit: int, mqtt_host: str, mqtt_port: int, products: Pa
                 "product": "button",
                 "products_dir": str(products),
                 "state_dir": str(out / "state"),
-                "camera": {"source": "folder", "path": str(out / "frames")},
+                "camera": {"source": "folder", "path": str(out / "frames"), "rate_hz": LINE_RATE_HZ},
                 "mqtt": {"host": mqtt_host, "port": mqtt_port, "protocol": protocol},
                 "output": {"dir": str(out), "overlays": "all"},
             }

@@ -38,6 +38,7 @@ class Station:
         self.publisher: MqttPublisher | None = None
         self.sinks: list[VerdictSink] = []
         self.pipeline: Pipeline | None = None
+        self.sequence: SequenceCounter | None = None
 
     def start(self) -> None:
         cfg = self.config
@@ -52,7 +53,7 @@ class Station:
         )
         self.engine.warmup()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        sequence = SequenceCounter(cfg.state_dir / "seq")
+        self.sequence = SequenceCounter(cfg.state_dir / "seq")
         self.source = open_source(cfg.camera)
         self.source.open()
 
@@ -85,7 +86,7 @@ class Station:
             engine=self.engine,
             bundle=self.bundle,
             station=cfg.station.name,
-            sequence=sequence,
+            sequence=self.sequence,
             sinks=self.sinks,
             max_batch=cfg.engine.max_batch,
         )
@@ -112,4 +113,6 @@ class Station:
             self.publisher.stop(timeout=drain_timeout)
         if self.engine is not None:
             self.engine.close()
+        if self.sequence is not None:
+            self.sequence.close()  # a clean stop leaves no gap in seq
         log.info("station.stopped")

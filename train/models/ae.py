@@ -1,9 +1,9 @@
 """`ae`: the convolutional autoencoder baseline of the MVTec AD paper.
 
 Bergmann et al., "MVTec AD — A Comprehensive Real-World Dataset for Unsupervised Anomaly
-Detection" (CVPR 2019), Table 1 of the supplement: the AE-L2 / AE-SSIM baseline. It is the
-comparison row of docs/results.md, not a placeholder: the seed models (hybrid, vivano) must beat
-it to earn their cost.
+Detection" (CVPR 2019): the AE-L2 / AE-SSIM baseline. It is the comparison row for the seed
+models (hybrid, vivano), not a placeholder: they must beat it on the same data to earn their
+cost.
 
 Architecture for a 128x128 input (each 256 input adds one more 4x4 stride-2 stage at each end,
 as in the paper): encoder convs 4x4/2 (32), 4x4/2 (32), 3x3/1 (32), 4x4/2 (64), 3x3/1 (64),
