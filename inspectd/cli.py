@@ -8,21 +8,33 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inspectd.config import StationConfig
 
 EXIT_CONFIG = 2  # config and bundle errors: systemd must not restart-loop on them
+
+
+def _load_config(path: Path) -> StationConfig | None:
+    """The station config, or None after printing every error to stderr."""
+    from inspectd.config import ConfigError, load_station_config
+
+    try:
+        return load_station_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 def _run(args: argparse.Namespace) -> int:
     from inspectd.bundle import BundleError
     from inspectd.capture.base import CaptureError
-    from inspectd.config import ConfigError, load_station_config
     from inspectd.logs import configure_logging
     from inspectd.station import Station
 
-    try:
-        config = load_station_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = _load_config(args.config)
+    if config is None:
         return EXIT_CONFIG
     configure_logging(config.logging.level, config.logging.format)
     stop = threading.Event()
@@ -34,7 +46,9 @@ def _run(args: argparse.Namespace) -> int:
     except (BundleError, CaptureError) as exc:
         print(f"inspectd: {exc}", file=sys.stderr)
         station.stop()
-        return EXIT_CONFIG
+        # A bad bundle needs a person; a camera that is not there yet may come back, so that
+        # one is an ordinary failure that systemd retries.
+        return EXIT_CONFIG if isinstance(exc, BundleError) else 1
     try:
         stats = station.run(stop=stop)
     finally:
@@ -44,12 +58,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from inspectd.config import ConfigError, format_resolved, load_station_config
+    from inspectd.config import format_resolved
 
-    try:
-        config = load_station_config(args.file)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = _load_config(args.file)
+    if config is None:
         return EXIT_CONFIG
     print(format_resolved(config), end="")
     return 0

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from mqtt_client import Subscriber
 
+from inspectd.mqtt.broker import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 TOPIC = "inspectd/v1/demo/line1/demo1"
 LIMIT = 40  # the end-to-end check: 40 parts, both verdict kinds
@@ -72,3 +74,10 @@ def test_demo_against_a_running_broker(mosquitto, tmp_path):
     assert proc.returncode == 0
     again = [json.loads(line)["seq"] for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert again == list(range(LIMIT + 1, 2 * LIMIT + 1))
+
+
+def test_demo_starts_its_own_broker_when_none_answers(tmp_path):
+    out = tmp_path / "demo-out"
+    proc = run_demo(out, free_port())
+    assert "no broker answered, started an embedded one" in proc.stdout
+    check_output(proc, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.button import DEFECTS, write_dataset
 from inspectd.train.datasets.mvtec import MVTecSet, Sample, load_mask
 
-# ../shared/data beside the checkout (not part of the repo)
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtoc_lenses"
+# The team's shared data (not part of the repo): ../shared/data beside the checkout, or wherever
+# INSPECTD_SHARED_DATA points.
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL = Path(os.environ.get("INSPECTD_SHARED_DATA", SHARED)) / "mtoc_lenses"
 
 
 @pytest.fixture(scope="module")

@@ -201,3 +201,13 @@ def test_check_config_prints_the_resolved_config(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"path: {tmp_path / 'frames'}" in proc.stdout  # relative to the config file
     assert "client_id: inspectd-cam1" in proc.stdout  # defaults filled in
+
+
+def test_a_camera_that_is_not_there_is_a_failure_systemd_retries(tmp_path):
+    config = write_config(tmp_path, 1, tmp_path / "not-yet-mounted")
+    proc = subprocess.run(
+        [sys.executable, "-m", "inspectd", "run", "--config", str(config)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "not-yet-mounted" in proc.stderr
