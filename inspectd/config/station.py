@@ -133,7 +133,7 @@ class EngineConfig(StrictModel):
     # fmt: off
     backend: Literal["auto", "onnxruntime"] = Field("auto", description="Inference runtime; auto = the best one installed.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where the model runs.")
-    threads: int = Field(0, ge=0, description="CPU threads for the runtime; 0 = the runtime's default.")
+    threads: int = Field(0, ge=0, description="CPU threads for the runtime; 0 = all cores but one (capture and publishing get that one).")
     max_batch: int = Field(1, ge=1, le=64, description="Most frames run through the model at once.")
     # fmt: on
 
