@@ -81,3 +81,17 @@ def test_demo_starts_its_own_broker_when_none_answers(tmp_path):
     proc = run_demo(out, free_port())
     assert "no broker answered, started an embedded one" in proc.stdout
     check_output(proc, out)
+
+
+def test_demo_falls_back_to_amqtt_without_mosquitto(tmp_path):
+    """A newcomer's machine without mosquitto: the pure-Python broker (MQTT 3.1.1) carries it."""
+    out = tmp_path / "demo-out"
+    no_mosquitto = (
+        "import sys, inspectd.mqtt.broker as b; b.find_mosquitto = lambda: None; " + LEAN_DEMO
+    )
+    args = ["demo", "--out", str(out), "--limit", str(LIMIT), "--mqtt-port", str(free_port())]
+    proc = subprocess.run(
+        [sys.executable, "-c", no_mosquitto, *args], capture_output=True, text=True, timeout=240
+    )
+    assert "started an embedded one" in proc.stdout and "(MQTT 3.1.1)" in proc.stdout
+    check_output(proc, out)
