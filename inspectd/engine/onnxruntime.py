@@ -32,7 +32,7 @@ class OnnxRuntimeEngine(Engine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Capture, decoding and publishing run beside the engine: by default leave them a core,
         # and do not let idle pool threads spin on it (bench/latency.py: on 2 cores the daemon
-        # reached 0.5-0.65 of the bare engine with ONNX Runtime's defaults, 0.83-0.97 so).
+        # reached 0.5-0.65 of the bare engine with ONNX Runtime's defaults, 0.79-0.93 so).
         opts.intra_op_num_threads = threads or max(1, (os.cpu_count() or 2) - 1)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
