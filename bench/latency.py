@@ -1,10 +1,11 @@
 """Per-stage latency and daemon throughput vs the bare engine, measured in one run.
 
-    .venv/bin/python bench/latency.py [--parts 200] [--products products] [--no-mqtt]
+    .venv/bin/python bench/latency.py [--parts 600] [--threads N] [--max-batch N] [--no-mqtt]
 
 The bare engine runs the bundle's model on preloaded, preprocessed inputs back to back, with the
 same engine settings as the daemon; it runs before and after the daemon and the ratio uses the
-mean of the two, so a shift in machine load during the run shows instead of skewing it. The daemon runs the real station wiring on the same parts from a folder camera:
+mean of the two, so a shift in machine load during the run shows instead of skewing it. The
+daemon runs the real station wiring on the same parts from a folder camera:
 read + decode, preprocess, infer, decide, and publish (verdicts.jsonl, NG overlays, MQTT QoS 1
 to a private mosquitto). The ratio daemon / bare says what the daemon's own work costs. The
 "capture" stage is reading and decoding the file (the folder camera's capture).
@@ -71,7 +72,7 @@ def main() -> int:
     p.add_argument("--parts", type=int, default=600)
     p.add_argument("--products", type=Path, default=REPO_PRODUCTS)
     p.add_argument("--no-mqtt", action="store_true")
-    p.add_argument("--threads", type=int, default=0, help="engine.threads for both (0: runtime default)")
+    p.add_argument("--threads", type=int, default=0, help="engine.threads for both (0: all cores but one)")
     p.add_argument("--max-batch", type=int, default=1, help="engine.max_batch of the daemon, and the bare engine's batch")
     args = p.parse_args()
     configure_logging("warning", "console")

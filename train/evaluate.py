@@ -49,7 +49,8 @@ def _mask_like_input(sample: Any, spec: PreprocessSpec, hw: tuple[int, int]) -> 
 
     from inspectd.imagefile import read_image
 
-    frame_hw = read_image(sample.path).shape[:2]
+    # load_inputs has already held every frame to source_size when the bundle records one
+    frame_hw = spec.source_size or read_image(sample.path).shape[:2]
     mask = load_mask(sample, frame_hw).astype(np.uint8)
     if spec.roi is not None:
         x, y, w, h = spec.roi
