@@ -107,6 +107,12 @@ def load_bundle(path: Path) -> Bundle:
         manifest = load_yaml_model(path / MANIFEST, Manifest)
     except ConfigError as exc:
         raise BundleError(str(exc)) from exc
+    if manifest.name != path.name:
+        # stations, commands and reloads find a bundle by name: the folder must carry it
+        raise BundleError(
+            f"{path / MANIFEST}: name {manifest.name!r} does not match its folder {path.name!r}; "
+            f"rename the folder to {manifest.name!r}"
+        )
     for required in (manifest.model.file, THRESHOLDS):
         if required not in manifest.files:
             raise BundleError(f"{path / MANIFEST}: files does not list {required}")

@@ -31,7 +31,8 @@ def _run(args: argparse.Namespace) -> int:
     from inspectd.bundle import BundleError
     from inspectd.capture.base import CaptureError
     from inspectd.logs import configure_logging
-    from inspectd.station import Station
+    from inspectd.mqtt.commands import CommandError
+    from inspectd.station import StartupError, Station
 
     config = _load_config(args.config)
     if config is None:
@@ -41,14 +42,23 @@ def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     station = Station(config)
+
+    def reload(*_: object) -> None:
+        try:
+            station.reload_thresholds()
+        except CommandError as exc:
+            print(f"inspectd: {exc}", file=sys.stderr)
+
+    # SIGHUP: thresholds again from the bundle, off the signal handler (it reads and hashes files)
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, daemon=True).start())
     try:
         station.start()
-    except (BundleError, CaptureError) as exc:
+    except (BundleError, CaptureError, StartupError) as exc:
         print(f"inspectd: {exc}", file=sys.stderr)
         station.stop()
-        # A bad bundle needs a person; a camera that is not there yet may come back, so that
-        # one is an ordinary failure that systemd retries.
-        return EXIT_CONFIG if isinstance(exc, BundleError) else 1
+        # A bad bundle or setting needs a person; a camera that is not there yet may come
+        # back, so that one is an ordinary failure that systemd retries.
+        return 1 if isinstance(exc, CaptureError) else EXIT_CONFIG
     try:
         stats = station.run(stop=stop)
     finally:

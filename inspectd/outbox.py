@@ -3,25 +3,32 @@
 A verdict is committed here, with its ``seq``, before it is published, and deleted only when the
 broker has acknowledged it, so broker outages and daemon crashes lose nothing. The outbox is a
 SQLite database in WAL mode with ``synchronous=FULL``: a committed append survives a killed
-process and a power cut. It also owns the per-station ``seq`` that consumers de-duplicate on: the
-number is allocated in the same transaction that stores the verdict, and its high-water mark is
-kept in a ``meta`` table, so it never goes backwards or repeats, even once every row is deleted.
+process and a power cut. ``sync="normal"`` skips the fsync per commit (the WAL is synced at
+checkpoints): a killed process still loses nothing, a power cut may lose the last verdicts; for
+disks whose fsync costs milliseconds (eMMC, SD cards) on boxes with a UPS. Several verdicts can be committed in one transaction (``append_many``):
+under load the fsync is shared, at low rates a verdict costs one.
 
-It is bounded by rows and by age. When it must drop, it drops the oldest OK verdicts first and NG
-or ERROR only when no OK verdict is left to drop; every drop is counted by kind (persisted, in
-``stats()``) and logged (``log.error`` with the seqs for NG/ERROR). Appending never fails because
-the outbox is full; it fails with ``OutboxError`` only when the file cannot be written (disk full,
-I/O error), and then nothing of the verdict is stored and no seq is used up.
+**seq.** The outbox owns the per-station ``seq`` that consumers de-duplicate on. The number is
+allocated in the transaction that stores the verdict. The ``meta`` table holds a high-water mark
+("numbers up to here may have been handed out") that is moved ``SEQ_RESERVE`` ahead inside the
+same transactions, at no extra fsync; a clean ``close()`` shrinks it to the last number used. A
+new process starts above the mark: after a clean stop seq simply continues, after a crash it
+jumps forward (by at most ``SEQ_RESERVE``), and it never goes backwards or repeats.
+
+**Bounds.** Rows and age are bounded. When it must drop, it drops the oldest OK verdicts first
+and NG or ERROR only when no OK verdict is left; every drop is counted by kind (persisted, in
+``stats()``) and logged (``log.error`` with the seqs for NG/ERROR).
+
+**When the disk fails** (full, read-only, I/O error), appending does not fail: the verdict is kept
+in memory instead, its JSON payloads say ``"durable": false``, ``stats()`` says why, and it is
+published like any other; it is lost only if the process ends before the broker acknowledges it.
+The next append tries the disk again. Seqs handed out meanwhile come from the reservation; once
+it is used up a crash could repeat them, and the log says so (at 20 parts/s the reservation
+lasts over an hour). ``Outbox.in_memory`` is the same for a file that cannot even be opened.
 
 Schema: one row per verdict in ``verdicts`` and its MQTT messages (the verdict, plus the reject
-for NG and ERROR) in ``messages``, keyed by (seq, idx). Two tables rather than a JSON list in one
-row: payloads are bytes (BLOBs need no base64 and no parse on read), and each message can be
-acknowledged on its own PUBACK, so after a crash only the messages the broker has not
-acknowledged are sent again.
-
-Migrating from the file-based counter (``inspectd.sequence``): its file holds a high-water mark
-H ("numbers up to H may have been handed out"), ``SequenceCounter(path).last`` reads it without
-writing, and ``Outbox(path, start_after=H)`` makes the next seq H + 1.
+for NG and ERROR) in ``messages``, keyed by (seq, idx), so each message is acknowledged on its
+own PUBACK and after a crash only the unacknowledged ones are sent again.
 
 One process per station: the outbox keeps its depth in memory and is not meant to be written by
 two processes at once (reading it with the sqlite3 shell while the daemon runs is fine).
@@ -35,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -49,12 +56,14 @@ log = structlog.get_logger(__name__)
 SCHEMA_VERSION = 1
 DEFAULT_MAX_ROWS = 100_000
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
+SYNC_MODES = ("full", "normal")
+SEQ_RESERVE = 100_000  # numbers reserved ahead on disk; the most seq can jump after a crash
 KINDS = tuple(v.value for v in Verdict)
 _SEQS_LOGGED_FOR_OK = 20  # OK drops log a count and the first seqs; NG/ERROR drops log all seqs
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
-        key   TEXT PRIMARY KEY,             -- schema_version, last_seq, dropped_<kind>
+        key   TEXT PRIMARY KEY,             -- schema_version, reserved_seq, dropped_<kind>
         value INTEGER NOT NULL
     ) WITHOUT ROWID""",
     f"""CREATE TABLE IF NOT EXISTS verdicts (
@@ -74,19 +83,18 @@ _SCHEMA = (
         qos          INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
         retain       INTEGER NOT NULL,
         content_type TEXT,
+        expires      REAL,                  -- wall time after which sending it is useless
         PRIMARY KEY (seq, idx)
     ) WITHOUT ROWID""",
 )
 
 
 class OutboxError(RuntimeError):
-    """The outbox file cannot be opened, read or written. The caller turns this into an ERROR
-    state; nothing of the failed operation was stored."""
+    """The outbox file cannot be opened or read, or the outbox is closed."""
 
 
 class MessageLike(Protocol):
-    """What ``append`` stores of a message: ``Message`` here, or the publisher's
-    ``OutgoingMessage`` (its ``label`` and ``on_ack`` are not stored)."""
+    """What ``append`` stores of a message."""
 
     @property
     def topic(self) -> str: ...
@@ -98,17 +106,21 @@ class MessageLike(Protocol):
     def retain(self) -> bool: ...
     @property
     def content_type(self) -> str | None: ...
+    @property
+    def expires(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A message to store; the publisher's ``OutgoingMessage`` does as well."""
+    """A message to store. ``expires``: wall time after which it is not worth sending (a reject
+    for a part that has left the diverter); the publisher turns it into MQTT 5 message expiry."""
 
     topic: str
     payload: bytes
     qos: int = 1
     retain: bool = False
     content_type: str | None = "application/json"
+    expires: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +134,7 @@ class StoredMessage:
     qos: int
     retain: bool
     content_type: str | None
+    expires: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,31 +142,39 @@ class Row:
     """One verdict waiting for its PUBACKs, with the messages not yet acknowledged, in order.
 
     ``replayed``: an earlier process stored it and did not see it acknowledged (see
-    ``Outbox.mark_replayed``). JSON object payloads with a ``"replayed"`` key (the verdict
-    payload) then read back with ``"replayed": true``; the stored bytes are not changed."""
+    ``Outbox.mark_replayed``); its JSON payloads with a ``"replayed"`` key read back with
+    ``"replayed": true``. ``durable``: False for a verdict kept in memory because the disk
+    failed (its payloads say ``"durable": false``)."""
 
     seq: int
     kind: Verdict
     created: float
     replayed: bool
     messages: tuple[StoredMessage, ...]
+    durable: bool = True
 
 
 MessagesArg = Sequence[MessageLike] | Callable[[int], Iterable[MessageLike]]
+_Stored = tuple[str, bytes, int, int, str | None, float | None]  # a checked message
 
 
-def _replayed_payload(payload: bytes) -> bytes:
-    # Same compact form as inspectd.mqtt.publisher.encode_json: a JSON round trip keeps key
-    # order and float text, so only the flag changes. Anything else passes through unchanged.
+def set_flags(payload: bytes, **flags: bool) -> bytes:
+    """Set boolean flags in a JSON object payload, only where the key exists already.
+
+    Same compact form as ``inspectd.mqtt.publisher.encode_json``: a JSON round trip keeps key
+    order and float text, so only the flags change. Anything else passes through unchanged."""
     if not payload.startswith(b"{"):
         return payload
     try:
         obj = json.loads(payload)
     except ValueError:
         return payload
-    if not isinstance(obj, dict) or "replayed" not in obj or obj["replayed"] is True:
+    if not isinstance(obj, dict):
         return payload
-    obj["replayed"] = True
+    todo = {k: v for k, v in flags.items() if k in obj and obj[k] is not v}
+    if not todo:
+        return payload
+    obj.update(todo)
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -173,7 +194,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def _checked(message: MessageLike) -> tuple[str, bytes, int, int, str | None]:
+def _checked(message: MessageLike) -> _Stored:
     topic, payload, qos = message.topic, message.payload, message.qos
     if not isinstance(topic, str) or not topic or "+" in topic or "#" in topic:
         raise ValueError(f"cannot publish on topic {topic!r}")
@@ -182,14 +203,33 @@ def _checked(message: MessageLike) -> tuple[str, bytes, int, int, str | None]:
     if qos not in (0, 1, 2):
         raise ValueError(f"invalid QoS {qos!r}")
     content_type = getattr(message, "content_type", None)
-    return topic, bytes(payload), qos, int(bool(message.retain)), content_type
+    expires = getattr(message, "expires", None)
+    return topic, bytes(payload), qos, int(bool(message.retain)), content_type, expires
+
+
+def _read_high_water(path: Path) -> int | None:
+    """The seq high-water mark of an outbox file opened read-only; None if it cannot be read."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return None
+    try:
+        (meta,) = conn.execute(
+            "SELECT COALESCE(MAX(value), 0) FROM meta WHERE key = 'reserved_seq'"
+        ).fetchone()
+        (rows,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM verdicts").fetchone()
+        return max(int(meta), int(rows))
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
 
 
 class Outbox:
     """Durable, bounded, thread-safe store of verdict messages that owns ``seq``.
 
-    ``append`` commits (fsync) before it returns. ``ack`` is meant for the publisher's
-    ``on_ack`` (paho's network thread); all methods may be called from any thread.
+    ``append``/``append_many`` commit (fsync) before they return. All methods may be called from
+    any thread; ``ack_many`` is meant to batch PUBACKs rather than fsync on paho's thread.
     """
 
     def __init__(
@@ -199,6 +239,8 @@ class Outbox:
         max_rows: int = DEFAULT_MAX_ROWS,
         max_age_s: float = DEFAULT_MAX_AGE_S,
         start_after: int = 0,
+        sync: str = "full",
+        _open: bool = True,
     ) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
@@ -206,11 +248,23 @@ class Outbox:
             raise ValueError(f"max_age_s must be > 0, got {max_age_s}")
         if start_after < 0:
             raise ValueError(f"start_after must be >= 0, got {start_after}")
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {SYNC_MODES}, got {sync!r}")
         self.path = Path(path)
+        self.sync = sync
         self.max_rows = max_rows
         self.max_age_s = float(max_age_s)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._volatile: dict[int, Row] = {}  # verdicts the disk could not take, by seq
+        self._write_error: str | None = None  # why the last write failed; None once one worked
+        self._warned_reserve = False
+        self._depth = 0
+        self._last_seq = self._reserved = self._inherited_seq = start_after
+        self._dropped = dict.fromkeys(KINDS, 0)
+        if not _open:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._open(start_after)
@@ -219,6 +273,26 @@ class Outbox:
                 self._conn.close()
                 self._conn = None
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+
+    @classmethod
+    def in_memory(cls, path: Path, reason: str, **bounds: Any) -> Outbox:
+        """An outbox for a file that cannot be opened: verdicts are kept in memory only and say
+        ``"durable": false``. Seq starts above what the file says, if it can be read at all,
+        and otherwise above the wall clock in milliseconds (more than any station reaches at
+        under 1000 parts/s), so it does not repeat numbers an earlier process handed out."""
+        outbox = cls(path, _open=False, **bounds)
+        known = _read_high_water(outbox.path)
+        floor = known if known is not None else int(time.time() * 1000)
+        outbox._last_seq = outbox._reserved = outbox._inherited_seq = max(outbox._last_seq, floor)
+        outbox._write_error = reason
+        log.error(
+            "outbox.in_memory",
+            path=str(outbox.path),
+            reason=reason,
+            last_seq=outbox._last_seq,
+            detail="verdicts are published but not stored on disk; fix the state folder",
+        )
+        return outbox
 
     def _open(self, start_after: int) -> sqlite3.Connection:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
@@ -229,7 +303,7 @@ class Outbox:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":  # e.g. a file system without shared memory for the WAL
             raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL could not be enabled")
-        conn.execute("PRAGMA synchronous=FULL")  # WAL + NORMAL may lose the last commits
+        conn.execute(f"PRAGMA synchronous={self.sync.upper()}")  # see the module docstring
         conn.execute("PRAGMA foreign_keys=ON")  # deleting a verdict deletes its messages
         with _transaction(conn):
             for statement in _SCHEMA:  # not executescript(): it would COMMIT our BEGIN first
@@ -245,10 +319,11 @@ class Outbox:
                 )
             # max() with the rows too: seq must not repeat even if meta were edited by hand
             (max_row_seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM verdicts").fetchone()
-            last = max(self._meta(conn, "last_seq"), max_row_seq, start_after)
-            self._set_meta(conn, "last_seq", last)
+            last = max(self._meta(conn, "reserved_seq"), max_row_seq, start_after)
+            self._set_meta(conn, "reserved_seq", last + SEQ_RESERVE)
             (self._depth,) = conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()
         self._last_seq = last
+        self._reserved = last + SEQ_RESERVE
         self._inherited_seq = max_row_seq  # rows up to here were left by an earlier process
         self._dropped = {k: self._meta(conn, f"dropped_{k}") for k in KINDS}
         log.info(
@@ -264,132 +339,97 @@ class Outbox:
 
     @property
     def last_seq(self) -> int:
-        """The highest seq ever allocated (or migrated in with ``start_after``)."""
+        """The highest seq handed out, or the high-water mark an earlier process left."""
         with self._lock:
             return self._last_seq
 
-    def append(self, kind: Verdict | str, messages: MessagesArg) -> int:
-        """Store one verdict and its messages under the next seq; committed to disk on return.
-
-        ``messages`` is a list, or a callable ``seq -> messages`` for payloads that carry the
-        seq (the verdict payload does): it runs inside the transaction, under the lock, so keep
-        it short; if it raises, nothing is stored and the seq is not used up. Makes room first
-        when the outbox is at ``max_rows`` or holds rows older than ``max_age_s`` (dropping, see
-        the module docstring); never raises because it is full. Raises ``OutboxError`` when the
-        database cannot be written (disk full, I/O error)."""
-        kind = Verdict(kind)  # ValueError for anything but OK/NG/ERROR
-        builder: Callable[[int], Iterable[MessageLike]] | None = None
-        static: list[tuple[str, bytes, int, int, str | None]] | None = None
-        if callable(messages):
-            builder = messages
-        else:  # checked before the lock is taken
-            static = [_checked(m) for m in messages]
+    @property
+    def durable(self) -> bool:
+        """False while the disk refuses writes (verdicts are then kept in memory)."""
         with self._lock:
-            conn = self._connection()
-            seq = self._last_seq + 1
+            return self._write_error is None
+
+    def append(self, kind: Verdict | str, messages: MessagesArg) -> int:
+        """Store one verdict; returns its seq. See ``append_many``."""
+        return self.append_many([(kind, messages)])[0]
+
+    def append_many(self, items: Sequence[tuple[Verdict | str, MessagesArg]]) -> list[int]:
+        """Store verdicts under consecutive seqs, in one transaction; returns the seqs.
+
+        Each item's messages are a list, or a callable ``seq -> messages`` for payloads that
+        carry the seq (the verdict payload does); it runs under the lock, so keep it short; if
+        one raises, nothing is stored and no seq is used up. No messages (MQTT off): the verdict
+        only takes a seq. Makes room first when the outbox is at ``max_rows`` or holds rows
+        older than ``max_age_s`` (dropping, see the module docstring). Never fails because the
+        outbox is full or the disk refuses the write (see the module docstring)."""
+        kinds = [Verdict(kind) for kind, _ in items]  # ValueError for anything but OK/NG/ERROR
+        with self._lock:
+            if self._closed:
+                raise OutboxError(f"outbox {self.path} is closed")
+            first = self._last_seq + 1
+            built: list[tuple[int, Verdict, list[_Stored]]] = []
+            for offset, (kind, (_, messages)) in enumerate(zip(kinds, items, strict=True)):
+                seq = first + offset
+                given = messages(seq) if callable(messages) else messages
+                built.append((seq, kind, [_checked(m) for m in given]))
+            if not built:
+                return []
             now = time.time()
-            try:
-                with _transaction(conn):
-                    rows = static if builder is None else [_checked(m) for m in builder(seq)]
-                    if not rows:
-                        raise ValueError("a verdict needs at least one message")
-                    dropped = self._drop_for_age(conn, now)
-                    depth = self._depth - len(dropped)
-                    if depth >= self.max_rows:
-                        dropped += self._drop_oldest(conn, depth - self.max_rows + 1)
-                    self._count_drops(conn, dropped)
-                    conn.execute(
-                        "INSERT INTO verdicts (seq, kind, created) VALUES (?, ?, ?)",
-                        (seq, kind.value, now),
-                    )
-                    conn.executemany(
-                        "INSERT INTO messages (seq, idx, topic, payload, qos, retain, content_type)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [(seq, idx, *row) for idx, row in enumerate(rows)],
-                    )
-                    self._set_meta(conn, "last_seq", seq)
-            except sqlite3.Error as exc:
-                raise OutboxError(
-                    f"cannot store verdict {kind.value} in outbox {self.path} "
-                    f"(seq {seq} not used): {exc}"
-                ) from exc
-            # committed: only now does the in-memory state move on
-            self._last_seq = seq
-            self._depth += 1 - len(dropped)
-            self._note_drops(dropped)
-            return seq
+            if self._conn is None or not self._append_to_disk(built, now):
+                self._append_to_memory(built, now)
+            self._last_seq = built[-1][0]
+            return [seq for seq, _, _ in built]
 
     def pending(self, limit: int = 100, *, after: int = 0) -> list[Row]:
         """Up to ``limit`` verdicts with seq > ``after``, in seq order, with their messages not
         yet acknowledged. Does not drop anything (reading stays reading)."""
         with self._lock:
-            conn = self._connection()
-            try:
-                heads = conn.execute(
-                    "SELECT seq, kind, created, replayed FROM verdicts WHERE seq > ?"
-                    " ORDER BY seq LIMIT ?",
-                    (after, limit),
-                ).fetchall()
-                if not heads:
-                    return []
-                msgs = conn.execute(
-                    "SELECT seq, idx, topic, payload, qos, retain, content_type FROM messages"
-                    " WHERE seq BETWEEN ? AND ? ORDER BY seq, idx",
-                    (heads[0][0], heads[-1][0]),
-                ).fetchall()
-            except sqlite3.Error as exc:
-                raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
-        by_seq: dict[int, list[StoredMessage]] = {}
-        replayed_seqs = {seq for seq, _, _, replayed in heads if replayed}
-        for seq, idx, topic, payload, qos, retain, content_type in msgs:
-            if seq in replayed_seqs:
-                payload = _replayed_payload(payload)
-            by_seq.setdefault(seq, []).append(
-                StoredMessage(seq, idx, topic, payload, qos, bool(retain), content_type)
-            )
-        return [
-            Row(seq, Verdict(kind), created, bool(replayed), tuple(by_seq.get(seq, ())))
-            for seq, kind, created, replayed in heads
-        ]
+            self._check_open()
+            rows = self._pending_on_disk(limit, after) if self._conn is not None else []
+            memory = [r for s, r in self._volatile.items() if s > after]
+        if memory:
+            rows = sorted(rows + memory, key=lambda r: r.seq)[:limit]
+        return rows
 
     def ack(self, seq: int, idx: int | None = None) -> bool:
         """The broker acknowledged message ``idx`` of verdict ``seq`` (all of them when ``idx``
-        is None): delete it, and the verdict once none of its messages is left. Acknowledging
-        an unknown seq or idx is harmless (a PUBACK for a row dropped meanwhile). True if
-        something was deleted."""
+        is None). True if something was deleted. See ``ack_many``."""
+        return self.ack_many([(seq, idx)]) > 0
+
+    def ack_many(self, acks: Iterable[tuple[int, int | None]]) -> int:
+        """Delete acknowledged messages, and each verdict once none of its messages is left, in
+        one transaction. Acknowledging an unknown seq or idx is harmless (a PUBACK for a row
+        dropped meanwhile). Not synced to disk on its own (the next append syncs it): after a
+        power cut an acknowledged verdict may be sent once more, which consumers de-duplicate.
+        If the disk refuses the delete, the row stays and is sent again after a restart.
+        Returns how many messages were deleted."""
+        on_disk: list[tuple[int, int | None]] = []
+        changed = 0
         with self._lock:
-            conn = self._connection()
-            try:
-                with _transaction(conn):
-                    if idx is None:
-                        deleted = conn.execute("DELETE FROM verdicts WHERE seq = ?", (seq,))
-                        gone = deleted.rowcount
-                        changed = gone > 0
-                    else:
-                        deleted = conn.execute(
-                            "DELETE FROM messages WHERE seq = ? AND idx = ?", (seq, idx)
-                        )
-                        changed = deleted.rowcount > 0
-                        gone = 0
-                        if changed:
-                            gone = conn.execute(
-                                "DELETE FROM verdicts WHERE seq = ? AND NOT EXISTS"
-                                " (SELECT 1 FROM messages WHERE seq = ?)",
-                                (seq, seq),
-                            ).rowcount
-            except sqlite3.Error as exc:
-                raise OutboxError(
-                    f"cannot acknowledge seq {seq} in outbox {self.path}: {exc}"
-                ) from exc
-            self._depth -= gone
-            return changed
+            self._check_open()
+            for seq, idx in acks:
+                row = self._volatile.get(seq)
+                if row is None:
+                    on_disk.append((seq, idx))
+                    continue
+                kept = tuple(m for m in row.messages if idx is not None and m.idx != idx)
+                changed += len(row.messages) - len(kept)
+                if kept:
+                    self._volatile[seq] = replace(row, messages=kept)
+                else:
+                    del self._volatile[seq]
+            if on_disk and self._conn is not None:
+                changed += self._ack_on_disk(on_disk)
+        return changed
 
     def mark_replayed(self) -> int:
         """Flag the verdicts an earlier process stored and did not see acknowledged, so they are
         published again with ``"replayed": true``. Call once at startup; rows appended by this
         process are never flagged. Returns how many rows were flagged."""
         with self._lock:
-            conn = self._connection()
+            conn = self._check_open()
+            if conn is None:
+                return 0
             try:
                 with _transaction(conn):
                     count = conn.execute(
@@ -411,39 +451,69 @@ class Outbox:
         """Drop rows older than ``max_age_s`` now (``append`` does it too); for a periodic call
         while no parts arrive. Returns how many verdicts were dropped."""
         with self._lock:
-            conn = self._connection()
-            try:
-                with _transaction(conn):
-                    dropped = self._drop_for_age(conn, time.time())
-                    self._count_drops(conn, dropped)
-            except sqlite3.Error as exc:
-                raise OutboxError(f"cannot prune outbox {self.path}: {exc}") from exc
-            self._depth -= len(dropped)
+            conn = self._check_open()
+            now = time.time()
+            dropped = self._drop_in_memory(0, now)
+            if conn is not None:
+                try:
+                    with _transaction(conn):
+                        on_disk = self._drop_for_age(conn, now)
+                        self._count_drops(conn, on_disk)
+                except sqlite3.Error as exc:
+                    self._disk_failed("prune", exc)
+                else:
+                    self._depth -= len(on_disk)
+                    dropped += on_disk
             self._note_drops(dropped)
             return len(dropped)
 
     def stats(self) -> dict[str, Any]:
-        """For health/stats: depth (verdicts held), oldest_age_s (None when empty), dropped by
-        kind (since the file was created), last_seq."""
+        """For health/stats: depth (verdicts held, in memory included), in_memory, oldest_age_s
+        (None when empty), dropped by kind (since the file was created), last_seq, durable and
+        the write error."""
         with self._lock:
-            conn = self._connection()
-            try:
-                (oldest,) = conn.execute("SELECT MIN(created) FROM verdicts").fetchone()
-            except sqlite3.Error as exc:
-                raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
+            conn = self._check_open()
+            oldest = min((r.created for r in self._volatile.values()), default=None)
+            if conn is not None:
+                try:
+                    (on_disk,) = conn.execute("SELECT MIN(created) FROM verdicts").fetchone()
+                except sqlite3.Error:
+                    on_disk = None
+                if on_disk is not None:
+                    oldest = on_disk if oldest is None else min(oldest, on_disk)
             return {
-                "depth": self._depth,
+                "depth": self._depth + len(self._volatile),
+                "in_memory": len(self._volatile),
                 "oldest_age_s": None if oldest is None else max(0.0, time.time() - oldest),
                 "dropped": dict(self._dropped),
                 "last_seq": self._last_seq,
+                "durable": self._write_error is None,
+                "error": self._write_error,
             }
 
     def close(self) -> None:
+        """Shrink the seq reservation to the last number used (a clean restart leaves no gap)
+        and close the file. Verdicts still held in memory are lost, and logged."""
         with self._lock:
-            if self._conn is None:
+            if self._closed:
                 return
+            self._closed = True
+            if self._volatile:
+                log.error(
+                    "outbox.closed_with_memory_rows",
+                    path=str(self.path),
+                    seqs=sorted(self._volatile)[:50],
+                    count=len(self._volatile),
+                    detail="not acknowledged by the broker and not on disk: lost",
+                )
             conn, self._conn = self._conn, None
+            if conn is None:
+                return
             try:
+                # Shrinking is only safe if every seq handed out is known to the file.
+                if self._write_error is None:
+                    with _transaction(conn):
+                        self._set_meta(conn, "reserved_seq", self._last_seq)
                 conn.close()  # the last connection checkpoints the WAL into the database
             except sqlite3.Error as exc:
                 log.error("outbox.close_failed", path=str(self.path), error=str(exc))
@@ -461,10 +531,162 @@ class Outbox:
 
     # -- internals (call with the lock held) ----------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def _check_open(self) -> sqlite3.Connection | None:
+        if self._closed:
             raise OutboxError(f"outbox {self.path} is closed")
         return self._conn
+
+    def _append_to_disk(self, built: list[tuple[int, Verdict, list[_Stored]]], now: float) -> bool:
+        conn = self._conn
+        assert conn is not None
+        last = built[-1][0]
+        with_rows = [(seq, kind, msgs) for seq, kind, msgs in built if msgs]
+        try:
+            with _transaction(conn):
+                dropped = self._drop_for_age(conn, now)
+                depth = self._depth - len(dropped)
+                excess = depth + len(with_rows) - self.max_rows
+                if excess > 0:
+                    dropped += self._drop_oldest(conn, excess)
+                self._count_drops(conn, dropped)
+                conn.executemany(
+                    "INSERT INTO verdicts (seq, kind, created) VALUES (?, ?, ?)",
+                    [(seq, kind.value, now) for seq, kind, _ in with_rows],
+                )
+                conn.executemany(
+                    "INSERT INTO messages (seq, idx, topic, payload, qos, retain, content_type,"
+                    " expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(seq, i, *m) for seq, _, msgs in with_rows for i, m in enumerate(msgs)],
+                )
+                reserved = self._reserved
+                if last > self._reserved - SEQ_RESERVE // 2:
+                    reserved = max(last, self._reserved) + SEQ_RESERVE
+                    self._set_meta(conn, "reserved_seq", reserved)
+        except sqlite3.Error as exc:
+            self._disk_failed(f"store seq {built[0][0]}..{last}", exc)
+            return False
+        # committed: only now does the in-memory state move on
+        if self._write_error is not None:
+            log.warning("outbox.disk_ok_again", path=str(self.path), seq=built[0][0])
+            self._write_error = None
+        self._reserved = reserved
+        self._depth += len(with_rows) - len(dropped)
+        self._note_drops(dropped)
+        return True
+
+    def _append_to_memory(self, built: list[tuple[int, Verdict, list[_Stored]]], now: float) -> None:
+        if built[-1][0] > self._reserved and not self._warned_reserve:
+            self._warned_reserve = True
+            log.error(
+                "outbox.seq_beyond_reservation",
+                path=str(self.path),
+                seq=built[-1][0],
+                reserved=self._reserved,
+                detail="if the daemon stops before the disk recovers, seqs may repeat",
+            )
+        for seq, kind, msgs in built:
+            if not msgs:
+                continue
+            if len(self._volatile) >= self.max_rows:
+                self._note_drops(self._drop_in_memory(len(self._volatile) - self.max_rows + 1, now))
+            stored = tuple(
+                StoredMessage(seq, i, t, set_flags(p, durable=False), q, bool(r), c, e)
+                for i, (t, p, q, r, c, e) in enumerate(msgs)
+            )
+            self._volatile[seq] = Row(seq, kind, now, False, stored, durable=False)
+
+    def _drop_in_memory(self, count: int, now: float) -> list[tuple[int, str, str]]:
+        """Age first, then the oldest OK, then the oldest NG/ERROR, as on disk."""
+        cutoff = now - self.max_age_s
+        dropped = [(s, r.kind.value, "max_age") for s, r in self._volatile.items() if r.created < cutoff]
+        for seq, _, _ in dropped:
+            del self._volatile[seq]
+        count -= len(dropped)
+        if count > 0:
+            order = sorted(self._volatile.values(), key=lambda r: (r.kind != Verdict.OK, r.seq))
+            for row in order[:count]:
+                del self._volatile[row.seq]
+                dropped.append((row.seq, row.kind.value, "max_rows"))
+        return dropped
+
+    def _disk_failed(self, what: str, exc: sqlite3.Error) -> None:
+        first = self._write_error is None
+        self._write_error = f"cannot {what} in {self.path}: {exc}"
+        (log.error if first else log.debug)(
+            "outbox.disk_failed",
+            path=str(self.path),
+            error=self._write_error,
+            detail="verdicts are kept in memory and published, not durable, until it works",
+        )
+
+    def _pending_on_disk(self, limit: int, after: int) -> list[Row]:
+        conn = self._conn
+        assert conn is not None
+        try:
+            heads = conn.execute(
+                "SELECT seq, kind, created, replayed FROM verdicts WHERE seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            if not heads:
+                return []
+            msgs = conn.execute(
+                "SELECT seq, idx, topic, payload, qos, retain, content_type, expires"
+                " FROM messages WHERE seq BETWEEN ? AND ? ORDER BY seq, idx",
+                (heads[0][0], heads[-1][0]),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
+        by_seq: dict[int, list[StoredMessage]] = {}
+        replayed_seqs = {seq for seq, _, _, replayed in heads if replayed}
+        for seq, idx, topic, payload, qos, retain, content_type, expires in msgs:
+            if seq in replayed_seqs:
+                payload = set_flags(payload, replayed=True)
+            by_seq.setdefault(seq, []).append(
+                StoredMessage(seq, idx, topic, payload, qos, bool(retain), content_type, expires)
+            )
+        return [
+            Row(seq, Verdict(kind), created, bool(replayed), tuple(by_seq.get(seq, ())))
+            for seq, kind, created, replayed in heads
+        ]
+
+    def _ack_on_disk(self, acks: list[tuple[int, int | None]]) -> int:
+        conn = self._conn
+        assert conn is not None
+        changed = gone = 0
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")  # see ack_many: an ack may be lost
+            with _transaction(conn):
+                for seq, idx in acks:
+                    if idx is None:
+                        changed += conn.execute(
+                            "DELETE FROM messages WHERE seq = ?", (seq,)
+                        ).rowcount
+                    else:
+                        changed += conn.execute(
+                            "DELETE FROM messages WHERE seq = ? AND idx = ?", (seq, idx)
+                        ).rowcount
+                    gone += conn.execute(
+                        "DELETE FROM verdicts WHERE seq = ? AND NOT EXISTS"
+                        " (SELECT 1 FROM messages WHERE seq = ?)",
+                        (seq, seq),
+                    ).rowcount
+        except sqlite3.Error as exc:
+            log.warning(
+                "outbox.ack_not_stored",
+                path=str(self.path),
+                seqs=[s for s, _ in acks][:50],
+                error=str(exc),
+                detail="sent again after a restart; consumers de-duplicate on seq",
+            )
+            return 0
+        finally:
+            try:
+                conn.execute(f"PRAGMA synchronous={self.sync.upper()}")
+            except sqlite3.Error:
+                pass
+        self._depth -= gone
+        return changed
 
     @staticmethod
     def _meta(conn: sqlite3.Connection, key: str) -> int:

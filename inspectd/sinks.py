@@ -1,4 +1,4 @@
-"""Where verdicts go after the decision: verdicts.jsonl, overlay files, MQTT."""
+"""Where verdicts go once recorded: verdicts.jsonl, overlay files, overlays over MQTT."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import cv2
+import structlog
+
 from inspectd.overlay import render, to_jpeg
 from inspectd.pipeline import Inspection
 from inspectd.verdict import Verdict
@@ -14,6 +17,7 @@ from inspectd.verdict import Verdict
 if TYPE_CHECKING:
     from inspectd.mqtt.publisher import MqttPublisher
 
+log = structlog.get_logger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -52,12 +56,47 @@ class OverlaySink:
         pass
 
 
-class MqttSink:
-    def __init__(self, publisher: MqttPublisher) -> None:
-        self.publisher = publisher
+class MqttOverlaySink:
+    """Overlay JPEGs on …/overlay, QoS 0 (a picture for an HMI, not a record): part_id, seq and
+    verdict ride along as MQTT 5 user properties. Scaled down until it fits ``max_bytes``."""
+
+    def __init__(
+        self, publisher: MqttPublisher, topic: str, mode: Literal["ng", "all"], max_bytes: int,
+        quality: int = 80,
+    ) -> None:  # fmt: skip
+        self.publisher, self.topic, self.mode = publisher, topic, mode
+        self.max_bytes, self.quality = max_bytes, quality
+        self.too_big = 0
 
     def handle(self, inspection: Inspection) -> None:
-        self.publisher.publish_verdict(inspection.record)
+        from inspectd.mqtt.publisher import OutgoingMessage
+
+        rec = inspection.record
+        if self.mode == "ng" and rec.verdict is Verdict.OK:
+            return
+        image = render(inspection.frame.image, rec, inspection.anomaly_map, inspection.geometry)
+        data = to_jpeg(image, self.quality)
+        while len(data) > self.max_bytes and min(image.shape[:2]) >= 128:
+            image = cv2.resize(image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+            data = to_jpeg(image, self.quality)
+        if len(data) > self.max_bytes:
+            self.too_big += 1
+            log.warning("overlay.too_big", seq=rec.seq, bytes=len(data), max_bytes=self.max_bytes)
+            return
+        self.publisher.enqueue(
+            OutgoingMessage(
+                self.topic,
+                data,
+                qos=0,
+                label=f"overlay seq={rec.seq}",
+                content_type="image/jpeg",
+                user_properties=(
+                    ("part_id", rec.part_id),
+                    ("seq", str(rec.seq)),
+                    ("verdict", rec.verdict.value),
+                ),
+            )
+        )
 
     def close(self) -> None:
         pass

@@ -1,4 +1,4 @@
-"""Wires one station from its config: bundle, engine, camera, sequence, MQTT, sinks, pipeline.
+"""Wires one station from its config: bundle, engine, outbox, camera, MQTT, sinks, pipeline.
 
 Explicit start and stop steps, in order; `inspectd run` and `inspectd demo` both use it, so the
 demo shows the daemon's real path.
@@ -6,25 +6,37 @@ demo shows the daemon's real path.
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
 from inspectd import __version__
-from inspectd.bundle import Bundle, load_bundle
+from inspectd.bundle import Bundle, BundleError, load_bundle
 from inspectd.capture import open_source
 from inspectd.capture.base import CaptureSource
 from inspectd.config import StationConfig
+from inspectd.config.station import NAME_PATTERN
+from inspectd.delivery import Delivery
 from inspectd.engine import Engine, load_engine
-from inspectd.mqtt.publisher import MqttPublisher
+from inspectd.health import HealthMonitor
+from inspectd.mqtt.commands import CommandDesk, CommandError
+from inspectd.mqtt.publisher import Credentials, MqttPublisher
 from inspectd.mqtt.topics import Topics
+from inspectd.mqtt.triggers import TriggerDesk
+from inspectd.outbox import Outbox, OutboxError
 from inspectd.pipeline import Pipeline, PipelineStats, VerdictSink
-from inspectd.sequence import SequenceCounter
-from inspectd.sinks import JsonlSink, MqttSink, OverlaySink
+from inspectd.sinks import JsonlSink, MqttOverlaySink, OverlaySink
 
 log = structlog.get_logger(__name__)
+
+
+class StartupError(Exception):
+    """A setting that only shows as wrong when used (an unreadable password or TLS file)."""
 
 
 class Station:
@@ -32,87 +44,287 @@ class Station:
         self.config = config
         self.extra_sinks = list(extra_sinks)
         self.boot_id = uuid.uuid4().hex
+        self.topics = Topics(config.topic_base())
         self.bundle: Bundle | None = None
         self.engine: Engine | None = None
         self.source: CaptureSource | None = None
+        self.outbox: Outbox | None = None
         self.publisher: MqttPublisher | None = None
+        self.delivery: Delivery | None = None
+        self.triggers: TriggerDesk | None = None
+        self.commands: CommandDesk | None = None
+        self.health: HealthMonitor | None = None
         self.sinks: list[VerdictSink] = []
         self.pipeline: Pipeline | None = None
-        self.sequence: SequenceCounter | None = None
+        self._dropped_at_start = 0
+        self._fps = (time.monotonic(), 0, 0.0)  # (when, frames then, fps)
+        self._switch_lock = threading.Lock()
 
     def start(self) -> None:
         cfg = self.config
         self.bundle = load_bundle(cfg.products_dir / cfg.product)
         log.info("bundle.loaded", product=self.bundle.name, model=self.bundle.manifest.model.family,
                  sha256=self.bundle.model_sha256[:12], threshold=self.bundle.thresholds.image)  # fmt: skip
-        self.engine = load_engine(
-            self.bundle.model_path,
-            backend=cfg.engine.backend,
-            device=cfg.engine.device,
-            threads=cfg.engine.threads,
-        )
-        self.engine.warmup()
+        self.engine = self._load_engine(self.bundle)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self.sequence = SequenceCounter(cfg.state_dir / "seq")
+        self.outbox = self._open_outbox()
+        self._dropped_at_start = sum(self.outbox.stats()["dropped"].values())
         self.source = open_source(cfg.camera)
         self.source.open()
 
+        if cfg.mqtt.enabled:
+            self.publisher = self._make_publisher(self.bundle)
+        self.delivery = Delivery(self.outbox, self.publisher, self.topics,
+                                 travel_window_s=cfg.mqtt.travel_window_s,
+                                 window=cfg.outbox.in_flight)  # fmt: skip
         if cfg.output.dir is not None:
             if cfg.output.verdicts_jsonl:
                 self.sinks.append(JsonlSink(cfg.output.dir / "verdicts.jsonl"))
             if cfg.output.overlays != "none":
                 self.sinks.append(OverlaySink(cfg.output.dir / "overlays", cfg.output.overlays,
                                               cfg.output.jpeg_quality))  # fmt: skip
-        if cfg.mqtt.enabled:
-            self.publisher = MqttPublisher(
-                host=cfg.mqtt.host,
-                port=cfg.mqtt.port,
-                protocol=cfg.mqtt.protocol,
-                client_id=cfg.mqtt.client_id or f"inspectd-{cfg.station.name}",
-                keepalive_s=cfg.mqtt.keepalive_s,
-                topics=Topics(cfg.topic_base()),
-                status_fields={
-                    "boot_id": self.boot_id,
-                    "version": __version__,
-                    "product": self.bundle.name,
-                    "model_sha256": self.bundle.model_sha256,
-                },
+        if self.publisher is not None:
+            if cfg.mqtt.overlays != "none":
+                self.sinks.append(MqttOverlaySink(self.publisher, self.topics.overlay,
+                                                  cfg.mqtt.overlays, cfg.mqtt.overlay_max_bytes))  # fmt: skip
+            self.triggers = TriggerDesk(self.publisher, self.topics,
+                                        accepting=cfg.camera.trigger == "mqtt",
+                                        max_bytes=cfg.mqtt.trigger_max_bytes)  # fmt: skip
+            self.sinks.append(self.triggers)
+            self.commands = CommandDesk(
+                self.publisher,
+                self.topics,
+                {"reload_thresholds": self._cmd_reload, "product": self._cmd_product},
+                max_bytes=cfg.mqtt.trigger_max_bytes,
             )
+            # only this station's own request topics
+            self.publisher.subscribe(self.topics.trigger, self.triggers.on_message)
+            self.publisher.subscribe(self.topics.cmd_filter, self.commands.on_message)
             self.publisher.start()
-            self.sinks.append(MqttSink(self.publisher))
+        self.delivery.start()
         self.sinks.extend(self.extra_sinks)
         self.pipeline = Pipeline(
             source=self.source,
             engine=self.engine,
             bundle=self.bundle,
             station=cfg.station.name,
-            sequence=self.sequence,
+            recorder=self.delivery,
             sinks=self.sinks,
             max_batch=cfg.engine.max_batch,
+            triggers=self.triggers.queue if self.triggers and cfg.camera.trigger == "mqtt" else None,
+            grab_timeout_s=getattr(cfg.camera, "timeout_s", 5.0),
         )
+        self.health = HealthMonitor(
+            snapshot=self.health_snapshot,
+            stats=self.stats_snapshot,
+            publisher=self.publisher,
+            topics=self.topics,
+            path=cfg.state_dir / "health.json",
+            interval_s=cfg.mqtt.health_interval_s,
+            stats_interval_s=cfg.mqtt.stats_interval_s,
+        )
+        self.health.start()
         log.info("station.started", station=cfg.station.name, camera=cfg.camera.source,
-                 engine=self.engine.name, mqtt=cfg.mqtt.enabled)  # fmt: skip
+                 engine=self.engine.name, mqtt=cfg.mqtt.enabled, trigger=cfg.camera.trigger)  # fmt: skip
+
+    def _load_engine(self, bundle: Bundle) -> Engine:
+        cfg = self.config.engine
+        engine = load_engine(bundle.model_path, backend=cfg.backend, device=cfg.device,
+                             threads=cfg.threads)  # fmt: skip
+        engine.warmup()
+        return engine
+
+    def _open_outbox(self) -> Outbox:
+        cfg = self.config
+        path = cfg.state_dir / "outbox.db"
+        bounds = {"max_rows": cfg.outbox.max_rows, "max_age_s": cfg.outbox.max_age_s}
+        try:
+            return Outbox(path, sync=cfg.outbox.sync, **bounds)
+        except OutboxError as exc:
+            # Verdicts still go out where the broker is up, marked not durable; health says why.
+            return Outbox.in_memory(path, str(exc), **bounds)
+
+    def _make_publisher(self, bundle: Bundle) -> MqttPublisher:
+        m = self.config.mqtt
+        password = m.password
+        if m.password_file is not None:
+            try:
+                password = m.password_file.read_text(encoding="utf-8").splitlines()[0]
+            except (OSError, UnicodeDecodeError, IndexError) as exc:
+                raise StartupError(f"mqtt.password_file {m.password_file}: cannot read a password "
+                                   f"from it ({exc or 'empty file'})") from exc  # fmt: skip
+        tls = m.tls
+        credentials = Credentials(
+            username=m.username,
+            password=password,
+            ca_file=str(tls.ca_file) if tls else None,
+            cert_file=str(tls.cert_file) if tls and tls.cert_file else None,
+            key_file=str(tls.key_file) if tls and tls.key_file else None,
+        )
+        try:
+            return MqttPublisher(
+                host=m.host,
+                port=m.port,
+                protocol=m.protocol,
+                client_id=m.client_id or f"inspectd-{self.config.station.name}",
+                keepalive_s=m.keepalive_s,
+                topics=self.topics,
+                status_fields={
+                    "boot_id": self.boot_id,
+                    "version": __version__,
+                    "product": bundle.name,
+                    "model_sha256": bundle.model_sha256,
+                },
+                credentials=credentials,
+            )
+        except ValueError as exc:
+            raise StartupError(f"mqtt.tls: {exc}") from exc
 
     def run(self, *, limit: int | None = None, stop: threading.Event | None = None) -> PipelineStats:
         if self.pipeline is None:
             raise RuntimeError("Station.start() first")
         return self.pipeline.run(limit=limit, stop=stop)
 
-    def stop(self, drain_timeout: float = 5.0) -> None:
-        """Close in reverse order of start; MQTT last, after its queue drained."""
+    # -- commands and reload --------------------------------------------------------------------
+
+    def reload_thresholds(self) -> dict[str, Any]:
+        """Read the bundle's thresholds again (SIGHUP, the reload command); the model must be
+        the one running."""
+        assert self.pipeline is not None
+        with self._switch_lock:
+            current = self.pipeline.bundle
+            try:
+                fresh = load_bundle(self.config.products_dir / current.name)
+            except BundleError as exc:
+                raise CommandError(f"thresholds not reloaded: {exc}") from exc
+            if fresh.model_sha256 != current.model_sha256:
+                raise CommandError(
+                    f"thresholds not reloaded: the model of {current.name} changed on disk "
+                    f"({fresh.model_sha256[:12]}…, running {current.model_sha256[:12]}…); "
+                    "switch product or restart to load it"
+                )
+            old = self.pipeline.thresholds
+            self.pipeline.thresholds = fresh.thresholds
+        result = {"product": current.name, "image": fresh.thresholds.image,
+                  "previous_image": old.image, "pixel": fresh.thresholds.pixel}  # fmt: skip
+        log.info("thresholds.reloaded", **result)
+        return result
+
+    def _cmd_reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args:
+            raise CommandError(f"reload_thresholds takes no arguments, got {sorted(args)}")
+        return self.reload_thresholds()
+
+    def _cmd_product(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = args.get("product")
+        if set(args) != {"product"} or not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+            raise CommandError('expected {"product": "<bundle name>"} (letters, digits, _ and -)')
+        assert self.pipeline is not None
+        with self._switch_lock:
+            try:
+                bundle = load_bundle(self.config.products_dir / name)
+            except BundleError as exc:
+                raise CommandError(f"product not switched: {exc}") from exc
+            engine = self._load_engine(bundle)
+            previous = self.pipeline.bundle.name
+            self.pipeline.swap_product(bundle, engine)
+        if self.publisher is not None:
+            self.publisher.set_status_fields(product=bundle.name, model_sha256=bundle.model_sha256)
+        return {"product": bundle.name, "previous": previous, "model_sha256": bundle.model_sha256}
+
+    # -- health ---------------------------------------------------------------------------------
+
+    def health_snapshot(self) -> dict[str, Any]:
+        assert self.outbox is not None and self.pipeline is not None
+        problems: list[str] = []
+        outbox = self.outbox.stats()
+        if not outbox["durable"]:
+            problems.append(f"outbox_not_durable: {outbox['error']}")
+        dropped = sum(outbox["dropped"].values()) - self._dropped_at_start
+        if dropped > 0:
+            problems.append(f"outbox_dropped: {dropped} verdicts since start ({outbox['dropped']})")
+        mqtt: dict[str, Any] = {"enabled": self.publisher is not None}
+        if self.publisher is not None:
+            p = self.publisher.stats()
+            mqtt.update(connected=p["connected"], error=p["error"])
+            if not p["connected"]:
+                problems.append(f"mqtt_disconnected: {p['error'] or 'connecting'}")
+        stats = self.pipeline.stats
+        camera_state = "failed" if stats.capture_failure else "ok"
+        if stats.capture_failure:
+            problems.append(f"camera_failed: {stats.capture_failure}")
+        bundle = self.pipeline.bundle
+        return {
+            "state": "ok" if not problems else "degraded",
+            "problems": problems,
+            "station": self.config.station.name,
+            "boot_id": self.boot_id,
+            "version": __version__,
+            "product": bundle.name,
+            "model_sha256": bundle.model_sha256,
+            "engine": self.pipeline.engine.name,
+            "camera": {"source": self.config.camera.source, "state": camera_state,
+                       "trigger": self.config.camera.trigger, "fps": self._camera_fps()},  # fmt: skip
+            "thresholds": {"image": self.pipeline.thresholds.image,
+                           "pixel": self.pipeline.thresholds.pixel},  # fmt: skip
+            "mqtt": mqtt,
+            "outbox": outbox,
+        }
+
+    def _camera_fps(self) -> float:
+        assert self.pipeline is not None
+        then, frames_then, fps = self._fps
+        now, frames = time.monotonic(), self.pipeline.stats.frames
+        if now - then >= 1.0:
+            fps = (frames - frames_then) / (now - then)
+            self._fps = (now, frames, fps)
+        return round(fps, 2)
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        assert self.pipeline is not None and self.outbox is not None
+        stats = self.pipeline.stats
+        p50, p99 = stats.percentiles(stats.latency_ms)
+        return {
+            "station": self.config.station.name,
+            "verdicts": dict(stats.verdicts),
+            "latency_ms": {"p50": round(p50, 2), "p99": round(p99, 2)},
+            "stage_ms_p50": {s: round(stats.percentiles(v)[0], 3) for s, v in stats.stage_ms.items() if v},
+            "sink_errors": stats.sink_errors,
+            "outbox": self.outbox.stats(),
+            "mqtt": self.publisher.stats() if self.publisher else None,
+            "triggers": self.triggers.counts if self.triggers else None,
+        }
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def stop(self, drain_timeout: float | None = None) -> None:
+        """Close in reverse order of start; MQTT last, after the outbox drained."""
+        if drain_timeout is None:
+            drain_timeout = self.config.mqtt.drain_timeout_s
+        if self.commands is not None:
+            self.commands.close()
         for sink in self.sinks:
             try:
-                sink.close()
+                sink.close()  # the trigger desk answers requests that were never inspected
             except Exception:
                 log.exception("sink.close_failed", sink=type(sink).__name__)
         if self.source is not None:
             self.source.close()
+        if self.health is not None:
+            self.health.stop()
+            self.health.check(force=True)  # the last word, before the broker connection ends
+        if self.delivery is not None:
+            if self.publisher is not None and not self.delivery.drain(drain_timeout):
+                assert self.outbox is not None
+                log.error("outbox.not_drained_at_stop", timeout_s=drain_timeout,
+                          detail="published again at the next start", **self.outbox.stats())  # fmt: skip
+            self.delivery.close()
         if self.publisher is not None:
-            if not self.publisher.wait_published(drain_timeout):
-                log.error("mqtt.unacknowledged_at_stop", **self.publisher.stats())
-            self.publisher.stop(timeout=drain_timeout)
-        if self.engine is not None:
+            self.publisher.stop(timeout=min(drain_timeout, 5.0) or 1.0)
+        if self.outbox is not None:
+            self.outbox.close()  # a clean stop leaves no gap in seq
+        if self.pipeline is not None:
+            self.pipeline.close()
+        elif self.engine is not None:
             self.engine.close()
-        if self.sequence is not None:
-            self.sequence.close()  # a clean stop leaves no gap in seq
         log.info("station.stopped")

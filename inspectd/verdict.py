@@ -53,7 +53,9 @@ class VerdictRecord:
     request_id: str | None = None
     error: str | None = None
     seq: int = 0
-    replayed: bool = False
+    replayed: bool = False  # set on the wire by the outbox for verdicts an earlier run left
+    durable: bool = True  # set on the wire by the outbox when the disk could not store it
+    deadline_ts: float | None = None  # wall time the trigger's answer was due, if it set one
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -73,5 +75,6 @@ class VerdictRecord:
             "t_verdict": iso_utc(self.t_verdict),
             "latency_ms": round(self.latency_ms, 3),
             "replayed": self.replayed,
+            "durable": self.durable,
             "error": self.error,
         }

@@ -59,6 +59,13 @@ def test_sealed_bundle_loads_with_its_hashes(bundle_dir: Path) -> None:
     assert b.manifest.preprocess.size == (128, 128)
 
 
+def test_a_bundle_in_a_folder_of_another_name_is_refused(bundle_dir: Path, tmp_path: Path) -> None:
+    # stations, the product command and reloads find bundles by name
+    b = copy_bundle(bundle_dir, tmp_path / "gadget")
+    with pytest.raises(BundleError, match="name 'widget' does not match its folder 'gadget'"):
+        load_bundle(b)
+
+
 def test_tampered_model_is_refused(bundle_dir: Path, tmp_path: Path) -> None:
     b = copy_bundle(bundle_dir, tmp_path / "widget")
     data = bytearray((b / "model.onnx").read_bytes())

@@ -394,7 +394,7 @@ def test_redact_url_hides_passwords() -> None:
     assert redact_url("rtsp://cam-7/stream") == "rtsp://cam-7/stream"
     assert redact_url("/data/parts.avi") == "/data/parts.avi"
     src = OpenCVSource("rtsp://op:secret@cam-7/stream")
-    assert "secret" not in src._camera.serial
+    assert "secret" not in src.camera.serial
 
 
 # -- open_source -------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_minimal_config_loads_with_defaults(tmp_path):
 def test_unknown_key_top_level(tmp_path):
     path = write(tmp_path, MINIMAL + "prodcut: x\n")
     assert errors_of(path) == [
-        ":7:1 prodcut: unknown key 'prodcut' (allowed: camera, engine, logging, mqtt, output, "
+        ":7:1 prodcut: unknown key 'prodcut' (allowed: camera, engine, logging, mqtt, outbox, output, "
         "product, products_dir, state_dir, station); did you mean 'product'?"
     ]
 
@@ -72,15 +72,17 @@ def test_unknown_key_top_level(tmp_path):
 def test_unknown_key_nested(tmp_path):
     path = write(tmp_path, MINIMAL + "mqtt:\n  host: broker\n  colour: red\n")
     assert errors_of(path) == [
-        ":9:3 mqtt.colour: unknown key 'colour' (allowed: base_topic, client_id, enabled, host, "
-        "keepalive_s, port, protocol)"
+        ":9:3 mqtt.colour: unknown key 'colour' (allowed: base_topic, client_id, drain_timeout_s, "
+        "enabled, health_interval_s, host, keepalive_s, overlay_max_bytes, overlays, password, "
+        "password_file, port, protocol, stats_interval_s, tls, travel_window_s, "
+        "trigger_max_bytes, username)"
     ]
 
 
 def test_unknown_key_in_union_member_lists_that_members_keys(tmp_path):
     path = write(tmp_path, MINIMAL + "  device: 0\n")
     assert errors_of(path) == [
-        ":7:3 camera.device: unknown key 'device' (allowed: loop, path, pattern, rate_hz, source)"
+        ":7:3 camera.device: unknown key 'device' (allowed: loop, path, pattern, rate_hz, source, trigger)"
     ]
 
 

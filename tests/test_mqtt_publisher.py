@@ -1,4 +1,4 @@
-"""MqttPublisher, Topics, SequenceCounter and the local brokers, against real brokers."""
+"""MqttPublisher, Topics and the local brokers, against real brokers."""
 
 from __future__ import annotations
 
@@ -24,17 +24,16 @@ from inspectd.mqtt.broker import (
     find_mosquitto,
     free_port,
 )
-from inspectd.mqtt.publisher import MqttPublisher
+from inspectd.mqtt.publisher import MqttPublisher, verdict_messages
 from inspectd.mqtt.topics import Topics
-from inspectd.sequence import SequenceCounter, SequenceFileError
-from inspectd.verdict import Region, Verdict, VerdictRecord
+from inspectd.verdict import Region, Verdict, VerdictRecord, iso_utc
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOLS = ["5", "3.1.1"]
 V1_KEYS = {
     "schema", "seq", "station", "product", "part_id", "request_id", "verdict", "score",
     "threshold", "regions", "model", "camera", "t_capture", "t_verdict", "latency_ms",
-    "replayed", "error",
+    "replayed", "durable", "error",
 }  # fmt: skip
 STATUS_FIELDS = {
     "boot_id": "0f0e0d0c-boot",
@@ -43,6 +42,12 @@ STATUS_FIELDS = {
     "model_sha256": "ab" * 32,
 }
 CYCLE = [Verdict.OK, Verdict.NG, Verdict.OK, Verdict.ERROR]
+
+
+def publish(pub: MqttPublisher, record: VerdictRecord) -> None:
+    """The verdict and, for NG/ERROR, the reject, straight to the publisher (no outbox)."""
+    for message in verdict_messages(pub.topics, record, travel_window_s=60.0):
+        pub.enqueue(message)
 
 
 def make_record(seq: int, verdict: Verdict = Verdict.OK) -> VerdictRecord:
@@ -153,7 +158,7 @@ def test_status_online_retained_then_stopped(mosquitto, make_publisher, subscrib
     pub = make_publisher(mosquitto.port, protocol, topics)
     pub.start()
     # a verdict acknowledged means the earlier "online" (same connection, sent first) is stored
-    pub.publish_verdict(make_record(1))
+    publish(pub, make_record(1))
     assert pub.wait_published(5)
     assert pub.connected
 
@@ -238,7 +243,7 @@ def test_fifty_verdicts_in_order_with_rejects(mosquitto, make_publisher, subscri
     pub.start()
     records = [make_record(seq, cycle_verdict(seq)) for seq in range(1, 51)]
     for record in records:
-        pub.publish_verdict(record)
+        publish(pub, record)
     assert pub.wait_published(10)
 
     verdicts = sub.wait_for(50, topic=topics.verdict)
@@ -257,9 +262,12 @@ def test_fifty_verdicts_in_order_with_rejects(mosquitto, make_publisher, subscri
     time.sleep(0.1)
     rejects = sub.messages(topics.reject)
     assert [m.json() for m in rejects] == [
-        {"part_id": r.part_id, "seq": r.seq, "verdict": r.verdict.value, "deadline_ts": None}
+        {"station": "st1", "part_id": r.part_id, "seq": r.seq, "verdict": r.verdict.value,
+         "deadline_ts": iso_utc(r.t_verdict + 60.0)}
         for r in bad
-    ]
+    ]  # fmt: skip
+    if protocol == "5":  # expiry = what is left of the part's travel window
+        assert all(55 <= m.properties.MessageExpiryInterval <= 60 for m in rejects)
     stats = pub.stats()
     assert stats["published"] == 50 + len(bad)
     assert stats["acked"] == stats["published"]
@@ -269,8 +277,8 @@ def test_fifty_verdicts_in_order_with_rejects(mosquitto, make_publisher, subscri
 def test_queue_full_logs_error_with_seq(make_publisher):
     pub = make_publisher(free_port(), "5", unique_topics("full"), max_queued=3)  # never started
     with capture_logs() as logs:
-        pub.publish_verdict(make_record(1, Verdict.NG))  # verdict + reject
-        pub.publish_verdict(make_record(2, Verdict.NG))  # verdict fits, reject does not
+        publish(pub, make_record(1, Verdict.NG))  # verdict + reject
+        publish(pub, make_record(2, Verdict.NG))  # verdict fits, reject does not
     dropped = [e for e in logs if e["event"] == "mqtt.publish_dropped"]
     assert [(e["label"], e["reason"], e["log_level"]) for e in dropped] == [
         ("seq=2", "queue full", "error")
@@ -303,7 +311,7 @@ def test_broker_down_at_start(make_publisher, protocol):
             pub.start()
             records = [make_record(seq, cycle_verdict(seq)) for seq in range(1, 31)]
             for record in records:
-                pub.publish_verdict(record)
+                publish(pub, record)
             time.sleep(0.2)
             assert not pub.connected
             assert pub.stats()["pending"] == len(records) + 15
@@ -341,7 +349,7 @@ def test_broker_restart_mid_stream_keeps_order(make_publisher, protocol):
                 nonlocal count
                 while not stop.is_set():
                     count += 1
-                    pub.publish_verdict(make_record(count))
+                    publish(pub, make_record(count))
                     time.sleep(0.0005)
 
             pumper = threading.Thread(target=pump)
@@ -382,7 +390,7 @@ def test_amqtt_fallback_delivers_verdicts(make_publisher, subscribers):
         pub = make_publisher(broker.port, broker.protocol, topics)
         pub.start()
         for seq in range(1, 11):
-            pub.publish_verdict(make_record(seq, cycle_verdict(seq)))
+            publish(pub, make_record(seq, cycle_verdict(seq)))
         assert pub.wait_published(10)
         assert seqs(sub.wait_for(10, topic=topics.verdict)) == list(range(1, 11))
         pub.stop(timeout=5)
@@ -426,56 +434,3 @@ def test_topics():
     for bad in ["", "a/b", "+", "#"]:
         with pytest.raises(ValueError):
             t.cmd(bad)
-
-
-# -- sequence -------------------------------------------------------------------------------------
-
-
-def test_sequence_monotonic_across_reopen(tmp_path):
-    path = tmp_path / "state" / "seq"
-    with SequenceCounter(path, block=10) as c:
-        assert [c.next() for _ in range(5)] == [1, 2, 3, 4, 5]
-        assert path.read_text().strip() == "10"  # reserved ahead
-    assert path.read_text().strip() == "5"  # a clean close gives back the unused reservation
-    with SequenceCounter(path, block=10) as c:
-        assert [c.next() for _ in range(12)] == list(range(6, 18))
-    assert SequenceCounter(path).next() == 18
-
-
-def test_sequence_jumps_forward_after_crash(tmp_path):
-    path = tmp_path / "seq"
-    crashed = SequenceCounter(path, block=1000)
-    issued = [crashed.next() for _ in range(7)]
-    assert issued == list(range(1, 8))
-    # the process dies without close(): the next one starts above the reservation
-    again = SequenceCounter(path, block=1000)
-    assert again.next() == 1001
-    assert not list(tmp_path.glob("*.tmp"))
-
-
-def test_sequence_thread_safe(tmp_path):
-    counter = SequenceCounter(tmp_path / "seq", block=7)
-    results: list[list[int]] = [[] for _ in range(8)]
-
-    def work(out: list[int]) -> None:
-        for _ in range(500):
-            out.append(counter.next())
-
-    threads = [threading.Thread(target=work, args=(out,)) for out in results]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    every = [v for out in results for v in out]
-    assert sorted(every) == list(range(1, 4001))
-    assert all(out == sorted(out) for out in results)
-    counter.close()
-    assert SequenceCounter(tmp_path / "seq").next() == 4001
-
-
-@pytest.mark.parametrize("content", ["", "abc\n", "-5\n", "12.5", "1e3"])
-def test_sequence_corrupt_file_names_it(tmp_path, content):
-    path = tmp_path / "seq"
-    path.write_text(content)
-    with pytest.raises(SequenceFileError, match=str(path)):
-        SequenceCounter(path)

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from inspectd.outbox import Message, Outbox, OutboxError
-from inspectd.sequence import SequenceCounter
+from inspectd.outbox import SEQ_RESERVE, Message, Outbox, OutboxError
 from inspectd.verdict import Verdict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,14 +62,15 @@ def test_seq_increases_and_persists_across_reopen_even_when_empty(tmp_path: Path
         assert seqs(outbox) == [4, 5]
 
 
-def test_rows_survive_a_killed_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", ["full", "normal"])  # normal: no fsync, still kill-safe
+def test_rows_survive_a_killed_process(tmp_path: Path, sync: str) -> None:
     path = tmp_path / "outbox.db"
     script = textwrap.dedent(
         f"""
         import os, signal
         from pathlib import Path
         from inspectd.outbox import Message, Outbox
-        outbox = Outbox(Path({str(path)!r}))
+        outbox = Outbox(Path({str(path)!r}), sync={sync!r})
         for kind in ["OK", "NG", "OK", "ERROR", "OK"]:
             seq = outbox.append(kind, lambda s: [Message("t/verdict", b'{{"seq":%d}}' % s)])
             print("appended", seq, flush=True)
@@ -88,7 +88,8 @@ def test_rows_survive_a_killed_process(tmp_path: Path) -> None:
         assert [r.seq for r in rows] == [1, 2, 3, 4, 5]
         assert [r.kind for r in rows] == ["OK", "NG", "OK", "ERROR", "OK"]
         assert [json.loads(r.messages[0].payload)["seq"] for r in rows] == [1, 2, 3, 4, 5]
-        assert add(outbox, "OK") == 6  # continues, no reuse
+        # a crash leaves the reservation on disk: seq jumps over it, never reuses a number
+        assert add(outbox, "OK") == SEQ_RESERVE + 1
 
 
 def test_pending_in_seq_order_with_limit_and_after(tmp_path: Path) -> None:
@@ -217,23 +218,36 @@ def test_age_bound_drops_old_rows_and_counts_them(tmp_path: Path) -> None:
     ]
 
 
-def test_start_after_migrates_the_sequence_file(tmp_path: Path) -> None:
-    seq_file = tmp_path / "seq"
-    with SequenceCounter(seq_file, block=10) as counter:
-        assert [counter.next() for _ in range(3)] == [1, 2, 3]
-    with Outbox(tmp_path / "a.db", start_after=SequenceCounter(seq_file).last) as outbox:
-        assert add(outbox, "OK") == 4
-    # a counter that crashed leaves its reserved block: the outbox starts above it
-    crashed = SequenceCounter(seq_file, block=10)
-    crashed.next()  # 4, reserves up to 13; never closed
-    with Outbox(tmp_path / "b.db", start_after=SequenceCounter(seq_file).last) as outbox:
+def test_start_after_moves_seq_forward_never_back(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "b.db", start_after=13) as outbox:
         assert add(outbox, "OK") == 14
-    # start_after never moves the seq backwards, and can move it forwards later
     with Outbox(tmp_path / "b.db", start_after=5) as outbox:
         assert add(outbox, "OK") == 15
     with Outbox(tmp_path / "b.db", start_after=100) as outbox:
         assert outbox.last_seq == 100
         assert add(outbox, "OK") == 101
+
+
+def test_a_verdict_without_messages_only_takes_a_seq(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as outbox:
+        assert outbox.append_many([("OK", []), ("NG", []), ("OK", [])]) == [1, 2, 3]
+        assert outbox.pending() == [] and outbox.stats()["depth"] == 0
+    with Outbox(tmp_path / "o.db") as outbox:
+        assert outbox.append("OK", []) == 4  # clean close: no gap
+
+
+def test_append_many_is_one_transaction_in_order(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as outbox:
+        items = [(k, lambda seq, k=k: verdict_messages(seq, k)) for k in ("OK", "NG", "ERROR")]
+        assert outbox.append_many(items) == [1, 2, 3]
+
+        def broken(seq: int) -> list[Message]:
+            raise RuntimeError("payload could not be built")
+
+        with pytest.raises(RuntimeError):
+            outbox.append_many([("OK", verdict_messages(4, "OK")), ("NG", broken)])
+        assert seqs(outbox) == [1, 2, 3]  # neither of the two was stored
+        assert add(outbox, "OK") == 4
 
 
 def test_concurrent_appends_get_unique_consecutive_seqs(tmp_path: Path) -> None:
@@ -272,38 +286,55 @@ def test_a_failed_append_stores_nothing_and_uses_no_seq(tmp_path: Path) -> None:
             outbox.append("NG", broken)
         with pytest.raises(ValueError):
             outbox.append("MAYBE", [Message("t/verdict", b"{}")])
-        with pytest.raises(ValueError, match="at least one message"):
-            outbox.append("OK", [])
         with pytest.raises(ValueError, match="topic"):
             outbox.append("OK", [Message("t/#", b"{}")])
         assert add(outbox, "NG") == 2
         assert seqs(outbox) == [1, 2]
 
 
-def test_disk_full_raises_outbox_error_and_leaves_no_trace(tmp_path: Path) -> None:
+def test_disk_full_keeps_verdicts_in_memory_marked_not_durable(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     with Outbox(path) as outbox:
         add(outbox, "OK")
         add(outbox, "NG")
-        rows_before = outbox.pending(10)
         # A real SQLITE_FULL without filling the machine's disk: cap this connection's database
         # at the pages it has now, then append more than fits.
         conn = outbox._conn
         assert conn is not None
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages}")
-        big = [Message("t/verdict", os.urandom(256 * 1024))]
-        with pytest.raises(OutboxError) as info:
-            outbox.append("ERROR", big)
-        message = str(info.value)
-        assert str(path) in message and "full" in message and "seq 3 not used" in message
-        assert outbox.pending(10) == rows_before  # no half-written row
+        big = [Message("t/verdict", b'{"seq":3,"durable":true,"pad":"%s"}' % (b"x" * 300_000))]
+        with capture_logs() as logs:
+            assert outbox.append("ERROR", big) == 3  # never fails: kept in memory
+        assert any(e["event"] == "outbox.disk_failed" and "full" in e["error"] for e in logs)
         stats = outbox.stats()
-        assert stats["depth"] == 2 and stats["last_seq"] == 2
+        assert not stats["durable"] and str(path) in stats["error"] and "full" in stats["error"]
+        assert stats["depth"] == 3 and stats["in_memory"] == 1
+        rows = outbox.pending(10)
+        assert [(r.seq, r.durable) for r in rows] == [(1, True), (2, True), (3, False)]
+        assert json.loads(rows[2].messages[0].payload)["durable"] is False
+        assert outbox.ack(3, 0) and outbox.stats()["in_memory"] == 0
         conn.execute("PRAGMA max_page_count = 1073741823")  # the disk has room again
-        assert outbox.append("ERROR", big) == 3
+        assert outbox.append("ERROR", big) == 4
+        assert outbox.stats()["durable"] and outbox.stats()["error"] is None
     with Outbox(path) as outbox:
-        assert seqs(outbox) == [1, 2, 3]
+        assert seqs(outbox) == [1, 2, 4]  # 3 was acknowledged from memory
+        assert add(outbox, "OK") == 5  # the disk knew about 3: no reuse, no gap
+
+
+def test_an_outbox_that_cannot_be_opened_runs_in_memory_above_known_seqs(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as outbox:
+        add(outbox, "OK")
+        add(outbox, "NG")
+    memory = Outbox.in_memory(path, "read-only file system")
+    assert memory.stats()["durable"] is False and memory.stats()["error"] == "read-only file system"
+    assert add(memory, "OK") == 3  # above what the file says
+    assert [r.durable for r in memory.pending()] == [False]
+    memory.close()
+    nothing = Outbox.in_memory(tmp_path / "missing" / "o.db", "no such folder")
+    assert add(nothing, "OK") > int(time.time() * 1000) - 60_000  # above the wall clock in ms
+    nothing.close()
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:

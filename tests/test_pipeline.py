@@ -14,11 +14,13 @@ import pytest
 
 from inspectd.bundle import load_bundle
 from inspectd.capture.base import CaptureSource, EndOfStream
+from inspectd.delivery import Delivery
 from inspectd.engine import load_engine
 from inspectd.engine.base import Engine, InferenceResult
 from inspectd.frame import CameraMeta, Frame
+from inspectd.mqtt.topics import Topics
+from inspectd.outbox import Outbox
 from inspectd.pipeline import Inspection, Pipeline
-from inspectd.sequence import SequenceCounter
 from inspectd.train.datasets.button import render_part
 
 BUNDLE = Path(__file__).resolve().parents[1] / "products" / "button"
@@ -95,8 +97,10 @@ def parts(n: int) -> list[np.ndarray]:
 
 
 def make_pipeline(bundle, tmp_path, source, engine, sinks):
+    # MQTT off: the outbox only hands out seqs
+    recorder = Delivery(Outbox(tmp_path / "outbox.db"), None, Topics("t/s"), travel_window_s=10)
     return Pipeline(source=source, engine=engine, bundle=bundle, station="s",
-                    sequence=SequenceCounter(tmp_path / "seq"), sinks=sinks)  # fmt: skip
+                    recorder=recorder, sinks=sinks)  # fmt: skip
 
 
 def test_engine_failure_and_nan_are_errors_for_those_parts_only(bundle, tmp_path):

@@ -7,7 +7,6 @@ real MQTT subscriber.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -16,20 +15,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from daemon_process import LEAN_RUN, REPO, Daemon
 from mqtt_client import Subscriber
 
 from inspectd.bundle import load_bundle
 from inspectd.train.datasets.button import render_part
 
-REPO = Path(__file__).resolve().parents[1]
 PRODUCTS = REPO / "products"
 BASE = "inspectd/v1/plant/l1/cam1"
-
-# Runs the CLI and fails with 99 if torch was imported: the daemon must stay lean.
-LEAN_RUN = (
-    "import sys; from inspectd.cli import main; rc = main(sys.argv[1:]); "
-    "sys.exit(99 if 'torch' in sys.modules else rc)"
-)
 
 pytestmark = pytest.mark.skipif(
     not (PRODUCTS / "button" / "manifest.yaml").is_file(),
@@ -145,18 +138,9 @@ def test_sigterm_drains_and_publishes_stopped(mosquitto, tmp_path):
     for i in range(3):
         _png(frames / f"{i}.png", render_part(5, i, None)[0])
     config = write_config(tmp_path, mosquitto.port, frames, loop=True, rate_hz=10)
-    with Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/#") as sub:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", LEAN_RUN, "run", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        )  # fmt: skip
-        try:
-            sub.wait_for(5, timeout=60, topic=f"{BASE}/verdict")
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=30)
-        finally:
-            proc.kill()
-        assert proc.returncode == 0, err[-3000:]
+    with Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/#") as sub, Daemon(config) as daemon:
+        sub.wait_for(5, timeout=60, topic=f"{BASE}/verdict")
+        assert daemon.terminate(timeout=30) == 0, daemon.tail()
         deadline = time.monotonic() + 5
         while sub.messages(f"{BASE}/status")[-1].json()["state"] != "stopped":
             assert time.monotonic() < deadline, "no 'stopped' status after SIGTERM"
@@ -165,7 +149,7 @@ def test_sigterm_drains_and_publishes_stopped(mosquitto, tmp_path):
     # every part the daemon took in before the signal got its verdict, none twice
     lines = (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()
     assert seqs == list(range(1, len(lines) + 1))
-    assert '"event": "station.stopped"' in err
+    assert daemon.events("station.stopped")
 
 
 def test_config_and_bundle_errors_exit_2_with_the_reason(tmp_path):
@@ -211,3 +195,36 @@ def test_a_camera_that_is_not_there_is_a_failure_systemd_retries(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "not-yet-mounted" in proc.stderr
+
+
+def test_overlays_stats_and_health_over_mqtt(mosquitto, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        _png(frames / f"{i:02d}_good.png", render_part(11, i, None)[0])
+    _png(frames / "03_defect.png", render_part(11, 3, "crack")[0])
+    (frames / "04_empty.png").write_bytes(b"")
+    config = write_config(tmp_path, mosquitto.port, frames, loop=True, rate_hz=20)
+    settings = json.loads(config.read_text())
+    settings["mqtt"].update(overlays="all", overlay_max_bytes=4096, stats_interval_s=0.5)
+    config.write_text(json.dumps(settings))
+    with Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/#") as sub, Daemon(config) as daemon:
+        overlays = sub.wait_for(10, timeout=60, topic=f"{BASE}/overlay")
+        stats = sub.wait_for(2, timeout=10, topic=f"{BASE}/stats")
+        assert daemon.terminate(timeout=30) == 0, daemon.tail()
+        verdicts = {m.json()["seq"]: m.json() for m in sub.messages(f"{BASE}/verdict")}
+        health = sub.messages(f"{BASE}/health")
+
+    # every part (overlays: all) gets a JPEG no bigger than the cap, with who it belongs to
+    for msg in overlays:
+        props = dict(msg.properties.UserProperty)
+        verdict = verdicts[int(props["seq"])]
+        assert props["part_id"] == verdict["part_id"] and props["verdict"] == verdict["verdict"]
+        assert msg.properties.ContentType == "image/jpeg" and len(msg.payload) <= 4096
+        image = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.shape[0] < 256  # scaled down to fit the cap
+    assert {dict(m.properties.UserProperty)["verdict"] for m in overlays} >= {"OK", "NG", "ERROR"}
+    # stats are periodic, QoS 0, with the counts so far; health is retained and says ok
+    last = stats[-1].json()
+    assert sum(last["verdicts"].values()) >= 1 and last["outbox"]["durable"] is True
+    assert health and health[0].json()["state"] == "ok" and health[0].json()["mqtt"]["connected"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 
-from inspectd.frame import Frame
+from inspectd.frame import CameraMeta, Frame
 
 
 class CaptureError(Exception):
@@ -27,6 +27,8 @@ class CaptureSource(abc.ABC):
     """A camera. `open()` may fail loudly (missing folder, no device); `grab()` never raises
     for a bad image: it returns a Frame with `error` set, so the part becomes an ERROR verdict.
     """
+
+    camera: CameraMeta = CameraMeta(source="unknown")  # what verdicts say about the camera
 
     @abc.abstractmethod
     def open(self) -> None: ...

@@ -42,7 +42,7 @@ class FolderSource(CaptureSource):
         self.rate_hz = rate_hz
         self._globs = [g.strip().lower() for g in pattern.split(",") if g.strip()]
         self._period = 1.0 / rate_hz if rate_hz > 0 else 0.0
-        self._camera = CameraMeta(source="folder", serial=str(self.path))
+        self.camera = CameraMeta(source="folder", serial=str(self.path))
         self._files: list[Path] | None = None
         self._index = 0
         self._frame_id = 0
@@ -155,7 +155,7 @@ class FolderSource(CaptureSource):
             part_id=file.stem,
             t_capture=t_capture,
             t_mono=t_mono,
-            camera=self._camera,
+            camera=self.camera,
             error=error,
             extra={"path": str(file)},
         )

@@ -88,7 +88,7 @@ class OpenCVSource(CaptureSource):
         self.timeout_s = timeout_s
         self._kind, self._target = _classify(device)
         self._name = redact_url(str(device))
-        self._camera = CameraMeta(source="opencv", serial=self._name)
+        self.camera = CameraMeta(source="opencv", serial=self._name)
         self._cap: cv2.VideoCapture | None = None
         self._opened = False
         self._broken = False  # live source: the last read failed, reopen before the next
@@ -200,7 +200,7 @@ class OpenCVSource(CaptureSource):
             part_id=f"{self._frame_id:08d}",
             t_capture=time.time(),
             t_mono=time.monotonic(),
-            camera=self._camera,
+            camera=self.camera,
             error=error,
         )
 

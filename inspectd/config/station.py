@@ -32,6 +32,7 @@ __all__ = [
     "LoggingConfig",
     "MqttConfig",
     "OpenCVCamera",
+    "OutboxConfig",
     "OutputConfig",
     "StationConfig",
     "StationId",
@@ -80,6 +81,7 @@ class FolderCamera(StrictModel):
     pattern: str = Field("*.png,*.jpg,*.jpeg,*.bmp,*.tif,*.tiff", min_length=1, description="Comma-separated file name globs to pick up.")
     loop: bool = Field(False, description="Start over at the first image after the last one.")
     rate_hz: float = Field(0.0, ge=0, description="Images per second; 0 = as fast as the pipeline takes them.")
+    trigger: Literal["free_run", "mqtt"] = Field("free_run", description="free_run = inspect every image; mqtt = one image per request on …/trigger.")
     # fmt: on
 
     @field_validator("pattern")
@@ -107,6 +109,7 @@ class OpenCVCamera(StrictModel):
     height: int | None = Field(None, gt=0, description="Requested frame height in pixels; null = the device's default.")
     fps: float | None = Field(None, gt=0, description="Requested frames per second; null = the device's default.")
     timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for a frame before the camera counts as lost.")
+    trigger: Literal["free_run", "mqtt"] = Field("free_run", description="free_run = inspect every frame; mqtt = the newest frame per request on …/trigger.")
     # fmt: on
 
     @field_validator("device", mode="before")
@@ -138,6 +141,22 @@ class EngineConfig(StrictModel):
     # fmt: on
 
 
+class MqttTls(StrictModel):
+    """TLS to the broker: on when this section is given."""
+
+    # fmt: off
+    ca_file: ConfigPath = Field(description="PEM file of the CA(s) that signed the broker's certificate.")
+    cert_file: ConfigPath | None = Field(None, description="Client certificate (PEM), for brokers that require one; needs key_file.")
+    key_file: ConfigPath | None = Field(None, description="Private key of cert_file (PEM, unencrypted).")
+    # fmt: on
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> MqttTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        return self
+
+
 class MqttConfig(StrictModel):
     """The MQTT connection verdicts and status are published on."""
 
@@ -149,7 +168,26 @@ class MqttConfig(StrictModel):
     client_id: str | None = Field(None, min_length=1, description="MQTT client id; null = inspectd-<station name>.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="Seconds between keep-alive pings.")
     base_topic: str = Field("inspectd/v1/{site}/{line}/{station}", min_length=1, description="Topic prefix; placeholders {site}, {line}, {station}.")
+    username: str | None = Field(None, min_length=1, description="User name for the broker; null = anonymous.")
+    password: str | None = Field(None, description="Password (prefer password_file: configs get copied around).")
+    password_file: ConfigPath | None = Field(None, description="File whose first line is the password.")
+    tls: MqttTls | None = Field(None, description="TLS settings; null = plain TCP.")
+    travel_window_s: float = Field(10.0, gt=0, description="Seconds from verdict until the part has passed the diverter: the reject's message expiry.")
+    overlays: Literal["none", "ng", "all"] = Field("ng", description="Which parts get an overlay JPEG on …/overlay (QoS 0).")
+    overlay_max_bytes: int = Field(262_144, ge=4096, description="Overlay JPEGs are scaled down until they fit; bigger ones are not sent.")
+    health_interval_s: float = Field(30.0, gt=0, description="Seconds between …/health messages (also sent on every change).")
+    stats_interval_s: float = Field(10.0, gt=0, description="Seconds between …/stats messages.")
+    drain_timeout_s: float = Field(10.0, ge=0, description="On stop, seconds to wait for the broker to acknowledge stored verdicts.")
+    trigger_max_bytes: int = Field(4096, ge=64, description="Largest …/trigger or …/cmd payload accepted; bigger ones are answered on …/error.")
     # fmt: on
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            raise ValueError("a password needs a username")
+        return self
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -195,6 +233,17 @@ class OutputConfig(StrictModel):
     # fmt: on
 
 
+class OutboxConfig(StrictModel):
+    """The durable outbox of verdicts (state_dir/outbox.db)."""
+
+    # fmt: off
+    max_rows: int = Field(100_000, ge=1, description="Most verdicts held while the broker is away; then the oldest OK ones are dropped first.")
+    max_age_s: float = Field(7 * 24 * 3600.0, gt=0, description="Verdicts older than this are dropped (counted and logged).")
+    in_flight: int = Field(500, ge=1, le=10_000, description="Most messages handed to the broker and not yet acknowledged.")
+    sync: Literal["full", "normal"] = Field("full", description="full = fsync every commit (survives a power cut); normal = survives a killed daemon, not a power cut, and costs far less on slow disks.")
+    # fmt: on
+
+
 class LoggingConfig(StrictModel):
     """Log output."""
 
@@ -215,9 +264,16 @@ class StationConfig(StrictModel):
     camera: CameraConfig = Field(description="Where frames come from; 'source' picks the kind.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Inference runtime.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT connection.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Durable outbox of verdicts.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Files written by the station.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log output.")
     # fmt: on
+
+    @model_validator(mode="after")
+    def _trigger_needs_mqtt(self) -> StationConfig:
+        if self.camera.trigger == "mqtt" and not self.mqtt.enabled:
+            raise ValueError("camera.trigger: mqtt needs mqtt.enabled: true (requests arrive on …/trigger)")
+        return self
 
     @model_validator(mode="after")
     def _default_client_id(self) -> StationConfig:

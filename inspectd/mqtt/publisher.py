@@ -1,12 +1,12 @@
 """Publishing verdicts and status over MQTT (design.md, "MQTT contract (v1)"), on paho-mqtt 2.x.
 
-Two halves, kept apart so the durable outbox (a later issue) can sit between them:
+Two halves, kept apart so the durable outbox sits between them:
 
 * *what* to publish: ``verdict_messages()`` and ``status_payload()`` turn records into
-  ``OutgoingMessage`` objects (topic, payload bytes, QoS, retain);
+  ``OutgoingMessage`` objects (topic, payload bytes, QoS, retain, expiry);
 * *how*: ``MqttPublisher.enqueue(message)`` hands one to the client and calls ``message.on_ack``
-  on PUBACK. The outbox will call ``enqueue`` with its stored rows and delete a row in
-  ``on_ack``; ``publish_verdict`` is the outbox-less shortcut used until then.
+  on PUBACK. ``inspectd.delivery`` feeds it the outbox's rows and deletes them in ``on_ack``;
+  status, health, stats, overlays and answers are enqueued directly (they are not verdicts).
 
 Ordering. paho 2.2 keeps QoS 1 messages published while disconnected (``publish`` returns
 ``MQTT_ERR_NO_CONN`` but the message stays in its queue and is sent after the next CONNACK, also
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -87,6 +89,20 @@ class OutgoingMessage:
     label: str = ""  # for logs, e.g. "seq=12"
     on_ack: Callable[[bool], None] | None = None
     content_type: str | None = "application/json"  # MQTT 5 property; None for binary payloads
+    expires: float | None = None  # wall time: MQTT 5 message expiry; not sent at all after it
+    user_properties: tuple[tuple[str, str], ...] = ()  # MQTT 5 only
+    correlation_data: bytes | None = None  # MQTT 5 only: echoed from a request
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How to log in: username/password and TLS (all optional)."""
+
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None  # TLS on when given
+    cert_file: str | None = None  # client certificate, with key_file
+    key_file: str | None = None
 
 
 def status_payload(state: str, status_fields: dict[str, Any], t: float | None = None) -> bytes:
@@ -95,22 +111,32 @@ def status_payload(state: str, status_fields: dict[str, Any], t: float | None = 
     )
 
 
-def reject_payload(record: VerdictRecord) -> dict[str, Any]:
-    return {
-        "part_id": record.part_id,
-        "seq": record.seq,
-        "verdict": record.verdict.value,
-        "deadline_ts": None,  # set once triggers carry a part travel window
-    }
+def reject_deadline(record: VerdictRecord, travel_window_s: float) -> float:
+    """Wall time after which a reject is useless: the trigger's own deadline when it gave one,
+    else the part's travel window from the verdict (the part has passed the diverter)."""
+    if record.deadline_ts is not None:
+        return record.deadline_ts
+    return record.t_verdict + travel_window_s
 
 
-def verdict_messages(topics: Topics, record: VerdictRecord) -> list[OutgoingMessage]:
-    """…/verdict for every record, and …/reject for NG and ERROR (what a PLC gateway acts on)."""
+def verdict_messages(
+    topics: Topics, record: VerdictRecord, travel_window_s: float
+) -> list[OutgoingMessage]:
+    """…/verdict for every record, and …/reject for NG and ERROR (what a PLC gateway acts on),
+    expiring when the part has left the diverter."""
     label = f"seq={record.seq}"
     messages = [OutgoingMessage(topics.verdict, encode_json(record.to_payload()), 1, False, label)]
     if record.verdict in (Verdict.NG, Verdict.ERROR):
+        deadline = reject_deadline(record, travel_window_s)
+        reject = {
+            "station": record.station,
+            "part_id": record.part_id,
+            "seq": record.seq,
+            "verdict": record.verdict.value,
+            "deadline_ts": iso_utc(deadline),
+        }
         messages.append(
-            OutgoingMessage(topics.reject, encode_json(reject_payload(record)), 1, False, label)
+            OutgoingMessage(topics.reject, encode_json(reject), 1, False, label, expires=deadline)
         )
     return messages
 
@@ -144,6 +170,7 @@ class MqttPublisher:
         topics: Topics,
         status_fields: dict[str, Any],
         max_queued: int = DEFAULT_MAX_QUEUED,
+        credentials: Credentials | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"MQTT protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
@@ -157,6 +184,7 @@ class MqttPublisher:
         self.topics = topics
         self.status_fields = dict(status_fields)
         self.max_queued = max_queued
+        self.credentials = credentials or Credentials()
         self._v5 = protocol == "5"
 
         self._client = mqtt.Client(
@@ -173,6 +201,8 @@ class MqttPublisher:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._subscriptions: dict[str, Callable[[mqtt.MQTTMessage], None]] = {}
+        self._apply_credentials()
 
         self._publish_props: dict[str, Properties] = {}  # by content type, MQTT 5 only
 
@@ -193,8 +223,12 @@ class MqttPublisher:
         self._stopped = False
         self._sender_stop = False
         self._sender: threading.Thread | None = None
-        self._counts = {"published": 0, "acked": 0, "refused": 0, "dropped": 0, "connects": 0}
+        self._counts = {
+            "published": 0, "acked": 0, "refused": 0, "dropped": 0, "expired": 0, "connects": 0,
+            "skipped_offline": 0,
+        }  # fmt: skip
         self._connect_failures = 0
+        self._error: str | None = None  # why the last connection attempt failed
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -224,10 +258,25 @@ class MqttPublisher:
             client_id=self.client_id,
         )
 
-    def publish_verdict(self, record: VerdictRecord) -> None:
-        """Queue the verdict (and the reject, for NG/ERROR); returns without network I/O."""
-        for message in verdict_messages(self.topics, record):
-            self.enqueue(message)
+    def subscribe(self, topic_filter: str, handler: Callable[[mqtt.MQTTMessage], None]) -> None:
+        """Subscribe (QoS 1) on every connect; ``handler`` runs on paho's network thread and
+        must not block. Call before ``start``."""
+        self._subscriptions[topic_filter] = handler
+        self._client.message_callback_add(topic_filter, lambda c, u, msg: handler(msg))
+
+    def set_status_fields(self, **fields: Any) -> None:
+        """Change fields of the status message (the product after a switch) and publish
+        ``online`` with them again; the Last Will takes them at the next connect."""
+        self.status_fields.update(fields)
+        if self._connected:
+            self.enqueue(
+                OutgoingMessage(
+                    self.topics.status,
+                    status_payload("online", self.status_fields),
+                    retain=True,
+                    label="status=online",
+                )
+            )
 
     def enqueue(self, message: OutgoingMessage) -> bool:
         """Queue one message for publishing, in order. False (and an error logged) if it cannot
@@ -239,6 +288,10 @@ class MqttPublisher:
         if len(message.payload) > _MAX_PAYLOAD:
             raise ValueError(f"payload of {len(message.payload)} bytes is too large for MQTT")
         with self._cv:
+            if message.qos == 0 and not self._connected:
+                # QoS 0 (overlays, stats) is a live view: not worth memory during an outage
+                self._counts["skipped_offline"] += 1
+                return False
             reason = None
             if self._stopped:
                 reason = "publisher stopped"
@@ -302,7 +355,7 @@ class MqttPublisher:
                 "mqtt.stop_unacknowledged",
                 count=len(lost),
                 labels=[e.message.label for e in lost[:50]],
-                detail="not acknowledged by the broker before stop; not sent again",
+                detail="not acknowledged before stop; verdicts stay in the outbox and go out at the next start",
             )
         self._client.disconnect()
         self._client.loop_stop()
@@ -324,28 +377,61 @@ class MqttPublisher:
             "backlog": len(self._backlog),
             "in_flight": self._in_paho,
             "connected": self._connected,
+            "error": self._error,
         }
+
+    def _apply_credentials(self) -> None:
+        c = self.credentials
+        if c.username is not None:
+            self._client.username_pw_set(c.username, c.password)
+        if c.ca_file is not None:
+            what = f"ca_file {c.ca_file}"  # ssl's errors do not name the file
+            try:
+                context = ssl.create_default_context(cafile=c.ca_file)
+                if c.cert_file is not None:
+                    what = f"cert_file {c.cert_file} / key_file {c.key_file}"
+                    context.load_cert_chain(c.cert_file, c.key_file)
+            except (OSError, ssl.SSLError) as exc:  # unreadable or not PEM: a config problem
+                raise ValueError(f"MQTT TLS files: {what}: {exc}") from exc
+            self._client.tls_set_context(context)
 
     def _status_props(self, packet_type: int) -> Properties | None:
         if not self._v5:
             return None
-        props = Properties(packet_type)
-        props.PayloadFormatIndicator = 1  # UTF-8 text
-        props.ContentType = "application/json"
-        return props
+        return self._new_props("application/json", packet_type)
 
     def _props_for(self, message: OutgoingMessage) -> Properties | None:
-        if not self._v5 or message.content_type is None:
+        if not self._v5:
             return None
-        props = self._publish_props.get(message.content_type)
-        if props is None:  # only the sender thread gets here
-            props = Properties(PacketTypes.PUBLISH)
-            if message.content_type == "application/json" or message.content_type.startswith(
-                "text/"
-            ):
-                props.PayloadFormatIndicator = 1
-            props.ContentType = message.content_type
-            self._publish_props[message.content_type] = props
+        plain = (
+            message.expires is None
+            and not message.user_properties
+            and message.correlation_data is None
+        )
+        if plain:  # shared, by content type; only the sender thread gets here
+            if message.content_type is None:
+                return None
+            props = self._publish_props.get(message.content_type)
+            if props is None:
+                props = self._new_props(message.content_type)
+                self._publish_props[message.content_type] = props
+            return props
+        props = self._new_props(message.content_type)
+        if message.expires is not None:
+            props.MessageExpiryInterval = max(1, math.ceil(message.expires - time.time()))
+        if message.user_properties:
+            props.UserProperty = list(message.user_properties)
+        if message.correlation_data is not None:
+            props.CorrelationData = message.correlation_data
+        return props
+
+    @staticmethod
+    def _new_props(content_type: str | None, packet_type: int = PacketTypes.PUBLISH) -> Properties:
+        props = Properties(packet_type)
+        if content_type is not None:
+            if content_type == "application/json" or content_type.startswith("text/"):
+                props.PayloadFormatIndicator = 1  # UTF-8 text
+            props.ContentType = content_type
         return props
 
     def _set_will(self) -> None:
@@ -385,6 +471,14 @@ class MqttPublisher:
 
     def _hand_to_paho(self, entry: _Entry) -> None:
         m = entry.message
+        if m.expires is not None and m.expires <= time.time():
+            # A reject for a part that has left the diverter: sending it could divert the wrong
+            # part. Done with, as if acknowledged (the outbox deletes it), and logged.
+            log.warning("mqtt.expired_not_sent", topic=m.topic, label=m.label)
+            with self._cv:
+                self._complete_locked(entry, True, "expired")
+            self._after_ack(entry, True)
+            return
         props = self._props_for(m)
         error: str | None = None
         try:
@@ -414,10 +508,10 @@ class MqttPublisher:
         else:
             self._after_ack(entry, ok)
 
-    def _complete_locked(self, entry: _Entry, ok: bool) -> None:
+    def _complete_locked(self, entry: _Entry, ok: bool, count: str = "") -> None:
         self._in_paho -= 1
         self._outstanding.pop(entry.id, None)
-        self._counts["acked" if ok else "refused"] += 1
+        self._counts[count or ("acked" if ok else "refused")] += 1
         self._cv.notify_all()
 
     def _after_ack(self, entry: _Entry, ok: bool) -> None:
@@ -444,10 +538,20 @@ class MqttPublisher:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
+            error = f"broker {self.host}:{self.port} refused the connection: {reason_code}"
+            with self._cv:
+                self._error = error
             log.error(
-                "mqtt.connect_refused", host=self.host, port=self.port, reason_code=str(reason_code)
+                "mqtt.connect_refused",
+                host=self.host,
+                port=self.port,
+                reason_code=str(reason_code),
+                username=self.credentials.username,
+                detail="check the username, password and client certificate; retrying",
             )
             return
+        for topic_filter in self._subscriptions:
+            client.subscribe(topic_filter, qos=1)
         info = client.publish(
             self.topics.status,
             status_payload("online", self.status_fields),
@@ -459,6 +563,7 @@ class MqttPublisher:
             self._connected = True
             self._counts["connects"] += 1
             self._connect_failures = 0
+            self._error = None
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._status_mids.add(info.mid)
             if self._in_paho == 0:
@@ -477,12 +582,23 @@ class MqttPublisher:
         )
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError:` block: the exception is still current
+        exc = sys.exc_info()[1]
+        error = f"cannot connect to {self.host}:{self.port}: {exc or 'connection failed'}"
+        tls = isinstance(exc, ssl.SSLError)
         with self._cv:
             self._connect_failures += 1
             failures = self._connect_failures
             pending = len(self._outstanding)
-        log.warning(
-            "mqtt.connect_failed", host=self.host, port=self.port, attempt=failures, pending=pending
+            self._error = error
+        (log.error if tls else log.warning)(
+            "mqtt.connect_failed",
+            host=self.host,
+            port=self.port,
+            attempt=failures,
+            pending=pending,
+            error=error,
+            detail="TLS: check ca_file and the broker's certificate" if tls else None,
         )
 
     def _on_disconnect(

@@ -1,0 +1,164 @@
+"""Verdicts into the outbox, and from the outbox to the broker, in seq order.
+
+The pipeline's sink thread calls ``record()`` with the verdicts that are ready: they get their
+seq and are committed to disk in one transaction before any other sink (files, overlays,
+trigger answers) sees them, so every seq a consumer ever sees is durable.
+
+A feeder thread hands stored rows to the publisher with at most ``window`` messages not yet
+acknowledged, so memory holds a window and not an outage's backlog, and reads on from where it
+stopped: after an outage the broker gets the backlog in order, then the new verdicts. PUBACKs
+arrive on paho's thread and are only queued there; the feeder deletes them in batches.
+At startup the rows an earlier process left are replayed first, flagged ``replayed``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from functools import partial
+
+import structlog
+
+from inspectd.mqtt.publisher import MqttPublisher, OutgoingMessage, verdict_messages
+from inspectd.mqtt.topics import Topics
+from inspectd.outbox import Outbox, OutboxError
+from inspectd.verdict import VerdictRecord
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_WINDOW = 500  # messages handed to the publisher and not yet acknowledged
+_PRUNE_EVERY_S = 60.0
+
+
+class Delivery:
+    def __init__(
+        self,
+        outbox: Outbox,
+        publisher: MqttPublisher | None,
+        topics: Topics,
+        *,
+        travel_window_s: float,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.outbox = outbox
+        self.publisher = publisher
+        self.topics = topics
+        self.travel_window_s = travel_window_s
+        self.window = window
+        self._cv = threading.Condition()
+        self._acks: list[tuple[int, int]] = []
+        self._in_flight = 0
+        self._cursor = 0  # highest seq handed to the publisher
+        self._news = True  # something to do arrived (rows, acks) since the feeder last looked
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Flag what an earlier process left for replay and start feeding the publisher."""
+        if self.publisher is None:
+            return
+        self.outbox.mark_replayed()
+        self._thread = threading.Thread(target=self._feed, name="outbox-feeder", daemon=True)
+        self._thread.start()
+
+    def record(self, records: Sequence[VerdictRecord]) -> None:
+        """Give each record its seq and commit them (with their MQTT messages) to the outbox."""
+
+        def messages(record: VerdictRecord, seq: int) -> list[OutgoingMessage]:
+            record.seq = seq
+            if self.publisher is None:
+                return []  # MQTT off: the verdict only takes a seq
+            return verdict_messages(self.topics, record, self.travel_window_s)
+
+        self.outbox.append_many([(r.verdict, partial(messages, r)) for r in records])
+        if not self.outbox.durable:
+            for r in records:
+                r.durable = False  # what the files and answers say matches the wire
+        with self._cv:
+            self._news = True
+            self._cv.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the broker acknowledged every stored verdict; False at the timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            acked = self._flush_acks()
+            if self.outbox.stats()["depth"] == 0:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or self.publisher is None:
+                return False
+            if not acked:
+                with self._cv:
+                    self._cv.wait(min(left, 0.1))
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._flush_acks()
+
+    # -- feeder thread ------------------------------------------------------------------------
+
+    def _on_ack(self, seq: int, idx: int, ok: bool) -> None:
+        # paho's network thread: no disk I/O here
+        with self._cv:
+            self._acks.append((seq, idx))
+            self._in_flight -= 1
+            self._news = True
+            self._cv.notify_all()
+
+    def _flush_acks(self) -> bool:
+        """Delete what the broker acknowledged; the disk I/O runs outside the lock, so paho's
+        thread keeps queueing acks meanwhile. True if there were any."""
+        with self._cv:
+            acks, self._acks = self._acks, []
+        if acks:
+            self.outbox.ack_many(acks)
+        return bool(acks)
+
+    def _feed(self) -> None:
+        assert self.publisher is not None
+        last_prune = time.monotonic()
+        busy = True  # the first round reads at once: the replay starts without a wait
+        while True:
+            with self._cv:
+                if not busy:
+                    self._cv.wait_for(lambda: self._news or self._stop, timeout=1.0)
+                if self._stop:
+                    return
+                self._news = False
+            try:
+                acked = self._flush_acks()
+                with self._cv:
+                    space = self.window - self._in_flight
+                rows = self.outbox.pending(space, after=self._cursor) if space > 0 else []
+                if time.monotonic() - last_prune > _PRUNE_EVERY_S:
+                    last_prune = time.monotonic()
+                    self.outbox.prune()
+            except OutboxError as exc:
+                log.error("outbox.feed_failed", error=str(exc), cursor=self._cursor)
+                acked, rows = False, []
+            busy = bool(rows) or acked
+            for row in rows:
+                for m in row.messages:
+                    with self._cv:
+                        self._in_flight += 1
+                    self.publisher.enqueue(
+                        OutgoingMessage(
+                            m.topic,
+                            m.payload,
+                            m.qos,
+                            m.retain,
+                            label=f"seq={row.seq}",
+                            on_ack=partial(self._on_ack, row.seq, m.idx),
+                            content_type=m.content_type,
+                            expires=m.expires,
+                        )
+                    )
+                self._cursor = row.seq
