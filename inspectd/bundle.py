@@ -23,6 +23,7 @@ from inspectd.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.yaml"
 THRESHOLDS = "thresholds.yaml"
+TRAIN_IMAGES = "train_images.sha256"  # lets calibrate refuse images the model was trained on
 BUNDLE_SCHEMA = "inspectd.bundle/1"
 THRESHOLDS_SCHEMA = "inspectd.thresholds/1"
 
@@ -67,7 +68,16 @@ class Thresholds(StrictModel):
     method: str = Field(description="how they were computed")
     n_good: int = Field(ge=0, description="good parts they were computed from")
     target_frr: float | None = Field(None, ge=0, le=1, description="false-reject rate aimed at")
-    quantiles: dict[str, float] = Field(default_factory=dict, description="good score quantiles")
+    confidence: float | None = Field(None, gt=0, lt=1, description="confidence of frr_bound")
+    frr_bound: float | None = Field(
+        None, ge=0, le=1, description="false-reject rate is at most this, with `confidence`"
+    )
+    quantiles: dict[str, float] = Field(
+        default_factory=dict, description="good score quantiles (the drift check's reference)"
+    )
+    alternatives: dict[str, float] = Field(
+        default_factory=dict, description="image thresholds other methods gave, for the record"
+    )
     created: str
     tool_version: str
 

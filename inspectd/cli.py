@@ -4,6 +4,7 @@ imports torch and `inspectd check-config` starts in a blink."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -32,22 +33,46 @@ def _run(args: argparse.Namespace) -> int:
     from inspectd.capture.base import CaptureError
     from inspectd.logs import configure_logging
     from inspectd.mqtt.commands import CommandError
+    from inspectd.notify import Notifier
     from inspectd.station import StartupError, Station
 
     config = _load_config(args.config)
     if config is None:
         return EXIT_CONFIG
+    # Under systemd only StateDirectory= is writable: a state_dir elsewhere would leave the
+    # outbox in memory, not durable, for as long as the station runs. Refuse it instead.
+    service_state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if service_state and not config.state_dir.resolve().is_relative_to(Path(service_state).resolve()):
+        print(f"{args.config}: state_dir: {config.state_dir} is not inside this service's state "
+              f"directory {service_state} (StateDirectory=); set state_dir: {service_state}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
     configure_logging(config.logging.level, config.logging.format)
+    notifier = Notifier.from_env()  # systemd's $NOTIFY_SOCKET; silent without it
     stop = threading.Event()
+
+    def on_stop(*_: object) -> None:
+        stop.set()
+        notifier.stopping("stopping: finishing the parts in the pipeline")  # before the drain
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    station = Station(config)
+        signal.signal(sig, on_stop)
+    station = Station(config, notifier=notifier)
 
     def reload(*_: object) -> None:
+        if station.watch is None:  # READY=1 not sent yet: a reload must not announce it
+            print("inspectd: SIGHUP before the station was ready: ignored", file=sys.stderr)
+            return
+        notifier.reloading("reloading thresholds")
+        status = "thresholds not reloaded"
         try:
-            station.reload_thresholds()
+            result = station.reload_thresholds()
+            status = f"thresholds reloaded: image {result['image']}"
         except CommandError as exc:
             print(f"inspectd: {exc}", file=sys.stderr)
+            status = str(exc)
+        finally:
+            notifier.ready(status)  # ends the reload either way (Type=notify-reload waits for it)
 
     # SIGHUP: thresholds again from the bundle, off the signal handler (it reads and hashes files)
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, daemon=True).start())
@@ -112,6 +137,61 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from inspectd.calibrate.run import CalibrationError, Request, calibrate, summary, write
+    from inspectd.capture.base import CaptureError
+    from inspectd.logs import configure_logging
+
+    configure_logging("warning", "console")
+    products = args.products
+    if args.config is not None:
+        if args.count < 1:
+            print("inspectd calibrate: --config needs --count N (good parts to grab)", file=sys.stderr)
+            return EXIT_CONFIG
+        config = _load_config(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        products = products or config.products_dir
+    req = Request(bundle_dir=(products or Path("products")) / args.product, images=args.images,
+                  config=args.config, count=args.count, defects=args.defects,
+                  target_frr=args.target_frr, confidence=args.confidence, method=args.method,
+                  force=args.force, drop_training=args.drop_training,
+                  pixel_quantile=args.pixel_quantile, min_area=args.min_region_area,
+                  progress=sys.stderr.isatty())  # fmt: skip
+    try:
+        result = calibrate(req)
+        files = write(result, req)
+    except CalibrationError as exc:
+        print(f"inspectd calibrate: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CaptureError as exc:
+        print(f"inspectd calibrate: camera: {exc}", file=sys.stderr)
+        return 1
+    print(summary(result, req))
+    print("wrote " + ", ".join(str(f) for f in files))
+    print("a running daemon takes them on SIGHUP (systemctl reload) or the reload_thresholds command")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import json
+
+    from inspectd.logs import configure_logging
+    from inspectd.replay import ReplayError, format_report, replay
+
+    configure_logging("error", "console")  # ERROR parts are in the report, with their reasons
+    try:
+        report = replay(args.archive, args.products_dir, args.product)
+    except ReplayError as exc:
+        print(f"inspectd replay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print(format_report(report), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from inspectd import __version__
 
@@ -150,6 +230,55 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.set_defaults(func=_train)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="set thresholds from known-good parts, with a stated false-reject rate",
+        description="Score known-good parts (files or the station's camera), set the image "
+        "threshold with a stated false-reject rate and confidence bound, the pixel threshold "
+        "and the smallest region, write calibration.png/.md and re-seal the bundle. A running "
+        "daemon picks the thresholds up on SIGHUP or the reload command.",
+    )
+    cal.add_argument("--product", required=True)
+    cal.add_argument("--products", type=Path, default=None,
+                     help="products folder (default: the station config's, else ./products)")  # fmt: skip
+    good = cal.add_mutually_exclusive_group(required=True)
+    good.add_argument("--images", type=Path, help="folder of known-good part images (searched recursively)")
+    good.add_argument("--config", type=Path, help="station YAML: grab good parts from its camera")
+    cal.add_argument("--count", type=int, default=0, help="with --config: good parts to grab")
+    cal.add_argument("--defects", type=Path, default=None,
+                     help="defect images: <dir>/<defect type>/*, masks from an MVTec ground_truth/")  # fmt: skip
+    cal.add_argument("--target-frr", type=float, default=0.001, help="false-reject rate aimed at")
+    cal.add_argument("--confidence", type=float, default=0.95, help="confidence of the bound")
+    cal.add_argument("--method", choices=["order", "tail"], default="order",
+                     help="order: distribution-free order statistic (default); tail: "
+                          "generalised Pareto fit, bootstrap upper bound")  # fmt: skip
+    cal.add_argument("--force", action="store_true",
+                     help="too few parts for the target: use the highest good score and say the bound")  # fmt: skip
+    cal.add_argument("--drop-training", action="store_true",
+                     help="leave out images the model was trained on instead of refusing")  # fmt: skip
+    cal.add_argument("--pixel-quantile", type=float, default=0.999,
+                     help="pixel threshold: this quantile of good-part map pixels")  # fmt: skip
+    cal.add_argument("--min-region-area", type=int, default=None,
+                     help="smallest defect region in map pixels (default: keep the bundle's); "
+                          "a product specification, reported beside the regions good parts show")  # fmt: skip
+    cal.set_defaults(func=_calibrate)
+
+    rep = sub.add_parser(
+        "replay",
+        help="re-inspect archived parts with the current bundle and show what changed",
+        description="Run the frames of a station's archive (archive.dir) through the current "
+        "bundle with the daemon's own preprocessing, engine and decision, and compare each "
+        "part's verdict and score with the archived ones.",
+    )
+    rep.add_argument("--archive", type=Path, required=True, help="the archive folder")
+    rep.add_argument("--product", default=None,
+                     help="bundle to inspect with (default: the product each part was inspected with)")  # fmt: skip
+    rep.add_argument("--products-dir", "--products", dest="products_dir", type=Path,
+                     default=Path("/etc/inspectd/products"),
+                     help="folder holding the bundles (default: /etc/inspectd/products)")  # fmt: skip
+    rep.add_argument("--json", action="store_true", help="print every part and the summary as JSON")
+    rep.set_defaults(func=_replay)
     return p
 
 

@@ -29,14 +29,7 @@ def render(
         canvas = np.ascontiguousarray(image[:, :, :3])
 
     if anomaly_map is not None and geometry is not None and record.threshold:
-        x0, y0 = int(round(geometry.x0)), int(round(geometry.y0))
-        w = int(round(anomaly_map.shape[1] * geometry.sx))
-        h = int(round(anomaly_map.shape[0] * geometry.sy))
-        level = np.clip(anomaly_map / record.threshold, 0.0, 1.0)
-        heat = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
-        heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
-        roi = canvas[y0 : y0 + h, x0 : x0 + w]
-        canvas[y0 : y0 + h, x0 : x0 + w] = cv2.addWeighted(roi, 0.6, heat[: roi.shape[0], : roi.shape[1]], 0.4, 0)
+        blend_heatmap(canvas, anomaly_map, record.threshold, geometry)
 
     colour = _COLOURS[record.verdict]
     for r in record.regions:
@@ -50,6 +43,20 @@ def render(
     cv2.putText(canvas, f"{record.part_id}  {label}", (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                 colour, 1, cv2.LINE_AA)  # fmt: skip
     return canvas
+
+
+def blend_heatmap(
+    canvas: np.ndarray, anomaly_map: np.ndarray, threshold: float, geometry: Geometry
+) -> None:
+    """Draw the map over its ROI of `canvas` (BGR, in place); red = at or above `threshold`."""
+    x0, y0 = int(round(geometry.x0)), int(round(geometry.y0))
+    w = int(round(anomaly_map.shape[1] * geometry.sx))
+    h = int(round(anomaly_map.shape[0] * geometry.sy))
+    level = np.clip(anomaly_map / threshold, 0.0, 1.0)
+    heat = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
+    roi = canvas[y0 : y0 + h, x0 : x0 + w]
+    canvas[y0 : y0 + h, x0 : x0 + w] = cv2.addWeighted(roi, 0.6, heat[: roi.shape[0], : roi.shape[1]], 0.4, 0)
 
 
 def to_jpeg(image: np.ndarray, quality: int = 85) -> bytes:

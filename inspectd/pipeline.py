@@ -10,6 +10,12 @@ the reason, and the pipeline goes on.
 With a trigger queue (``camera.trigger: mqtt``) the capture thread grabs one frame per request
 and the verdict carries the request; a request whose deadline passed before its frame could be
 grabbed becomes an ERROR verdict ("trigger expired") without touching the camera.
+
+Liveness: each thread has a ``Progress`` (``THREADS``: capture, infer, publish) saying whether
+it holds work of its own (a grab, a batch, verdicts to record and sink) and when it last moved
+on. Waiting for work (no frame, no trigger, an empty queue) and waiting to hand work to the
+next thread (a full queue) are not busy, so ``stalled()`` names only the thread that holds work
+and does not finish it: the systemd watchdog and ``/healthz`` rest on it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,6 +43,7 @@ from inspectd.verdict import Verdict, VerdictRecord
 log = structlog.get_logger(__name__)
 
 STAGES = ("capture", "preprocess", "infer", "decide", "publish")
+THREADS = ("capture", "infer", "publish")  # capture also preprocesses; infer also decides
 RECENT_PARTS = 10_000  # latency statistics cover this many recent parts
 TRIGGER_EXPIRED = "trigger expired"  # how an expired request's ERROR verdict starts
 _END = object()
@@ -50,6 +57,9 @@ class Inspection:
     frame: Frame
     anomaly_map: np.ndarray | None = None  # model-input resolution
     geometry: Geometry | None = None
+    # seconds per stage of this part (STAGES; only those it went through); "publish" is added
+    # after the sinks ran, for the pipeline's observer
+    times: dict[str, float] = field(default_factory=dict)
 
 
 class VerdictSink(Protocol):
@@ -98,6 +108,33 @@ def _recent() -> deque[float]:
     return deque(maxlen=RECENT_PARTS)
 
 
+class Progress:
+    """One thread's heartbeat: whether it holds work of its own, and since when (monotonic) it
+    has held it or last moved on. Written by its thread only, read by the liveness check;
+    plain attribute writes, no lock."""
+
+    __slots__ = ("thread", "busy", "since", "allow_s")
+
+    def __init__(self, thread: str) -> None:
+        self.thread = thread
+        self.busy = False
+        self.since = time.monotonic()
+        self.allow_s = 0.0  # the work's own timeout (a grab's), granted on top of the limit
+
+    def start(self, allow_s: float = 0.0) -> None:
+        self.allow_s = allow_s
+        self.since = time.monotonic()  # before busy: a reader never sees busy with an old since
+        self.busy = True
+
+    def tick(self) -> None:
+        """Moved on, with more work in hand."""
+        self.since = time.monotonic()
+
+    def finish(self) -> None:
+        self.since = time.monotonic()
+        self.busy = False
+
+
 class Pipeline:
     def __init__(
         self,
@@ -112,7 +149,10 @@ class Pipeline:
         queue_depth: int = 4,
         triggers: queue.Queue[TriggerRequest] | None = None,
         grab_timeout_s: float = 5.0,
+        observer: Callable[[Sequence[Inspection]], None] | None = None,
     ) -> None:
+        """``observer`` (metrics) sees each batch of parts after their sinks, on the publish
+        thread, with every part's stage times (``Inspection.times``, "publish" included)."""
         self.source = source
         self.engine = engine
         self.bundle = bundle
@@ -129,6 +169,25 @@ class Pipeline:
         self._swap: tuple[Bundle, Engine] | None = None
         self._swap_lock = threading.Lock()
         self.stats = PipelineStats()
+        self.observer = observer
+        self.progress = {name: Progress(name) for name in THREADS}
+        self._publish_thread: threading.Thread | None = None
+
+    def stalled(self, limit_s: float) -> dict[str, float]:
+        """Threads that hold work and have not moved on for more than ``limit_s`` seconds (a
+        grab gets its own timeout on top): thread -> seconds since it last moved on. Idle
+        threads, and threads waiting to hand work on, are never stalled; a publish thread that
+        died while the pipeline runs is."""
+        now = time.monotonic()
+        found = {
+            p.thread: round(now - p.since, 1)
+            for p in self.progress.values()
+            if p.busy and now - p.since > limit_s + p.allow_s
+        }
+        publish = self._publish_thread
+        if publish is not None and not publish.is_alive():
+            found["publish"] = round(now - self.progress["publish"].since, 1)
+        return found
 
     def swap_product(self, bundle: Bundle, engine: Engine) -> None:
         """Inspect with another bundle (a warmed-up engine for it) from the next batch on. The
@@ -160,6 +219,7 @@ class Pipeline:
     # -- capture thread ------------------------------------------------------------------
     def _capture(self, limit: int | None, stop: threading.Event) -> None:
         count = 0
+        progress = self.progress["capture"]
         try:
             while not stop.is_set() and (limit is None or count < limit):
                 if self.triggers is not None:
@@ -167,18 +227,22 @@ class Pipeline:
                         request = self.triggers.get(timeout=0.5)
                     except queue.Empty:
                         continue
+                    progress.start(allow_s=self.grab_timeout_s)
                     job = self._triggered(request)
                     if job is None:
                         break  # the source ended; the request got its ERROR verdict
                 else:
+                    progress.start(allow_s=1.0)
                     t0 = time.monotonic()
                     try:
                         frame = self.source.grab(timeout=1.0)
                     except CaptureTimeout:
+                        progress.finish()  # a camera waiting for its trigger is idle
                         continue
                     except EndOfStream:
                         break
                     job = self._prepare(frame, {"capture": time.monotonic() - t0})
+                progress.finish()  # the put below waits for the inference thread
                 self.stats.frames += 1
                 self._inputs.put(job)
                 count += 1
@@ -188,6 +252,7 @@ class Pipeline:
             log.exception("capture.failed")
             self.stats.capture_failure = f"{type(exc).__name__}: {exc}"
         finally:
+            progress.finish()
             self._inputs.put(_END)
 
     def _triggered(self, request: TriggerRequest) -> _Job | None:
@@ -236,6 +301,7 @@ class Pipeline:
         first = self._inputs.get()
         if first is _END:
             return [], True
+        self.progress["infer"].start()
         jobs: list[_Job] = [first]  # type: ignore[list-item]
         while len(jobs) < self.max_batch:
             try:
@@ -272,6 +338,8 @@ class Pipeline:
             self._emit(j, maps.get(id(j)))
 
     def _emit(self, job: _Job, result: tuple[np.ndarray, float] | None) -> None:
+        progress = self.progress["infer"]
+        progress.start()
         t0 = time.monotonic()
         thr = self.thresholds
         verdict, regions, score, error = Verdict.ERROR, [], None, job.error
@@ -315,7 +383,8 @@ class Pipeline:
         self.stats.latency_ms.append(record.latency_ms)
         for stage, seconds in job.times.items():
             self.stats.stage_ms[stage].append(seconds * 1000.0)
-        self._outputs.put(Inspection(record, frame, amap, job.geometry))
+        progress.finish()  # the put below waits for the publish thread
+        self._outputs.put(Inspection(record, frame, amap, job.geometry, job.times))
 
     # -- sink thread -------------------------------------------------------------------------
     def _publish(self) -> None:
@@ -334,7 +403,10 @@ class Pipeline:
                     break
             end = item is _END
             if batch:
+                self.progress["publish"].start()
                 self._record_and_sink(batch)
+                self.progress["publish"].finish()
+        self._publish_thread = None  # ended as it should: not a stall
 
     def _record_and_sink(self, batch: list[Inspection]) -> None:
         t0 = time.monotonic()
@@ -353,8 +425,17 @@ class Pipeline:
                     # One broken sink (a full disk for overlays) must not starve the others.
                     self.stats.sink_errors += 1
                     log.exception("sink.failed", sink=type(sink).__name__, seq=item.record.seq)
+            self.progress["publish"].tick()
         per_part = (time.monotonic() - t0) * 1000.0 / len(batch)
         self.stats.stage_ms["publish"].extend([per_part] * len(batch))
+        if self.observer is not None:
+            for item in batch:
+                item.times["publish"] = per_part / 1000.0
+            try:
+                self.observer(batch)
+            except Exception:
+                self.stats.sink_errors += 1
+                log.exception("observer.failed")
 
     def run(self, *, limit: int | None = None, stop: threading.Event | None = None) -> PipelineStats:
         """Inspect until the source ends, `limit` parts were captured, or `stop` is set; every
@@ -363,6 +444,7 @@ class Pipeline:
         t0 = time.monotonic()
         capture = threading.Thread(target=self._capture, args=(limit, stop), name="capture", daemon=True)
         publish = threading.Thread(target=self._publish, name="publish", daemon=True)
+        self._publish_thread = publish
         capture.start()
         publish.start()
         try:

@@ -11,28 +11,38 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from inspectd import __version__
+from inspectd.archive import ArchiveSink
 from inspectd.bundle import Bundle, BundleError, load_bundle
 from inspectd.capture import open_source
 from inspectd.capture.base import CaptureSource
 from inspectd.config import StationConfig
 from inspectd.config.station import NAME_PATTERN
 from inspectd.delivery import Delivery
+from inspectd.drift import DriftMonitor
 from inspectd.engine import Engine, load_engine
 from inspectd.health import HealthMonitor
 from inspectd.mqtt.commands import CommandDesk, CommandError
 from inspectd.mqtt.publisher import Credentials, MqttPublisher
 from inspectd.mqtt.topics import Topics
 from inspectd.mqtt.triggers import TriggerDesk
+from inspectd.notify import Notifier, ServiceWatch
 from inspectd.outbox import Outbox, OutboxError
 from inspectd.pipeline import Pipeline, PipelineStats, VerdictSink
 from inspectd.sinks import JsonlSink, MqttOverlaySink, OverlaySink
 
+if TYPE_CHECKING:
+    from inspectd.metrics import MetricsServer, StationMetrics
+
 log = structlog.get_logger(__name__)
+
+# READY=1 waits this long for the first broker connection attempt to end (connected or not):
+# a broker outage must not keep the station from inspecting.
+FIRST_CONNECT_WAIT_S = 10.0
 
 
 class StartupError(Exception):
@@ -40,9 +50,19 @@ class StartupError(Exception):
 
 
 class Station:
-    def __init__(self, config: StationConfig, *, extra_sinks: Sequence[VerdictSink] = ()) -> None:
+    def __init__(
+        self,
+        config: StationConfig,
+        *,
+        extra_sinks: Sequence[VerdictSink] = (),
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
         self.extra_sinks = list(extra_sinks)
+        self.notifier = notifier or Notifier()  # systemd's, from `inspectd run`; else silent
+        self.watch: ServiceWatch | None = None
+        self.metrics: StationMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
         self.boot_id = uuid.uuid4().hex
         self.topics = Topics(config.topic_base())
         self.bundle: Bundle | None = None
@@ -54,7 +74,9 @@ class Station:
         self.triggers: TriggerDesk | None = None
         self.commands: CommandDesk | None = None
         self.health: HealthMonitor | None = None
+        self.drift: DriftMonitor | None = None
         self.sinks: list[VerdictSink] = []
+        self.archive: ArchiveSink | None = None
         self.pipeline: Pipeline | None = None
         self._dropped_at_start = 0
         self._fps = (time.monotonic(), 0, 0.0)  # (when, frames then, fps)
@@ -62,6 +84,7 @@ class Station:
 
     def start(self) -> None:
         cfg = self.config
+        self.notifier.status(f"loading bundle {cfg.product}")
         self.bundle = load_bundle(cfg.products_dir / cfg.product)
         log.info("bundle.loaded", product=self.bundle.name, model=self.bundle.manifest.model.family,
                  sha256=self.bundle.model_sha256[:12], threshold=self.bundle.thresholds.image)  # fmt: skip
@@ -69,6 +92,7 @@ class Station:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = self._open_outbox()
         self._dropped_at_start = sum(self.outbox.stats()["dropped"].values())
+        self.notifier.status(f"opening camera ({cfg.camera.source})")
         self.source = open_source(cfg.camera)
         self.source.open()
 
@@ -102,6 +126,14 @@ class Station:
             self.publisher.subscribe(self.topics.cmd_filter, self.commands.on_message)
             self.publisher.start()
         self.delivery.start()
+        if cfg.archive.enabled and cfg.archive.dir is not None:  # last: its PNGs must not delay answers
+            self.archive = ArchiveSink(cfg.archive.dir, cfg.archive.max_bytes,
+                                       verdicts=cfg.archive.verdicts, ok_every=cfg.archive.ok_every)  # fmt: skip
+            self.sinks.append(self.archive)
+        if cfg.drift.enabled:
+            self.drift = DriftMonitor(self.bundle.thresholds.quantiles, window=cfg.drift.window,
+                                      min_parts=cfg.drift.min_parts, alpha=cfg.drift.alpha)  # fmt: skip
+            self.sinks.append(self.drift)
         self.sinks.extend(self.extra_sinks)
         self.pipeline = Pipeline(
             source=self.source,
@@ -114,6 +146,7 @@ class Station:
             triggers=self.triggers.queue if self.triggers and cfg.camera.trigger == "mqtt" else None,
             grab_timeout_s=getattr(cfg.camera, "timeout_s", 5.0),
         )
+        self._serve_metrics()  # before health: health.json names the port
         self.health = HealthMonitor(
             snapshot=self.health_snapshot,
             stats=self.stats_snapshot,
@@ -126,13 +159,76 @@ class Station:
         self.health.start()
         log.info("station.started", station=cfg.station.name, camera=cfg.camera.source,
                  engine=self.engine.name, mqtt=cfg.mqtt.enabled, trigger=cfg.camera.trigger)  # fmt: skip
+        self._ready()
 
     def _load_engine(self, bundle: Bundle) -> Engine:
         cfg = self.config.engine
+        self.notifier.status(f"loading engine for {bundle.name}")
         engine = load_engine(bundle.model_path, backend=cfg.backend, device=cfg.device,
                              threads=cfg.threads)  # fmt: skip
+        self.notifier.status(f"warming up engine {engine.name} for {bundle.name}")
+        t0 = time.monotonic()
         engine.warmup()
+        log.info("engine.warmed_up", engine=engine.name, product=bundle.name,
+                 ms=round((time.monotonic() - t0) * 1000.0, 1))  # fmt: skip
         return engine
+
+    # -- service: metrics, readiness, watchdog --------------------------------------------------
+
+    def _serve_metrics(self) -> None:
+        m = self.config.metrics
+        if not m.enabled:
+            return
+        from inspectd.metrics import MetricsServer, StationMetrics  # prometheus_client: only here
+
+        assert self.pipeline is not None
+        self.metrics = StationMetrics(health=self.health_snapshot, stats=self.pipeline.stats,
+                                      stalled=self.stalled, product=self.pipeline.bundle.name)  # fmt: skip
+        self.pipeline.observer = self.metrics.observe  # every part from the first one on
+        try:
+            self.metrics_server = MetricsServer(self.metrics, host=m.listen, port=m.port,
+                                                stalled=self.stalled)  # fmt: skip
+        except OSError as exc:
+            raise StartupError(f"metrics: cannot listen on {m.listen} port {m.port}: "
+                               f"{exc.strerror or exc}") from exc  # fmt: skip
+        self.metrics_server.start()
+
+    def _ready(self) -> None:
+        """READY=1 once the first broker connection attempt ended (connected or not), then the
+        watchdog and STATUS= loop."""
+        if self.publisher is not None:
+            m = self.config.mqtt
+            self.notifier.status(f"connecting to MQTT broker {m.host}:{m.port}")
+            if not self.publisher.wait_connect_attempt(FIRST_CONNECT_WAIT_S):
+                log.warning("mqtt.first_attempt_pending", host=m.host, port=m.port,
+                            waited_s=FIRST_CONNECT_WAIT_S, detail="ready anyway; verdicts wait in the outbox")  # fmt: skip
+        self.notifier.ready(self.service_status())
+        self.watch = ServiceWatch(self.notifier, stalled=self.stalled, status=self.service_status,
+                                  status_interval_s=self.config.service.status_interval_s)  # fmt: skip
+        self.watch.start()
+        log.info("station.ready", notify=self.notifier.enabled,
+                 watchdog_interval_s=self.notifier.watchdog_interval_s)  # fmt: skip
+
+    def stalled(self) -> dict[str, float]:
+        """Pipeline threads holding work without progress for service.stall_s: thread ->
+        seconds (the watchdog, /healthz and health's problems)."""
+        if self.pipeline is None:
+            return {}
+        return self.pipeline.stalled(self.config.service.stall_s)
+
+    def service_status(self) -> str:
+        """The STATUS= line systemctl status shows while inspecting."""
+        assert self.pipeline is not None
+        h = self.health_snapshot()
+        v = self.pipeline.stats.verdicts
+        mqtt = "mqtt off" if not h["mqtt"]["enabled"] else (
+            "mqtt connected" if h["mqtt"].get("connected") else "mqtt disconnected")  # fmt: skip
+        line = (f"inspecting {h['product']}: {sum(v.values())} parts (OK {v['OK']}, NG {v['NG']}, "
+                f"ERROR {v['ERROR']}), {h['camera']['fps']:.1f} fps, {mqtt}, "
+                f"outbox {h['outbox']['depth']}")  # fmt: skip
+        if h["problems"]:
+            line += f"; {h['problems'][0]}"
+        return line
 
     def _open_outbox(self) -> Outbox:
         cfg = self.config
@@ -205,6 +301,8 @@ class Station:
                 )
             old = self.pipeline.thresholds
             self.pipeline.thresholds = fresh.thresholds
+            if self.drift is not None:
+                self.drift.reset(fresh.thresholds.quantiles)
         result = {"product": current.name, "image": fresh.thresholds.image,
                   "previous_image": old.image, "pixel": fresh.thresholds.pixel}  # fmt: skip
         log.info("thresholds.reloaded", **result)
@@ -228,6 +326,8 @@ class Station:
             engine = self._load_engine(bundle)
             previous = self.pipeline.bundle.name
             self.pipeline.swap_product(bundle, engine)
+            if self.drift is not None:
+                self.drift.reset(bundle.thresholds.quantiles)
         if self.publisher is not None:
             self.publisher.set_status_fields(product=bundle.name, model_sha256=bundle.model_sha256)
         return {"product": bundle.name, "previous": previous, "model_sha256": bundle.model_sha256}
@@ -253,6 +353,12 @@ class Station:
         camera_state = "failed" if stats.capture_failure else "ok"
         if stats.capture_failure:
             problems.append(f"camera_failed: {stats.capture_failure}")
+        problems += [f"stalled: {t} thread, no progress for {s:.0f} s" for t, s in self.stalled().items()]
+        archive = self.archive.stats() if self.archive is not None else None
+        if archive is not None and archive["failing"]:
+            problems.append(f"archive_failing: {archive['errors']} errors since start, last: {archive['last_error']}")
+        drift = self.drift.state() if self.drift is not None else {"state": "off"}
+        problems += [f"drift: {p}" for p in drift.get("problems", [])]
         bundle = self.pipeline.bundle
         return {
             "state": "ok" if not problems else "degraded",
@@ -269,6 +375,9 @@ class Station:
                            "pixel": self.pipeline.thresholds.pixel},  # fmt: skip
             "mqtt": mqtt,
             "outbox": outbox,
+            "drift": drift,
+            "metrics": {"url": self.metrics_server.url, "port": self.metrics_server.port}
+            if self.metrics_server is not None else None,  # fmt: skip
         }
 
     def _camera_fps(self) -> float:
@@ -293,6 +402,7 @@ class Station:
             "outbox": self.outbox.stats(),
             "mqtt": self.publisher.stats() if self.publisher else None,
             "triggers": self.triggers.counts if self.triggers else None,
+            "archive": self.archive.stats() if self.archive is not None else None,
         }
 
     # -- stop -----------------------------------------------------------------------------------
@@ -301,6 +411,7 @@ class Station:
         """Close in reverse order of start; MQTT last, after the outbox drained."""
         if drain_timeout is None:
             drain_timeout = self.config.mqtt.drain_timeout_s
+        self.notifier.stopping("stopping: closing sinks and camera")
         if self.commands is not None:
             self.commands.close()
         for sink in self.sinks:
@@ -314,6 +425,10 @@ class Station:
             self.health.stop()
             self.health.check(force=True)  # the last word, before the broker connection ends
         if self.delivery is not None:
+            if self.publisher is not None and self.outbox is not None:
+                depth = self.outbox.stats()["depth"]
+                self.notifier.status(f"draining outbox: {depth} verdicts to the broker "
+                                     f"(at most {drain_timeout:g} s)")  # fmt: skip
             if self.publisher is not None and not self.delivery.drain(drain_timeout):
                 assert self.outbox is not None
                 log.error("outbox.not_drained_at_stop", timeout_s=drain_timeout,
@@ -327,4 +442,9 @@ class Station:
             self.pipeline.close()
         elif self.engine is not None:
             self.engine.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        if self.watch is not None:
+            self.watch.stop()
+        self.notifier.status("stopped")
         log.info("station.stopped")

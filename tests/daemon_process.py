@@ -6,10 +6,12 @@ lines are read back from them."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,17 @@ LEAN_RUN = (
 
 
 class Daemon:
-    def __init__(self, config: Path, name: str = "daemon") -> None:
+    def __init__(
+        self, config: Path, name: str = "daemon", env: Mapping[str, str] | None = None
+    ) -> None:
+        """``env``: variables set for the daemon on top of this process's (NOTIFY_SOCKET, …)."""
         self.stdout = config.parent / f"{name}.stdout"
         self.stderr = config.parent / f"{name}.stderr"
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", LEAN_RUN, "run", "--config", str(config)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=REPO,
+                env=None if env is None else {**os.environ, **env},
             )  # fmt: skip
 
     @property

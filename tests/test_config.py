@@ -64,8 +64,8 @@ def test_minimal_config_loads_with_defaults(tmp_path):
 def test_unknown_key_top_level(tmp_path):
     path = write(tmp_path, MINIMAL + "prodcut: x\n")
     assert errors_of(path) == [
-        ":7:1 prodcut: unknown key 'prodcut' (allowed: camera, engine, logging, mqtt, outbox, output, "
-        "product, products_dir, state_dir, station); did you mean 'product'?"
+        ":7:1 prodcut: unknown key 'prodcut' (allowed: archive, camera, drift, engine, logging, metrics, mqtt, "
+        "outbox, output, product, products_dir, service, state_dir, station); did you mean 'product'?"
     ]
 
 

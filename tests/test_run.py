@@ -7,6 +7,7 @@ real MQTT subscriber.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -185,6 +186,18 @@ def test_check_config_prints_the_resolved_config(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"path: {tmp_path / 'frames'}" in proc.stdout  # relative to the config file
     assert "client_id: inspectd-cam1" in proc.stdout  # defaults filled in
+
+
+def test_under_systemd_a_state_dir_outside_the_service_state_directory_is_refused(tmp_path):
+    config = write_config(tmp_path, 1, tmp_path / "frames")  # state_dir: tmp/state
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "elsewhere")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "inspectd", "run", "--config", str(config)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"state_dir: {tmp_path / 'state'} is not inside this service's state directory" in proc.stderr
+    assert not (tmp_path / "state").exists()  # refused before anything was written
 
 
 def test_a_camera_that_is_not_there_is_a_failure_systemd_retries(tmp_path):

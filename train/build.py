@@ -22,7 +22,7 @@ import structlog
 import torch
 
 from inspectd import __version__
-from inspectd.bundle import BUNDLE_SCHEMA, THRESHOLDS, load_bundle, sha256_of
+from inspectd.bundle import BUNDLE_SCHEMA, THRESHOLDS, TRAIN_IMAGES, load_bundle, sha256_of
 from inspectd.calibrate.thresholds import max_of_good
 from inspectd.deploy.bundle import seal, write_thresholds
 from inspectd.deploy.export import OPSET, export_onnx, parity
@@ -38,7 +38,6 @@ from inspectd.train.models.ae import ConvAutoencoder
 log = structlog.get_logger(__name__)
 
 PARITY_TOLERANCE = 1e-4
-TRAIN_IMAGES = "train_images.sha256"  # lets calibrate refuse images the model was trained on
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def evaluate(
     amap = np.concatenate(maps)
     labels = np.array([s.is_anomalous for s in samples])
     # Masks are read at frame size, cropped like the frames and resized to the map (nearest).
-    masks = np.stack([_mask_like_input(s, spec, amap.shape[1:]) for s in samples])
+    masks = np.stack([mask_like_input(s, spec, amap.shape[1:]) for s in samples])
     defects = sorted({s.defect for s in samples if s.is_anomalous})
     good = ~labels
     per_defect = {}
@@ -44,7 +44,8 @@ def evaluate(
     }
 
 
-def _mask_like_input(sample: Any, spec: PreprocessSpec, hw: tuple[int, int]) -> np.ndarray:
+def mask_like_input(sample: Any, spec: PreprocessSpec, hw: tuple[int, int]) -> np.ndarray:
+    """The ground truth of `sample` cropped like its frame and resized (nearest) to `hw`."""
     import cv2
 
     from inspectd.imagefile import read_image

@@ -8,6 +8,7 @@ paths are resolved against ``context["base_dir"]`` (the config file's directory)
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import string
 from pathlib import Path
@@ -25,15 +26,18 @@ from pydantic import (
 from inspectd.config.base import StrictModel
 
 __all__ = [
+    "ArchiveConfig",
     "ConfigPath",
     "CameraConfig",
     "EngineConfig",
     "FolderCamera",
     "LoggingConfig",
+    "MetricsConfig",
     "MqttConfig",
     "OpenCVCamera",
     "OutboxConfig",
     "OutputConfig",
+    "ServiceConfig",
     "StationConfig",
     "StationId",
 ]
@@ -233,6 +237,19 @@ class OutputConfig(StrictModel):
     # fmt: on
 
 
+class ArchiveConfig(StrictModel):
+    """NG and ERROR frames kept on disk (frame PNG, anomaly map, verdict JSON), size-bounded,
+    for review and ``inspectd replay``."""
+
+    # fmt: off
+    enabled: bool = Field(False, description="Keep an archive of NG and ERROR parts.")
+    dir: ConfigPath | None = Field(None, description="Folder of the archive; null = <state_dir>/archive.")
+    max_bytes: int = Field(2 * 1024**3, ge=1024**2, description="Most bytes the archive's files may hold; then the oldest parts are deleted (counted and logged).")
+    verdicts: tuple[Literal["NG", "ERROR"], ...] = Field(("NG", "ERROR"), description="Which verdicts are archived.")
+    ok_every: int = Field(0, ge=0, description="Also archive every n-th OK part (a sample of good ones); 0 = none.")
+    # fmt: on
+
+
 class OutboxConfig(StrictModel):
     """The durable outbox of verdicts (state_dir/outbox.db)."""
 
@@ -244,6 +261,23 @@ class OutboxConfig(StrictModel):
     # fmt: on
 
 
+class DriftConfig(StrictModel):
+    """Warn in health when good parts stop looking like the ones calibration saw."""
+
+    # fmt: off
+    enabled: bool = Field(True, description="Compare recent OK scores with calibration's score quantiles.")
+    window: int = Field(500, ge=20, description="Recent OK parts compared.")
+    min_parts: int = Field(100, ge=20, description="OK parts needed before drift is judged.")
+    alpha: float = Field(0.001, gt=0, lt=0.5, description="False-alarm probability of one check of a steady line.")
+    # fmt: on
+
+    @model_validator(mode="after")
+    def _window_holds_min_parts(self) -> DriftConfig:
+        if self.min_parts > self.window:
+            raise ValueError(f"min_parts ({self.min_parts}) must not exceed window ({self.window})")
+        return self
+
+
 class LoggingConfig(StrictModel):
     """Log output."""
 
@@ -251,6 +285,34 @@ class LoggingConfig(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level that is logged.")
     format: Literal["auto", "json", "console"] = Field("auto", description="auto = console on a terminal, JSON lines otherwise.")
     # fmt: on
+
+
+class ServiceConfig(StrictModel):
+    """Running under systemd: readiness, STATUS= lines and the watchdog (sd_notify), and what
+    counts as a stalled pipeline (for the watchdog and /healthz)."""
+
+    # fmt: off
+    stall_s: float = Field(30.0, ge=1, le=3600, description="A pipeline thread (capture, infer, publish) that holds work and makes no progress for this many seconds is stalled: systemd watchdog pings stop (WatchdogSec= then restarts the service) and /healthz answers 503. Idle threads (no frame, no trigger request) are never stalled; a grab gets its own timeout on top. Must exceed the longest batch inference.")
+    status_interval_s: float = Field(5.0, gt=0, le=3600, description="Seconds between STATUS= updates (the line systemctl status shows).")
+    # fmt: on
+
+
+class MetricsConfig(StrictModel):
+    """Prometheus metrics (/metrics) and liveness (/healthz) over HTTP."""
+
+    # fmt: off
+    enabled: bool = Field(False, description="Serve /metrics and /healthz over HTTP.")
+    listen: str = Field("127.0.0.1", description="IP address to bind: 127.0.0.1 or ::1 = this machine only, 0.0.0.0 or :: = every interface.")
+    port: int = Field(9108, ge=0, le=65535, description="TCP port; 0 = any free port (logged as metrics.listening and written to health.json). One port per station.")
+    # fmt: on
+
+    @field_validator("listen")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value.strip("[]")))
+        except ValueError:
+            raise ValueError("expected an IP address, e.g. 127.0.0.1, ::1 or 0.0.0.0") from None
 
 
 class StationConfig(StrictModel):
@@ -266,7 +328,11 @@ class StationConfig(StrictModel):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT connection.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Durable outbox of verdicts.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Files written by the station.")
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig, description="Archive of NG and ERROR frames.")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift warning in health.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log output.")
+    service: ServiceConfig = Field(default_factory=ServiceConfig, description="systemd readiness, status and watchdog.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics and /healthz over HTTP.")
     # fmt: on
 
     @model_validator(mode="after")
@@ -281,6 +347,13 @@ class StationConfig(StrictModel):
             mqtt = self.mqtt.model_copy(update={"client_id": f"inspectd-{self.station.name}"})
             # the model is frozen; filling a default during its own validation is fine
             object.__setattr__(self, "mqtt", mqtt)
+        return self
+
+    @model_validator(mode="after")
+    def _default_archive_dir(self) -> StationConfig:
+        if self.archive.dir is None:  # check-config shows the folder that will be used
+            archive = self.archive.model_copy(update={"dir": self.state_dir / "archive"})
+            object.__setattr__(self, "archive", archive)
         return self
 
     def topic_base(self) -> str:

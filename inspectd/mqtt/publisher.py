@@ -229,12 +229,22 @@ class MqttPublisher:
         }  # fmt: skip
         self._connect_failures = 0
         self._error: str | None = None  # why the last connection attempt failed
+        self._attempted = threading.Event()  # the first connection attempt has ended
 
     # -- public API -----------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def connect_attempted(self) -> bool:
+        """True once the first connection attempt has ended: connected, refused or failed."""
+        return self._attempted.is_set()
+
+    def wait_connect_attempt(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the first connection attempt to end; ``connect_attempted``."""
+        return self._attempted.wait(timeout)
 
     def start(self) -> None:
         if self._started:
@@ -549,6 +559,7 @@ class MqttPublisher:
                 username=self.credentials.username,
                 detail="check the username, password and client certificate; retrying",
             )
+            self._attempted.set()
             return
         for topic_filter in self._subscriptions:
             client.subscribe(topic_filter, qos=1)
@@ -580,6 +591,7 @@ class MqttPublisher:
             session_present=bool(flags.session_present),
             pending=pending,
         )
+        self._attempted.set()  # after the log line: readiness follows what the log says
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its `except OSError:` block: the exception is still current
@@ -600,6 +612,7 @@ class MqttPublisher:
             error=error,
             detail="TLS: check ca_file and the broker's certificate" if tls else None,
         )
+        self._attempted.set()
 
     def _on_disconnect(
         self,

@@ -1,0 +1,422 @@
+"""`inspectd calibrate`: score known-good parts (and defects, if given) with the bundle's own
+model and preprocessing, set the thresholds, write the report, and re-seal the bundle.
+
+Runs on the inspection box (ONNX Runtime, no torch). Nothing in the bundle changes until every
+number is computed: report files first, thresholds.yaml next, manifest.yaml last.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import yaml
+from tqdm import tqdm
+
+from inspectd.bundle import MANIFEST, TRAIN_IMAGES, Bundle, load_bundle, sha256_of
+from inspectd.calibrate import stats
+from inspectd.calibrate.thresholds import (
+    MAP_PIXELS,
+    PIXEL_QUANTILE,
+    pixel_threshold,
+    record,
+    region_areas,
+)
+from inspectd.decide import regions_of
+from inspectd.deploy.bundle import seal, write_thresholds
+from inspectd.engine import Engine, load_engine
+from inspectd.preprocess import PreprocessError, load_inputs, preprocess
+from inspectd.train.datasets.mvtec import GOOD, IMAGE_EXTENSIONS, Sample
+from inspectd.train.metrics import auroc
+
+log = structlog.get_logger(__name__)
+
+BATCH = 16
+
+
+class CalibrationError(Exception):
+    """Calibration refused (too few parts, training images, unreadable input): the message
+    says why and what to do; the bundle is left as it was."""
+
+
+@dataclass
+class Request:
+    bundle_dir: Path
+    images: Path | None = None  # good parts from files ...
+    config: Path | None = None  # ... or live from this station's camera
+    count: int = 0
+    defects: Path | None = None
+    target_frr: float = 0.001
+    confidence: float = stats.CONFIDENCE
+    method: str = "order"  # order | tail
+    force: bool = False
+    drop_training: bool = False
+    pixel_quantile: float = PIXEL_QUANTILE
+    min_area: int | None = None  # map pixels; None keeps the bundle's
+    progress: bool = True
+
+
+@dataclass
+class Scored:
+    """What the model made of a set of parts."""
+
+    names: list[str]
+    scores: np.ndarray  # N
+    maps: np.ndarray  # N x h x w
+    inputs: np.ndarray  # N x h x w x 3, RGB model inputs (thumbnails of the worst parts)
+    defects: list[str] = field(default_factory=list)  # defect type per part (defect sets)
+    masks: np.ndarray | None = None  # N x h x w bool, when every defect has a mask
+
+
+@dataclass
+class Result:
+    bundle: Bundle
+    good: Scored
+    defects: Scored | None
+    order: stats.OrderThreshold
+    tail: stats.TailFit | None
+    tail_error: str | None
+    image: float
+    pixel: float
+    min_area: int
+    good_regions: list[int]  # region areas good parts show at the pixel threshold
+    method: str
+    dropped_training: int
+    skipped: list[str]  # parts that could not be inspected, with the reason
+    defect_metrics: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+
+
+# -- input ---------------------------------------------------------------------------------------
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise CalibrationError(f"{folder}: no such folder of images")
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.startswith("."))  # fmt: skip
+
+
+def training_hashes(bundle: Bundle) -> set[str]:
+    path = bundle.path / TRAIN_IMAGES
+    if not path.is_file():
+        return set()
+    return {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
+
+
+def split_training(paths: list[Path], trained: set[str]) -> tuple[list[Path], list[Path]]:
+    """(images not used for training, images that were), by file sha256."""
+    fresh, seen = [], []
+    for p in paths:
+        (seen if sha256_of(p) in trained else fresh).append(p)
+    return fresh, seen
+
+
+def _bar(iterable: Any, total: int, desc: str, on: bool) -> Any:
+    return tqdm(iterable, total=total, desc=desc, unit="part", disable=not on, file=sys.stderr)
+
+
+def _score(engine: Engine, batches: Iterator[np.ndarray], total: int, desc: str,
+           progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    scores, maps, inputs = [], [], []
+    with _bar(None, total, desc, progress) as bar:
+        for x in batches:
+            r = engine.infer(x)
+            scores.append(r.score)
+            maps.append(r.anomaly_map)
+            inputs.append(x)
+            bar.update(len(x))
+        bar.n = total  # skipped parts count as done
+        bar.refresh()
+    if not scores:
+        return np.empty(0, np.float32), np.empty((0, 1, 1), np.float32), np.empty((0, 1, 1, 3), np.uint8)
+    return np.concatenate(scores), np.concatenate(maps), np.concatenate(inputs)
+
+
+def score_files(engine: Engine, bundle: Bundle, paths: list[Path], desc: str,
+                progress: bool) -> tuple[Scored, list[str]]:  # fmt: skip
+    """Score image files with the daemon's preprocessing; unreadable files are skipped and
+    named (they would be ERROR verdicts on the line, not good parts)."""
+    spec = bundle.manifest.preprocess
+    kept: list[Path] = []
+    skipped: list[str] = []
+
+    def batches() -> Iterator[np.ndarray]:
+        ready = []
+        for p in paths:
+            try:
+                ready.append(load_inputs([p], spec)[0])
+                kept.append(p)
+            except (PreprocessError, OSError, ValueError) as exc:
+                skipped.append(str(exc) if str(p) in str(exc) else f"{p}: {exc}")
+            if len(ready) == BATCH:
+                yield np.stack(ready)
+                ready = []
+        if ready:
+            yield np.stack(ready)
+
+    scores, maps, inputs = _score(engine, batches(), len(paths), desc, progress)
+    return Scored([str(p) for p in kept], scores, maps, inputs), skipped
+
+
+def score_camera(engine: Engine, bundle: Bundle, config_path: Path, count: int,
+                 progress: bool) -> tuple[Scored, list[str]]:  # fmt: skip
+    """Grab `count` good parts from the station's camera (the daemon must not hold it)."""
+    from inspectd.capture import open_source
+    from inspectd.capture.base import CaptureTimeout, EndOfStream
+    from inspectd.config import load_station_config
+
+    cfg = load_station_config(config_path)
+    timeout = getattr(cfg.camera, "timeout_s", 5.0)
+    spec = bundle.manifest.preprocess
+    names, skipped, grabbed = [], [], []
+    with open_source(cfg.camera) as source, _bar(None, count, "capturing", progress) as bar:
+        while len(grabbed) < count:
+            try:
+                frame = source.grab(timeout=timeout)
+            except EndOfStream:
+                break
+            except CaptureTimeout:
+                skipped.append(f"no frame within {timeout} s")
+                if len(skipped) > max(10, count // 10):
+                    raise CalibrationError(f"the camera gave no frames ({skipped[-1]})") from None
+                continue
+            try:
+                if frame.error:
+                    raise PreprocessError(frame.error)
+                grabbed.append(preprocess(frame.image, spec)[0])
+                names.append(frame.part_id)
+                bar.update(1)
+            except PreprocessError as exc:
+                skipped.append(f"{frame.part_id}: {exc}")
+    if len(grabbed) < count:
+        log.warning("calibrate.camera_short", wanted=count, got=len(grabbed))
+    chunks = (np.stack(grabbed[i : i + BATCH]) for i in range(0, len(grabbed), BATCH))
+    scores, maps, inputs = _score(engine, chunks, len(grabbed), "scoring", progress)
+    return Scored(names, scores, maps, inputs), skipped
+
+
+def defect_samples(folder: Path) -> list[Sample]:
+    """Defective parts: ``folder/<defect type>/*`` (an MVTec test/ folder, whose good/ is left
+    out) or images directly in ``folder``; masks where MVTec's ground_truth/ has them."""
+    from inspectd.train.datasets.mvtec import expected_mask_path
+
+    if (folder / "test").is_dir():  # an MVTec category root
+        folder = folder / "test"
+    samples = []
+    for p in _image_files(folder):
+        rel = p.relative_to(folder)
+        defect = rel.parts[0] if len(rel.parts) > 1 else "defect"
+        if defect == GOOD:
+            continue
+        mask = expected_mask_path(p, defect)
+        samples.append(Sample(p, defect, mask if mask.is_file() else None))
+    if not samples:
+        raise CalibrationError(f"{folder}: no defect images (expected <defect type>/*.png)")
+    return samples
+
+
+def score_defects(engine: Engine, bundle: Bundle, folder: Path, progress: bool) -> Scored:
+    from inspectd.train.evaluate import mask_like_input
+
+    samples = defect_samples(folder)
+    scored, skipped = score_files(engine, bundle, [s.path for s in samples], "defects", progress)
+    if skipped:
+        raise CalibrationError(f"{len(skipped)} defect image(s) unreadable: {skipped[0]}")
+    scored.defects = [s.defect for s in samples]
+    if all(s.mask_path is not None for s in samples):
+        hw = scored.maps.shape[1:]
+        spec = bundle.manifest.preprocess
+        scored.masks = np.stack([mask_like_input(s, spec, hw) for s in samples])
+    return scored
+
+
+# -- decisions -----------------------------------------------------------------------------------
+
+
+def _too_few(n: int, req: Request) -> str:
+    need = stats.parts_needed(req.target_frr, req.confidence)
+    best = stats.frr_upper_bound(0, n, req.confidence)
+    return (
+        f"a false-reject rate of at most {req.target_frr:g} with {req.confidence:.0%} "
+        f"confidence needs at least {need} good parts; got {n}. {n} parts support a target of "
+        f"{best:.4g} (--target-frr {best:.4g}); add parts, or --force to use the highest good "
+        f"score (false-reject rate at most {best:.4g} with {req.confidence:.0%} confidence)"
+    )
+
+
+def defect_metrics(good: Scored, defects: Scored, image: float, pixel: float,
+                   min_area: int) -> dict[str, Any]:  # fmt: skip
+    labels = np.r_[np.zeros(good.scores.size, bool), np.ones(defects.scores.size, bool)]
+    scores = np.r_[good.scores, defects.scores]
+    found = defects.scores >= image
+    f1_threshold, f1 = stats.best_f1(labels, scores)
+    out: dict[str, Any] = {
+        "n_defects": int(defects.scores.size),
+        "recall": float(found.mean()),
+        "image_auroc": auroc(labels, scores),
+        "f1_threshold": f1_threshold,
+        "f1_max": f1,
+        "recall_by_type": {d: float(found[[t == d for t in defects.defects]].mean())
+                           for d in sorted(set(defects.defects))},  # fmt: skip
+    }
+    if defects.masks is not None:
+        pix_labels = np.r_[np.zeros(good.maps.size, bool), defects.masks.ravel()]
+        pix_scores = np.r_[good.maps.ravel(), defects.maps.ravel()]
+        out["pixel_auroc"] = auroc(pix_labels, pix_scores)
+        covered = defects.masks.sum()
+        out["pixel_recall"] = float((defects.maps[defects.masks] >= pixel).sum() / max(1, covered))
+        # found defects whose reported regions (the daemon's rule) touch the defect
+        hits = [
+            any(defects.masks[i][r.y : r.y + r.h, r.x : r.x + r.w].any()
+                for r in regions_of(defects.maps[i], pixel, min_area, MAP_PIXELS))
+            for i in np.flatnonzero(found)
+        ]  # fmt: skip
+        out["located"] = float(np.mean(hits)) if hits else float("nan")
+    return out
+
+
+def calibrate(req: Request) -> Result:
+    from inspectd.bundle import BundleError
+
+    try:
+        bundle = load_bundle(req.bundle_dir)
+    except BundleError as exc:
+        raise CalibrationError(str(exc)) from exc
+    if not 0 < req.target_frr < 1:
+        raise CalibrationError(f"--target-frr must be between 0 and 1, got {req.target_frr}")
+    engine = load_engine(bundle.model_path)
+    try:
+        skipped: list[str] = []
+        dropped = 0
+        if req.images is not None:
+            paths = _image_files(req.images)
+            fresh, trained = split_training(paths, training_hashes(bundle))
+            if trained and not req.drop_training:
+                raise CalibrationError(
+                    f"{len(trained)} of {len(paths)} images in {req.images} were used to train "
+                    f"this model (e.g. {trained[0].name}); their scores are optimistic and would "
+                    "set the threshold too low. Remove them, or --drop-training to leave them out"
+                )
+            dropped = len(trained)
+            if dropped:
+                log.warning("calibrate.training_images_dropped", count=dropped, of=len(paths))
+            good, skipped = score_files(engine, bundle, fresh, "good parts", req.progress)
+        elif req.config is not None:
+            good, skipped = score_camera(engine, bundle, req.config, req.count, req.progress)
+        else:
+            raise CalibrationError("give good parts: --images DIR, or --config FILE --count N")
+        if good.scores.size == 0:
+            raise CalibrationError("no good part could be scored" + (f": {skipped[0]}" if skipped else ""))
+        order = stats.order_statistic_threshold(good.scores, req.target_frr, req.confidence)
+        if not order.enough and not req.force:
+            raise CalibrationError(_too_few(order.n, req))
+        tail, tail_error = None, None
+        try:
+            tail = stats.tail_fit_threshold(good.scores, req.target_frr, req.confidence)
+        except ValueError as exc:
+            tail_error = str(exc)
+        if req.method == "tail":
+            if tail is None:
+                raise CalibrationError(f"--method tail: {tail_error}")
+            image, method = tail.upper, "generalised Pareto tail fit (bootstrap upper bound)"
+        else:
+            image, method = order.threshold, "order statistic (one-sided binomial bound)"
+        defects = score_defects(engine, bundle, req.defects, req.progress) if req.defects else None
+    finally:
+        engine.close()
+
+    pixel = pixel_threshold(good.maps, image, req.pixel_quantile)
+    min_area = req.min_area or bundle.thresholds.min_region_area
+    metrics = defect_metrics(good, defects, image, pixel, min_area) if defects is not None else {}
+    return Result(bundle=bundle, good=good, defects=defects, order=order, tail=tail,
+                  tail_error=tail_error, image=image, pixel=pixel, min_area=min_area,
+                  good_regions=region_areas(good.maps, pixel), method=method,
+                  dropped_training=dropped, skipped=skipped, defect_metrics=metrics)  # fmt: skip
+
+
+def write(result: Result, req: Request) -> list[Path]:
+    """Report, thresholds.yaml, then the re-sealed manifest (the bundle stays loadable)."""
+    from inspectd.calibrate.report import write_report
+
+    bundle_dir = result.bundle.path
+    alternatives = {"order_statistic": result.order.threshold}
+    if result.tail is not None:
+        alternatives["tail_fit"] = result.tail.threshold
+        alternatives["tail_fit_upper"] = result.tail.upper
+    if result.defect_metrics:
+        alternatives["f1_optimal"] = result.defect_metrics["f1_threshold"]
+    bound = result.order.frr_bound if result.method.startswith("order") else None
+    thresholds = record(
+        image=result.image,
+        pixel=result.pixel,
+        min_area=result.min_area,
+        model_sha256=result.bundle.model_sha256,
+        method=f"{result.method}; pixel: quantile {req.pixel_quantile} of good map pixels",
+        scores=result.good.scores,
+        target_frr=req.target_frr,
+        confidence=req.confidence,
+        frr_bound=bound,
+        alternatives=alternatives,
+    )
+    files = write_report(result, thresholds, bundle_dir)
+    write_thresholds(bundle_dir, thresholds)
+    manifest = yaml.safe_load((bundle_dir / MANIFEST).read_text())
+    seal(bundle_dir, manifest, list(manifest["files"]))
+    load_bundle(bundle_dir)  # prove the daemon accepts what we wrote
+    return [*files, bundle_dir / "thresholds.yaml", bundle_dir / MANIFEST]
+
+
+def good_regions_text(result: Result) -> str:
+    areas = result.good_regions
+    n = result.good.scores.size
+    if not areas:
+        return f"no good part shows a region at the pixel threshold ({n} parts)"
+    q = np.quantile(areas, [0.5, 1.0])
+    return (f"good parts show {len(areas)} regions at the pixel threshold ({n} parts; areas "
+            f"median {q[0]:.0f}, max {q[1]:.0f} map pixels)")  # fmt: skip
+
+
+def summary(result: Result, req: Request) -> str:
+    """What the terminal prints."""
+    o, n = result.order, result.good.scores.size
+    lines = [
+        f"product {result.bundle.name}: {n} good parts"
+        + (f" ({result.dropped_training} training images left out)" if result.dropped_training else "")
+        + (f", {len(result.skipped)} skipped" if result.skipped else ""),
+        f"image threshold {result.image:.6g} ({result.method})",
+        f"  order statistic: {o.threshold:.6g}, rejects {o.exceed} of {n} good parts; false-reject "
+        f"rate <= {o.frr_bound:.4g} with {o.confidence:.0%} confidence (target {req.target_frr:g})",
+    ]
+    if not o.enough:
+        need = stats.parts_needed(req.target_frr, req.confidence)
+        lines.append(f"  --force: {need} good parts are needed for the target; the bound is "
+                     f"{o.frr_bound:.4g}, not {req.target_frr:g}")  # fmt: skip
+    if result.tail is not None:
+        t = result.tail
+        lines.append(f"  tail fit: {t.threshold:.6g} (upper {t.upper:.6g}; shape {t.shape:.3f}, "
+                     f"{t.n_tail} tail scores)")  # fmt: skip
+    else:
+        lines.append(f"  tail fit: not made ({result.tail_error})")
+    lines.append(f"pixel threshold {result.pixel:.6g}, regions of at least {result.min_area} map pixels")
+    lines.append("  " + good_regions_text(result))
+    q = np.quantile(result.good.scores, [0.5, 0.9, 0.99, 1.0])
+    lines.append("good scores: p50 {:.4g}, p90 {:.4g}, p99 {:.4g}, max {:.4g}".format(*q))
+    m = result.defect_metrics
+    if m:
+        lines.append(
+            f"defects: {m['n_defects']}, recall {m['recall']:.1%} at the threshold, image AUROC "
+            f"{m['image_auroc']:.3f}, F1-max {m['f1_max']:.3f} at {m['f1_threshold']:.6g}"
+            + (f", pixel AUROC {m['pixel_auroc']:.3f}, regions on the defect for "
+               f"{m['located']:.0%} of those found" if "pixel_auroc" in m else "")
+        )
+    if not math.isfinite(result.image):
+        lines.append("warning: the image threshold is not finite")
+    return "\n".join(lines)

@@ -1,0 +1,300 @@
+"""sd_notify: READY=1, STATUS=, WATCHDOG=1, RELOADING=1 and STOPPING=1, as systemd receives them.
+
+A real AF_UNIX datagram socket (a path, or an abstract ``@name``) stands where systemd's would,
+its address in $NOTIFY_SOCKET; the daemon runs as a child process, as systemd starts it. The
+stall test runs a Station in this process, with a sink that blocks until released: the publish
+thread holds work and makes no progress, which is what a hung disk or driver looks like.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+from daemon_process import REPO, Daemon
+from inspections import BlockingSink
+
+from inspectd.config import load_station_config
+from inspectd.notify import Notifier
+from inspectd.station import Station
+from inspectd.train.datasets.button import render_part
+
+PRODUCTS = REPO / "products"
+
+pytestmark = pytest.mark.skipif(
+    not (PRODUCTS / "button" / "manifest.yaml").is_file(),
+    reason="products/button is missing (make demo-bundle builds it)",
+)
+
+
+class NotifySocket:
+    """Where systemd listens: every datagram, with the monotonic time it arrived."""
+
+    def __init__(self, abstract: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._dir: str | None = None
+        if abstract:
+            name = f"inspectd-test-{uuid.uuid4().hex}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        else:  # a short path: sun_path holds 108 bytes, pytest's tmp_path may not fit
+            self._dir = tempfile.mkdtemp(prefix="sdn-", dir="/tmp")
+            self.address = f"{self._dir}/notify"
+            self.sock.bind(self.address)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+
+    def poll(self, seconds: float) -> None:
+        """Receive what arrives within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
+            self.messages.append((time.monotonic(), fields))
+
+    def wait_for(
+        self, match: Callable[[dict[str, str]], bool], timeout: float = 30.0, daemon: Daemon | None = None
+    ) -> int:
+        """Index of the first message that matches, waiting for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, (_, fields) in enumerate(self.messages):
+                if match(fields):
+                    return i
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no such datagram within {timeout} s: {self.texts()}")
+            if daemon is not None and not daemon.running:
+                self.poll(0.2)
+                if not any(match(f) for _, f in self.messages):
+                    raise AssertionError(f"daemon exited: {daemon.tail()}\n{self.texts()}")
+            self.poll(0.1)
+
+    def texts(self, key: str | None = None) -> list[str]:
+        return [f.get(key, "") if key else "|".join(f"{k}={v}" for k, v in f.items())
+                for _, f in self.messages if key is None or key in f]  # fmt: skip
+
+    def times(self, key: str, since: float = 0.0) -> list[float]:
+        return [t for t, f in self.messages if key in f and t >= since]
+
+    def close(self) -> None:
+        self.sock.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@pytest.fixture
+def notify_socket():
+    sock = NotifySocket()
+    yield sock
+    sock.close()
+
+
+def write_frames(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        ok, data = cv2.imencode(".png", render_part(21, i, None)[0])
+        assert ok
+        (folder / f"{i:02d}_good.png").write_bytes(data.tobytes())
+    return folder
+
+
+def write_config(tmp: Path, *, mqtt: dict[str, Any] | None = None, **sections: Any) -> Path:
+    config = {
+        "station": {"site": "plant", "line": "l1", "name": "cam1"},
+        "product": "button",
+        "products_dir": str(PRODUCTS),
+        "state_dir": str(tmp / "state"),
+        "camera": {"source": "folder", "path": str(tmp / "frames"), "loop": True, "rate_hz": 20},
+        "mqtt": mqtt or {"enabled": False},
+        "output": {"dir": str(tmp / "out"), "overlays": "none"},
+        "logging": {"level": "info", "format": "json"},
+        **sections,
+    }
+    path = tmp / "station.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def log_index(daemon: Daemon, event: str) -> int:
+    """Position of the first log line of ``event`` (fails if there is none yet)."""
+    events = [e.get("event") for e in daemon.events()]
+    assert event in events, f"no {event!r} in the log before READY=1:\n{daemon.tail()}"
+    return events.index(event)
+
+
+# -- readiness, reload, stop --------------------------------------------------------------------
+
+
+def test_ready_follows_warm_up_camera_and_broker_then_reload_and_stop(mosquitto, tmp_path, notify_socket):
+    write_frames(tmp_path / "frames")
+    config = write_config(tmp_path, mqtt={"host": mosquitto.host, "port": mosquitto.port})
+    with Daemon(config, env={"NOTIFY_SOCKET": notify_socket.address}) as daemon:
+        ready = notify_socket.wait_for(lambda f: "READY" in f, daemon=daemon)
+        # When READY=1 arrives, the log already shows every start step, in order.
+        steps = [log_index(daemon, e) for e in ("bundle.loaded", "engine.loaded", "engine.warmed_up",
+                                                 "capture.folder.opened", "mqtt.connected")]  # fmt: skip
+        assert steps[:4] == sorted(steps[:4]), daemon.tail()
+        before = [f.get("STATUS", "") for _, f in notify_socket.messages[:ready]]
+        expected = ["loading bundle button", "warming up engine onnxruntime", "opening camera",
+                    f"connecting to MQTT broker {mosquitto.host}:{mosquitto.port}"]  # fmt: skip
+        positions = [next(i for i, s in enumerate(before) if s.startswith(e)) for e in expected]
+        assert positions == sorted(positions), before
+        assert notify_socket.messages[ready][1]["STATUS"].startswith("inspecting button: ")
+        assert "mqtt connected" in notify_socket.messages[ready][1]["STATUS"]
+
+        # Periodic STATUS= lines count the parts.
+        notify_socket.wait_for(lambda f: "STATUS" in f and " 0 parts" not in f["STATUS"]
+                               and f["STATUS"].startswith("inspecting"), timeout=20)  # fmt: skip
+
+        # SIGHUP: RELOADING=1 with MONOTONIC_USEC (Type=notify-reload), then READY=1 again.
+        n = len(notify_socket.messages)
+        sent = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        daemon.signal(signal.SIGHUP)
+        reloading = notify_socket.wait_for(lambda f: "RELOADING" in f)
+        assert reloading >= n
+        fields = notify_socket.messages[reloading][1]
+        assert fields["RELOADING"] == "1" and 0 <= int(fields["MONOTONIC_USEC"]) - sent < 10_000_000
+        again = notify_socket.wait_for(lambda f: "READY" in f and "reloaded" in f.get("STATUS", ""))
+        assert again > reloading
+
+        # SIGTERM: STOPPING=1 at once, before the drain; the daemon exits 0 and says "stopped".
+        n = len(notify_socket.messages)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0, daemon.tail()
+        notify_socket.poll(0.5)
+    after = [f for _, f in notify_socket.messages[n:]]
+    stopping = next(i for i, f in enumerate(after) if "STOPPING" in f)
+    draining = next(i for i, f in enumerate(after) if f.get("STATUS", "").startswith("draining outbox"))
+    assert stopping < draining, after
+    assert after[-1].get("STATUS") == "stopped", after
+    assert not any("READY" in f for f in after)
+
+
+def test_a_broker_outage_does_not_hold_back_ready_abstract_socket(tmp_path):
+    sock = NotifySocket(abstract=True)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_frames(tmp_path / "frames")
+    config = write_config(tmp_path, mqtt={"host": "127.0.0.1", "port": port, "drain_timeout_s": 0})
+    try:
+        with Daemon(config, env={"NOTIFY_SOCKET": sock.address}) as daemon:
+            ready = sock.wait_for(lambda f: "READY" in f, daemon=daemon)
+            log_index(daemon, "mqtt.connect_failed")  # the attempt was made, and failed
+            assert "mqtt disconnected" in sock.messages[ready][1]["STATUS"]
+            assert daemon.terminate() == 0, daemon.tail()
+    finally:
+        sock.close()
+
+
+def test_the_daemon_runs_without_notify_socket(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    write_frames(tmp_path / "frames")
+    config = write_config(tmp_path, camera={"source": "folder", "path": str(tmp_path / "frames")})
+    with Daemon(config) as daemon:
+        assert daemon.wait(timeout=60) == 0, daemon.tail()
+    assert daemon.events("station.ready")[0]["notify"] is False
+    lines = (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+
+
+# -- watchdog -----------------------------------------------------------------------------------
+
+
+def test_watchdog_pings_at_half_the_interval_and_an_idle_camera_is_not_stalled(tmp_path, notify_socket):
+    frames = write_frames(tmp_path / "frames")
+    config = write_config(tmp_path, service={"stall_s": 1.0, "status_interval_s": 1.0})
+    env = {"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "1000000"}
+    verdicts = tmp_path / "out" / "verdicts.jsonl"
+    with Daemon(config, env=env) as daemon:
+        notify_socket.wait_for(lambda f: "READY" in f, daemon=daemon)
+        start = time.monotonic()
+        notify_socket.poll(3.0)
+        pings = notify_socket.times("WATCHDOG", since=start)
+        assert len(verdicts.read_text().splitlines()) >= 20  # parts flowed meanwhile
+        gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+        assert 4 <= len(pings) <= 8, pings
+        assert all(0.3 <= g <= 0.9 for g in gaps), gaps  # WATCHDOG_USEC / 2 = 0.5 s
+
+        # The camera runs dry (the looping folder emptied): idle, not stalled; pings go on.
+        for f in frames.iterdir():
+            f.unlink()
+        time.sleep(1.0)
+        parts = len(verdicts.read_text().splitlines())
+        idle = time.monotonic()
+        notify_socket.poll(3.0)  # three times stall_s
+        assert len(verdicts.read_text().splitlines()) == parts
+        assert len(notify_socket.times("WATCHDOG", since=idle)) >= 5
+        assert not any("stalled" in s for s in notify_socket.texts("STATUS"))
+        assert daemon.terminate() == 0, daemon.tail()
+
+
+def test_no_watchdog_pings_for_another_pid(tmp_path, notify_socket):
+    write_frames(tmp_path / "frames")
+    config = write_config(tmp_path)
+    env = {"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "400000", "WATCHDOG_PID": "1"}
+    with Daemon(config, env=env) as daemon:
+        notify_socket.wait_for(lambda f: "READY" in f, daemon=daemon)
+        notify_socket.poll(1.5)
+        assert notify_socket.times("WATCHDOG") == []
+        assert daemon.terminate() == 0, daemon.tail()
+
+
+def test_pings_stop_while_a_stage_is_stalled_and_resume_after(tmp_path, notify_socket):
+    write_frames(tmp_path / "frames")
+    stall_s, interval = 1.0, 0.2
+    config = load_station_config(
+        write_config(tmp_path, service={"stall_s": stall_s, "status_interval_s": 0.5})
+    )
+    sink = BlockingSink(at=10)
+    notifier = Notifier(notify_socket.address, watchdog_usec=int(interval * 2e6))
+    station = Station(config, extra_sinks=[sink], notifier=notifier)
+    stop = threading.Event()
+    station.start()
+    runner = threading.Thread(target=station.run, kwargs={"stop": stop})
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not sink.blocked.is_set():  # read as they come: arrival times matter here
+            assert time.monotonic() < deadline, "the sink never got its part"
+            notify_socket.poll(0.02)
+        blocked = time.monotonic()
+        notify_socket.poll(stall_s + 2.0)
+        pings = notify_socket.times("WATCHDOG")
+        assert pings and pings[0] < blocked  # it pinged while parts flowed
+        last = pings[-1]
+        # no ping once the publish thread has held its part for stall_s (+ one interval)
+        assert last <= blocked + stall_s + interval + 0.3, (last - blocked, pings)
+        assert time.monotonic() - last >= 1.0
+        assert "publish" in station.stalled()
+        assert any(s.startswith("stalled: no progress in publish") for s in notify_socket.texts("STATUS"))
+        assert any(p.startswith("stalled: publish") for p in station.health_snapshot()["problems"])
+
+        # Released: the thread moves on and the pings come back.
+        sink.release.set()
+        released = time.monotonic()
+        notify_socket.poll(1.0)
+        again = notify_socket.times("WATCHDOG", since=released)
+        assert again and again[0] - released <= interval + 0.3, again
+        assert station.stalled() == {}
+    finally:
+        sink.release.set()
+        stop.set()
+        runner.join(30)
+        station.stop(drain_timeout=0)
+        notifier.close()
