@@ -19,7 +19,7 @@ import structlog
 import yaml
 from tqdm import tqdm
 
-from inspectd.bundle import MANIFEST, TRAIN_IMAGES, Bundle, load_bundle, sha256_of
+from inspectd.bundle import MANIFEST, TRAIN_IMAGES, Bundle, BundleError, load_bundle, sha256_of
 from inspectd.calibrate import stats
 from inspectd.calibrate.thresholds import (
     MAP_PIXELS,
@@ -49,7 +49,7 @@ class CalibrationError(Exception):
 class Request:
     bundle_dir: Path
     images: Path | None = None  # good parts from files ...
-    config: Path | None = None  # ... or live from this station's camera
+    camera: Any = None  # ... or live from a station's camera (its config section)
     count: int = 0
     defects: Path | None = None
     target_frr: float = 0.001
@@ -119,14 +119,14 @@ def split_training(paths: list[Path], trained: set[str]) -> tuple[list[Path], li
     return fresh, seen
 
 
-def _bar(iterable: Any, total: int, desc: str, on: bool) -> Any:
-    return tqdm(iterable, total=total, desc=desc, unit="part", disable=not on, file=sys.stderr)
+def _bar(total: int, desc: str, on: bool) -> Any:
+    return tqdm(total=total, desc=desc, unit="part", disable=not on, file=sys.stderr)
 
 
 def _score(engine: Engine, batches: Iterator[np.ndarray], total: int, desc: str,
            progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     scores, maps, inputs = [], [], []
-    with _bar(None, total, desc, progress) as bar:
+    with _bar(total, desc, progress) as bar:
         for x in batches:
             r = engine.infer(x)
             scores.append(r.score)
@@ -166,18 +166,16 @@ def score_files(engine: Engine, bundle: Bundle, paths: list[Path], desc: str,
     return Scored([str(p) for p in kept], scores, maps, inputs), skipped
 
 
-def score_camera(engine: Engine, bundle: Bundle, config_path: Path, count: int,
+def score_camera(engine: Engine, bundle: Bundle, camera: Any, count: int,
                  progress: bool) -> tuple[Scored, list[str]]:  # fmt: skip
-    """Grab `count` good parts from the station's camera (the daemon must not hold it)."""
+    """Grab `count` good parts from a station's camera config (the daemon must not hold it)."""
     from inspectd.capture import open_source
     from inspectd.capture.base import CaptureTimeout, EndOfStream
-    from inspectd.config import load_station_config
 
-    cfg = load_station_config(config_path)
-    timeout = getattr(cfg.camera, "timeout_s", 5.0)
+    timeout = getattr(camera, "timeout_s", 5.0)
     spec = bundle.manifest.preprocess
     names, skipped, grabbed = [], [], []
-    with open_source(cfg.camera) as source, _bar(None, count, "capturing", progress) as bar:
+    with open_source(camera) as source, _bar(count, "capturing", progress) as bar:
         while len(grabbed) < count:
             try:
                 frame = source.grab(timeout=timeout)
@@ -284,8 +282,6 @@ def defect_metrics(good: Scored, defects: Scored, image: float, pixel: float,
 
 
 def calibrate(req: Request) -> Result:
-    from inspectd.bundle import BundleError
-
     try:
         bundle = load_bundle(req.bundle_dir)
     except BundleError as exc:
@@ -309,8 +305,8 @@ def calibrate(req: Request) -> Result:
             if dropped:
                 log.warning("calibrate.training_images_dropped", count=dropped, of=len(paths))
             good, skipped = score_files(engine, bundle, fresh, "good parts", req.progress)
-        elif req.config is not None:
-            good, skipped = score_camera(engine, bundle, req.config, req.count, req.progress)
+        elif req.camera is not None:
+            good, skipped = score_camera(engine, bundle, req.camera, req.count, req.progress)
         else:
             raise CalibrationError("give good parts: --images DIR, or --config FILE --count N")
         if good.scores.size == 0:

@@ -143,7 +143,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from inspectd.logs import configure_logging
 
     configure_logging("warning", "console")
-    products = args.products
+    products, camera = args.products, None
     if args.config is not None:
         if args.count < 1:
             print("inspectd calibrate: --config needs --count N (good parts to grab)", file=sys.stderr)
@@ -151,9 +151,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         config = _load_config(args.config)
         if config is None:
             return EXIT_CONFIG
-        products = products or config.products_dir
+        products, camera = products or config.products_dir, config.camera
     req = Request(bundle_dir=(products or Path("products")) / args.product, images=args.images,
-                  config=args.config, count=args.count, defects=args.defects,
+                  camera=camera, count=args.count, defects=args.defects,
                   target_frr=args.target_frr, confidence=args.confidence, method=args.method,
                   force=args.force, drop_training=args.drop_training,
                   pixel_quantile=args.pixel_quantile, min_area=args.min_region_area,
