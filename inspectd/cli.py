@@ -192,6 +192,30 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cameras(args: argparse.Namespace) -> int:
+    from inspectd.capture.base import CaptureError
+    from inspectd.capture.genicam import list_cameras
+    from inspectd.logs import configure_logging
+
+    configure_logging("error", "console")
+    try:
+        cameras = list_cameras(args.cti, pixel_format=not args.no_open)
+    except CaptureError as exc:
+        print(f"inspectd cameras: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not cameras:
+        print("inspectd cameras: the GenTL producer sees no camera", file=sys.stderr)
+        return 1
+    head = ("#", "VENDOR", "MODEL", "SERIAL", "USER ID", "PIXEL FORMAT")
+    rows = [head] + [
+        (str(d.index), d.vendor, d.model, d.serial, d.user_id, fmt or "-") for d, fmt in cameras
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from inspectd import __version__
 
@@ -279,6 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder holding the bundles (default: /etc/inspectd/products)")  # fmt: skip
     rep.add_argument("--json", action="store_true", help="print every part and the summary as JSON")
     rep.set_defaults(func=_replay)
+
+    cams = sub.add_parser(
+        "cameras",
+        help="list the GenICam cameras a GenTL producer sees",
+        description="List vendor, model, serial, user id and current pixel format of every "
+        "camera the GenTL producer (--cti, else the .cti files in GENICAM_GENTL64_PATH) sees. "
+        "Exit status 2 when no producer is found.",
+    )
+    cams.add_argument("--cti", type=Path, default=None,
+                      help="GenTL producer file (default: the .cti files in GENICAM_GENTL64_PATH)")  # fmt: skip
+    cams.add_argument("--no-open", action="store_true",
+                      help="do not open the cameras to read their pixel format")  # fmt: skip
+    cams.set_defaults(func=_cameras)
     return p
 
 

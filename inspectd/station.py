@@ -353,6 +353,11 @@ class Station:
         camera_state = "failed" if stats.capture_failure else "ok"
         if stats.capture_failure:
             problems.append(f"camera_failed: {stats.capture_failure}")
+        isolated = getattr(self.source, "state", None)  # IsolatedSource: a watched child process
+        camera_process = isolated() if callable(isolated) else None
+        if camera_process is not None and camera_process["state"] != "online" and not stats.capture_failure:
+            camera_state = "offline"
+            problems.append(f"camera_offline: {camera_process['reason'] or camera_process['state']}")
         problems += [f"stalled: {t} thread, no progress for {s:.0f} s" for t, s in self.stalled().items()]
         archive = self.archive.stats() if self.archive is not None else None
         if archive is not None and archive["failing"]:
@@ -370,7 +375,8 @@ class Station:
             "model_sha256": bundle.model_sha256,
             "engine": self.pipeline.engine.name,
             "camera": {"source": self.config.camera.source, "state": camera_state,
-                       "trigger": self.config.camera.trigger, "fps": self._camera_fps()},  # fmt: skip
+                       "trigger": self.config.camera.trigger, "fps": self._camera_fps(),
+                       "process": camera_process},  # fmt: skip
             "thresholds": {"image": self.pipeline.thresholds.image,
                            "pixel": self.pipeline.thresholds.pixel},  # fmt: skip
             "mqtt": mqtt,

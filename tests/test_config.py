@@ -82,7 +82,7 @@ def test_unknown_key_nested(tmp_path):
 def test_unknown_key_in_union_member_lists_that_members_keys(tmp_path):
     path = write(tmp_path, MINIMAL + "  device: 0\n")
     assert errors_of(path) == [
-        ":7:3 camera.device: unknown key 'device' (allowed: loop, path, pattern, rate_hz, source, trigger)"
+        ":7:3 camera.device: unknown key 'device' (allowed: isolate, loop, path, pattern, rate_hz, source, trigger)"
     ]
 
 
@@ -122,12 +122,12 @@ def test_bad_discriminator(tmp_path):
           path: /x
         """,
     )
-    assert errors_of(path) == [":5:11 camera.source: 'genicm' is not one of folder, opencv"]
+    assert errors_of(path) == [":5:11 camera.source: 'genicm' is not one of folder, opencv, genicam"]
 
 
 def test_missing_discriminator(tmp_path):
     path = write(tmp_path, "station:\n  name: a\nproduct: b\ncamera:\n  path: /x\n")
-    assert errors_of(path) == [":4:1 camera.source: missing key 'source' (one of folder, opencv)"]
+    assert errors_of(path) == [":4:1 camera.source: missing key 'source' (one of folder, opencv, genicam)"]
 
 
 def test_missing_required_key(tmp_path):
@@ -223,7 +223,7 @@ def test_several_errors_at_once_sorted_by_line(tmp_path):
     )
     assert errors_of(path) == [
         ":3:3 station.sitee: unknown key 'sitee' (allowed: line, name, site); did you mean 'site'?",
-        ":6:11 camera.source: 'genicm' is not one of folder, opencv",
+        ":6:11 camera.source: 'genicm' is not one of folder, opencv, genicam",
         ":8:9 mqtt.port: 0 is out of range: must be >= 1",
         ":9:16 mqtt.keepalive_s: 1 is out of range: must be >= 5",
         ":11:11 logging.format: 'xml' is not one of auto, json, console",
@@ -277,7 +277,7 @@ def test_duplicate_key_reported_with_validation_errors(tmp_path):
     path = write(tmp_path, "product: a\nproduct: b\nstation: {name: x}\ncamera: {source: usb}\n")
     assert errors_of(path) == [
         ":2:1 product: duplicate key 'product' (first given at line 1)",
-        ":4:18 camera.source: 'usb' is not one of folder, opencv",
+        ":4:18 camera.source: 'usb' is not one of folder, opencv, genicam",
     ]
 
 
