@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import structlog
-import yaml
 from tqdm import tqdm
 
 from inspectd.bundle import MANIFEST, TRAIN_IMAGES, Bundle, BundleError, load_bundle, sha256_of
@@ -29,7 +28,7 @@ from inspectd.calibrate.thresholds import (
     region_areas,
 )
 from inspectd.decide import regions_of
-from inspectd.deploy.bundle import seal, write_thresholds
+from inspectd.deploy.bundle import replace_thresholds
 from inspectd.engine import Engine, load_engine
 from inspectd.preprocess import PreprocessError, load_inputs, preprocess
 from inspectd.train.datasets.mvtec import GOOD, IMAGE_EXTENSIONS, Sample
@@ -363,9 +362,7 @@ def write(result: Result, req: Request) -> list[Path]:
         alternatives=alternatives,
     )
     files = write_report(result, thresholds, bundle_dir)
-    write_thresholds(bundle_dir, thresholds)
-    manifest = yaml.safe_load((bundle_dir / MANIFEST).read_text())
-    seal(bundle_dir, manifest, list(manifest["files"]))
+    replace_thresholds(bundle_dir, thresholds)
     load_bundle(bundle_dir)  # prove the daemon accepts what we wrote
     return [*files, bundle_dir / "thresholds.yaml", bundle_dir / MANIFEST]
 

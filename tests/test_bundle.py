@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from inspectd.bundle import BUNDLE_SCHEMA, BundleError, load_bundle, sha256_of  # noqa: E402
 from inspectd.calibrate.thresholds import max_of_good  # noqa: E402
-from inspectd.deploy.bundle import seal, write_thresholds  # noqa: E402
+from inspectd.deploy.bundle import replace_thresholds, seal, write_thresholds  # noqa: E402
 from inspectd.deploy.export import OPSET, export_onnx  # noqa: E402
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine  # noqa: E402
 from inspectd.train.graph import InspectionGraph  # noqa: E402
@@ -87,11 +87,7 @@ def test_thresholds_for_another_model_are_refused(bundle_dir: Path, tmp_path: Pa
     b = copy_bundle(bundle_dir, tmp_path / "widget")
     good = load_bundle(b)
     t = good.thresholds.model_copy(update={"model_sha256": "0" * 64})
-    write_thresholds(b, t)
-    import yaml
-
-    manifest = yaml.safe_load((b / "manifest.yaml").read_text())
-    seal(b, manifest, list(manifest["files"]))
+    replace_thresholds(b, t)
     with pytest.raises(BundleError, match="made for model 000000000000.*recalibrate"):
         load_bundle(b)
 

@@ -13,12 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import yaml
 from daemon_process import LEAN_RUN, REPO, Daemon
 from scipy import stats as sps
 
 from inspectd.bundle import load_bundle, sha256_of
-from inspectd.deploy.bundle import seal, write_thresholds
+from inspectd.deploy.bundle import replace_thresholds
 from inspectd.engine import load_engine
 from inspectd.preprocess import load_inputs
 from inspectd.train.datasets.button import DEFECTS, _write_png, render_part
@@ -194,9 +193,7 @@ def test_a_running_daemon_takes_new_thresholds_on_sighup_and_refuses_another_mod
 
         # thresholds made for another model: refused, the running ones stay
         thresholds = load_bundle(products / "button").thresholds.model_copy(update={"model_sha256": "0" * 64})
-        write_thresholds(products / "button", thresholds)
-        manifest = yaml.safe_load((products / "button" / "manifest.yaml").read_text())
-        seal(products / "button", manifest, list(manifest["files"]))
+        replace_thresholds(products / "button", thresholds)
         daemon.signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
         while not any("made for model 000000000000" in line for line in daemon.lines):

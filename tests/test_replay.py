@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from daemon_process import LEAN_RUN, REPO
 from inspections import BUNDLE, PRODUCTS, button_parts, inspect
 
 from inspectd.archive import ArchiveSink, read_entry, scan
 from inspectd.bundle import load_bundle
 from inspectd.cli import main
-from inspectd.deploy.bundle import seal, write_thresholds
+from inspectd.deploy.bundle import replace_thresholds
 from inspectd.replay import replay
 
 pytestmark = pytest.mark.skipif(
@@ -44,9 +43,7 @@ def resealed(tmp_path: Path, image_threshold: float) -> Path:
     products = tmp_path / "products"
     shutil.copytree(BUNDLE, products / "button")
     bundle = load_bundle(products / "button")
-    write_thresholds(bundle.path, bundle.thresholds.model_copy(update={"image": image_threshold}))
-    manifest = yaml.safe_load((bundle.path / "manifest.yaml").read_text())
-    seal(bundle.path, manifest, list(manifest["files"]))
+    replace_thresholds(bundle.path, bundle.thresholds.model_copy(update={"image": image_threshold}))
     assert load_bundle(products / "button").thresholds.image == image_threshold
     return products
 

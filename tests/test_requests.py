@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from test_run import BASE, PRODUCTS, _png
 
 from inspectd.bundle import MANIFEST, THRESHOLDS, Thresholds, load_bundle
-from inspectd.deploy.bundle import seal, write_thresholds
+from inspectd.deploy.bundle import replace_thresholds, seal
 from inspectd.train.datasets.button import render_part
 
 pytestmark = pytest.mark.skipif(
@@ -214,9 +214,7 @@ def set_image_threshold(bundle_dir: Path, image: float) -> None:
     `inspectd calibrate` does on the box)."""
     data = yaml.safe_load((bundle_dir / THRESHOLDS).read_text())
     data["image"] = image
-    write_thresholds(bundle_dir, Thresholds.model_validate(data))
-    manifest = yaml.safe_load((bundle_dir / MANIFEST).read_text())
-    seal(bundle_dir, manifest, list(manifest["files"]))
+    replace_thresholds(bundle_dir, Thresholds.model_validate(data))
 
 
 def copy_bundle(products_dir: Path, name: str) -> Path:
