@@ -2,6 +2,7 @@
 
 manifest.yaml   what the model is, how frames are prepared, how it was built, sha256 of files
 model.onnx      the graph: uint8 NHWC -> anomaly map, score
+model.pt        the trained weights (torch state dict): the torch engine and retraining use them
 thresholds.yaml what calibration decided, for which model (by sha256)
 
 Loading verifies every hash, so a bundle edited by hand or half-copied is refused instead of
@@ -37,6 +38,8 @@ class ModelSpec(StrictModel):
     file: str = Field("model.onnx", description="the exported graph, relative to the bundle")
     opset: int = Field(ge=1, description="ONNX opset of the exported graph")
     params: dict[str, Any] = Field(default_factory=dict, description="architecture settings")
+    checkpoint: str | None = Field(None, description="trained weights (torch state dict), if shipped")
+    settled: str = Field("", description="the paper's open points as this model settles them")
 
 
 class ScoringSpec(StrictModel):

@@ -111,30 +111,113 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import yaml
+
     from inspectd.logs import configure_logging
-    from inspectd.train.build import BuildRequest, build_product
-    from inspectd.train.loop import TrainSettings
+    from inspectd.train.build import BuildRequest, build_product, training_settings
+    from inspectd.train.models import family
+    from inspectd.train.models.vgg import WeightsError
 
     configure_logging("info", "console")
     roi = tuple(int(v) for v in args.roi.split(",")) if args.roi else None
     if roi is not None and len(roi) != 4:
         print("inspectd train: --roi takes x,y,width,height", file=sys.stderr)
         return EXIT_CONFIG
-    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, patience=args.patience, device=args.device)  # fmt: skip
-    build_product(
-        BuildRequest(
-            product=args.product,
-            data=args.data,
-            out=args.products / args.product,
-            model=args.model,
-            input_size=args.input_size,
-            roi=roi,  # type: ignore[arg-type]
-            settings=settings,
-            resume=args.resume,
-        )
-    )
+    params: dict = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"inspectd train: --param takes KEY=VALUE, got {item!r}", file=sys.stderr)
+            return EXIT_CONFIG
+        params[key] = yaml.safe_load(value)  # numbers, booleans and [lists] as in YAML
+    if args.input_size is not None:
+        params["input_size"] = args.input_size
+    if args.finetune_vgg:
+        params["finetune_vgg"] = True
+    fam = family(args.model)
+    try:
+        settings = training_settings(
+            fam, args.product, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            patience=args.patience, early_stop_start=args.early_stop_start,
+            noise_sigma=args.noise_sigma, seed=args.seed, device=args.device,
+        )  # fmt: skip
+        build_product(
+            BuildRequest(
+                product=args.product, data=args.data, out=args.products / args.product,
+                model=args.model, params=params, roi=roi,  # type: ignore[arg-type]
+                settings=settings, vgg_weights=args.vgg_weights, resume=args.resume,
+            )
+        )  # fmt: skip
+    except (ValueError, WeightsError) as exc:
+        print(f"inspectd train: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from inspectd.bundle import BundleError
+    from inspectd.deploy.export import ExportError, reexport
+    from inspectd.logs import configure_logging
+
+    configure_logging("info", "console")
+    try:
+        print(reexport(args.products / args.product, fp16_weights=args.fp16_weights, images=args.images))
+    except (BundleError, ExportError) as exc:
+        print(f"inspectd export: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Score a data set's test split with a bundle through ONNX Runtime (no torch) and report."""
+    import json
+
+    from inspectd.bundle import BundleError, load_bundle
+    from inspectd.engine import EngineError, load_engine
+    from inspectd.logs import configure_logging
+    from inspectd.preprocess import PreprocessError
+    from inspectd.train.datasets.mvtec import MVTecSet
+    from inspectd.train.evaluate import evaluate, to_markdown
+
+    configure_logging("warning", "console")
+    try:
+        bundle = load_bundle(args.products / args.product)
+        dataset = MVTecSet(args.data)
+        if not dataset.test():
+            raise ValueError(f"{args.data}: no test images (test/good/*, test/<defect>/*)")
+        engine = load_engine(bundle.model_path)
+        result = evaluate(engine, dataset, bundle.manifest.preprocess, bundle.thresholds.image,
+                          batch=args.batch_size, progress=True)  # fmt: skip
+    except (BundleError, EngineError, FileNotFoundError, PreprocessError, ValueError) as exc:
+        print(f"inspectd eval: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    table = to_markdown(result, title=f"{bundle.name} ({bundle.manifest.model.family}) on {args.data}")
+    print(table, end="")
+    if args.json is not None:
+        report = {"product": bundle.name, "model_sha256": bundle.model_sha256,
+                  "data": str(args.data), **result}  # fmt: skip
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    if args.md is not None:
+        args.md.write_text(table)
+    return 0
+
+
+def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="measure a bundle on an MVTec-layout test set (AUROC, AUPRO, F1-max)",
+        description="Score <data>/test with the bundle's ONNX graph and print image AUROC, pixel "
+        "AUROC, AUPRO (to 30% FPR, normalised), image F1-max and the threshold's recall and "
+        "false rejects, per defect type (each against all good test images) and overall. "
+        "Exit status 2 when the bundle or the data set cannot be used.",
+    )
+    ev.add_argument("--product", required=True)
+    ev.add_argument("--data", type=Path, required=True, help="MVTec-layout data set (its test/ split)")
+    ev.add_argument("--products", type=Path, default=Path("products"), help="folder holding the bundles")
+    ev.add_argument("--json", type=Path, default=None, help="write the metrics as JSON here")
+    ev.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.set_defaults(func=_eval)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -242,18 +325,36 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model on good images and write the bundle")
     train.add_argument("--product", required=True)
     train.add_argument("--data", type=Path, required=True, help="MVTec-layout data set")
-    train.add_argument("--model", choices=["ae"], default="ae")
+    train.add_argument("--model", choices=["ae", "hybrid", "vivano"], default="ae")
     train.add_argument("--products", type=Path, default=Path("products"), help="where bundles go")
-    train.add_argument("--epochs", type=int, default=200)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--lr", type=float, default=2e-4)
-    train.add_argument("--patience", type=int, default=50)
+    train.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="model constructor setting, e.g. depth=6 (repeatable; see docs/models.md)")
+    train.add_argument("--input-size", type=int, default=None, help="default: the model's own")
+    # None: the paper's value for the chosen model (docs/models.md)
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--patience", type=int, default=None)
+    train.add_argument("--early-stop-start", type=int, default=None)
+    train.add_argument("--noise-sigma", type=float, default=None,
+                       help="training input noise (hybrid default: the paper's per-class value)")
+    train.add_argument("--vgg-weights", type=Path, default=None,
+                       help="hybrid: torchvision-layout VGG19 weights file")
+    train.add_argument("--finetune-vgg", action="store_true", help="hybrid: train the VGG blocks too")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--input-size", type=int, default=128)
     train.add_argument("--roi", default=None, help="x,y,width,height crop in frame pixels")
     train.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.set_defaults(func=_train)
+
+    exp = sub.add_parser("export", help="re-export a bundle's model.onnx from its model.pt")
+    exp.add_argument("--product", required=True)
+    exp.add_argument("--products", type=Path, default=Path("products"))
+    exp.add_argument("--fp16-weights", action="store_true",
+                     help="store weights as fp16 (half the file; maps change, so recalibrate)")
+    exp.add_argument("--images", type=Path, default=None,
+                     help="folder of frames for the parity check (default: synthetic inputs)")
+    exp.set_defaults(func=_export)
 
     cal = sub.add_parser(
         "calibrate",
@@ -287,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="smallest defect region in map pixels (default: keep the bundle's); "
                           "a product specification, reported beside the regions good parts show")  # fmt: skip
     cal.set_defaults(func=_calibrate)
+    _add_eval_parser(sub)
 
     rep = sub.add_parser(
         "replay",

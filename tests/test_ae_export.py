@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 from inspectd.deploy.export import export_onnx, parity  # noqa: E402
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine  # noqa: E402
 from inspectd.train.graph import InspectionGraph  # noqa: E402
-from inspectd.train.loop import TrainSettings, split_indices, train_reconstruction  # noqa: E402
+from inspectd.train.loop import TrainSettings, split_indices, train_model  # noqa: E402
+from inspectd.train.models import reconstruction_objective  # noqa: E402
 from inspectd.train.models.ae import ConvAutoencoder  # noqa: E402
 
 
@@ -76,9 +77,9 @@ def test_tiny_training_run_lowers_the_loss_on_synthetic_buttons(tmp_path: Path) 
     images = np.stack([preprocess(render_part(0, i, split="train")[0], spec)[0] for i in range(12)])
     model = ConvAutoencoder(latent_dim=32)
     ckpt = tmp_path / "ckpt.pt"
-    result = train_reconstruction(
+    result = train_model(
         model, images[:10], images[10:], TrainSettings(epochs=8, batch_size=2, lr=2e-3),
-        checkpoint=ckpt, progress=False,
+        reconstruction_objective, checkpoint=ckpt, progress=False,
     )  # fmt: skip
     first_train, _ = result.history[0]
     last_train, _ = result.history[-1]
@@ -86,9 +87,10 @@ def test_tiny_training_run_lowers_the_loss_on_synthetic_buttons(tmp_path: Path) 
     assert result.best_val_loss == min(v for _, v in result.history)
     assert ckpt.is_file()
     # --resume: a second run starts from the checkpoint, not from scratch
-    resumed = train_reconstruction(
+    resumed = train_model(
         ConvAutoencoder(latent_dim=32), images[:10], images[10:],
-        TrainSettings(epochs=10, batch_size=2, lr=2e-3), checkpoint=ckpt, progress=False,
+        TrainSettings(epochs=10, batch_size=2, lr=2e-3), reconstruction_objective,
+        checkpoint=ckpt, progress=False,
     )  # fmt: skip
     assert len(resumed.history) == 10 - (result.best_epoch + 1)
 
@@ -104,7 +106,7 @@ def test_build_product_writes_a_bundle_the_daemon_loads(tmp_path: Path) -> None:
     out = build_product(
         BuildRequest(
             product="tiny", data=tmp_path / "data", out=tmp_path / "products" / "tiny",
-            latent_dim=16, settings=TrainSettings(epochs=2, batch_size=4),
+            params={"input_size": 128, "latent_dim": 16}, settings=TrainSettings(epochs=2, batch_size=4),
         )
     )  # fmt: skip
     bundle = load_bundle(out)

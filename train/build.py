@@ -25,19 +25,20 @@ from inspectd import __version__
 from inspectd.bundle import BUNDLE_SCHEMA, THRESHOLDS, TRAIN_IMAGES, load_bundle, sha256_of
 from inspectd.calibrate.thresholds import max_of_good
 from inspectd.deploy.bundle import seal, write_thresholds
-from inspectd.deploy.export import OPSET, export_onnx, parity
+from inspectd.deploy.export import OPSET, PARITY_TOLERANCE, export_onnx, parity
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine
 from inspectd.imagefile import read_image
 from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.mvtec import MVTecSet
 from inspectd.train.evaluate import evaluate
-from inspectd.train.graph import InspectionGraph
-from inspectd.train.loop import TrainSettings, split_indices, train_reconstruction
-from inspectd.train.models.ae import ConvAutoencoder
+from inspectd.train.loop import TrainSettings, split_indices, train_model
+from inspectd.train.models import Family, family
+from inspectd.train.models.hybrid import DEFAULT_NOISE_SIGMA, NOISE_SIGMA
+from inspectd.train.models.vgg import VGG19Blocks
 
 log = structlog.get_logger(__name__)
 
-PARITY_TOLERANCE = 1e-4
+CHECKPOINT = "model.pt"  # the trained weights (a state dict), for the torch engine and retraining
 
 
 @dataclass(frozen=True)
@@ -46,18 +47,33 @@ class BuildRequest:
     data: Path
     out: Path  # the bundle directory, products/<product>
     model: str = "ae"
-    input_size: int = 128
+    params: dict[str, Any] | None = None  # constructor overrides, input_size included
     roi: tuple[int, int, int, int] | None = None
-    latent_dim: int = 100
-    settings: TrainSettings = TrainSettings()
+    settings: TrainSettings | None = None  # None: the family's paper settings
+    vgg_weights: Path | None = None  # hybrid: torchvision-layout VGG19 weights
     resume: bool = False
 
 
-def build_model(req: BuildRequest) -> tuple[torch.nn.Module, dict[str, Any]]:
-    if req.model == "ae":
-        params = {"input_size": req.input_size, "latent_dim": req.latent_dim}
-        return ConvAutoencoder(**params), params
-    raise ValueError(f"model {req.model!r} is not available yet (allowed: ae)")
+def training_settings(fam: Family, product: str, **overrides: Any) -> TrainSettings:
+    """The paper's settings for `fam` (noise by product for hybrid), updated by `overrides`."""
+    values = dict(fam.training)
+    if fam.name == "hybrid":
+        values["noise_sigma"] = NOISE_SIGMA.get(product, DEFAULT_NOISE_SIGMA)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainSettings(**values)
+
+
+def build_model(req: BuildRequest, fam: Family) -> tuple[torch.nn.Module, dict[str, Any]]:
+    params = fam.params(req.params)
+    model = fam.create(params)
+    if isinstance(getattr(model, "vgg", None), VGG19Blocks):
+        if req.vgg_weights is None:
+            raise ValueError(
+                "hybrid needs ImageNet VGG19 weights: pass --vgg-weights FILE (torchvision's "
+                "vgg19-dcbb9e9d.pth or vgg19_blocks1-3_torchvision_norm.pth)"
+            )
+        model.vgg.load_file(req.vgg_weights)
+    return model, params
 
 
 def data_digest(paths: list[Path], root: Path) -> tuple[str, list[str]]:
@@ -66,35 +82,42 @@ def data_digest(paths: list[Path], root: Path) -> tuple[str, list[str]]:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest(), lines
 
 
+def vgg_provenance(path: Path | None) -> dict[str, Any]:
+    return {} if path is None else {"vgg_weights": path.name, "vgg_weights_sha256": sha256_of(path)}
+
+
 def build_product(req: BuildRequest) -> Path:
     t0 = time.monotonic()
+    fam = family(req.model)
+    settings = req.settings or training_settings(fam, req.product)
+    model, params = build_model(req, fam)
     dataset = MVTecSet(req.data)
     good = [s.path for s in dataset.train_good()]
     # The camera that made the training images fixes the frame size: the daemon refuses frames
     # of another size (a wrong camera or ROI setting) instead of scoring them.
     sizes = {read_image(p).shape[:2] for p in good}
     spec = PreprocessSpec(
-        size=(req.input_size, req.input_size),
+        size=(params["input_size"], params["input_size"]),
         roi=req.roi,
         source_size=sizes.pop() if len(sizes) == 1 else None,
     )
     images = load_inputs(good, spec)
-    train_idx, val_idx = split_indices(len(images), 0.2, req.settings.seed)
-    log.info("train.data", images=len(images), train=len(train_idx), validation=len(val_idx))
-
-    model, params = build_model(req)
+    train_idx, val_idx = split_indices(len(images), 0.2, settings.seed)
+    log.info("train.data", images=len(images), train=len(train_idx), validation=len(val_idx),
+             model=fam.name, parameters=sum(p.numel() for p in model.parameters()))
     req.out.mkdir(parents=True, exist_ok=True)
     ckpt = req.out.parent / f".{req.product}.checkpoint.pt"
     if not req.resume and ckpt.exists():
         ckpt.unlink()
-    result = train_reconstruction(
-        model, images[train_idx], images[val_idx], req.settings, checkpoint=ckpt
+    result = train_model(
+        model, images[train_idx], images[val_idx], settings, fam.objective, checkpoint=ckpt
     )
     log.info("train.done", epochs=result.epochs_run, best_epoch=result.best_epoch,
              best_val_loss=round(result.best_val_loss, 5), seconds=round(result.seconds, 1))
 
     model = model.cpu().eval()
-    graph = InspectionGraph(model)
+    torch.save(model.state_dict(), req.out / CHECKPOINT)
+    graph = fam.graph(model)
     onnx_path = export_onnx(graph, req.out / "model.onnx", spec.size)
     diff = parity(graph, onnx_path, images[val_idx][:8])
     if diff > PARITY_TOLERANCE:
@@ -114,9 +137,10 @@ def build_product(req: BuildRequest) -> Path:
         "name": req.product,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tool_version": __version__,
-        "model": {"family": req.model, "file": "model.onnx", "opset": OPSET, "params": params},
+        "model": {"family": fam.name, "file": "model.onnx", "opset": OPSET, "params": params,
+                  "checkpoint": CHECKPOINT, "settled": fam.settled},
         "preprocess": spec.model_dump(mode="json"),
-        "scoring": {"method": "msgms_l2", "mean_filter": 21, "scales": 4, "c": 0.0026},
+        "scoring": fam.scoring,
         "training": {
             "command": " ".join(shlex.quote(a) for a in ["inspectd", *sys.argv[1:]]),
             "data": req.data.name,
@@ -124,7 +148,8 @@ def build_product(req: BuildRequest) -> Path:
             "images": len(good),
             "train_split": len(train_idx),
             "validation_split": len(val_idx),
-            "settings": asdict(req.settings),
+            "settings": asdict(settings),
+            **vgg_provenance(req.vgg_weights if fam.name == "hybrid" else None),
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "best_val_loss": round(result.best_val_loss, 6),
@@ -135,7 +160,7 @@ def build_product(req: BuildRequest) -> Path:
         },
         "metrics": metrics,
     }
-    seal(req.out, manifest, ["model.onnx", THRESHOLDS, TRAIN_IMAGES])
+    seal(req.out, manifest, ["model.onnx", CHECKPOINT, THRESHOLDS, TRAIN_IMAGES])
     load_bundle(req.out)  # prove the bundle we wrote is one the daemon accepts
     log.info("bundle.written", path=str(req.out), seconds=round(time.monotonic() - t0, 1),
              **{k: v for k, v in metrics.items() if not isinstance(v, dict)})

@@ -1,4 +1,4 @@
-"""Training loop for reconstruction models (ae now; hybrid joins with issue 4)."""
+"""Training loop for every model family (the family supplies its objective)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from inspectd.train.losses import l2_ssim_loss
+# (model, clean batch, noisy batch) -> scalar loss; see inspectd.train.models.Family
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 
 @dataclass(frozen=True)
@@ -51,21 +53,24 @@ def seed_everything(seed: int) -> None:
 
 
 def _to_tensor(images: np.ndarray, device: str) -> torch.Tensor:
-    # Decoded once, kept on the device for the whole run (not re-read per epoch).
-    return torch.from_numpy(images).permute(0, 3, 1, 2).to(device).float().div_(255.0)
+    # Decoded once, kept on the device for the whole run (not re-read per epoch). Contiguous
+    # NCHW: the permuted (channels-last) layout crashed torch 2.13's CPU backward of the hybrid
+    # model with a segmentation fault.
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return x.to(device).float().div_(255.0)
 
 
-def train_reconstruction(
+def train_model(
     model: nn.Module,
     train_images: np.ndarray,
     val_images: np.ndarray,
     settings: TrainSettings,
+    objective: Objective,
     *,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = l2_ssim_loss,
     checkpoint: Path | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Adam on L2 + (1 - SSIM); keeps the weights of the best validation epoch in `model`.
+    """Adam on `objective(model, x, noisy_x)`; keeps the weights of the best validation epoch.
 
     images: uint8 N x H x W x 3 RGB, already preprocessed. With `checkpoint`, the best state is
     saved there and a run resumes from it when the file exists.
@@ -99,12 +104,12 @@ def train_reconstruction(
             noisy = x
             if settings.noise_sigma > 0:
                 noisy = x + torch.randn(x.shape, generator=gen).to(device) * settings.noise_sigma
-            loss = loss_fn(x, model(noisy))
+            loss = objective(model, x, noisy)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item() * len(x)
-        val = evaluate_loss(model, xv, settings.batch_size, loss_fn)
+        val = evaluate_loss(model, xv, settings.batch_size, objective)
         history.append((total / len(xs), val))
         if val < best:
             best, best_epoch = val, epoch
@@ -134,11 +139,11 @@ def evaluate_loss(
     model: nn.Module,
     images: torch.Tensor,
     batch_size: int,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    objective: Objective,
 ) -> float:
     model.eval()
     total = 0.0
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size]
-        total += loss_fn(x, model(x)).item() * len(x)
+        total += objective(model, x, x).item() * len(x)
     return total / len(images)

@@ -1,6 +1,7 @@
 """The scoring head: reconstruction -> anomaly map and image score.
 
-This is the only implementation of scoring. It is composed into the exported graph
+This is the only implementation of scoring (MsgmsL2Head for the reconstruction models,
+LikelihoodHead for vivano). It is composed into the exported graph
 (`inspectd.train.graph.InspectionGraph`), so the daemon gets maps from ONNX Runtime or
 TensorRT without re-implementing it, and training-time evaluation uses the same module.
 
@@ -62,4 +63,15 @@ class MsgmsL2Head(nn.Module):
         l2 = ((x - x_hat) ** 2).mean(1, keepdim=True)
         amap = self._mean(1.0 - self.msgms(x, x_hat)) + self._mean(l2)
         amap = amap[:, 0]
+        return amap, amap.amax(dim=(1, 2))
+
+
+class LikelihoodHead(nn.Module):
+    """Per-patch negative log-likelihood grid -> map at the input's size (bilinear), score = max.
+
+    Inputs: x N x C x H x W (only its size is used), nll N x 1 x h x w.
+    """
+
+    def forward(self, x: torch.Tensor, nll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        amap = F.interpolate(nll, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return amap, amap.amax(dim=(1, 2))

@@ -1,0 +1,151 @@
+"""`hybrid`: the generative CNN + ViT encoder-decoder of Mekhilef, Abbas and Hemam.
+
+Encoder: VGG19 blocks 1-3 (ImageNet weights from a file, frozen unless `finetune_vgg`), each
+joined with a scaled copy of the input (avg-pool to the block's resolution, conv 2x2, ReLU);
+a ViT (pre-norm, D = 512, 4 heads, dropout 0.25) on the joined block-3 map. Decoder: tokens back
+to a map, a 1x1 conv to block 3's channels, then (upsample x2, conv 3x3, ReLU) stages to the
+input size with U-Net skips from the three blocks; skips 1 and 2 pass through PVT-style
+spatial-reduction attention (dim 64 / 1 head / R 8 and dim 128 / 2 heads / R 4) and conv 3x3 +
+ReLU; sigmoid output. Trained with Gaussian input noise and L2 + (1 - SSIM); scored by the
+MSGMS + L2 head (inspectd.train.scoring).
+
+Open points settled here (also written to the bundle manifest as `params` and `settled`):
+- Block outputs are taken before each block's max pool (full, 1/2, 1/4 resolution), so the
+  three skips meet the decoder at 224, 112 and 56 and the ViT sees the 56x56 map.
+- The image branch is concatenated to the block's features on the way to the skip and the ViT,
+  not fed into the next VGG block, so the pretrained VGG chain sees what it was trained on.
+- Every VGG block output is normalised (GroupNorm with one group: per-image layer norm over
+  C x H x W) before a learned layer: the two accepted weight files differ in activation scale.
+- ViT patch P = 2 on the block-3 map (28 x 28 = 784 tokens at 224), depth 4; the decoder's
+  upsampling is bilinear. Noise is applied in training only (the daemon stays deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inspectd.train.models.vgg import BLOCK_CHANNELS, VGG19Blocks
+from inspectd.train.models.vit import Attention, ViTEncoder, tokens_to_map
+
+# The paper's per-class maximum training noise sigma (images in [0, 1]).
+NOISE_SIGMA = {
+    "bottle": 0.1, "cable": 0.25, "capsule": 0.2, "hazelnut": 0.2, "metal_nut": 0.3, "pill": 0.09,
+    "screw": 0.2, "toothbrush": 0.3, "transistor": 0.3, "zipper": 0.1, "carpet": 0.4, "grid": 0.16,
+    "leather": 0.1, "tile": 0.11, "wood": 0.09, "button": 0.09,
+}  # fmt: skip
+DEFAULT_NOISE_SIGMA = 0.1  # products the paper did not train on
+
+SETTLED = (
+    "block outputs before max pool; image branch concatenated on the skip/ViT path; "
+    "GroupNorm(1) on VGG outputs; ViT patch 2 on the block-3 map; bilinear upsampling; "
+    "noise in training only"
+)
+
+
+class ImageBranch(nn.Module):
+    """The input scaled to a block's resolution: avg-pool (2x2 per halving), conv 2x2, ReLU."""
+
+    def __init__(self, halvings: int, channels: int) -> None:
+        super().__init__()
+        self.factor = 2**halvings
+        self.conv = nn.Conv2d(3, channels, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.factor > 1:
+            x = F.avg_pool2d(x, self.factor)
+        # pad right and bottom so the 2x2 conv keeps the resolution
+        return torch.relu(self.conv(F.pad(x, (0, 1, 0, 1), mode="replicate")))
+
+
+class AttentionSkip(nn.Module):
+    """PVT spatial-reduction attention on a skip map, then conv 3x3 + ReLU.
+
+    Queries are every position; keys and values come from the map reduced R x R (a stride-R
+    conv, i.e. reshape by R and a linear projection back to dim) and LayerNorm.
+    """
+
+    def __init__(self, in_channels: int, dim: int, heads: int, reduction: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, 1)
+        self.norm_q = nn.LayerNorm(dim)
+        self.reduce = nn.Conv2d(dim, dim, reduction, stride=reduction)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.out = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        f = self.proj(f)
+        n, c, h, w = f.shape
+        tokens = f.flatten(2).transpose(1, 2)
+        kv = self.norm_kv(self.reduce(f).flatten(2).transpose(1, 2))
+        tokens = tokens + self.attn(self.norm_q(tokens), kv)
+        return torch.relu(self.out(tokens.transpose(1, 2).reshape(n, c, h, w)))
+
+
+def _up_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class HybridAE(nn.Module):
+    """x float N x 3 x S x S in [0, 1] -> reconstruction of the same shape in [0, 1]."""
+
+    def __init__(
+        self,
+        input_size: int = 224,
+        patch: int = 2,
+        dim: int = 512,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.25,
+        image_channels: int = 16,
+        skip1: tuple[int, int, int] = (64, 1, 8),  # (dim, heads, R)
+        skip2: tuple[int, int, int] = (128, 2, 4),
+        finetune_vgg: bool = False,
+    ) -> None:
+        super().__init__()
+        grid = input_size // 4 // patch
+        if input_size % (4 * patch) or grid < 1 or patch & (patch - 1):
+            raise ValueError(f"input_size {input_size} must be a multiple of 4 x patch ({patch}, a power of 2)")
+        for name, (_, _, r) in (("skip1", skip1), ("skip2", skip2)):
+            scale = 1 if name == "skip1" else 2
+            if (input_size // scale) % r:
+                raise ValueError(f"{name} reduction {r} must divide its map size {input_size // scale}")
+        self.grid = (grid, grid)
+        self.vgg = VGG19Blocks()
+        self.vgg.requires_grad_(finetune_vgg)
+        self.norms = nn.ModuleList([nn.GroupNorm(1, c) for c in BLOCK_CHANNELS])
+        self.branches = nn.ModuleList([ImageBranch(i, image_channels) for i in range(3)])
+        joined = [c + image_channels for c in BLOCK_CHANNELS]
+        self.vit = ViTEncoder(joined[2], self.grid, patch, dim, depth, heads, mlp_ratio, dropout)
+        c1, c2, c3 = BLOCK_CHANNELS
+        # tokens -> block-3 channels, then log2(patch) stages back to the block-3 resolution
+        self.from_tokens = nn.Conv2d(dim, c3, 1)
+        self.to_block3 = nn.ModuleList([_up_conv(c3, c3) for _ in range(int(math.log2(patch)))])
+        self.merge3 = _up_conv(c3 + joined[2], c3)
+        self.skip2 = AttentionSkip(joined[1], *skip2)
+        self.merge2 = _up_conv(c3 + skip2[0], c2)
+        self.skip1 = AttentionSkip(joined[0], *skip1)
+        self.merge1 = _up_conv(c2 + skip1[0], c1)
+        self.head = nn.Conv2d(c1, 3, 3, padding=1)
+
+    @staticmethod
+    def _up(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [
+            torch.cat([norm(f), branch(x)], dim=1)
+            for f, norm, branch in zip(self.vgg(x), self.norms, self.branches, strict=True)
+        ]
+        d = self.from_tokens(tokens_to_map(self.vit(feats[2]), self.grid))
+        for stage in self.to_block3:
+            d = stage(self._up(d))
+        d = self.merge3(torch.cat([d, feats[2]], dim=1))
+        d = self.merge2(torch.cat([self._up(d), self.skip2(feats[1])], dim=1))
+        d = self.merge1(torch.cat([self._up(d), self.skip1(feats[0])], dim=1))
+        return torch.sigmoid(self.head(d))
