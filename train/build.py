@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 import torch
 
@@ -52,6 +53,7 @@ class BuildRequest:
     settings: TrainSettings | None = None  # None: the family's paper settings
     vgg_weights: Path | None = None  # hybrid: torchvision-layout VGG19 weights
     resume: bool = False
+    max_train: int | None = None  # train on a seeded subset of the good images (shortened runs)
 
 
 def training_settings(fam: Family, product: str, **overrides: Any) -> TrainSettings:
@@ -93,6 +95,9 @@ def build_product(req: BuildRequest) -> Path:
     model, params = build_model(req, fam)
     dataset = MVTecSet(req.data)
     good = [s.path for s in dataset.train_good()]
+    if req.max_train is not None and len(good) > req.max_train:
+        keep = np.random.default_rng(settings.seed).choice(len(good), req.max_train, replace=False)
+        good = [good[i] for i in sorted(keep)]
     # The camera that made the training images fixes the frame size: the daemon refuses frames
     # of another size (a wrong camera or ROI setting) instead of scoring them.
     sizes = {read_image(p).shape[:2] for p in good}

@@ -1,0 +1,117 @@
+"""Train and evaluate every (data set, model) pair and write the results table.
+
+    python -m inspectd.train.experiments --data ../shared/data --out .work/results \
+        --vgg-weights ../shared/weights/vgg19_blocks1-3_torchvision_norm.pth --profile cpu
+
+`--profile paper` uses each model's paper settings (full size, full length: a GPU run, with
+`--device cuda`). `--profile cpu` shortens the runs so the whole table fits a 2-core CPU in
+under an hour: smaller inputs and ViT, fewer epochs, a subset of the good images. The table
+says which profile made each row, so shortened numbers are never read as the papers' setting.
+Each run writes a full bundle (products layout) under --out; results.json collects the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inspectd.train.build import BuildRequest, build_product, training_settings
+from inspectd.train.models import family
+
+# profile -> model -> (constructor overrides, TrainSettings overrides, most good images used)
+PROFILES: dict[str, dict[str, tuple[dict[str, Any], dict[str, Any], int | None]]] = {
+    "paper": {"ae": ({}, {}, None), "hybrid": ({}, {}, None), "vivano": ({}, {}, None)},
+    "cpu": {
+        "ae": ({"input_size": 128}, {"epochs": 40, "patience": 10, "lr": 1e-3}, 150),
+        "hybrid": ({"input_size": 128, "dim": 256, "depth": 2},
+                   {"epochs": 6, "early_stop_start": 0, "patience": 3, "lr": 3e-4}, 48),
+        "vivano": ({"input_size": 256, "patch": 32},
+                   {"epochs": 30, "patience": 10, "lr": 3e-4}, 100),
+    },
+}  # fmt: skip
+
+
+def run(data: Path, sets: list[str], models: list[str], out: Path, profile: str,
+        vgg_weights: Path | None, device: str) -> list[dict[str, Any]]:  # fmt: skip
+    rows = []
+    for name in sets:
+        for model in models:
+            params, overrides, max_train = PROFILES[profile][model]
+            settings = training_settings(family(model), name, device=device, **overrides)
+            t0 = time.monotonic()
+            bundle = build_product(BuildRequest(
+                product=f"{name}-{model}", data=data / name, out=out / f"{name}-{model}",
+                model=model, params=params, settings=settings, vgg_weights=vgg_weights,
+                max_train=max_train,
+            ))  # fmt: skip
+            import yaml
+
+            manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
+            t = manifest["training"]
+            rows.append({
+                "set": name, "model": model, "profile": profile, "device": device,
+                "params": manifest["model"]["params"], "images": t["images"],
+                "epochs_run": t["epochs_run"], "best_epoch": t["best_epoch"],
+                "train_seconds": t["train_seconds"], "total_seconds": round(time.monotonic() - t0, 1),
+                "metrics": manifest["metrics"],
+            })  # fmt: skip
+            (out / "results.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def _f(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Per set and model: image AUROC / pixel AUROC / AUPRO (in %), then per defect type."""
+    lines = ["| set | model | profile | image AUROC | pixel AUROC | AUPRO | epochs | images | train time |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        m = r["metrics"]
+        lines.append(f"| {r['set']} | {r['model']} | {r['profile']} | {_f(m['image_auroc'])} "
+                     f"| {_f(m['pixel_auroc'])} | {_f(m['aupro'])} | {r['epochs_run']} | {r['images']} "
+                     f"| {r['train_seconds'] / 60:.1f} min |")  # fmt: skip
+    lines += ["", "Per defect type (image AUROC / pixel AUROC / AUPRO, %):", "",
+              "| set | defect | " + " | ".join(sorted({r["model"] for r in rows})) + " |"]  # fmt: skip
+    models = sorted({r["model"] for r in rows})
+    lines.append("|---|---|" + "---|" * len(models))
+    by = {(r["set"], r["model"]): r["metrics"]["per_defect"] for r in rows}
+    for s in dict.fromkeys(r["set"] for r in rows):
+        defects = sorted({d for (s2, _), per in by.items() if s2 == s for d in per})
+        for d in defects:
+            cells = []
+            for mo in models:
+                m = by.get((s, mo), {}).get(d)
+                cells.append("" if m is None else f"{_f(m['image_auroc'])} / {_f(m['pixel_auroc'])} / {_f(m['aupro'])}")
+            lines.append(f"| {s} | {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="folder of MVTec-layout sets")
+    p.add_argument("--sets", nargs="+", default=None, help="default: every set under --data")
+    p.add_argument("--models", nargs="+", default=["ae", "hybrid", "vivano"])
+    p.add_argument("--out", type=Path, default=Path(".work/results"))
+    p.add_argument("--profile", choices=list(PROFILES), default="cpu")
+    p.add_argument("--vgg-weights", type=Path, default=None)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    a = p.parse_args()
+    sets = a.sets or sorted(d.name for d in a.data.iterdir() if (d / "train" / "good").is_dir())
+    rows = run(a.data, sets, a.models, a.out, a.profile, a.vgg_weights, a.device)
+    text = table(rows)
+    (a.out / "results.md").write_text(
+        f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads\n\n{text}"
+    )
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
