@@ -14,6 +14,8 @@ class CameraMeta:
     source: str  # "folder", "opencv", "genicam"
     serial: str = ""  # camera serial, device path or folder path
     pixel_format: str = ""
+    vendor: str = ""  # camera maker and model, where the source knows them (genicam)
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,24 @@ from typing import Literal
 
 import structlog
 
+# What configure_logging last set up: child processes (the isolated camera) log the same way.
+_settings: tuple[str, str] | None = None
+
+
+def logging_settings() -> tuple[str, str] | None:
+    """(level, format) as last configured, the format resolved ("json" or "console"); None
+    when configure_logging was never called in this process."""
+    return _settings
+
 
 def configure_logging(
     level: str = "info", fmt: Literal["auto", "json", "console"] = "auto", stream=None
 ) -> None:
+    global _settings
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
+    _settings = (level, fmt)
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if fmt == "console"

@@ -17,3 +17,13 @@ def mosquitto() -> Iterator[LocalBroker]:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto; `make test` installs it)")
     with LocalBroker.start_mosquitto() as broker:
         yield broker
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """A test that configures logging binds it to that test's captured stream, which pytest
+    closes afterwards; later tests in the same process must not log into it."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()

@@ -49,7 +49,8 @@ def test_free_run_frames_with_increasing_ids():
     assert ids == sorted(ids) and len(set(ids)) == 10
     meta = frames[0].camera
     assert meta.source == "genicam" and meta.serial == MONO and meta.pixel_format == "Mono8"
-    assert frames[0].extra["vendor"] == "EMVA_D" and frames[0].extra["model"] == "TLSimuMono"
+    assert meta.vendor == "EMVA_D" and meta.model == "TLSimuMono"
+    assert list(frames[0].extra) == ["device_timestamp_ns"]  # the camera's own clock
 
 
 def test_colour_device_gives_bgr():
@@ -149,6 +150,19 @@ def test_config_mqtt_trigger_implies_software(tmp_path):
         _config(tmp_path, {"trigger": "mqtt", "trigger_mode": "free_run"})
     with pytest.raises(Exception, match="one of serial, user_id, index"):
         _config(tmp_path, {"serial": "a", "index": 1})
+
+
+def test_the_commented_example_in_station_example_yaml_is_a_valid_genicam_section():
+    # systemd/station.example.yaml shows the genicam keys commented out; they must stay right
+    import yaml
+
+    from inspectd.config.station import GenICamCamera
+
+    text = (Path(__file__).parents[1] / "systemd" / "station.example.yaml").read_text()
+    block = text[text.index("#camera:\n#  source: genicam") :].split("\n\n")[0]
+    data = yaml.safe_load("\n".join(line[1:] for line in block.splitlines()))["camera"]
+    assert list(data) == list(GenICamCamera.model_fields)  # every key, in schema order
+    assert GenICamCamera.model_validate(data) == GenICamCamera(source="genicam")  # the defaults
 
 
 def test_cameras_command():

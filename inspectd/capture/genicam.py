@@ -199,7 +199,6 @@ class GenICamSource(CaptureSource):
         self._ia: Any = None
         self._nm: Any = None
         self._timeout_exc: tuple[type[BaseException], ...] = ()
-        self._extra: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, cfg: Any) -> GenICamSource:
@@ -356,9 +355,9 @@ class GenICamSource(CaptureSource):
             self._configure()
             pixel_format = str(self._nm.PixelFormat.value) if self._has("PixelFormat") else ""
             self.camera = CameraMeta(
-                source="genicam", serial=self.device.serial, pixel_format=pixel_format
-            )
-            self._extra = {"vendor": self.device.vendor, "model": self.device.model}
+                source="genicam", serial=self.device.serial, pixel_format=pixel_format,
+                vendor=self.device.vendor, model=self.device.model,
+            )  # fmt: skip
             self._ia.start()
         except BaseException:
             self.close()
@@ -396,7 +395,7 @@ class GenICamSource(CaptureSource):
         t_capture, t_mono = time.time(), time.monotonic()
         with buffer:
             frame_id = int(buffer.frame_id)
-            extra = dict(self._extra)
+            extra: dict[str, str] = {}
             try:
                 extra["device_timestamp_ns"] = str(int(buffer.timestamp_ns))
             except Exception:

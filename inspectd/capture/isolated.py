@@ -7,7 +7,8 @@ factory (``functools.partial(build_source, camera_config)``), and the parent onl
 
 Frames travel through a **shared-memory ring**: ``slots`` slots, each as big as the largest
 frame seen so far (the child sizes it from the first frame and makes a new, bigger ring when a
-frame does not fit). Images are never pickled: the child copies a frame into a free slot and
+frame does not fit; a replay first waits until the parent has read the old ring, a live
+camera's unread frames there count as dropped). Images are never pickled: the child copies a frame into a free slot and
 sends a small message over a pipe (slot, sequence number, shape, dtype, frame id, part id,
 timestamps, error, camera meta); the parent copies the slot out (``np.copy``) and frees it.
 A small header segment holds the child's heartbeat (``time.monotonic()``, system-wide on
@@ -38,6 +39,10 @@ with ``error="camera_offline: <reason>"``, so the part becomes an ERROR verdict.
 
 A source that cannot be opened at the first start makes ``open()`` raise CaptureError (the
 daemon exits 1 and systemd retries); every failure after a successful start is restarted.
+
+The child logs like the parent (``inspectd.logs.logging_settings()``: the station's level and
+resolved format, passed in the spawn arguments), to the inherited stderr, with
+``process="camera"`` on every line.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ import structlog
 
 from inspectd.capture.base import CaptureError, CaptureSource, CaptureTimeout, EndOfStream
 from inspectd.frame import CameraMeta, Frame
+from inspectd.logs import logging_settings
 
 log = structlog.get_logger(__name__)
 
@@ -213,7 +219,25 @@ class _Child:
             elif not self.publish(frame, req_id):
                 return 0
 
-    def _new_ring(self, nbytes: int) -> None:
+    def _old_ring_read(self) -> bool:
+        """Before a bigger ring replaces this one: the parent reads a slot only while the
+        header names its ring, so a replay waits until the parent has read every frame in it
+        (a live camera does not wait: its unread ones are counted as dropped at the switch).
+        False when told to stop meanwhile."""
+        while not self.live:
+            with self.lock:
+                states = self.h.states
+                if not np.any((states == _READY) | (states == _READING)):
+                    return True
+            self.beat()
+            if self.stop_requested():
+                return False
+            time.sleep(0.0005)
+        return True
+
+    def _new_ring(self, nbytes: int) -> bool:
+        if self.ring is not None and not self._old_ring_read():
+            return False
         # 4 KiB aligned and a quarter bigger: a slightly bigger frame later needs no new ring
         slot_bytes = -(-int(nbytes * 1.25) // 4096) * 4096
         number = self.ring_number + 1
@@ -225,9 +249,11 @@ class _Child:
         self.ring, self.ring_number, self.slot_bytes = ring, number, slot_bytes
         with self.lock:
             assert self.h.ints is not None
+            self.h.ints[0] += int(np.count_nonzero(self.h.states == _READY))  # never read
             self.h.ints[1] = number
             self.h.states[:] = _FREE
         self.conn.send(("ring", number, ring.name, slot_bytes))
+        return True
 
     def _claim(self) -> int | None:
         states, seqs = self.h.states, self.h.seqs
@@ -257,7 +283,8 @@ class _Child:
         if frame.image is not None:
             image = np.ascontiguousarray(frame.image)
             if self.ring is None or image.nbytes > self.slot_bytes:
-                self._new_ring(image.nbytes)
+                if not self._new_ring(image.nbytes):
+                    return False
             claimed = self._claim()
             if claimed is None:
                 return False
@@ -275,7 +302,7 @@ class _Child:
 
 def _child_main(
     factory: SourceFactory, conn: Any, header_name: str, slots: int, lock: Any,
-    triggered: bool, parent: int,
+    triggered: bool, parent: int, log_settings: tuple[str, str] | None = None,
 ) -> None:  # fmt: skip
     import sys
 
@@ -285,7 +312,10 @@ def _child_main(
     # group); a child whose parent died notices and ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    configure_logging("info", "auto")
+    # A spawned child starts with structlog's defaults: log at the station's level and in its
+    # format (the parent's resolved one; both write to the inherited stderr, i.e. the journal).
+    level, fmt = log_settings or ("info", "auto")
+    configure_logging(level, fmt)  # type: ignore[arg-type]
     structlog.contextvars.bind_contextvars(process="camera")
     header = _Header(shared_memory.SharedMemory(name=header_name), slots)
     child = _Child(conn, header, lock, triggered, parent)
@@ -423,7 +453,10 @@ class IsolatedSource(CaptureSource):
         parent_conn, child_conn = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=_child_main,
-            args=(self.factory, child_conn, shm.name, self.slots, lock, self.triggered, os.getpid()),
+            args=(
+                self.factory, child_conn, shm.name, self.slots, lock, self.triggered,
+                os.getpid(), logging_settings(),
+            ),  # fmt: skip
             name=f"inspectd-camera-{self.camera.source}",
             daemon=True,
         )

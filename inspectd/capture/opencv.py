@@ -3,8 +3,9 @@ rtsp/http URL.
 
 Limitation: `cv2.VideoCapture.read()` blocks and cannot be interrupted from Python, so a camera
 that hangs holds `grab()` for as long as the backend waits, whatever timeout is asked for (the
-FFmpeg backend is told `timeout_s` for streams; V4L2 is told where it supports it). Running the
-capture in a child process that can be killed and restarted is a later issue.
+FFmpeg backend is told `timeout_s` for streams; V4L2 is told where it supports it). That is why
+the daemon runs it in a watched child process by default (`isolate`, inspectd.capture.isolated),
+which is killed and restarted when it hangs.
 """
 
 from __future__ import annotations
