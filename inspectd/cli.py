@@ -31,6 +31,7 @@ def _load_config(path: Path) -> StationConfig | None:
 def _run(args: argparse.Namespace) -> int:
     from inspectd.bundle import BundleError
     from inspectd.capture.base import CaptureError
+    from inspectd.engine import EngineError
     from inspectd.logs import configure_logging
     from inspectd.mqtt.commands import CommandError
     from inspectd.notify import Notifier
@@ -78,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, daemon=True).start())
     try:
         station.start()
-    except (BundleError, CaptureError, StartupError) as exc:
+    except (BundleError, CaptureError, EngineError, StartupError) as exc:
         print(f"inspectd: {exc}", file=sys.stderr)
         station.stop()
         # A bad bundle or setting needs a person; a camera that is not there yet may come
@@ -218,6 +219,102 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.set_defaults(func=_eval)
+
+
+def _build_engine(args: argparse.Namespace) -> int:
+    """ONNX -> TensorRT engine for this GPU, sealed into the bundle, then checked against ONNX
+    Runtime on rendered parts (verdicts must all agree)."""
+    from inspectd.bundle import BundleError
+    from inspectd.engine import EngineError, EngineUnavailable
+    from inspectd.logs import configure_logging
+
+    configure_logging("warning", "console")
+    try:
+        from inspectd.deploy.tensorrt import BuildError, build_engine, builder_available
+
+        if not builder_available():
+            raise EngineUnavailable(
+                "TensorRT with its builder is not installed for this Python (on a Jetson: "
+                "JetPack's python3-libnvinfer in a venv made with --system-site-packages; on a GPU "
+                "box the tensorrt wheel from NVIDIA's index); this machine can run onnxruntime or torch"
+            )
+        path = build_engine(args.products / args.product, precision=args.precision,
+                            batch=args.batch, calib_images=args.calib_images,
+                            state_dir=args.state_dir, say=print)  # fmt: skip
+    except (BuildError, BundleError, EngineError) as exc:
+        print(f"inspectd build-engine: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"wrote {path} and re-sealed {args.products / args.product / 'manifest.yaml'}")
+    if args.no_verify:
+        return 0
+    return _verify_engine(argparse.Namespace(
+        product=args.product, products=args.products, images=None, count=40, backend="tensorrt",
+        device="cuda", batch=args.batch, precision=args.precision, state_dir=args.state_dir))  # fmt: skip
+
+
+def _verify_engine(args: argparse.Namespace) -> int:
+    """A backend vs ONNX Runtime on sample parts; exit 1 when any verdict differs."""
+    from inspectd.bundle import BundleError, load_bundle
+    from inspectd.engine import EngineError, load_engine
+    from inspectd.engine.verify import compare, format_comparison, run_all, sample_images
+    from inspectd.logs import configure_logging
+
+    configure_logging("warning", "console")
+    try:
+        bundle = load_bundle(args.products / args.product)
+        names, images = sample_images(bundle, args.images, n=args.count)
+        candidate = load_engine(bundle.model_path, backend=args.backend, device=args.device,
+                                bundle=bundle, max_batch=args.batch, precision=args.precision,
+                                state_dir=args.state_dir)  # fmt: skip
+        reference = load_engine(bundle.model_path, backend="onnxruntime")
+    except (BundleError, EngineError, FileNotFoundError) as exc:
+        print(f"inspectd verify-engine: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    result = compare(run_all(reference, images), run_all(candidate, images), names,
+                     bundle.thresholds.image)  # fmt: skip
+    text = format_comparison(result, args.backend)
+    print(text, file=sys.stdout if result.agree else sys.stderr)
+    return 0 if result.agree else 1
+
+
+def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
+    be = sub.add_parser(
+        "build-engine",
+        help="compile a bundle's ONNX graph to a TensorRT engine for this GPU",
+        description="Build model.<gpu>-sm<cc>-trt<version>.engine beside model.onnx with "
+        "TensorRT's builder (timing cache in --state-dir), record it in the manifest, then compare "
+        "it with ONNX Runtime on rendered parts (as verify-engine). Exit status 2 when TensorRT or a "
+        "GPU is not available, 1 when the engine judges any part differently.",
+    )
+    be.add_argument("--product", required=True)
+    be.add_argument("--products", type=Path, default=Path("products"), help="folder holding the bundles")
+    be.add_argument("--precision", choices=["fp16", "int8", "fp32"], default="fp16")
+    be.add_argument("--batch", type=int, default=1, help="largest batch (engine.max_batch)")
+    be.add_argument("--calib-images", type=Path, default=None, help="int8: folder of good parts")
+    be.add_argument("--state-dir", type=Path, default=None,
+                    help="timing and calibration caches (default: <products>/.trt-cache)")  # fmt: skip
+    be.add_argument("--no-verify", action="store_true", help="skip the comparison with ONNX Runtime")
+    be.set_defaults(func=_build_engine)
+
+    ve = sub.add_parser(
+        "verify-engine",
+        help="compare a backend with ONNX Runtime: map difference and verdict agreement",
+        description="Run sample parts (--images, else rendered buttons with every defect) through "
+        "the chosen backend and ONNX Runtime, print the largest anomaly-map and score difference "
+        "and whether every verdict agrees against the bundle's image threshold. Exit status 1 when "
+        "any verdict differs, 2 when the backend or a GPU is not available.",
+    )
+    ve.add_argument("--product", required=True)
+    ve.add_argument("--products", type=Path, default=Path("products"), help="folder holding the bundles")
+    ve.add_argument("--images", type=Path, default=None, help="folder of part images (searched recursively)")
+    ve.add_argument("--count", type=int, default=40, help="rendered parts when --images is not given")
+    ve.add_argument("--backend", choices=["tensorrt", "torch"], default="tensorrt")
+    ve.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="torch only; tensorrt is cuda")
+    ve.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="torch on cuda")
+    ve.add_argument("--batch", type=int, default=8)
+    ve.add_argument("--state-dir", type=Path, default=None,
+                    help="where a tensorrt engine rebuilt for this GPU is kept")  # fmt: skip
+    ve.set_defaults(func=_verify_engine)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -389,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "a product specification, reported beside the regions good parts show")  # fmt: skip
     cal.set_defaults(func=_calibrate)
     _add_eval_parser(sub)
+    _add_engine_parsers(sub)
 
     rep = sub.add_parser(
         "replay",

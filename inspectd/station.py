@@ -24,7 +24,7 @@ from inspectd.config import StationConfig
 from inspectd.config.station import NAME_PATTERN
 from inspectd.delivery import Delivery
 from inspectd.drift import DriftMonitor
-from inspectd.engine import Engine, load_engine
+from inspectd.engine import Engine, EngineError, load_engine
 from inspectd.health import HealthMonitor
 from inspectd.mqtt.commands import CommandDesk, CommandError
 from inspectd.mqtt.publisher import Credentials, MqttPublisher
@@ -165,7 +165,9 @@ class Station:
         cfg = self.config.engine
         self.notifier.status(f"loading engine for {bundle.name}")
         engine = load_engine(bundle.model_path, backend=cfg.backend, device=cfg.device,
-                             threads=cfg.threads)  # fmt: skip
+                             threads=cfg.threads, bundle=bundle, max_batch=cfg.max_batch,
+                             precision=cfg.precision, cuda_graphs=cfg.cuda_graphs,
+                             state_dir=self.config.state_dir)  # fmt: skip
         self.notifier.status(f"warming up engine {engine.name} for {bundle.name}")
         t0 = time.monotonic()
         engine.warmup()
@@ -323,7 +325,10 @@ class Station:
                 bundle = load_bundle(self.config.products_dir / name)
             except BundleError as exc:
                 raise CommandError(f"product not switched: {exc}") from exc
-            engine = self._load_engine(bundle)
+            try:
+                engine = self._load_engine(bundle)
+            except EngineError as exc:  # e.g. a bundle without model.pt on the torch backend
+                raise CommandError(f"product not switched: {exc}") from exc
             previous = self.pipeline.bundle.name
             self.pipeline.swap_product(bundle, engine)
             if self.drift is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from inspectd.train.build import BuildRequest, build_product, training_settings
 from inspectd.train.models import family
@@ -38,11 +39,14 @@ PROFILES: dict[str, dict[str, tuple[dict[str, Any], dict[str, Any], int | None]]
 
 
 def run(data: Path, sets: list[str], models: list[str], out: Path, profile: str,
-        vgg_weights: Path | None, device: str) -> list[dict[str, Any]]:  # fmt: skip
+        vgg_weights: Path | None, device: str, extra: dict[str, Any] | None = None,
+        ) -> list[dict[str, Any]]:  # fmt: skip
+    """`extra`: constructor settings on top of the profile's (an option being measured)."""
     rows = []
     for name in sets:
         for model in models:
             params, overrides, max_train = PROFILES[profile][model]
+            params = {**params, **(extra or {})}
             settings = training_settings(family(model), name, device=device, **overrides)
             t0 = time.monotonic()
             bundle = build_product(BuildRequest(
@@ -50,8 +54,6 @@ def run(data: Path, sets: list[str], models: list[str], out: Path, profile: str,
                 model=model, params=params, settings=settings, vgg_weights=vgg_weights,
                 max_train=max_train,
             ))  # fmt: skip
-            import yaml
-
             manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
             t = manifest["training"]
             rows.append({
@@ -103,9 +105,12 @@ def main() -> None:
     p.add_argument("--profile", choices=list(PROFILES), default="cpu")
     p.add_argument("--vgg-weights", type=Path, default=None)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="model setting on top of the profile's, to measure an open point")
     a = p.parse_args()
+    extra = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in a.param)}
     sets = a.sets or sorted(d.name for d in a.data.iterdir() if (d / "train" / "good").is_dir())
-    rows = run(a.data, sets, a.models, a.out, a.profile, a.vgg_weights, a.device)
+    rows = run(a.data, sets, a.models, a.out, a.profile, a.vgg_weights, a.device, extra)
     text = table(rows)
     (a.out / "results.md").write_text(
         f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads\n\n{text}"

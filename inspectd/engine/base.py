@@ -17,6 +17,11 @@ class EngineError(RuntimeError):
     """The engine could not be loaded or could not run a batch."""
 
 
+class EngineUnavailable(EngineError):
+    """The chosen runtime or the GPU it needs is not on this machine (a setup problem, not a
+    model problem): commands exit 2 on it, and `auto` never picks such a backend."""
+
+
 class Engine(abc.ABC):
     """Runs the exported graph: uint8 N x H x W x 3 (RGB, preprocessed) -> maps and scores."""
 
