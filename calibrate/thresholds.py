@@ -15,6 +15,7 @@ import numpy as np
 
 from inspectd import __version__
 from inspectd.bundle import THRESHOLDS_SCHEMA, Thresholds
+from inspectd.calibrate.stats import SCORE_NOISE
 from inspectd.decide import regions_of
 from inspectd.preprocess import Geometry
 
@@ -91,7 +92,9 @@ def max_of_good(
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size == 0:
         raise ValueError("no good parts to compute thresholds from")
-    image = float(scores.max())
+    # NG is score >= threshold: the highest good part itself must pass (stats.SCORE_NOISE)
+    top = float(scores.max())
+    image = top + max(abs(top) * SCORE_NOISE, 1e-12)
     return record(
         image=image,
         pixel=pixel_threshold(maps, image, pixel_quantile),

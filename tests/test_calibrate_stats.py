@@ -97,3 +97,14 @@ def test_roc_and_f1_on_hand_made_cases():
     t, f1 = best_f1(labels, scores)
     # NG at >= 0.5 finds 2 of 3 defects and no good part: F1 = 0.8, the best here
     assert t == 0.5 and f1 == pytest.approx(0.8)
+
+
+def test_max_of_good_lets_the_highest_good_part_pass() -> None:
+    """NG is score >= threshold, so a threshold equal to the top good score would reject the
+    very part it was computed from (negative likelihood scores included)."""
+    from inspectd.calibrate.thresholds import max_of_good
+
+    for scores in ([0.1, 0.3, 0.2], [-2.0, -1.5, -1.75]):
+        maps = np.zeros((3, 4, 4), np.float32)
+        t = max_of_good(np.array(scores, np.float32), maps, "0" * 64)
+        assert max(scores) < t.image < max(scores) + 1e-4
