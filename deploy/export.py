@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,10 +48,13 @@ def parity(graph: InspectionGraph, onnx_path: Path, images: np.ndarray) -> float
     """Largest absolute difference of the anomaly maps, torch vs ONNX Runtime, on `images`
     (uint8 N x H x W x 3). Verdict agreement is checked by the caller against its thresholds."""
     from inspectd.engine.onnxruntime import OnnxRuntimeEngine
+    from inspectd.engine.verify import BATCH, run_all
 
-    with torch.no_grad():
-        want = graph.eval()(torch.from_numpy(images)).anomaly_map.numpy()
-    got = OnnxRuntimeEngine(onnx_path).infer(images).anomaly_map
+    graph = graph.eval()
+    with torch.no_grad():  # in batches: the hybrid's attention maps are large at 224 px
+        want = np.concatenate([graph(torch.from_numpy(images[i : i + BATCH])).anomaly_map.numpy()
+                               for i in range(0, len(images), BATCH)])  # fmt: skip
+    got = run_all(OnnxRuntimeEngine(onnx_path), images).anomaly_map
     return float(np.abs(want - got).max())
 
 
@@ -87,36 +89,20 @@ def halve_weights(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def sample_frames(images: Path | None, spec: Any, n: int = 16) -> np.ndarray:
-    """Preprocessed frames for a parity check: from `images` when given, else synthetic
-    (noise and smooth gradients, enough to prove two graphs compute the same function)."""
-    if images is not None:
-        from inspectd.preprocess import load_inputs
-
-        paths = sorted(p for p in images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-        if not paths:
-            raise ExportError(f"{images}: no images (.png, .jpg, .bmp) for the parity check")
-        return load_inputs(paths[:n], spec)
-    h, w = spec.size
-    rng = np.random.default_rng(0)
-    noise = rng.integers(0, 256, (n // 2, h, w, 3), dtype=np.uint8)
-    ramp = np.linspace(0, 255, w, dtype=np.float32)[None, None, :, None]
-    smooth = np.broadcast_to(ramp * rng.uniform(0.2, 1.0, (n - n // 2, 1, 1, 3)), (n - n // 2, h, w, 3))
-    return np.concatenate([noise, smooth.astype(np.uint8)])
-
-
 def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | None = None) -> str:
     """Write the bundle's model.onnx again from its model.pt and re-seal it; returns a summary.
 
-    The new graph must match torch to PARITY_TOLERANCE. With fp16 weights it must also give
-    the same verdict as the fp32 graph on every frame of `images` (required: verdicts on noise
-    prove nothing); the thresholds are then re-bound to the new file, and the change is recorded.
+    The new graph must match torch to PARITY_TOLERANCE on `images` (default: rendered buttons,
+    as verify-engine). With fp16 weights it must also give the same verdict as the fp32 graph on
+    every image of `images`, which is then required (the product's own parts, good and
+    defective); the thresholds are re-bound to the new file and the change is recorded.
     """
     import yaml
 
     from inspectd.bundle import MANIFEST, load_bundle, sha256_of
     from inspectd.deploy.bundle import replace_thresholds, seal
     from inspectd.engine.onnxruntime import OnnxRuntimeEngine
+    from inspectd.engine.verify import compare, format_comparison, run_all, sample_images
     from inspectd.train.models import load_graph
 
     bundle = load_bundle(bundle_dir)
@@ -128,7 +114,10 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
     if fp16_weights and images is None:
         raise ExportError("--fp16-weights needs --images DIR (good and defective frames) to check "
                           "that every verdict stays the same")
-    frames = sample_frames(images, spec)
+    try:
+        names, frames = sample_images(bundle, images)
+    except FileNotFoundError as exc:
+        raise ExportError(str(exc)) from exc
     graph = load_graph(bundle_dir / model.checkpoint, model.family, model.params)
     new = bundle_dir / (model.file + ".new")
     try:
@@ -138,16 +127,14 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
             raise ExportError(f"ONNX Runtime disagrees with torch: max map difference {diff:.2e}")
         notes = {"parity_max_abs": float(f"{diff:.3g}"), "fp16_weights": fp16_weights}
         if fp16_weights:
-            reference = OnnxRuntimeEngine(new).infer(frames)
+            reference = run_all(OnnxRuntimeEngine(new), frames)
             halve_weights(new)
-            half = OnnxRuntimeEngine(new).infer(frames)
-            limit = bundle.thresholds.image
-            changed = int(((reference.score >= limit) != (half.score >= limit)).sum())
-            if changed:
-                raise ExportError(f"fp16 weights change {changed} of {len(frames)} verdicts; keep "
-                                  "fp32 weights")
-            notes["fp16_max_map_change"] = float(f"{np.abs(reference.anomaly_map - half.anomaly_map).max():.3g}")
-            notes["fp16_verdicts_checked"] = len(frames)
+            half = compare(reference, run_all(OnnxRuntimeEngine(new), frames), names,
+                           bundle.thresholds.image)  # fmt: skip
+            if not half.agree:
+                raise ExportError(format_comparison(half, "fp16 weights") + "\nkeep fp32 weights")
+            notes["fp16_max_map_change"] = float(f"{half.max_map_diff:.3g}")
+            notes["fp16_verdicts_checked"] = half.n
         old_sha, new_sha = bundle.model_sha256, sha256_of(new)
         if new_sha == old_sha:
             return f"{bundle_dir / model.file}: unchanged (parity {diff:.2e})"
