@@ -116,3 +116,16 @@ def test_build_product_writes_a_bundle_the_daemon_loads(tmp_path: Path) -> None:
     assert m.training["epochs_run"] == 2 and m.training["torch"].startswith("2.")
     assert 0.0 <= m.metrics["image_auroc"] <= 1.0
     assert len((out / "train_images.sha256").read_text().splitlines()) == 10
+
+    # Deterministic: the same request gives the same weights, whatever used the random
+    # generators before in this process (the initial weights are seeded, not only training).
+    torch.rand(100)
+    again = build_product(
+        BuildRequest(
+            product="tiny", data=tmp_path / "data", out=tmp_path / "again" / "tiny",
+            params={"input_size": 128, "latent_dim": 16}, settings=TrainSettings(epochs=2, batch_size=4),
+        )
+    )  # fmt: skip
+    first = torch.load(out / "model.pt", weights_only=True)
+    second = torch.load(again / "model.pt", weights_only=True)
+    assert all(torch.equal(first[k], second[k]) for k in first)

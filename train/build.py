@@ -32,7 +32,7 @@ from inspectd.imagefile import read_image
 from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.mvtec import MVTecSet
 from inspectd.train.evaluate import evaluate
-from inspectd.train.loop import TrainSettings, split_indices, train_model
+from inspectd.train.loop import TrainSettings, seed_everything, split_indices, train_model
 from inspectd.train.models import Family, family
 from inspectd.train.models.hybrid import DEFAULT_NOISE_SIGMA, NOISE_SIGMA
 from inspectd.train.models.vgg import VGG19Blocks
@@ -92,6 +92,7 @@ def build_product(req: BuildRequest) -> Path:
     t0 = time.monotonic()
     fam = family(req.model)
     settings = req.settings or training_settings(fam, req.product)
+    seed_everything(settings.seed)  # the initial weights too, whatever ran before in this process
     model, params = build_model(req, fam)
     dataset = MVTecSet(req.data)
     good = [s.path for s in dataset.train_good()]
