@@ -67,7 +67,7 @@ def run(data: Path, sets: list[str], models: list[str], out: Path, profile: str,
     return rows
 
 
-def test_noise_metrics(bundle_dir: Path, data: Path, sigma: float, seed: int = 0) -> dict[str, Any]:
+def metrics_with_test_noise(bundle_dir: Path, data: Path, sigma: float, seed: int = 0) -> dict[str, Any]:
     """Image and pixel AUROC of a trained bundle when the model reconstructs x + N(0, sigma^2)
     (one draw, fixed seed) and the head compares against the clean x: input noise at test time."""
     import numpy as np
@@ -147,7 +147,7 @@ def main() -> None:
     if a.test_noise is not None:
         for s in sets:
             for model in a.models:
-                print(s, model, test_noise_metrics(a.out / f"{s}-{model}", a.data / s, a.test_noise))
+                print(s, model, metrics_with_test_noise(a.out / f"{s}-{model}", a.data / s, a.test_noise))
         return
     extra = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in a.param)}
     rows = run(a.data, sets, a.models, a.out, a.profile, a.vgg_weights, a.device, extra)

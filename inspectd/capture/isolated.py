@@ -8,9 +8,10 @@ factory (``functools.partial(build_source, camera_config)``), and the parent onl
 Frames travel through a **shared-memory ring**: ``slots`` slots, each as big as the largest
 frame seen so far (the child sizes it from the first frame and makes a new, bigger ring when a
 frame does not fit; a replay first waits until the parent has read the old ring, a live
-camera's unread frames there count as dropped). Images are never pickled: the child copies a frame into a free slot and
-sends a small message over a pipe (slot, sequence number, shape, dtype, frame id, part id,
-timestamps, error, camera meta); the parent copies the slot out (``np.copy``) and frees it.
+camera's unread frames there count as dropped). Images are never pickled: the child copies a
+frame into a free slot and sends a small message over a pipe (slot, sequence number, shape,
+dtype, frame id, part id, timestamps, error, camera meta); the parent copies the slot out
+(``np.copy``) and frees it.
 A small header segment holds the child's heartbeat (``time.monotonic()``, system-wide on
 Linux), the dropped-frame count and per-slot state and sequence number; slot state changes
 happen under a multiprocessing lock (a few microseconds).
