@@ -43,6 +43,17 @@ def button_parts(good: int = 2, defect: int = 2, seed: int = 21) -> list[Part]:
     return parts
 
 
+def write_button_parts(folder: Path, good: int = 2, defect: int = 2) -> list[Part]:
+    """button_parts as PNG files in `folder` (created), for a folder camera; returns the parts
+    (the one without a frame has no file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = button_parts(good=good, defect=defect)
+    for part_id, image, _ in parts:
+        if image is not None:
+            cv2.imwrite(str(folder / f"{part_id}.png"), image)
+    return parts
+
+
 class PartsSource(CaptureSource):
     """The given parts, in order, as a camera; a part without an image comes as the Frame a
     camera gives when it has none (image None, the reason in `error`)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from inspections import BUNDLE, NO_FRAME, PRODUCTS, button_parts, inspect
+from inspections import BUNDLE, NO_FRAME, PRODUCTS, button_parts, inspect, write_button_parts
 from structlog.testing import capture_logs
 
 from inspectd.archive import ArchiveSink, read_entry, scan
@@ -174,11 +174,7 @@ def test_a_station_with_an_unusable_archive_runs_and_says_so_in_health(tmp_path)
     from inspectd.station import Station
 
     frames = tmp_path / "frames"
-    frames.mkdir()
-    parts = button_parts(good=1, defect=1)
-    for part_id, image, _ in parts:
-        if image is not None:
-            cv2.imwrite(str(frames / f"{part_id}.png"), image)
+    write_button_parts(frames, good=1, defect=1)
     (frames / "zz_empty.png").write_bytes(b"")
     (tmp_path / "archive").write_text("not a folder")
     config = StationConfig.model_validate({

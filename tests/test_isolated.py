@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 from daemon_process import Daemon
-from inspections import BUNDLE, PRODUCTS, button_parts
+from inspections import BUNDLE, PRODUCTS, write_button_parts
 
 from inspectd.capture import build_source, open_source
 from inspectd.capture.isolated import IsolatedSource
@@ -177,10 +177,7 @@ def test_a_killed_camera_process_in_a_station_gives_errors_health_and_a_restart(
     from inspectd.station import Station
 
     frames = tmp_path / "frames"
-    frames.mkdir()
-    for part_id, image, _ in button_parts(good=2, defect=1):
-        if image is not None:
-            cv2.imwrite(str(frames / f"{part_id}.png"), image)
+    write_button_parts(frames, good=2, defect=1)
     config = StationConfig.model_validate({
         "station": {"name": "cam1"}, "product": "button", "products_dir": str(PRODUCTS),
         "state_dir": str(tmp_path / "state"),
@@ -230,10 +227,7 @@ def test_a_killed_camera_process_in_a_station_gives_errors_health_and_a_restart(
 @pytest.mark.skipif(not (BUNDLE / "manifest.yaml").is_file(), reason="products/button is missing")
 def test_the_daemon_runs_an_isolated_camera_without_torch(tmp_path):
     frames = tmp_path / "frames"
-    frames.mkdir()
-    for part_id, image, _ in button_parts(good=2, defect=1):
-        if image is not None:
-            cv2.imwrite(str(frames / f"{part_id}.png"), image)
+    write_button_parts(frames, good=2, defect=1)
     config = tmp_path / "station.yaml"
     config.write_text(json.dumps({
         "station": {"name": "cam1"}, "product": "button", "products_dir": str(PRODUCTS),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from daemon_process import LEAN_RUN, REPO
-from inspections import BUNDLE, PRODUCTS, button_parts, inspect
+from inspections import BUNDLE, PRODUCTS, button_parts, inspect, write_button_parts
 
 from inspectd.archive import ArchiveSink, read_entry, scan
 from inspectd.bundle import load_bundle
@@ -151,13 +151,8 @@ def test_a_damaged_entry_is_reported_and_the_rest_replayed(archive, tmp_path):
 
 
 def test_a_daemon_archives_its_ng_and_error_parts_and_replay_finds_them_all_the_same(tmp_path):
-    import cv2
-
     frames = tmp_path / "frames"
-    frames.mkdir()
-    for part_id, image, _ in button_parts(good=2, defect=2):
-        if image is not None:
-            cv2.imwrite(str(frames / f"{part_id}.png"), image)
+    write_button_parts(frames, good=2, defect=2)
     whole = (frames / "good0.png").read_bytes()
     (frames / "truncated.png").write_bytes(whole[: len(whole) // 2])  # ERROR, no frame
     config = {
