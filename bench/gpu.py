@@ -11,7 +11,8 @@ back: p50/p99 per batch and images/s. TensorRT as well where its builder is impo
 
 Daemon: as bench/latency.py does it (the real station wiring, a folder camera over rendered
 buttons, verdicts.jsonl, NG overlays, MQTT QoS 1 to a private mosquitto), with engine.backend
-torch at batch 1: capture -> decided p50/p99 (the pipeline's latency_ms) and the publish stage.
+torch at batch 1: capture -> decided p50/p99 (the pipeline's latency_ms) and capture -> verdict
+received by a subscriber of the broker (bench/daemon.py), the figure the 3 ms target is about.
 Each family is sealed into a throw-away bundle first (model.pt, model.onnx, thresholds from a
 few rendered good parts), which is what the daemon loads.
 
@@ -32,10 +33,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from daemon import run_daemon
 
 from inspectd import __version__
 from inspectd.bundle import BUNDLE_SCHEMA, THRESHOLDS, Thresholds, load_bundle
-from inspectd.config import StationConfig
 from inspectd.demo import write_parts
 from inspectd.deploy.bundle import seal, write_thresholds
 from inspectd.deploy.export import OPSET, export_onnx
@@ -43,7 +44,6 @@ from inspectd.engine.torch import TorchEngine
 from inspectd.logs import configure_logging
 from inspectd.mqtt.broker import LocalBroker, find_mosquitto
 from inspectd.preprocess import PreprocessSpec, preprocess
-from inspectd.station import Station
 from inspectd.train.datasets.button import render_part
 from inspectd.train.models import family
 
@@ -111,26 +111,6 @@ def seal_bench_bundle(products: Path, name: str, params: dict[str, Any], graph: 
     seal(out, manifest, ["model.onnx", "model.pt", THRESHOLDS])
     load_bundle(out)
     return out
-
-
-def daemon(products: Path, name: str, folder: Path, work: Path, mqtt: LocalBroker | None, n: int,
-           device: str, precision: str, rate_hz: float) -> Any:  # fmt: skip
-    """The station as bench/latency.py runs it, with the torch engine; the camera paced at
-    `rate_hz`, since a free-running folder would measure queueing, not latency."""
-    config = StationConfig.model_validate({
-        "station": {"name": "bench"}, "product": name, "products_dir": str(products),
-        "state_dir": str(work / "state"), "camera": {"source": "folder", "path": str(folder), "rate_hz": rate_hz},
-        "engine": {"backend": "torch", "device": device, "precision": precision, "max_batch": 1},
-        "mqtt": ({"host": mqtt.host, "port": mqtt.port, "protocol": mqtt.protocol} if mqtt
-                 else {"enabled": False}),
-        "output": {"dir": str(work / "out"), "overlays": "ng"},
-    })  # fmt: skip
-    station = Station(config)
-    station.start()
-    try:
-        return station.run(limit=n)
-    finally:
-        station.stop()
 
 
 def trt_rows(products: Path, name: str, batches: list[int], runs: int) -> list[str]:
@@ -218,21 +198,23 @@ def main() -> int:
         print(f"\ndaemon: {n} parts per model, folder camera paced at half the bare engine's batch-1 "
               f"rate, max_batch 1, "
               f"MQTT {'to a private mosquitto (QoS 1)' if use_mqtt else 'off'}\n")  # fmt: skip
-        print("| model | backend | precision | camera Hz | capture->decided p50 ms | p99 ms | publish p50 ms | p99 ms | parts/s |")
+        print("| model | backend | precision | camera Hz | capture->decided p50 ms | p99 ms | capture->MQTT p50 ms | p99 ms | parts/s |")
         print("|---|---|---|---|---|---|---|---|---|")
         for name in built:
             for precision in ("fp16",) if on_gpu else ("fp32",):
+                rate = bare[(name, precision)] / 2
                 broker = LocalBroker.start_mosquitto() if use_mqtt else None
+                engine = {"backend": "torch", "device": args.device, "precision": precision, "max_batch": 1}
                 try:
-                    stats = daemon(products, name, work / "frames", work / name, broker, n,
-                                   args.device, precision, bare[(name, precision)] / 2)  # fmt: skip
+                    stats, received = run_daemon(products, name, work / "frames", work / name, broker, n,
+                                                 engine, rate_hz=rate)  # fmt: skip
                 finally:
                     if broker:
                         broker.close()
                 p50, p99 = stats.percentiles(stats.latency_ms)
-                q50, q99 = stats.percentiles(stats.stage_ms.get("publish", []))
+                q50, q99 = stats.percentiles(received)
                 done = sum(stats.verdicts.values())
-                print(f"| {name} | torch | {precision} | {bare[(name, precision)] / 2:.0f} | {p50:.2f} | {p99:.2f} | {q50:.2f} | {q99:.2f} | "
+                print(f"| {name} | torch | {precision} | {rate:.0f} | {p50:.2f} | {p99:.2f} | {q50:.2f} | {q99:.2f} | "
                       f"{done / stats.seconds:.1f} |", flush=True)  # fmt: skip
     return 0
 

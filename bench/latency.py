@@ -9,6 +9,10 @@ daemon runs the real station wiring on the same parts from a folder camera:
 read + decode, preprocess, infer, decide, and publish (verdicts.jsonl, NG overlays, MQTT QoS 1
 to a private mosquitto). The ratio daemon / bare says what the daemon's own work costs. The
 "capture" stage is reading and decoding the file (the folder camera's capture).
+
+Two daemon passes: the camera free-running (throughput; latency there is queueing), then paced
+at half the bare engine's rate for latency: capture -> decided (the pipeline's latency_ms) and
+capture -> verdict received by a subscriber of the broker (bench/station.py).
 """
 
 from __future__ import annotations
@@ -19,15 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from daemon import run_daemon
+
 from inspectd.bundle import load_bundle
-from inspectd.config import StationConfig
 from inspectd.demo import REPO_PRODUCTS, write_parts
 from inspectd.engine import load_engine
 from inspectd.logs import configure_logging
 from inspectd.mqtt.broker import LocalBroker
 from inspectd.pipeline import STAGES
 from inspectd.preprocess import load_inputs
-from inspectd.station import Station
 
 
 def bare_engine(products: Path, frames: list[Path], threads: int, batch: int) -> float:
@@ -39,32 +43,6 @@ def bare_engine(products: Path, frames: list[Path], threads: int, batch: int) ->
     for i in range(0, len(inputs), batch):
         engine.infer(inputs[i : i + batch])
     return len(inputs) / (time.perf_counter() - t0)
-
-
-def daemon(products: Path, folder: Path, work: Path, mqtt: LocalBroker | None, n: int,
-           threads: int, max_batch: int):  # fmt: skip
-    config = StationConfig.model_validate(
-        {
-            "station": {"name": "bench"},
-            "product": "button",
-            "products_dir": str(products),
-            "state_dir": str(work / "state"),
-            "camera": {"source": "folder", "path": str(folder)},
-            "engine": {"threads": threads, "max_batch": max_batch},
-            "mqtt": (
-                {"host": mqtt.host, "port": mqtt.port, "protocol": mqtt.protocol}
-                if mqtt else {"enabled": False}
-            ),
-            "output": {"dir": str(work / "out"), "overlays": "ng"},
-        }
-    )
-    station = Station(config)
-    station.start()
-    try:
-        stats = station.run(limit=n)
-    finally:
-        station.stop()
-    return stats
 
 
 def main() -> int:
@@ -85,12 +63,15 @@ def main() -> int:
             f.unlink()  # timing is about inspected parts; the ERROR path is tested elsewhere
         bare_before = bare_engine(args.products, frames, args.threads, args.max_batch)
         broker = None if args.no_mqtt else LocalBroker.start_mosquitto()
+        engine = {"threads": args.threads, "max_batch": args.max_batch}
         try:
-            stats = daemon(args.products, work / "frames", work, broker, len(frames),
-                           args.threads, args.max_batch)  # fmt: skip
+            stats, _ = run_daemon(args.products, "button", work / "frames", work / "free", broker,
+                                   len(frames), engine)  # fmt: skip
+            paced, received = run_daemon(args.products, "button", work / "frames", work / "paced",
+                                          broker, len(frames), engine, rate_hz=bare_before / 2)  # fmt: skip
         finally:
             if broker:
-                broker.stop()
+                broker.close()
         bare_after = bare_engine(args.products, frames, args.threads, args.max_batch)
     n = sum(stats.verdicts.values())
     through = n / stats.seconds
@@ -99,8 +80,10 @@ def main() -> int:
     for stage in STAGES:
         p50, p99 = stats.percentiles(stats.stage_ms[stage])
         print(f"{stage:<12}{p50:>10.2f}{p99:>10.2f}")
-    p50, p99 = stats.percentiles(stats.latency_ms)
-    print(f"{'capture->verdict':<12}{p50:>6.2f}{p99:>10.2f}")
+    print(f"paced at {bare_before / 2:.0f} Hz (half the bare engine's rate):")
+    for what, values in (("capture->decided", paced.latency_ms), ("capture->MQTT", received)):
+        p50, p99 = paced.percentiles(values)
+        print(f"{what:<17}{p50:>5.2f}{p99:>10.2f}")
     bare = (bare_before + bare_after) / 2
     print(f"bare engine: {bare_before:.1f} / {bare_after:.1f} parts/s (before / after)   "
           f"daemon: {through:.1f} parts/s   ratio daemon/bare: {through / bare:.3f}")  # fmt: skip

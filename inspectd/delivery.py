@@ -6,7 +6,10 @@ trigger answers) sees them, so every seq a consumer ever sees is durable.
 
 A feeder thread hands stored rows to the publisher with at most ``window`` messages not yet
 acknowledged, so memory holds a window and not an outage's backlog, and reads on from where it
-stopped: after an outage the broker gets the backlog in order, then the new verdicts. PUBACKs
+stopped: after an outage the broker gets the backlog in order, then the new verdicts. When the
+feeder has handed everything older and the window has room, ``record()`` hands the verdicts it
+just committed to the publisher itself: on a busy box, waking the feeder cost up to 5 ms
+(measured at p99 on 2 cores, behind the overlay rendering). PUBACKs
 arrive on paho's thread and are only queued there; the feeder deletes them in batches.
 At startup the rows an earlier process left are replayed first, flagged ``replayed``.
 """
@@ -15,14 +18,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 import structlog
 
 from inspectd.mqtt.publisher import MqttPublisher, OutgoingMessage, verdict_messages
 from inspectd.mqtt.topics import Topics
-from inspectd.outbox import Outbox, OutboxError
+from inspectd.outbox import MessageLike, Outbox, OutboxError
 from inspectd.verdict import VerdictRecord
 
 log = structlog.get_logger(__name__)
@@ -51,7 +54,8 @@ class Delivery:
         self._cv = threading.Condition()
         self._acks: list[tuple[int, int]] = []
         self._in_flight = 0
-        self._cursor = 0  # highest seq handed to the publisher
+        self._cursor = 0  # every stored seq up to here is handed to the publisher
+        self._handing = threading.Lock()  # held while rows go to the publisher and cursor moves
         self._news = True  # something to do arrived (rows, acks) since the feeder last looked
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -67,16 +71,21 @@ class Delivery:
     def record(self, records: Sequence[VerdictRecord]) -> None:
         """Give each record its seq and commit them (with their MQTT messages) to the outbox."""
 
+        built: dict[int, list[OutgoingMessage]] = {}
+
         def messages(record: VerdictRecord, seq: int) -> list[OutgoingMessage]:
             record.seq = seq
             if self.publisher is None:
                 return []  # MQTT off: the verdict only takes a seq
-            return verdict_messages(self.topics, record, self.travel_window_s)
+            built[seq] = verdict_messages(self.topics, record, self.travel_window_s)
+            return built[seq]
 
-        self.outbox.append_many([(r.verdict, partial(messages, r)) for r in records])
+        seqs = self.outbox.append_many([(r.verdict, partial(messages, r)) for r in records])
         if not self.outbox.durable:
             for r in records:
                 r.durable = False  # what the files and answers say matches the wire
+        elif built:
+            self._hand_over(seqs, built)  # else the feeder sends the payloads flagged in memory
         with self._cv:
             self._news = True
             self._cv.notify_all()
@@ -122,6 +131,39 @@ class Delivery:
             self.outbox.ack_many(acks)
         return bool(acks)
 
+    def _hand_over(self, seqs: list[int], built: dict[int, list[OutgoingMessage]]) -> None:
+        """Send just-committed rows from the committing thread if nothing older is unsent and
+        they fit the window; otherwise (or while the feeder is handing rows) it sends them."""
+        if not self._handing.acquire(blocking=False):
+            return
+        try:
+            with self._cv:
+                room = self.window - self._in_flight >= sum(map(len, built.values()))
+            if room and self._cursor == seqs[0] - 1:
+                for seq in seqs:
+                    self._send(seq, enumerate(built[seq]))
+        finally:
+            self._handing.release()
+
+    def _send(self, seq: int, messages: Iterable[tuple[int, MessageLike]]) -> None:
+        """Hand one row's (idx, message) pairs to the publisher; idx is the outbox's, for the ack."""
+        for idx, m in messages:
+            with self._cv:
+                self._in_flight += 1
+            self.publisher.enqueue(  # type: ignore[union-attr]
+                OutgoingMessage(
+                    m.topic,
+                    m.payload,
+                    m.qos,
+                    m.retain,
+                    label=f"seq={seq}",
+                    on_ack=partial(self._on_ack, seq, idx),
+                    content_type=m.content_type,
+                    expires=m.expires,
+                )
+            )
+        self._cursor = seq
+
     def _feed(self) -> None:
         assert self.publisher is not None
         last_prune = time.monotonic()
@@ -133,32 +175,27 @@ class Delivery:
                 if self._stop:
                     return
                 self._news = False
+            # New rows go to the publisher before the acks are deleted: that write would delay
+            # them (measured 5 ms at p99 on the way from commit to paho).
+            rows = []
+            with self._handing:
+                try:
+                    with self._cv:
+                        space = self.window - self._in_flight
+                    last = self.outbox.last_seq  # read before the rows: all up to it are in them
+                    rows = self.outbox.pending(space, after=self._cursor) if space > 0 else []
+                    for row in rows:
+                        self._send(row.seq, ((m.idx, m) for m in row.messages))
+                    if 0 < space and len(rows) < space:
+                        self._cursor = max(self._cursor, last)  # caught up (gaps: acked, dropped)
+                except OutboxError as exc:
+                    log.error("outbox.feed_failed", error=str(exc), cursor=self._cursor)
             try:
                 acked = self._flush_acks()
-                with self._cv:
-                    space = self.window - self._in_flight
-                rows = self.outbox.pending(space, after=self._cursor) if space > 0 else []
                 if time.monotonic() - last_prune > _PRUNE_EVERY_S:
                     last_prune = time.monotonic()
                     self.outbox.prune()
             except OutboxError as exc:
                 log.error("outbox.feed_failed", error=str(exc), cursor=self._cursor)
-                acked, rows = False, []
+                acked = False
             busy = bool(rows) or acked
-            for row in rows:
-                for m in row.messages:
-                    with self._cv:
-                        self._in_flight += 1
-                    self.publisher.enqueue(
-                        OutgoingMessage(
-                            m.topic,
-                            m.payload,
-                            m.qos,
-                            m.retain,
-                            label=f"seq={row.seq}",
-                            on_ack=partial(self._on_ack, row.seq, m.idx),
-                            content_type=m.content_type,
-                            expires=m.expires,
-                        )
-                    )
-                self._cursor = row.seq

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 import cv2
 import structlog
 
-from inspectd.overlay import render, to_jpeg
+from inspectd.overlay import to_jpeg
 from inspectd.pipeline import Inspection
 from inspectd.verdict import Verdict
 
@@ -48,9 +48,8 @@ class OverlaySink:
         rec = inspection.record
         if self.mode == "ng" and rec.verdict is Verdict.OK:
             return
-        image = render(inspection.frame.image, rec, inspection.anomaly_map, inspection.geometry)
         name = f"{rec.seq:08d}_{_UNSAFE.sub('_', rec.part_id)[:64]}_{rec.verdict.value}.jpg"
-        (self.directory / name).write_bytes(to_jpeg(image, self.quality))
+        (self.directory / name).write_bytes(to_jpeg(inspection.overlay(), self.quality))
 
     def close(self) -> None:
         pass
@@ -74,7 +73,7 @@ class MqttOverlaySink:
         rec = inspection.record
         if self.mode == "ng" and rec.verdict is Verdict.OK:
             return
-        image = render(inspection.frame.image, rec, inspection.anomaly_map, inspection.geometry)
+        image = inspection.overlay()
         data = to_jpeg(image, self.quality)
         while len(data) > self.max_bytes and min(image.shape[:2]) >= 128:
             image = cv2.resize(image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)

@@ -275,6 +275,9 @@ def make_client(
     if tls_ca is not None:
         client.tls_set(ca_certs=tls_ca)
     client.reconnect_delay_set(1, 30)
+    # Nagle off: paho leaves it on, and a PUBACK held back by it holds the broker's next message
+    # to us until the delayed ACK (up to 40 ms). The broker needs `set_tcp_nodelay true` too.
+    client.on_socket_open = lambda c, u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     topics = [(f"{base}/{kind}", 1) for kind in ("reject", "verdict", "status")]
 
     def on_connect(client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import ssl
 import sys
 import threading
@@ -51,6 +52,17 @@ DEFAULT_MAX_QUEUED = 50_000  # messages not yet acknowledged, held in memory (un
 _PAHO_WINDOW = 1000  # most messages handed to paho and not yet acknowledged (mids are 16-bit)
 _HANDOFF_BATCH = 100
 _MAX_PAYLOAD = 268_435_455
+
+
+def set_no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's ``on_socket_open``: turn Nagle's algorithm off. paho leaves it on, so a small
+    PUBLISH written while the previous one is unacknowledged at the TCP level (the reject right
+    after its verdict) waited for the broker's delayed ACK: measured 40 ms at p99 on loopback."""
+    if hasattr(sock, "setsockopt"):  # TCP and TLS sockets; a unix socket has no Nagle
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not a TCP socket
 
 
 # -- what to publish ----------------------------------------------------------------------------
@@ -197,6 +209,7 @@ class MqttPublisher:
         self._client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
         self._client.max_queued_messages_set(0)  # unlimited in paho: the bound is ours
         self._client.on_pre_connect = self._on_pre_connect
+        self._client.on_socket_open = set_no_delay
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
