@@ -23,6 +23,10 @@ from inspectd.mqtt.publisher import set_no_delay
 from inspectd.pipeline import Inspection, PipelineStats
 from inspectd.station import Station
 
+# The camera rate for latency figures: a brisk line. Faster than the daemon's own per-part work
+# sustains (the tiny models' engines run at hundreds per second), it would measure queueing.
+LATENCY_RATE_HZ = 30.0
+
 
 class _Arrivals:
     """Verdict arrival times by seq (subscriber) and capture times by seq (sink)."""
