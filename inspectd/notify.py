@@ -5,8 +5,9 @@ socket (a leading ``@`` is the Linux abstract namespace), and with ``WatchdogSec
 ``$WATCHDOG_USEC`` and ``$WATCHDOG_PID``. One datagram carries newline-separated
 ``KEY=VALUE`` assignments: ``READY=1``, ``STATUS=…`` (the line ``systemctl status`` shows),
 ``WATCHDOG=1``, ``STOPPING=1``, ``RELOADING=1`` with ``MONOTONIC_USEC=`` (what
-``Type=notify-reload`` asks for; plain ``Type=notify`` accepts it too). Without
-``$NOTIFY_SOCKET`` every call is a no-op.
+``Type=notify-reload`` asks for; plain ``Type=notify`` accepts it too), ``EXTEND_TIMEOUT_USEC=``
+(more time for the step in progress, systemd >= 236). Without ``$NOTIFY_SOCKET`` every call is a
+no-op.
 
 Sending never blocks and never raises: a full or missing socket must not stall the station, so
 a datagram that cannot go out is dropped and logged once. No lock either: ``stopping()`` is
@@ -23,13 +24,16 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
 _MAX_STATUS = 1000  # characters; systemctl shows one line
+EXTEND_EVERY_S = 30.0  # each EXTEND_TIMEOUT_USEC grants twice this
+EXTEND_LIMIT_S = 3600.0  # a step still running after this is left to systemd's timeout
 
 
 class Notifier:
@@ -121,6 +125,33 @@ class Notifier:
 
     def watchdog(self) -> bool:
         return self.send("WATCHDOG=1")
+
+    @contextmanager
+    def extending(self, status: str, *, every_s: float = EXTEND_EVERY_S,
+                  limit_s: float = EXTEND_LIMIT_S) -> Iterator[None]:  # fmt: skip
+        """Keep asking systemd for more time (``EXTEND_TIMEOUT_USEC``) while a slow step runs:
+        building a TensorRT engine at the first start on a new GPU takes minutes, longer than
+        ``TimeoutStartSec=``. Each message grants ``2 * every_s``; they stop after ``limit_s``,
+        so a step that hangs still ends in systemd's timeout."""
+        if not self.enabled:
+            yield
+            return
+        done = threading.Event()
+
+        def extend() -> None:
+            deadline = time.monotonic() + limit_s
+            while not self._stopping and time.monotonic() < deadline:
+                self.send(f"EXTEND_TIMEOUT_USEC={int(every_s * 2e6)}", _status(status))
+                if done.wait(every_s):
+                    return
+
+        thread = threading.Thread(target=extend, name="notify-extend", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def close(self) -> None:
         if self._sock is not None:

@@ -163,11 +163,12 @@ class Station:
 
     def _load_engine(self, bundle: Bundle) -> Engine:
         cfg = self.config.engine
-        self.notifier.status(f"loading engine for {bundle.name}")
-        engine = load_engine(bundle.model_path, backend=cfg.backend, device=cfg.device,
-                             threads=cfg.threads, bundle=bundle, max_batch=cfg.max_batch,
-                             precision=cfg.precision, cuda_graphs=cfg.cuda_graphs,
-                             state_dir=self.config.state_dir)  # fmt: skip
+        # A TensorRT engine built here (first start on a new GPU) takes minutes
+        with self.notifier.extending(f"loading engine for {bundle.name}"):
+            engine = load_engine(bundle.model_path, backend=cfg.backend, device=cfg.device,
+                                 threads=cfg.threads, bundle=bundle, max_batch=cfg.max_batch,
+                                 precision=cfg.precision, cuda_graphs=cfg.cuda_graphs,
+                                 state_dir=self.config.state_dir)  # fmt: skip
         self.notifier.status(f"warming up engine {engine.name} for {bundle.name}")
         t0 = time.monotonic()
         engine.warmup()

@@ -149,6 +149,10 @@ def test_ready_follows_warm_up_camera_and_broker_then_reload_and_stop(mosquitto,
                                                  "capture.folder.opened", "mqtt.connected")]  # fmt: skip
         assert steps[:4] == sorted(steps[:4]), daemon.tail()
         before = [f.get("STATUS", "") for _, f in notify_socket.messages[:ready]]
+        # the engine load asks for more start time (a TensorRT build can take minutes)
+        extend = [f for _, f in notify_socket.messages[:ready] if "EXTEND_TIMEOUT_USEC" in f]
+        assert extend and extend[0]["STATUS"] == "loading engine for button", before
+        assert int(extend[0]["EXTEND_TIMEOUT_USEC"]) == 60_000_000
         expected = ["loading bundle button", "warming up engine onnxruntime", "opening camera",
                     f"connecting to MQTT broker {mosquitto.host}:{mosquitto.port}"]  # fmt: skip
         positions = [next(i for i, s in enumerate(before) if s.startswith(e)) for e in expected]
@@ -298,3 +302,20 @@ def test_pings_stop_while_a_stage_is_stalled_and_resume_after(tmp_path, notify_s
         runner.join(30)
         station.stop(drain_timeout=0)
         notifier.close()
+
+
+def test_extending_asks_for_time_until_the_step_ends_or_the_limit(notify_socket) -> None:
+    notifier = Notifier(notify_socket.address)
+    with notifier.extending("building engine", every_s=0.2):
+        time.sleep(0.7)
+    notify_socket.poll(0.5)
+    times = notify_socket.times("EXTEND_TIMEOUT_USEC")
+    assert 3 <= len(times) <= 5, times  # at 0, 0.2, 0.4, 0.6 s; none after the step ended
+    fields = [f for _, f in notify_socket.messages if "EXTEND_TIMEOUT_USEC" in f]
+    assert {(f["EXTEND_TIMEOUT_USEC"], f["STATUS"]) for f in fields} == {("400000", "building engine")}
+
+    n = len(notify_socket.messages)
+    with notifier.extending("hung step", every_s=0.1, limit_s=0.25):
+        time.sleep(0.8)  # a step that hangs: after the limit systemd's own timeout applies
+    notify_socket.poll(0.3)
+    assert 2 <= sum("EXTEND_TIMEOUT_USEC" in f for _, f in notify_socket.messages[n:]) <= 4
