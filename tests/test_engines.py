@@ -183,6 +183,16 @@ def test_verify_engine_cli_torch_on_cpu_agrees(tiny: Bundle) -> None:
     assert "torch vs onnxruntime on 6 parts" in r.stdout and "verdicts: all 6 agree" in r.stdout
 
 
+def test_the_demo_bundle_runs_on_the_torch_engine_with_the_onnx_verdicts() -> None:
+    """products/button ships model.pt (recovered from its ONNX initializers): verify-engine
+    on the demo parts finds the same maps and verdicts."""
+    products = Path(__file__).resolve().parent.parent / "products"
+    r = _cli("verify-engine", "--product", "button", "--products", str(products),
+             "--backend", "torch", "--device", "cpu", "--count", "16")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "verdicts: all 16 agree" in r.stdout
+
+
 def test_engine_commands_exit_2_where_tensorrt_or_a_gpu_is_missing(tiny: Bundle) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
