@@ -93,6 +93,14 @@ def test_tiny_training_run_lowers_the_loss_on_synthetic_buttons(tmp_path: Path) 
         checkpoint=ckpt, progress=False,
     )  # fmt: skip
     assert len(resumed.history) == 10 - (result.best_epoch + 1)
+    assert (result.stopped, resumed.stopped) == ("epochs", "epochs")
+    # a time budget ends the run after the epoch that passes it, and says so
+    cut = train_model(
+        ConvAutoencoder(latent_dim=32), images[:10], images[10:],
+        TrainSettings(epochs=50, batch_size=2, time_budget_s=0.0), reconstruction_objective,
+        progress=False,
+    )  # fmt: skip
+    assert (cut.stopped, cut.epochs_run) == ("time budget", 1)
 
 
 def test_build_product_writes_a_bundle_the_daemon_loads(tmp_path: Path) -> None:

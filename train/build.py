@@ -118,7 +118,7 @@ def build_product(req: BuildRequest) -> Path:
     result = train_model(
         model, images[train_idx], images[val_idx], settings, fam.objective, checkpoint=ckpt
     )
-    log.info("train.done", epochs=result.epochs_run, best_epoch=result.best_epoch,
+    log.info("train.done", epochs=result.epochs_run, stopped=result.stopped, best_epoch=result.best_epoch,
              best_val_loss=round(result.best_val_loss, 5), seconds=round(result.seconds, 1))
 
     model = model.cpu().eval()
@@ -157,6 +157,7 @@ def build_product(req: BuildRequest) -> Path:
             "settings": asdict(settings),
             **vgg_provenance(req.vgg_weights if fam.name == "hybrid" else None),
             "epochs_run": result.epochs_run,
+            "stopped": result.stopped,
             "best_epoch": result.best_epoch,
             "best_val_loss": round(result.best_val_loss, 6),
             "train_seconds": round(result.seconds, 1),

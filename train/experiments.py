@@ -40,14 +40,16 @@ PROFILES: dict[str, dict[str, tuple[dict[str, Any], dict[str, Any], int | None]]
 
 def run(data: Path, sets: list[str], models: list[str], out: Path, profile: str,
         vgg_weights: Path | None, device: str, extra: dict[str, Any] | None = None,
-        ) -> list[dict[str, Any]]:  # fmt: skip
-    """`extra`: constructor settings on top of the profile's (an option being measured)."""
+        time_budget_s: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """`extra`: constructor settings on top of the profile's (an option being measured);
+    `time_budget_s`: training time per run, for a GPU slot of fixed length."""
     rows = []
     for name in sets:
         for model in models:
             params, overrides, max_train = PROFILES[profile][model]
             params = {**params, **(extra or {})}
-            settings = training_settings(family(model), name, device=device, **overrides)
+            settings = training_settings(family(model), name, device=device,
+                                         time_budget_s=time_budget_s, **overrides)  # fmt: skip
             t0 = time.monotonic()
             bundle = build_product(BuildRequest(
                 product=f"{name}-{model}", data=data / name, out=out / f"{name}-{model}",
@@ -59,7 +61,7 @@ def run(data: Path, sets: list[str], models: list[str], out: Path, profile: str,
             rows.append({
                 "set": name, "model": model, "profile": profile, "device": device,
                 "params": manifest["model"]["params"], "images": t["images"],
-                "epochs_run": t["epochs_run"], "best_epoch": t["best_epoch"],
+                "epochs_run": t["epochs_run"], "stopped": t["stopped"], "best_epoch": t["best_epoch"],
                 "train_seconds": t["train_seconds"], "total_seconds": round(time.monotonic() - t0, 1),
                 "metrics": manifest["metrics"],
             })  # fmt: skip
@@ -104,6 +106,10 @@ def _f(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
+def _cut(row: dict[str, Any]) -> str:
+    return " (time budget)" if row.get("stopped") == "time budget" else ""
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Per set and model: image AUROC / pixel AUROC / AUPRO (in %), then per defect type."""
     lines = ["| set | model | profile | image AUROC | pixel AUROC | AUPRO | epochs | images | train time |",
@@ -111,7 +117,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         m = r["metrics"]
         lines.append(f"| {r['set']} | {r['model']} | {r['profile']} | {_f(m['image_auroc'])} "
-                     f"| {_f(m['pixel_auroc'])} | {_f(m['aupro'])} | {r['epochs_run']} | {r['images']} "
+                     f"| {_f(m['pixel_auroc'])} | {_f(m['aupro'])} | {r['epochs_run']}{_cut(r)} | {r['images']} "
                      f"| {r['train_seconds'] / 60:.1f} min |")  # fmt: skip
     lines += ["", "Per defect type (image AUROC / pixel AUROC / AUPRO, %):", "",
               "| set | defect | " + " | ".join(sorted({r["model"] for r in rows})) + " |"]  # fmt: skip
@@ -138,6 +144,8 @@ def main() -> None:
     p.add_argument("--profile", choices=list(PROFILES), default="cpu")
     p.add_argument("--vgg-weights", type=Path, default=None)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="training time per run; a run stopped by it says so (stopped: time budget)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="model setting on top of the profile's, to measure an open point")
     p.add_argument("--test-noise", type=float, default=None, metavar="SIGMA",
@@ -150,7 +158,8 @@ def main() -> None:
                 print(s, model, metrics_with_test_noise(a.out / f"{s}-{model}", a.data / s, a.test_noise))
         return
     extra = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in a.param)}
-    rows = run(a.data, sets, a.models, a.out, a.profile, a.vgg_weights, a.device, extra)
+    budget = a.max_minutes * 60.0 if a.max_minutes else None
+    rows = run(a.data, sets, a.models, a.out, a.profile, a.vgg_weights, a.device, extra, budget)
     text = table(rows)
     (a.out / "results.md").write_text(
         f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads\n\n{text}"

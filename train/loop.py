@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,10 @@ class TrainSettings:
     patience: int = 50  # epochs without a better validation loss before stopping
     noise_sigma: float = 0.0  # Gaussian input noise during training only (hybrid paper)
     device: str = "cpu"
+    # bf16 autocast for forward and loss (weights and optimiser stay fp32); None: on CUDA only.
+    # bf16 needs no loss scaling; exp/log/softmax/sums run in fp32 under autocast.
+    mixed_precision: bool | None = None
+    time_budget_s: float | None = None  # stop after the epoch that passes it (a GPU slot)
 
 
 @dataclass
@@ -36,6 +41,7 @@ class TrainResult:
     best_val_loss: float
     seconds: float
     history: list[tuple[float, float]] = field(default_factory=list)  # (train, val) per epoch
+    stopped: str = "epochs"  # epochs | early stop | time budget
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +83,9 @@ def train_model(
     """
     seed_everything(settings.seed)
     device = settings.device
+    amp = settings.mixed_precision
+    autocast = partial(torch.autocast, torch.device(device).type, dtype=torch.bfloat16,
+                       enabled=device.startswith("cuda") if amp is None else amp)  # fmt: skip
     model.to(device)
     xs, xv = _to_tensor(train_images, device), _to_tensor(val_images, device)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -93,6 +102,7 @@ def train_model(
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     t0 = time.monotonic()
+    stopped = "epochs"
     bar = tqdm(range(start_epoch, settings.epochs), desc="train", unit="epoch", disable=not progress)
     epoch = start_epoch - 1
     for epoch in bar:
@@ -104,12 +114,14 @@ def train_model(
             noisy = x
             if settings.noise_sigma > 0:
                 noisy = x + torch.randn(x.shape, generator=gen).to(device) * settings.noise_sigma
-            loss = objective(model, x, noisy)
+            with autocast():
+                loss = objective(model, x, noisy).float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item() * len(x)
-        val = evaluate_loss(model, xv, settings.batch_size, objective)
+        with autocast():
+            val = evaluate_loss(model, xv, settings.batch_size, objective)
         history.append((total / len(xs), val))
         if val < best:
             best, best_epoch = val, epoch
@@ -122,6 +134,10 @@ def train_model(
                 )
         bar.set_postfix(loss=f"{history[-1][0]:.4f}", val=f"{val:.4f}", best=f"{best:.4f}@{best_epoch}")
         if epoch >= settings.early_stop_start and epoch - best_epoch >= settings.patience:
+            stopped = "early stop"
+            break
+        if settings.time_budget_s is not None and time.monotonic() - t0 >= settings.time_budget_s:
+            stopped = "time budget"
             break
     model.load_state_dict(best_state)
     model.eval()
@@ -131,6 +147,7 @@ def train_model(
         best_val_loss=best,
         seconds=time.monotonic() - t0,
         history=history,
+        stopped=stopped,
     )
 
 
