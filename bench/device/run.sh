@@ -20,7 +20,7 @@ if [ -z "${SKIP_SETUP:-}" ]; then
     export LD_LIBRARY_PATH=/tmp/mosq/usr/lib/x86_64-linux-gnu:/tmp/mosq/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 export PYTHONUNBUFFERED=1
-cd /tmp  # not the repo root, whose inspectd/ folder would shadow the installed package
+cd /tmp || exit 1  # not the repo root, whose inspectd/ folder would shadow the installed package
 
 stage=${1:?stage: bench or train}
 shift
