@@ -149,7 +149,7 @@ def _train(args: argparse.Namespace) -> int:
                 settings=settings, vgg_weights=args.vgg_weights, resume=args.resume,
             )
         )  # fmt: skip
-    except (ValueError, WeightsError) as exc:
+    except (FileNotFoundError, ValueError, WeightsError) as exc:
         print(f"inspectd train: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0

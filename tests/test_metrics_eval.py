@@ -351,9 +351,6 @@ def test_eval_command_errors_exit_2(
     assert "not a product bundle" in capsys.readouterr().err
     empty = tmp_path / "empty"
     (empty / "test" / "good").mkdir(parents=True)
-    (empty / "train" / "good").mkdir(parents=True)
-    first = next((button_set / "train" / "good").iterdir())
-    (empty / "train" / "good" / first.name).write_bytes(first.read_bytes())
     assert main(["eval", "--product", "button", "--products", str(REPO / "products"),
                  "--data", str(empty)]) == 2  # fmt: skip
     assert "no test images" in capsys.readouterr().err

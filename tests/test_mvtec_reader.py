@@ -116,13 +116,26 @@ def test_other_extensions_and_junk_files(generated: Path, tmp_path: Path) -> Non
     assert load_mask(scratch[2], (256, 256)).any()
 
 
-@pytest.mark.parametrize("missing", ["train/good", "test/good"])
-def test_missing_layout_names_the_folder(generated: Path, tmp_path: Path, missing: str) -> None:
+def test_missing_folders_are_named_when_the_split_is_used(generated: Path, tmp_path: Path) -> None:
     root = _copy(generated, tmp_path / "set")
-    shutil.rmtree(root / missing)
+    shutil.rmtree(root / "test/good")
     with pytest.raises(FileNotFoundError) as info:
-        MVTecSet(root)
-    assert str(root / missing) in str(info.value)
+        MVTecSet(root)  # a test split without its good parts is malformed
+    assert str(root / "test/good") in str(info.value)
+
+    root = _copy(generated, tmp_path / "eval-only")
+    shutil.rmtree(root / "train")
+    data = MVTecSet(root)  # evaluation needs no training images
+    assert len(data.test()) == len(MVTecSet(generated).test())
+    with pytest.raises(FileNotFoundError) as info:
+        data.train_good()
+    assert str(root / "train/good") in str(info.value)
+
+    root = _copy(generated, tmp_path / "train-only")
+    shutil.rmtree(root / "test")
+    shutil.rmtree(root / "ground_truth")
+    data = MVTecSet(root)
+    assert data.test() == [] and data.defect_types() == [] and data.train_good()
 
 
 def test_missing_root_and_empty_train(tmp_path: Path) -> None:
@@ -131,7 +144,7 @@ def test_missing_root_and_empty_train(tmp_path: Path) -> None:
     (tmp_path / "empty/train/good").mkdir(parents=True)
     (tmp_path / "empty/test/good").mkdir(parents=True)
     with pytest.raises(ValueError, match="no images"):
-        MVTecSet(tmp_path / "empty")
+        MVTecSet(tmp_path / "empty").train_good()
 
 
 def test_read_image_errors_name_the_path(tmp_path: Path) -> None:
@@ -182,3 +195,14 @@ def test_real_mtoc_lenses() -> None:
     assert empty > 0
     sample = goods[0]
     assert not load_mask(sample, read_image(sample.path).shape[:2]).any()
+
+
+def test_train_on_a_set_without_training_images_is_a_clear_error(generated: Path, tmp_path: Path, capsys) -> None:
+    from inspectd.cli import main
+
+    root = _copy(generated, tmp_path / "eval-only")
+    shutil.rmtree(root / "train")
+    rc = main(["train", "--product", "p", "--data", str(root), "--products", str(tmp_path / "out"),
+               "--model", "ae", "--epochs", "1"])  # fmt: skip
+    assert rc == 2
+    assert f"missing folder {root / 'train/good'}" in capsys.readouterr().err

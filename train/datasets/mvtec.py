@@ -66,26 +66,34 @@ def _find_mask(root: Path, defect: str, stem: str) -> Path | None:
     return None
 
 
+def _layout(missing: Path) -> str:
+    return (f"MVTec layout: missing folder {missing} (expected <root>/train/good, "
+            f"<root>/test/good, <root>/test/<defect>, <root>/ground_truth/<defect>)")  # fmt: skip
+
+
 class MVTecSet:
     """An MVTec AD style data set on disk; the listing is taken once, at construction."""
 
     def __init__(self, root: Path) -> None:
-        """Check the layout: root, train/good and test/good must be folders.
+        """List root's splits. Each is checked when it is used: training needs train/good with
+        images (``train_good()``), evaluation a test/ folder with test/good; a set with only a
+        test split can be evaluated, one with only train/good trained on (``test()`` is empty).
 
-        Raises FileNotFoundError naming the first missing folder, and ValueError if train/good
-        holds no images (nothing to train on). Missing masks are reported only when a mask is
-        loaded, so a set with partial annotations can still be used for image-level metrics.
+        Raises FileNotFoundError naming the missing folder (the root, or test/good beside a
+        test/ folder). Missing masks are reported only when a mask is loaded, so a set with
+        partial annotations can still be used for image-level metrics.
         """
         self.root = Path(root)
-        for folder in (self.root, self.root / "train" / GOOD, self.root / "test" / GOOD):
-            if not folder.is_dir():
-                raise FileNotFoundError(
-                    f"MVTec layout: missing folder {folder} (expected <root>/train/good, "
-                    f"<root>/test/good, <root>/test/<defect>, <root>/ground_truth/<defect>)"
-                )
-        self._train = [Sample(p, GOOD) for p in _images(self.root / "train" / GOOD)]
-        if not self._train:
-            raise ValueError(f"MVTec layout: no images in {self.root / 'train' / GOOD}")
+        if not self.root.is_dir():
+            raise FileNotFoundError(_layout(self.root))
+        train = self.root / "train" / GOOD
+        self._train = [Sample(p, GOOD) for p in _images(train)] if train.is_dir() else None
+        self._defects: list[str] = []
+        self._test: list[Sample] = []
+        if not (self.root / "test").is_dir():
+            return
+        if not (self.root / "test" / GOOD).is_dir():
+            raise FileNotFoundError(_layout(self.root / "test" / GOOD))
         self._defects = sorted(
             p.name
             for p in (self.root / "test").iterdir()
@@ -99,12 +107,17 @@ class MVTecSet:
 
     def __repr__(self) -> str:
         return (
-            f"MVTecSet({str(self.root)!r}: {len(self._train)} train, {len(self._test)} test, "
+            f"MVTecSet({str(self.root)!r}: {len(self._train or [])} train, {len(self._test)} test, "
             f"defects={self._defects})"
         )
 
     def train_good(self) -> list[Sample]:
-        """Good training samples, sorted by file name."""
+        """Good training samples, sorted by file name; FileNotFoundError without train/good,
+        ValueError if it holds no images (nothing to train on)."""
+        if self._train is None:
+            raise FileNotFoundError(_layout(self.root / "train" / GOOD))
+        if not self._train:
+            raise ValueError(f"MVTec layout: no images in {self.root / 'train' / GOOD}")
         return list(self._train)
 
     def test(self) -> list[Sample]:
