@@ -242,7 +242,6 @@ class Pipeline:
                         break  # the source ended; the request got its ERROR verdict
                 else:
                     progress.start(allow_s=1.0)
-                    t0 = time.monotonic()
                     try:
                         frame = self.source.grab(timeout=1.0)
                     except CaptureTimeout:
@@ -250,7 +249,10 @@ class Pipeline:
                         continue
                     except EndOfStream:
                         break
-                    job = self._prepare(frame, {"capture": time.monotonic() - t0})
+                    # from the frame's arrival (t_mono: decode, conversion, the hand-over from
+                    # the camera process), not from the grab call: waiting for the next frame
+                    # is idle time, and it made "capture" look as slow as the frame period
+                    job = self._prepare(frame, {"capture": time.monotonic() - frame.t_mono})
                 progress.finish()  # the put below waits for the inference thread
                 self.stats.frames += 1
                 self._inputs.put(job)

@@ -137,3 +137,21 @@ def test_batches_give_the_same_scores_as_single_parts(bundle, tmp_path):
     a = [i.record.score for i in single.got]
     b = [i.record.score for i in batched.got]
     np.testing.assert_allclose(a, b, rtol=1e-4)
+
+
+def test_capture_time_runs_from_the_frame_not_from_the_wait_for_it(bundle, tmp_path):
+    """A camera at 8 Hz: the capture thread waits about 125 ms for each frame. That wait is
+    idle time, not capture work: the capture stage counts from the frame's arrival (decode)."""
+    import cv2
+
+    from inspectd.capture.folder import FolderSource
+
+    (tmp_path / "frames").mkdir()
+    for i, image in enumerate(parts(4)):
+        cv2.imwrite(str(tmp_path / "frames" / f"{i}.png"), image[:, :, ::-1])
+    source = FolderSource(tmp_path / "frames", rate_hz=8.0)
+    source.open()
+    stats = make_pipeline(bundle, tmp_path, source, load_engine(bundle.model_path), [Collect()]).run()
+    assert stats.verdicts["OK"] + stats.verdicts["NG"] == 4
+    assert max(stats.stage_ms["capture"]) < 60, stats.stage_ms["capture"]  # reading and decoding
+    assert stats.seconds > 0.3  # the frames did come 125 ms apart
