@@ -11,8 +11,8 @@ to a private mosquitto). The ratio daemon / bare says what the daemon's own work
 "capture" stage is reading and decoding the file (the folder camera's capture).
 
 Two daemon passes: the camera free-running (throughput; latency there is queueing), then paced
-at 30 Hz (at most half the bare engine's rate) for latency: capture -> decided (the pipeline's latency_ms) and
-capture -> verdict received by a subscriber of the broker (bench/station.py).
+at 30 Hz (at most half the bare engine's rate) for latency: capture -> decided (the pipeline's
+latency_ms) and capture -> verdict received by a subscriber of the broker (bench/daemon.py).
 """
 
 from __future__ import annotations
