@@ -597,3 +597,40 @@ def test_unknown_commands_and_bad_arguments_are_refused_and_the_daemon_goes_on(m
         assert not [m for m in req.messages() if m.topic.endswith("/result")]
         assert not [m for m in req.messages(st.reply_topic) if m.json().get("ok")]
         stop_cleanly(st)
+
+
+def test_the_answer_does_not_wait_for_files_and_overlays(mosquitto, tmp_path, monkeypatch):
+    """In-process station with an overlay writer made slow (1.5 s a picture, as a stalled disk
+    would be): the trigger's answer still comes at once, since answers are the first sink."""
+    from inspectd.config import load_station_config
+    from inspectd.sinks import OverlaySink
+    from inspectd.station import Station as LiveStation
+
+    slow = OverlaySink.handle
+
+    def handle(self, inspection):  # noqa: ANN001
+        time.sleep(1.5)
+        slow(self, inspection)
+
+    monkeypatch.setattr(OverlaySink, "handle", handle)
+    path = write_station_config(tmp_path, mosquitto.port, write_good_frames(tmp_path / "frames"),
+                                camera={"trigger": "mqtt"})  # fmt: skip
+    config = yaml.safe_load(path.read_text())
+    config["output"] = {"dir": str(tmp_path / "out"), "overlays": "all"}
+    path.write_text(json.dumps(config))
+    live = LiveStation(load_station_config(path))
+    live.start()
+    runner = threading.Thread(target=live.run, kwargs={"limit": 1}, daemon=True)
+    runner.start()
+    try:
+        with Requester(mosquitto.host, mosquitto.port, [f"{BASE}/#", "requester/#"]) as req:
+            st = Station(None, req, tmp_path)  # type: ignore[arg-type]
+            t0 = time.monotonic()
+            answer = st.trigger("fast-1").json()
+            waited = time.monotonic() - t0
+        assert answer["status"] == "done" and answer["verdict"]["request_id"] == "fast-1"
+        assert waited < 1.0, f"the answer took {waited:.2f} s: it waited for the overlay"
+        runner.join(timeout=10)
+        assert len(list((tmp_path / "out" / "overlays").glob("*.jpg"))) == 1  # written, later
+    finally:
+        live.stop()
