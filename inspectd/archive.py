@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import queue
 import re
 import threading
 import time
@@ -40,6 +39,7 @@ import cv2
 import numpy as np
 import structlog
 
+from inspectd.background import BackgroundWorker
 from inspectd.pipeline import Inspection
 from inspectd.verdict import Verdict, iso_utc
 
@@ -174,9 +174,7 @@ class ArchiveSink:
         self._last_log = self._last_skip_log = float("-inf")
         self._scanned = False
         self._open()
-        self._queue: queue.Queue[Inspection | None] = queue.Queue(maxsize=max(1, queue_depth))
-        self._thread = threading.Thread(target=self._work, name="archive", daemon=True)
-        self._thread.start()
+        self._writer = BackgroundWorker("archive", self._store, queue_depth)
 
     # -- start -----------------------------------------------------------------------------
 
@@ -203,39 +201,24 @@ class ArchiveSink:
         """Hand the part to the writer thread; never waits for the disk."""
         if not self._wanted(inspection.record.verdict):
             return
-        try:
-            self._queue.put_nowait(inspection)
-        except queue.Full:
-            with self._lock:
-                self.skipped += 1
-            now = time.monotonic()
-            if now - self._last_skip_log >= _QUIET_S:
-                self._last_skip_log = now
-                log.warning("archive.skipped_busy", seq=inspection.record.seq,
-                            skipped=self.skipped, queue_depth=self._queue.maxsize)  # fmt: skip
+        if self._writer.offer(inspection):
+            return
+        with self._lock:
+            self.skipped += 1
+        now = time.monotonic()
+        if now - self._last_skip_log >= _QUIET_S:
+            self._last_skip_log = now
+            log.warning("archive.skipped_busy", seq=inspection.record.seq,
+                        skipped=self.skipped, queue_depth=self._writer.depth)  # fmt: skip
 
     def flush(self) -> None:
         """Wait until every part handed in so far is written (or has failed)."""
-        self._queue.join()
+        self._writer.flush()
 
     def close(self) -> None:
         """Write what is queued, then stop the writer thread."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(timeout=30.0)
+        self._writer.close()
         log.info("archive.closed", **self.stats())
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                self._store(item)
-            except Exception:  # never let the writer thread die
-                log.exception("archive.failed")
-            finally:
-                self._queue.task_done()
 
     def _store(self, inspection: Inspection) -> None:
         if not self._scanned:

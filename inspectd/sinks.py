@@ -1,17 +1,21 @@
-"""Where verdicts go once recorded: verdicts.jsonl, overlay files, overlays over MQTT."""
+"""Where verdicts go once recorded: verdicts.jsonl, overlay files, overlays over MQTT (the two
+overlay sinks run on their own thread, inside ``Pictures``)."""
 
 from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import cv2
 import structlog
 
+from inspectd.background import BackgroundWorker
 from inspectd.overlay import to_jpeg
-from inspectd.pipeline import Inspection
+from inspectd.pipeline import Inspection, VerdictSink
 from inspectd.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -19,6 +23,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_QUIET_S = 10.0  # at most one "skipped" warning per this many seconds
 
 
 class JsonlSink:
@@ -99,3 +104,48 @@ class MqttOverlaySink:
 
     def close(self) -> None:
         pass
+
+
+class Pictures:
+    """The overlay sinks on their own thread. The publish thread commits a part's verdict and
+    then runs its sinks before it takes the next part: drawing and encoding an NG part's
+    overlay (2-4 ms on the 2-core box, far more for a large frame) would hold back the next
+    verdict. Best effort, like the archive: when the thread is ``depth`` parts behind, a part's
+    pictures are skipped, counted (``stats()``) and logged."""
+
+    def __init__(self, sinks: list[VerdictSink], depth: int = 8) -> None:
+        self.sinks = sinks
+        self.skipped = 0
+        self._lock = threading.Lock()
+        self._last_log = float("-inf")
+        self._worker: BackgroundWorker[Inspection] = BackgroundWorker("pictures", self._draw, depth)
+
+    def handle(self, inspection: Inspection) -> None:
+        if self._worker.offer(inspection):
+            return
+        with self._lock:
+            self.skipped += 1
+        if time.monotonic() - self._last_log >= _QUIET_S:
+            self._last_log = time.monotonic()
+            log.warning("pictures.skipped_busy", seq=inspection.record.seq, skipped=self.skipped,
+                        queue_depth=self._worker.depth)  # fmt: skip
+
+    def _draw(self, inspection: Inspection) -> None:
+        for sink in self.sinks:
+            try:
+                sink.handle(inspection)
+            except Exception:  # a full disk for the files must not stop the MQTT overlay
+                log.exception("pictures.failed", sink=type(sink).__name__, seq=inspection.record.seq)
+
+    def flush(self) -> None:
+        self._worker.flush()
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"skipped": self.skipped}
+
+    def close(self) -> None:
+        """Draw what is queued, then close the sinks."""
+        self._worker.close()
+        for sink in self.sinks:
+            sink.close()

@@ -33,7 +33,7 @@ from inspectd.mqtt.triggers import TriggerDesk
 from inspectd.notify import Notifier, ServiceWatch
 from inspectd.outbox import Outbox, OutboxError
 from inspectd.pipeline import Pipeline, PipelineStats, VerdictSink
-from inspectd.sinks import JsonlSink, MqttOverlaySink, OverlaySink
+from inspectd.sinks import JsonlSink, MqttOverlaySink, OverlaySink, Pictures
 
 if TYPE_CHECKING:
     from inspectd.metrics import MetricsServer, StationMetrics
@@ -77,6 +77,7 @@ class Station:
         self.drift: DriftMonitor | None = None
         self.sinks: list[VerdictSink] = []
         self.archive: ArchiveSink | None = None
+        self.pictures: Pictures | None = None
         self.pipeline: Pipeline | None = None
         self._dropped_at_start = 0
         self._fps = (time.monotonic(), 0, 0.0)  # (when, frames then, fps)
@@ -117,17 +118,21 @@ class Station:
             # only this station's own request topics
             self.publisher.subscribe(self.topics.trigger, self.triggers.on_message)
             self.publisher.subscribe(self.topics.cmd_filter, self.commands.on_message)
+        pictures: list[VerdictSink] = []
         if cfg.output.dir is not None:
             if cfg.output.verdicts_jsonl:
                 self.sinks.append(JsonlSink(cfg.output.dir / "verdicts.jsonl"))
             if cfg.output.overlays != "none":
-                self.sinks.append(OverlaySink(cfg.output.dir / "overlays", cfg.output.overlays,
-                                              cfg.output.jpeg_quality))  # fmt: skip
+                pictures.append(OverlaySink(cfg.output.dir / "overlays", cfg.output.overlays,
+                                            cfg.output.jpeg_quality))  # fmt: skip
         if self.publisher is not None:
             if cfg.mqtt.overlays != "none":
-                self.sinks.append(MqttOverlaySink(self.publisher, self.topics.overlay,
-                                                  cfg.mqtt.overlays, cfg.mqtt.overlay_max_bytes))  # fmt: skip
+                pictures.append(MqttOverlaySink(self.publisher, self.topics.overlay,
+                                                cfg.mqtt.overlays, cfg.mqtt.overlay_max_bytes))  # fmt: skip
             self.publisher.start()
+        if pictures:
+            self.pictures = Pictures(pictures)
+            self.sinks.append(self.pictures)
         self.delivery.start()
         if cfg.archive.enabled and cfg.archive.dir is not None:  # last: its PNGs must not delay answers
             self.archive = ArchiveSink(cfg.archive.dir, cfg.archive.max_bytes,
@@ -418,6 +423,7 @@ class Station:
             "mqtt": self.publisher.stats() if self.publisher else None,
             "triggers": self.triggers.counts if self.triggers else None,
             "archive": self.archive.stats() if self.archive is not None else None,
+            "pictures": self.pictures.stats() if self.pictures is not None else None,
         }
 
     # -- stop -----------------------------------------------------------------------------------

@@ -155,3 +155,39 @@ def test_capture_time_runs_from_the_frame_not_from_the_wait_for_it(bundle, tmp_p
     assert stats.verdicts["OK"] + stats.verdicts["NG"] == 4
     assert max(stats.stage_ms["capture"]) < 60, stats.stage_ms["capture"]  # reading and decoding
     assert stats.seconds > 0.3  # the frames did come 125 ms apart
+
+
+def _inspected(bundle, tmp_path, n: int) -> list[Inspection]:
+    sink = Collect()
+    make_pipeline(bundle, tmp_path, ListSource(parts(n)), load_engine(bundle.model_path), [sink]).run()
+    return sink.got
+
+
+class Slow(Collect):
+    def handle(self, inspection: Inspection) -> None:
+        time.sleep(0.3)
+        super().handle(inspection)
+
+
+def test_pictures_draw_on_their_own_thread_in_order_and_skip_when_far_behind(bundle, tmp_path):
+    """The overlay sinks run inside Pictures: the publish thread hands a part over and goes on
+    (the next verdict's commit must not wait for a picture), the parts are drawn in order, a
+    failing sink does not stop the other, and a thread too far behind skips parts and says so."""
+    from inspectd.sinks import Pictures
+
+    inspections = _inspected(bundle, tmp_path, 3)
+    slow, broken = Slow(), Collect(fail=True)
+    pictures = Pictures([broken, slow], depth=8)
+    t0 = time.monotonic()
+    for item in inspections:
+        pictures.handle(item)
+    assert time.monotonic() - t0 < 0.2  # three 0.3 s pictures, not waited for
+    pictures.close()  # draws what is queued
+    assert [i.record.seq for i in slow.got] == [1, 2, 3]
+    assert pictures.stats() == {"skipped": 0}
+
+    pictures = Pictures([Slow()], depth=1)
+    for item in inspections:
+        pictures.handle(item)
+    pictures.close()
+    assert pictures.stats()["skipped"] >= 1
