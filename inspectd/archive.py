@@ -167,11 +167,11 @@ class ArchiveSink:
         self._bytes = 0
         self._ok_seen = 0
         self._lock = threading.Lock()  # stats() is read from the health thread
-        self.archived = self.dropped = self.errors = self.skipped = 0
+        self.archived = self.dropped = self.errors = 0
         self.last_error: str | None = None
         self._failing = False
         self._failed_in_streak = 0
-        self._last_log = self._last_skip_log = float("-inf")
+        self._last_log = float("-inf")
         self._scanned = False
         self._open()
         self._writer = BackgroundWorker("archive", self._store, queue_depth)
@@ -201,15 +201,7 @@ class ArchiveSink:
         """Hand the part to the writer thread; never waits for the disk."""
         if not self._wanted(inspection.record.verdict):
             return
-        if self._writer.offer(inspection):
-            return
-        with self._lock:
-            self.skipped += 1
-        now = time.monotonic()
-        if now - self._last_skip_log >= _QUIET_S:
-            self._last_skip_log = now
-            log.warning("archive.skipped_busy", seq=inspection.record.seq,
-                        skipped=self.skipped, queue_depth=self._writer.depth)  # fmt: skip
+        self._writer.offer(inspection, seq=inspection.record.seq)
 
     def flush(self) -> None:
         """Wait until every part handed in so far is written (or has failed)."""
@@ -251,7 +243,7 @@ class ArchiveSink:
                 "archived": self.archived,
                 "dropped": self.dropped,
                 "errors": self.errors,
-                "skipped": self.skipped,
+                "skipped": self._writer.skipped,
                 "failing": self._failing,
                 "last_error": self.last_error,
             }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -15,27 +16,34 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
+_QUIET_S = 10.0  # at most one "skipped" warning per this many seconds
+
+
 class BackgroundWorker(Generic[T]):
     """Runs ``work(item)`` on its own thread for each item ``offer()`` accepts, in order. At
-    most ``depth`` items wait: a full queue refuses the item (``offer`` returns False) instead
-    of making the caller wait. ``work`` raising is logged as ``<name>.failed``; the thread
-    goes on."""
+    most ``depth`` items wait: a full queue refuses the item instead of making the caller wait,
+    counts it (``skipped``) and logs ``<name>.skipped_busy`` (once per 10 s at most).
+    ``work`` raising is logged as ``<name>.failed``; the thread goes on."""
 
     def __init__(self, name: str, work: Callable[[T], None], depth: int = 8) -> None:
         self.name = name
+        self.skipped = 0  # read from other threads: an int, updated under the GIL
         self._work = work
+        self._last_log = float("-inf")
         self._queue: queue.Queue[T | None] = queue.Queue(maxsize=max(1, depth))
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    @property
-    def depth(self) -> int:
-        return self._queue.maxsize
-
-    def offer(self, item: T) -> bool:
+    def offer(self, item: T, **about: object) -> bool:
+        """Queue `item`; False (counted and logged with `about`) when the queue is full."""
         try:
             self._queue.put_nowait(item)
         except queue.Full:
+            self.skipped += 1
+            if time.monotonic() - self._last_log >= _QUIET_S:
+                self._last_log = time.monotonic()
+                log.warning(f"{self.name}.skipped_busy", skipped=self.skipped,
+                            queue_depth=self._queue.maxsize, **about)  # fmt: skip
             return False
         return True
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -23,7 +21,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-_QUIET_S = 10.0  # at most one "skipped" warning per this many seconds
 
 
 class JsonlSink:
@@ -115,20 +112,10 @@ class Pictures:
 
     def __init__(self, sinks: list[VerdictSink], depth: int = 8) -> None:
         self.sinks = sinks
-        self.skipped = 0
-        self._lock = threading.Lock()
-        self._last_log = float("-inf")
         self._worker: BackgroundWorker[Inspection] = BackgroundWorker("pictures", self._draw, depth)
 
     def handle(self, inspection: Inspection) -> None:
-        if self._worker.offer(inspection):
-            return
-        with self._lock:
-            self.skipped += 1
-        if time.monotonic() - self._last_log >= _QUIET_S:
-            self._last_log = time.monotonic()
-            log.warning("pictures.skipped_busy", seq=inspection.record.seq, skipped=self.skipped,
-                        queue_depth=self._worker.depth)  # fmt: skip
+        self._worker.offer(inspection, seq=inspection.record.seq)
 
     def _draw(self, inspection: Inspection) -> None:
         for sink in self.sinks:
@@ -137,12 +124,8 @@ class Pictures:
             except Exception:  # a full disk for the files must not stop the MQTT overlay
                 log.exception("pictures.failed", sink=type(sink).__name__, seq=inspection.record.seq)
 
-    def flush(self) -> None:
-        self._worker.flush()
-
     def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {"skipped": self.skipped}
+        return {"skipped": self._worker.skipped}
 
     def close(self) -> None:
         """Draw what is queued, then close the sinks."""
