@@ -31,7 +31,7 @@ from inspectd.decide import regions_of
 from inspectd.deploy.bundle import replace_thresholds
 from inspectd.engine import Engine, load_engine
 from inspectd.preprocess import PreprocessError, load_inputs, preprocess
-from inspectd.train.datasets.mvtec import GOOD, IMAGE_EXTENSIONS, Sample
+from inspectd.train.datasets.mvtec import GOOD, Sample, image_files
 from inspectd.train.metrics import auroc
 
 log = structlog.get_logger(__name__)
@@ -98,9 +98,7 @@ class Result:
 def _image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise CalibrationError(f"{folder}: no such folder of images")
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))  # fmt: skip
+    return image_files(folder)
 
 
 def training_hashes(bundle: Bundle) -> set[str]:

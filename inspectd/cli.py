@@ -203,6 +203,12 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bundle_args(parser: argparse.ArgumentParser) -> None:
+    """--product and --products, for the commands that work on one bundle."""
+    parser.add_argument("--product", required=True)
+    parser.add_argument("--products", type=Path, default=Path("products"), help="folder holding the bundles")
+
+
 def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
         "eval",
@@ -212,9 +218,8 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "false rejects, per defect type (each against all good test images) and overall. "
         "Exit status 2 when the bundle or the data set cannot be used.",
     )
-    ev.add_argument("--product", required=True)
+    _add_bundle_args(ev)
     ev.add_argument("--data", type=Path, required=True, help="MVTec-layout data set (its test/ split)")
-    ev.add_argument("--products", type=Path, default=Path("products"), help="folder holding the bundles")
     ev.add_argument("--json", type=Path, default=None, help="write the metrics as JSON here")
     ev.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
     ev.add_argument("--batch-size", type=int, default=16)
@@ -286,8 +291,7 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
         "it with ONNX Runtime on rendered parts (as verify-engine). Exit status 2 when TensorRT or a "
         "GPU is not available, 1 when the engine judges any part differently.",
     )
-    be.add_argument("--product", required=True)
-    be.add_argument("--products", type=Path, default=Path("products"), help="folder holding the bundles")
+    _add_bundle_args(be)
     be.add_argument("--precision", choices=["fp16", "int8", "fp32"], default="fp16")
     be.add_argument("--batch", type=int, default=1, help="largest batch (engine.max_batch)")
     be.add_argument("--calib-images", type=Path, default=None, help="int8: folder of good parts")
@@ -304,8 +308,7 @@ def _add_engine_parsers(sub: argparse._SubParsersAction) -> None:
         "and whether every verdict agrees against the bundle's image threshold. Exit status 1 when "
         "any verdict differs, 2 when the backend or a GPU is not available.",
     )
-    ve.add_argument("--product", required=True)
-    ve.add_argument("--products", type=Path, default=Path("products"), help="folder holding the bundles")
+    _add_bundle_args(ve)
     ve.add_argument("--images", type=Path, default=None, help="folder of part images (searched recursively)")
     ve.add_argument("--count", type=int, default=40, help="rendered parts when --images is not given")
     ve.add_argument("--backend", choices=["tensorrt", "torch"], default="tensorrt")
@@ -445,8 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     exp = sub.add_parser("export", help="re-export a bundle's model.onnx from its model.pt")
-    exp.add_argument("--product", required=True)
-    exp.add_argument("--products", type=Path, default=Path("products"))
+    _add_bundle_args(exp)
     exp.add_argument("--fp16-weights", action="store_true",
                      help="store weights as fp16 (half the file; maps change, so recalibrate)")
     exp.add_argument("--images", type=Path, default=None,

@@ -81,8 +81,9 @@ def sample_images(bundle: Any, folder: Path | None, n: int = 40, seed: int = 7) 
 
     spec = bundle.manifest.preprocess
     if folder is not None:
-        exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts)
+        from inspectd.train.datasets.mvtec import image_files
+
+        paths = image_files(folder)
         if not paths:
             raise FileNotFoundError(f"{folder}: no images (.png, .jpg, .bmp, .tif)")
         return [str(p.relative_to(folder)) for p in paths], load_inputs(paths, spec)

@@ -54,6 +54,13 @@ def _images(folder: Path) -> list[Path]:
     )
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Image files anywhere under `folder`, sorted by path; hidden files are skipped."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.startswith("."))  # fmt: skip
+
+
 def _find_mask(root: Path, defect: str, stem: str) -> Path | None:
     folder = root / "ground_truth" / defect
     preferred = folder / f"{stem}_mask.png"
