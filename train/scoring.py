@@ -60,6 +60,12 @@ class MsgmsL2Head(nn.Module):
         return F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
 
     def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # fp32 whatever the autocast state or the model's precision (fp16 engines, bf16
+        # training): GMS divides differences of small squared gradients.
+        with torch.autocast(x.device.type, enabled=False):
+            return self._score(x.float(), x_hat.float())
+
+    def _score(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         l2 = ((x - x_hat) ** 2).mean(1, keepdim=True)
         amap = self._mean(1.0 - self.msgms(x, x_hat)) + self._mean(l2)
         amap = amap[:, 0]
