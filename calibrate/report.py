@@ -25,6 +25,19 @@ _GOOD, _DEFECT = (180, 110, 30), (40, 40, 210)  # BGR: blue, red
 _LINES = {"threshold": (0, 0, 0), "tail fit": (0, 140, 255), "F1-optimal": (160, 40, 160)}
 
 
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1%}"
+
+
+def _recall_cell(p: dict) -> str:
+    """One operating point of train.metrics.operating_points as a table cell."""
+    if p.get("recall") is None:
+        return p["note"]
+    note = f"; {p['note']}" if p.get("note") else ""
+    return (f"{p['recall']:.1%} (threshold {p['threshold']:.6g}, {p['good_rejected']} of "
+            f"{p['good']} good rejected{note})")
+
+
 def _text(img: np.ndarray, s: str, xy: tuple[int, int], scale: float = 0.5,
           colour: tuple[int, int, int] = _INK, thick: int = 1) -> None:  # fmt: skip
     cv2.putText(img, s, xy, _FONT, scale, colour, thick, cv2.LINE_AA)
@@ -218,14 +231,19 @@ def markdown(result: Result, t: Thresholds) -> str:
         out += ["", "## Defects", "", "| | |", "|---|---|",
                 f"| defect parts | {m['n_defects']} |",
                 f"| recall at the threshold | {m['recall']:.1%} |",
+                *(f"| recall @ {float(k):.1%} FRR of these good parts | {_recall_cell(p)} |"
+                  for k, p in m.get("recall_at_frr", {}).items()),
                 f"| image AUROC | {m['image_auroc']:.4f} |",
                 f"| F1-optimal threshold | {m['f1_threshold']:.6g} (F1 {m['f1_max']:.3f}) |"]  # fmt: skip
         if "pixel_auroc" in m:
             out += [f"| pixel AUROC | {m['pixel_auroc']:.4f} |",
                     f"| found defects with a region on the defect | {m['located']:.1%} |",
                     f"| defect pixels at or above the pixel threshold | {m['pixel_recall']:.1%} |"]  # fmt: skip
-        out += ["", "| defect type | recall |", "|---|---|"]
-        out += [f"| {d} | {r:.1%} |" for d, r in m["recall_by_type"].items()]
+        by_type = m.get("recall_at_frr_by_type", {})
+        out += ["", "| defect type | recall at the threshold | recall @ 1 % FRR | recall @ 0.1 % FRR |",
+                "|---|---|---|---|"]  # fmt: skip
+        out += [f"| {d} | {r:.1%} | {_pct(by_type.get(d, {}).get('0.01'))} "
+                f"| {_pct(by_type.get(d, {}).get('0.001'))} |" for d, r in m["recall_by_type"].items()]
         out += ["", "The F1-optimal threshold depends on how many defects the set holds; it is "
                 "reported, not used."]  # fmt: skip
     if result.skipped:

@@ -27,12 +27,12 @@ from inspectd.calibrate.thresholds import (
     record,
     region_areas,
 )
-from inspectd.decide import regions_of
+from inspectd.decide import regions_of, rejects
 from inspectd.deploy.bundle import replace_thresholds
 from inspectd.engine import Engine, load_engine
 from inspectd.preprocess import PreprocessError, load_inputs, preprocess
 from inspectd.train.datasets.mvtec import GOOD, Sample, image_files
-from inspectd.train.metrics import auroc
+from inspectd.train.metrics import auroc, operating_points
 
 log = structlog.get_logger(__name__)
 
@@ -251,11 +251,21 @@ def defect_metrics(good: Scored, defects: Scored, image: float, pixel: float,
                    min_area: int) -> dict[str, Any]:  # fmt: skip
     labels = np.r_[np.zeros(good.scores.size, bool), np.ones(defects.scores.size, bool)]
     scores = np.r_[good.scores, defects.scores]
-    found = defects.scores >= image
+    found = rejects(defects.scores, image)
     f1_threshold, f1 = stats.best_f1(labels, scores)
+    points = operating_points(labels, scores)
+    types = np.asarray(defects.defects)
     out: dict[str, Any] = {
         "n_defects": int(defects.scores.size),
         "recall": float(found.mean()),
+        # empirical, on these good parts: what the model can do, whatever threshold is chosen
+        "recall_at_frr": points,
+        "recall_at_frr_by_type": {
+            d: {k: None if p["recall"] is None
+                else float(rejects(defects.scores[types == d], p["threshold"]).mean())
+                for k, p in points.items()}
+            for d in sorted(set(defects.defects))
+        },  # fmt: skip
         "image_auroc": auroc(labels, scores),
         "f1_threshold": f1_threshold,
         "f1_max": f1,

@@ -40,6 +40,15 @@ def regions_of(
     return found[:MAX_REGIONS]
 
 
+def rejects(scores: np.ndarray, image_threshold: float) -> np.ndarray:
+    """The line's rule for many scores at once: True where the part is rejected, i.e. NG
+    (score >= threshold) or ERROR (a non-finite score, see decide). Every offline path
+    (evaluation, verification, operating points) counts rejects with this."""
+    s = np.asarray(scores, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(s) | (s >= image_threshold)
+
+
 class NonFiniteResult(ValueError):
     """The engine returned NaN or infinity: the part cannot be judged."""
 

@@ -153,6 +153,11 @@ def test_defects_give_recall_f1_and_a_roc(good, products, tmp_path):
     md = (products / "button" / "calibration.md").read_text()
     assert "| recall at the threshold |" in md and "| pixel AUROC |" in md
     assert all(f"| {d} |" in md for d in DEFECTS)
+    # recall at 1 % FRR of the 300 good parts: 3 of them may be rejected, no more
+    good_scores = np.sort(scores_of(products / "button", sorted(good.rglob("*.png"))))[::-1]
+    at_1pct = (defect_scores > good_scores[3]).mean()
+    assert f"| recall @ 1.0% FRR of these good parts | {at_1pct:.1%} (threshold" in md
+    assert "| recall @ 0.1% FRR of these good parts | n too small (300 good < 1000) |" in md
 
 
 def test_good_parts_live_from_the_station_camera(good, products, tmp_path):

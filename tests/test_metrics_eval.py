@@ -17,7 +17,7 @@ import pytest
 
 from inspectd.train import metrics
 from inspectd.train.evaluate import compute_metrics, to_markdown
-from inspectd.train.metrics import aupro, auroc, f1_max
+from inspectd.train.metrics import aupro, auroc, f1_max, recall_at_frr
 
 sk = pytest.importorskip("sklearn.metrics")
 
@@ -331,11 +331,13 @@ def test_eval_command_end_to_end_without_torch(button_set: Path, tmp_path: Path)
     assert p.returncode == 0, p.stderr
     report = json.loads((tmp_path / "m.json").read_text())
     for key in ("product", "model_sha256", "image_auroc", "pixel_auroc", "aupro", "image_f1_max",
-                "image_f1_threshold", "image_threshold", "recall", "good_rejected", "per_defect"):  # fmt: skip
+                "image_f1_threshold", "image_threshold", "recall", "good_rejected", "per_defect",
+                "recall_at_frr"):  # fmt: skip
         assert key in report, key
     types = sorted(p.name for p in (button_set / "test").iterdir() if p.name != "good")
     assert sorted(report["per_defect"]) == types
-    assert set(report["per_defect"][types[0]]) >= {"image_auroc", "pixel_auroc", "aupro"}
+    assert set(report["per_defect"][types[0]]) >= {"image_auroc", "pixel_auroc", "aupro", "recall_at_frr"}
+    assert "recall @ 1 % FRR" in p.stdout
     assert report["test_images"] == 4 + len(types) and 0.5 < report["pixel_auroc"] <= 1.0
     assert "| **all** |" in p.stdout and all(f"| {t} |" in p.stdout for t in types)
     assert (tmp_path / "m.md").read_text() in p.stdout
@@ -354,3 +356,57 @@ def test_eval_command_errors_exit_2(
     assert main(["eval", "--product", "button", "--products", str(REPO / "products"),
                  "--data", str(empty)]) == 2  # fmt: skip
     assert "no test images" in capsys.readouterr().err
+
+
+# -- recall at a false-reject rate -------------------------------------------------------------
+
+
+def test_recall_at_frr_rejects_at_most_the_allowed_good_parts() -> None:
+    rng = np.random.default_rng(11)
+    good, bad = rng.normal(0, 1, 1000), rng.normal(2, 1, 300)
+    labels = np.r_[np.zeros(1000, bool), np.ones(300, bool)]
+    scores = np.r_[good, bad]
+    for frr in (0.01, 0.001):
+        p = recall_at_frr(labels, scores, frr)
+        allowed = int(frr * 1000)
+        assert p["good_rejected"] == allowed == p["allowed"]
+        # the lowest such threshold: the next good score down would be one reject too many
+        assert (good >= p["threshold"]).sum() == allowed
+        assert (good >= np.sort(good)[::-1][allowed]).sum() == allowed + 1
+        assert p["recall"] == pytest.approx((bad >= p["threshold"]).mean())
+    assert recall_at_frr(labels, scores, 0.01)["recall"] > recall_at_frr(labels, scores, 0.001)["recall"]
+
+
+def test_recall_at_frr_with_ties_and_non_finite_scores() -> None:
+    # three good parts tie at the top: allowing one reject must reject none of them (not three)
+    good = np.r_[np.full(3, 5.0), np.arange(97, dtype=float) / 100]
+    labels = np.r_[np.zeros(100, bool), np.ones(2, bool)]
+    p = recall_at_frr(labels, np.r_[good, 4.0, 6.0], 0.01)
+    assert p["good_rejected"] == 0 and p["threshold"] > 5.0 and p["recall"] == 0.5
+    # a NaN score is a reject (ERROR) on either side, as the daemon treats it
+    scores = np.r_[good[:-1], np.nan, np.nan, 0.0]
+    p = recall_at_frr(labels, scores, 0.01)
+    assert p["good_rejected"] == 1 and p["recall"] == 0.5
+
+
+def test_operating_points_say_when_the_set_is_too_small() -> None:
+    rng = np.random.default_rng(12)
+    kinds = ["good"] * 40 + ["dent"] * 10 + ["chip"] * 10
+    maps = rng.random((60, 8, 8), dtype=np.float32) * 0.9
+    maps[40:50] += 1.0  # dents clear of every good part; two chips of ten above them
+    maps[50:52] += 1.0
+    maps[52:60] *= 0.5
+    masks = np.zeros(maps.shape, bool)
+    r = compute_metrics(kinds, maps.reshape(60, -1).max(1), maps, masks, 10.0)
+    one, tenth = r["recall_at_frr"]["0.01"], r["recall_at_frr"]["0.001"]
+    # 40 good parts: 1 % allows no reject, so the threshold sits above the top good score
+    assert one["good_rejected"] == 0 and "no false reject allowed" in one["note"]
+    assert one["threshold"] > float(maps[:40].max())
+    assert tenth["recall"] is None and tenth["note"].startswith("n too small")
+    assert r["per_defect"]["dent"]["recall_at_frr"]["0.01"] == 1.0
+    assert r["per_defect"]["chip"]["recall_at_frr"]["0.01"] == 0.2
+    assert r["per_defect"]["chip"]["recall_at_frr"]["0.001"] is None
+    assert one["recall"] == 0.6
+    table = to_markdown(r)
+    assert "recall @ 1 % FRR" in table and "| 60.0 % |" in table and "n too small" in table
+    json.dumps(r, allow_nan=False)

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from inspectd.decide import rejects
 from inspectd.engine.base import Engine
 from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.mvtec import MVTecSet, Sample, load_mask
-from inspectd.train.metrics import aupro, auroc, f1_max
+from inspectd.train.metrics import aupro, auroc, f1_max, operating_points
 
 AUPRO_FPR_LIMIT = 0.3
 
@@ -88,7 +89,7 @@ def compute_metrics(
     good = ~labels
     scores = np.asarray(scores).ravel()
     has_mask = np.ones(len(kind), bool) if has_mask is None else np.asarray(has_mask, bool)
-    ng = scores >= image_threshold  # the daemon's rule: NG when score >= threshold
+    ng = rejects(scores, image_threshold)  # the daemon's rule (NG or ERROR)
 
     def pixel(keep: np.ndarray) -> tuple[float | None, float | None]:
         if not has_mask[keep].all():
@@ -100,11 +101,17 @@ def compute_metrics(
     n_good, n_def = int(good.sum()), int(labels.sum())
     pix_auroc, pro = pixel(np.ones(len(kind), bool))
     f1, f1_threshold = f1_max(labels, scores)
+    points = operating_points(labels, scores) if n_good else {}
     per_defect = {}
     for d in sorted(set(kind[labels].tolist())):
         this = kind == d
         d_auroc, d_pro = pixel(good | this)
         per_defect[d] = {
+            # at the thresholds of the whole set (all good test parts), as a line would run
+            "recall_at_frr": {
+                k: None if p["recall"] is None else _r(rejects(scores[this], p["threshold"]).mean())
+                for k, p in points.items()
+            },
             "images": int(this.sum()),
             "image_auroc": _r(auroc(labels[good | this], scores[good | this])),
             "pixel_auroc": d_auroc,
@@ -121,6 +128,7 @@ def compute_metrics(
         "pixel_auroc": pix_auroc,
         "aupro": pro,
         "aupro_fpr_limit": AUPRO_FPR_LIMIT,
+        "recall_at_frr": points,
         "image_f1_max": _r(f1),
         "image_f1_threshold": None if math.isnan(f1_threshold) else f1_threshold,  # exact: reusable
         "image_threshold": float(image_threshold),
@@ -138,21 +146,38 @@ def _f(x: float | None) -> str:
     return "—" if x is None else f"{x:.4f}"
 
 
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
 def to_markdown(result: dict[str, Any], title: str | None = None) -> str:
     """A Markdown table of `result` (from evaluate): one row per defect type (against all good
     test images), one for the whole set, then F1-max and what the bundle threshold does."""
     lines = [f"### {title}", ""] if title else []
     lines += [
-        "| defect type | images | image AUROC | pixel AUROC | AUPRO | found at threshold |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| defect type | images | recall @ 1 % FRR | recall @ 0.1 % FRR | image AUROC "
+        "| pixel AUROC | AUPRO | found at threshold |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for d, m in result["per_defect"].items():
-        lines.append(f"| {d} | {m['images']} | {_f(m['image_auroc'])} | {_f(m['pixel_auroc'])} "
+        at = m.get("recall_at_frr", {})
+        lines.append(f"| {d} | {m['images']} | {_pct(at.get('0.01'))} | {_pct(at.get('0.001'))} "
+                     f"| {_f(m['image_auroc'])} | {_f(m['pixel_auroc'])} "
                      f"| {_f(m['aupro'])} | {m['defects_found']}/{m['images']} |")  # fmt: skip
     r = result
-    lines.append(f"| **all** | {r['defects']} + {r['good_images']} good | {_f(r['image_auroc'])} "
+    at = r.get("recall_at_frr", {})
+    lines.append(f"| **all** | {r['defects']} + {r['good_images']} good "
+                 f"| {_pct((at.get('0.01') or {}).get('recall'))} "
+                 f"| {_pct((at.get('0.001') or {}).get('recall'))} | {_f(r['image_auroc'])} "
                  f"| {_f(r['pixel_auroc'])} | {_f(r['aupro'])} | {r['defects_found']}/{r['defects']} |")  # fmt: skip
     lines.append("")
+    for rate, p in at.items():
+        if p.get("recall") is not None:
+            lines.append(f"Recall @ {float(rate):.1%} FRR: threshold {p['threshold']:.6g} rejects "
+                         f"{p['good_rejected']} of {p['good']} good test parts"
+                         + (f" ({p['note']})." if p.get("note") else "."))  # fmt: skip
+        else:
+            lines.append(f"Recall @ {float(rate):.1%} FRR: {p['note']}.")
     if r["image_f1_max"] is not None:
         lines.append(
             f"Image F1-max {r['image_f1_max']:.4f} at score >= {r['image_f1_threshold']:.6g}."

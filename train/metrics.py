@@ -6,11 +6,15 @@ maps of 256 x 256 (65 M pixels) costs a few hundred MB and seconds, not a Python
 - auroc: Mann-Whitney U from the sorted negatives and a binary search per positive.
 - aupro: the PRO curve of Bergmann et al. (MVTec AD) evaluated at every distinct score.
 - f1_max: precision and recall at every distinct score from one sort.
+- recall_at_frr: the share of defects caught at the threshold that rejects at most a given
+  share of the good parts (the figure a line lives with).
 
 Scores keep their floating dtype (float32 maps stay float32: half the memory, same order).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +75,67 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     f1 = 2.0 * tp / (predicted + n_pos)  # = 2PR / (P + R)
     best = int(np.argmax(f1))
     return float(f1[best]), float(s[last[best]])
+
+
+# Operating points reported beside AUROC: a line tolerates about 1 % false rejects, a good one
+# 0.1 %. A rate needs at least 1 / rate good parts to mean more than "no good part rejected".
+FRR_POINTS = (0.01, 0.001)
+
+
+def recall_at_frr(labels: np.ndarray, scores: np.ndarray, frr: float) -> dict[str, float | int]:
+    """Recall at the lowest threshold that rejects at most `frr` of the good samples.
+
+    Rejected is the daemon's rule (inspectd.decide.rejects: score >= threshold, and every
+    non-finite score). With n good scores, floor(frr * n) of them may be rejected: the threshold
+    sits just above the next one, so with fewer than 1 / frr good parts it is just above the
+    highest good score (no false reject at all). Returns recall, threshold, good_rejected,
+    good (n) and allowed (floor(frr * n)); recall is NaN without positives.
+    """
+    from inspectd.decide import rejects
+
+    labels = np.asarray(labels, dtype=bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != s.shape:
+        raise ValueError(f"labels and scores differ in size: {labels.size} vs {s.size}")
+    good = np.where(np.isfinite(s[~labels]), s[~labels], np.inf)
+    good[::-1].sort()  # descending
+    n = good.size
+    if n == 0:
+        raise ValueError("no good samples: a false-reject rate is undefined")
+    allowed = int(np.floor(frr * n + 1e-9))
+    threshold = -np.inf if allowed >= n else float(np.nextafter(good[allowed], np.inf))
+    rejected = rejects(s, threshold)
+    n_pos = int(labels.sum())
+    return {
+        "recall": float(rejected[labels].sum() / n_pos) if n_pos else float("nan"),
+        "threshold": threshold,
+        "good_rejected": int(rejected[~labels].sum()),
+        "good": n,
+        "allowed": allowed,
+    }
+
+
+def operating_points(labels: np.ndarray, scores: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Recall at each of FRR_POINTS, keyed by the rate ("0.01"). A rate that needs more good
+    parts than the set has (1 / rate) is reported with recall None and `note: n too small`,
+    except 1 %, whose figure with fewer parts is recall at zero false rejects (`note` says so)."""
+    out: dict[str, dict[str, Any]] = {}
+    for frr in FRR_POINTS:
+        p = recall_at_frr(labels, scores, frr)
+        note = None
+        if p["good"] * frr < 1 - 1e-9:
+            if frr < FRR_POINTS[0]:
+                out[f"{frr:g}"] = {"recall": None, "good": p["good"],
+                                   "note": f"n too small ({p['good']} good < {round(1 / frr)})"}  # fmt: skip
+                continue
+            note = f"{p['good']} good < {round(1 / frr)}: no false reject allowed"
+        out[f"{frr:g}"] = {"recall": _round(p["recall"]), "threshold": p["threshold"],
+                           "good_rejected": p["good_rejected"], "good": p["good"], "note": note}  # fmt: skip
+    return out
+
+
+def _round(x: float, digits: int = 4) -> float | None:
+    return None if np.isnan(x) else round(float(x), digits)
 
 
 def _regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
