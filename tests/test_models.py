@@ -158,6 +158,69 @@ def test_mixture_nll_is_the_mixture_of_diagonal_gaussians() -> None:
     torch.testing.assert_close(mdn.nll(e), want, rtol=1e-5, atol=1e-5)
 
 
+def test_full_covariance_mixture_is_the_mixture_of_multivariate_gaussians() -> None:
+    """The paper's variant (embedding-conditioned, full covariance) against torch.distributions,
+    with the covariance the precision factor implies."""
+    torch.manual_seed(2)
+    mdn = MixtureDensity(positions=5, latent=3, components=2, hidden=16, condition="embedding",
+                         covariance="full", in_dim=6)  # fmt: skip
+    with torch.no_grad():
+        mdn.sigmas.weight.normal_(0, 0.3)  # off-diagonal terms that matter
+    e, cond = torch.randn(2, 5, 3), torch.randn(2, 5, 6)
+    h = mdn.net(cond)
+    raw = mdn.sigmas(h).view(2, 5, 2, 3, 3)
+    u = raw.triu(1) + torch.diag_embed(torch.nn.functional.softplus(raw.diagonal(dim1=-2, dim2=-1)) + 1e-3)
+    comp = torch.distributions.MultivariateNormal(mdn.means(h).view(2, 5, 2, 3),
+                                                  precision_matrix=u.transpose(-2, -1) @ u)  # fmt: skip
+    mix = torch.distributions.Categorical(logits=mdn.logits(h))
+    want = -torch.distributions.MixtureSameFamily(mix, comp).log_prob(e) / 3
+    torch.testing.assert_close(mdn.nll(e, cond), want, rtol=1e-4, atol=1e-4)
+
+
+def test_vivano_paper_variant_trains_the_encoder_through_the_density() -> None:
+    """density "embedding" without detach: the NLL's gradient reaches the ViT (the paper trains
+    them together); the default detaches it, so the encoder gets none from the NLL."""
+    x = torch.rand(2, 3, 64, 64)
+    grads = {}
+    for detach in (True, False):
+        fam = family("vivano")
+        model = fam.create(fam.params({**TINY["vivano"], "density": "embedding", "covariance": "full",
+                                       "detach": detach, "rec_weight": 0.0, "kl_weight": 0.0}))  # fmt: skip
+        model.train()
+        model.loss(x, x).backward()
+        grads[detach] = model.encoder.patch_embed.weight.grad
+    assert grads[True] is None or grads[True].abs().sum() == 0
+    assert grads[False] is not None and grads[False].abs().sum() > 0
+    stats = model.latent_diagnostics(x)
+    assert set(stats) == {"kl_per_dim", "kl_active_share", "mu_var", "active_units_share"}
+
+
+def _record_input_size(into: dict, name: str):  # noqa: ANN202 - a forward hook
+    def hook(_module: torch.nn.Module, inputs: tuple, _output: object) -> None:
+        into[name] = tuple(inputs[0].shape[-2:])
+
+    return hook
+
+
+def test_hybrid_after_pool_reading_gives_the_decoder_no_full_resolution_skip() -> None:
+    """before_pool: the block-1 skip (VGG conv1_2 + an unpooled 2x2 conv of the input) meets the
+    decoder at full resolution, an identity path; after_pool: every skip is at most S/2."""
+    seen: dict[str, dict[str, tuple[int, ...]]] = {}
+    for reading, patch in (("before_pool", 2), ("after_pool", 1)):
+        fam = family("hybrid")
+        model = fam.create(fam.params({**TINY["hybrid"], "skips": reading, "patch": patch}))
+        shapes = seen.setdefault(reading, {})
+        for name in ("skip1", "skip2", "vit"):
+            getattr(model, name).register_forward_hook(_record_input_size(shapes, name))
+        assert model(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+    assert seen["before_pool"] == {"skip1": (64, 64), "skip2": (32, 32), "vit": (16, 16)}
+    assert seen["after_pool"] == {"skip1": (32, 32), "skip2": (16, 16), "vit": (8, 8)}
+    assert ImageBranch(1, 8).factor == 2  # after_pool's block-1 branch starts with a 2x2 pool
+    fam = family("hybrid")
+    plain = fam.create(fam.params({**TINY["hybrid"], "attention": [2]}))
+    assert not isinstance(plain.skip1, AttentionSkip) and isinstance(plain.skip2, AttentionSkip)
+
+
 def test_vivano_density_flags_a_patch_unlike_training() -> None:
     """After fitting the mixture to one embedding distribution, a far-off patch scores higher."""
     torch.manual_seed(0)
@@ -212,9 +275,18 @@ def test_tiny_training_lowers_the_loss_on_synthetic_buttons(name: str, amp: bool
         assert first != ref and abs(first - ref) < 0.25 * abs(ref), (first, ref)
 
 
-@pytest.mark.parametrize("name", ["hybrid", "vivano"])
-def test_export_parity_torch_vs_onnxruntime(name: str, vgg_file: Path, tmp_path: Path) -> None:
-    model = tiny(name, vgg_file).eval()
+@pytest.mark.parametrize("name, options", [
+    ("hybrid", {}), ("hybrid", {"skips": "after_pool", "patch": 1, "attention": [2]}),
+    ("vivano", {}), ("vivano", {"density": "embedding", "covariance": "full", "detach": False}),
+])  # fmt: skip
+def test_export_parity_torch_vs_onnxruntime(
+    name: str, options: dict, vgg_file: Path, tmp_path: Path
+) -> None:
+    fam = family(name)
+    model = fam.create(fam.params({**TINY[name], **options}))
+    if name == "hybrid":
+        model.vgg.load_file(vgg_file)
+    model.eval()
     graph = family(name).graph(model)
     path = export_onnx(graph, tmp_path / "model.onnx", (64, 64))
     rng = np.random.default_rng(0)

@@ -24,14 +24,23 @@ class TrainSettings:
     batch_size: int = 16
     lr: float = 2e-4
     seed: int = 0
-    early_stop_start: int = 0  # epoch from which early stopping may end the run
-    patience: int = 50  # epochs without a better validation loss before stopping
-    noise_sigma: float = 0.0  # Gaussian input noise during training only (hybrid paper)
+    # Early stopping may end the run once `patience` epochs pass without a better validation
+    # loss, counted from the later of the best epoch and `early_stop_start`: the hybrid paper's
+    # "from epoch 800 with patience 300" cannot stop before epoch 1100.
+    early_stop_start: int = 0
+    patience: int = 50
+    # Gaussian input noise during training only (hybrid paper). "uniform": each image draws its
+    # sigma from [0, noise_sigma] (the paper's sigma is "the maximum standard deviation");
+    # "fixed": every image gets noise_sigma.
+    noise_sigma: float = 0.0
+    noise: str = "uniform"
     device: str = "cpu"
     # bf16 autocast for forward and loss (weights and optimiser stay fp32); None: on CUDA only.
-    # bf16 needs no loss scaling; exp/log/softmax/sums run in fp32 under autocast.
+    # bf16 needs no loss scaling; losses run in fp32 (inspectd.train.losses).
     mixed_precision: bool | None = None
     time_budget_s: float | None = None  # stop after the epoch that passes it (a GPU slot)
+    # torch.compile the model for training (CUDA; the first epochs pay the compile time)
+    compile: bool = False
 
 
 @dataclass
@@ -59,11 +68,35 @@ def seed_everything(seed: int) -> None:
 
 
 def _to_tensor(images: np.ndarray, device: str) -> torch.Tensor:
-    # Decoded once, kept on the device for the whole run (not re-read per epoch). Contiguous
-    # NCHW: the permuted (channels-last) layout crashed torch 2.13's CPU backward of the hybrid
-    # model with a segmentation fault.
+    # Decoded once, kept on the device for the whole run (not re-read per epoch).
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    return x.to(device).float().div_(255.0)
+    x = x.to(device).float().div_(255.0)
+    # channels_last on CUDA only: convolutions run in their native layout there; on the CPU it
+    # crashed torch 2.13's backward of the hybrid model with a segmentation fault.
+    return x.to(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+def add_noise(x: torch.Tensor, sigma_max: float, mode: str, gen: torch.Generator) -> torch.Tensor:
+    """x + N(0, sigma^2), sigma per image from U[0, sigma_max] ("uniform") or sigma_max ("fixed");
+    drawn on x's device with `gen` (a generator of that device), so nothing crosses the bus."""
+    if sigma_max <= 0:
+        return x
+    if mode == "uniform":
+        sigma = torch.rand((len(x), 1, 1, 1), generator=gen, device=x.device) * sigma_max
+    elif mode == "fixed":
+        sigma = torch.full((len(x), 1, 1, 1), sigma_max, device=x.device)
+    else:
+        raise ValueError(f"noise must be 'uniform' or 'fixed', got {mode!r}")
+    return x + torch.randn(x.shape, generator=gen, device=x.device) * sigma
+
+
+def _stale(epoch: int, best_epoch: int, settings: TrainSettings) -> bool:
+    """Early stopping: `patience` epochs without improvement, counted from early_stop_start."""
+    since = max(best_epoch, settings.early_stop_start - 1)
+    return epoch - since >= settings.patience
+
+
+CHECKPOINT_EVERY_S = 120.0  # the resumable checkpoint: at most this often, and at the end
 
 
 def train_model(
@@ -79,27 +112,44 @@ def train_model(
     """Adam on `objective(model, x, noisy_x)`; keeps the weights of the best validation epoch.
 
     images: uint8 N x H x W x 3 RGB, already preprocessed. With `checkpoint`, the best state is
-    saved there and a run resumes from it when the file exists.
+    saved there (every CHECKPOINT_EVERY_S at most, and at the end) and a run resumes from it
+    when the file exists. The loop reads the loss back to the host once per epoch, not per
+    step, so a GPU is never left waiting on Python; the best weights are kept on the device.
     """
     seed_everything(settings.seed)
     device = settings.device
+    cuda = torch.device(device).type == "cuda"
     amp = settings.mixed_precision
     autocast = partial(torch.autocast, torch.device(device).type, dtype=torch.bfloat16,
-                       enabled=device.startswith("cuda") if amp is None else amp)  # fmt: skip
+                       enabled=cuda if amp is None else amp)  # fmt: skip
     model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if settings.compile else model
     xs, xv = _to_tensor(train_images, device), _to_tensor(val_images, device)
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, fused=cuda)
+    gen = torch.Generator(device=device).manual_seed(settings.seed)
+    order_gen = torch.Generator(device="cpu").manual_seed(settings.seed)
 
     start_epoch, best, best_epoch = 0, float("inf"), -1
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     history: list[tuple[float, float]] = []
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["epoch"]
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_opt: dict | None = None  # the optimiser state of the best epoch, for the checkpoint
+    saved_epoch, saved_at = best_epoch, time.monotonic()
+
+    def save() -> None:
+        nonlocal saved_epoch, saved_at
+        if checkpoint is None or best_epoch == saved_epoch or best_opt is None:
+            return
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": best_state, "optimizer": best_opt, "epoch": best_epoch, "best": best},
+                   checkpoint)  # fmt: skip
+        saved_epoch, saved_at = best_epoch, time.monotonic()
 
     t0 = time.monotonic()
     stopped = "epochs"
@@ -107,38 +157,35 @@ def train_model(
     epoch = start_epoch - 1
     for epoch in bar:
         model.train()
-        perm = torch.randperm(len(xs), generator=gen)
-        total = 0.0
+        perm = torch.randperm(len(xs), generator=order_gen).to(device)
+        total = torch.zeros((), device=device)
         for i in range(0, len(xs), settings.batch_size):
-            x = xs[perm[i : i + settings.batch_size].to(device)]
-            noisy = x
-            if settings.noise_sigma > 0:
-                noisy = x + torch.randn(x.shape, generator=gen).to(device) * settings.noise_sigma
+            x = xs[perm[i : i + settings.batch_size]]
+            noisy = add_noise(x, settings.noise_sigma, settings.noise, gen)
             with autocast():
-                loss = objective(model, x, noisy).float()
+                loss = objective(step_model, x, noisy).float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(x)
+            total += loss.detach() * len(x)
         with autocast():
-            val = evaluate_loss(model, xv, settings.batch_size, objective)
-        history.append((total / len(xs), val))
+            val = evaluate_loss(step_model, xv, settings.batch_size, objective)
+        history.append((float(total) / len(xs), val))  # the epoch's one host sync
         if val < best:
             best, best_epoch = val, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if checkpoint is not None:
-                checkpoint.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(
-                    {"model": best_state, "optimizer": opt.state_dict(), "epoch": epoch, "best": best},
-                    checkpoint,
-                )
+                best_opt = _clone_state(opt.state_dict())
+        if time.monotonic() - saved_at >= CHECKPOINT_EVERY_S:
+            save()
         bar.set_postfix(loss=f"{history[-1][0]:.4f}", val=f"{val:.4f}", best=f"{best:.4f}@{best_epoch}")
-        if epoch >= settings.early_stop_start and epoch - best_epoch >= settings.patience:
+        if epoch >= settings.early_stop_start and _stale(epoch, best_epoch, settings):
             stopped = "early stop"
             break
         if settings.time_budget_s is not None and time.monotonic() - t0 >= settings.time_budget_s:
             stopped = "time budget"
             break
+    save()
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(
@@ -151,6 +198,15 @@ def train_model(
     )
 
 
+def _clone_state(state: dict) -> dict:
+    """A deep copy of an optimiser state dict (tensors cloned on their device)."""
+    if isinstance(state, dict):
+        return {k: _clone_state(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_clone_state(v) for v in state]
+    return state.detach().clone() if isinstance(state, torch.Tensor) else state
+
+
 @torch.no_grad()
 def evaluate_loss(
     model: nn.Module,
@@ -158,9 +214,10 @@ def evaluate_loss(
     batch_size: int,
     objective: Objective,
 ) -> float:
+    """Mean objective over `images` (clean input), read back to the host once."""
     model.eval()
-    total = 0.0
+    total = torch.zeros((), device=images.device)
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size]
-        total += objective(model, x, x).item() * len(x)
-    return total / len(images)
+        total += objective(model, x, x).float() * len(x)
+    return float(total) / len(images)

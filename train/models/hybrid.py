@@ -90,8 +90,31 @@ def _up_conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
 
 
+class PlainSkip(nn.Module):
+    """A U-Net skip without attention: conv 1x1 to `dim`, conv 3x3 + ReLU."""
+
+    def __init__(self, in_channels: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, 1)
+        self.out = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.out(self.proj(f)))
+
+
+SKIP_READINGS = ("before_pool", "after_pool")
+
+
 class HybridAE(nn.Module):
-    """x float N x 3 x S x S in [0, 1] -> reconstruction of the same shape in [0, 1]."""
+    """x float N x 3 x S x S in [0, 1] -> reconstruction of the same shape in [0, 1].
+
+    skips: "before_pool" takes each VGG block's output before its max pool (skips at S, S/2,
+    S/4, the ViT on the S/4 map; no pooling on the block-1 image branch, so the decoder gets a
+    full-resolution copy of the input); "after_pool" takes them after it (S/2, S/4, S/8, every
+    image branch starts with a 2x2 average pool as in the paper, and a last upsampling stage
+    without a skip reaches S). attention: which of skips 1 and 2 pass through spatial-reduction
+    attention; the others are plain conv skips.
+    """
 
     def __init__(
         self,
@@ -106,20 +129,29 @@ class HybridAE(nn.Module):
         skip1: tuple[int, int, int] = (64, 1, 8),  # (dim, heads, R)
         skip2: tuple[int, int, int] = (128, 2, 4),
         finetune_vgg: bool = False,
+        skips: str = "before_pool",
+        attention: tuple[int, ...] = (1, 2),
     ) -> None:
         super().__init__()
-        grid = input_size // 4 // patch
-        if input_size % (4 * patch) or grid < 1 or patch & (patch - 1):
-            raise ValueError(f"input_size {input_size} must be a multiple of 4 x patch ({patch}, a power of 2)")
-        for name, (_, _, r) in (("skip1", skip1), ("skip2", skip2)):
-            scale = 1 if name == "skip1" else 2
-            if (input_size // scale) % r:
-                raise ValueError(f"{name} reduction {r} must divide its map size {input_size // scale}")
+        if skips not in SKIP_READINGS:
+            raise ValueError(f"skips must be one of {', '.join(SKIP_READINGS)}, got {skips!r}")
+        if not set(attention) <= {1, 2}:
+            raise ValueError(f"attention lists skips 1 and/or 2, got {list(attention)}")
+        self.pooled = skips == "after_pool"
+        first = 2 if self.pooled else 1  # the block-1 skip's downscale factor
+        grid = input_size // (4 * first) // patch
+        if input_size % (4 * first * patch) or grid < 1 or patch & (patch - 1):
+            raise ValueError(f"input_size {input_size} must be a multiple of {4 * first} x patch "
+                             f"({patch}, a power of 2)")  # fmt: skip
+        for n, (_, _, r), scale in ((1, skip1, first), (2, skip2, 2 * first)):
+            if n in attention and (input_size // scale) % r:
+                raise ValueError(f"skip{n} reduction {r} must divide its map size {input_size // scale}")
         self.grid = (grid, grid)
         self.vgg = VGG19Blocks()
         self.vgg.requires_grad_(finetune_vgg)
         self.norms = nn.ModuleList([nn.GroupNorm(1, c) for c in BLOCK_CHANNELS])
-        self.branches = nn.ModuleList([ImageBranch(i, image_channels) for i in range(3)])
+        halvings = 1 if self.pooled else 0
+        self.branches = nn.ModuleList([ImageBranch(i + halvings, image_channels) for i in range(3)])
         joined = [c + image_channels for c in BLOCK_CHANNELS]
         self.vit = ViTEncoder(joined[2], self.grid, patch, dim, depth, heads, mlp_ratio, dropout)
         c1, c2, c3 = BLOCK_CHANNELS
@@ -127,10 +159,16 @@ class HybridAE(nn.Module):
         self.from_tokens = nn.Conv2d(dim, c3, 1)
         self.to_block3 = nn.ModuleList([_up_conv(c3, c3) for _ in range(int(math.log2(patch)))])
         self.merge3 = _up_conv(c3 + joined[2], c3)
-        self.skip2 = AttentionSkip(joined[1], *skip2)
+
+        def skip(n: int, spec: tuple[int, int, int], cin: int) -> nn.Module:
+            return AttentionSkip(cin, *spec) if n in attention else PlainSkip(cin, spec[0])
+
+        self.skip2 = skip(2, skip2, joined[1])
         self.merge2 = _up_conv(c3 + skip2[0], c2)
-        self.skip1 = AttentionSkip(joined[0], *skip1)
+        self.skip1 = skip(1, skip1, joined[0])
         self.merge1 = _up_conv(c2 + skip1[0], c1)
+        # after_pool: the skips end at S/2; one more stage, with no skip, reaches S
+        self.to_full = _up_conv(c1, c1) if self.pooled else None
         self.head = nn.Conv2d(c1, 3, 3, padding=1)
 
     @staticmethod
@@ -140,7 +178,7 @@ class HybridAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [
             torch.cat([norm(f), branch(x)], dim=1)
-            for f, norm, branch in zip(self.vgg(x), self.norms, self.branches, strict=True)
+            for f, norm, branch in zip(self.vgg(x, self.pooled), self.norms, self.branches, strict=True)
         ]
         d = self.from_tokens(tokens_to_map(self.vit(feats[2]), self.grid))
         for stage in self.to_block3:
@@ -148,4 +186,6 @@ class HybridAE(nn.Module):
         d = self.merge3(torch.cat([d, feats[2]], dim=1))
         d = self.merge2(torch.cat([self._up(d), self.skip2(feats[1])], dim=1))
         d = self.merge1(torch.cat([self._up(d), self.skip1(feats[0])], dim=1))
+        if self.to_full is not None:
+            d = self.to_full(self._up(d))
         return torch.sigmoid(self.head(d))

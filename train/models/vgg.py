@@ -36,8 +36,8 @@ class WeightsError(RuntimeError):
 
 
 class VGG19Blocks(nn.Module):
-    """RGB in [0, 1] -> the outputs of blocks 1, 2 and 3 before their max pool
-    (full, 1/2 and 1/4 resolution; 64, 128 and 256 channels)."""
+    """RGB in [0, 1] -> the outputs of blocks 1, 2 and 3 before their max pool (full, 1/2 and
+    1/4 resolution) or after it; 64, 128 and 256 channels."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -48,14 +48,17 @@ class VGG19Blocks(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, pooled: bool = False) -> list[torch.Tensor]:
+        """pooled: each block's output after its max pool (1/2, 1/4, 1/8 resolution)."""
         h = (x - self.mean) / self.std
         outputs = []
         for b, block in enumerate(BLOCKS):
-            if b > 0:
+            if b > 0 and not pooled:
                 h = nn.functional.max_pool2d(h, 2)
             for index, _, _ in block:
                 h = torch.relu(self.features[str(index)](h))
+            if pooled:
+                h = nn.functional.max_pool2d(h, 2)
             outputs.append(h)
         return outputs
 

@@ -1,14 +1,33 @@
 """Transformer pieces shared by the hybrid and ViV-Ano models.
 
-Attention is written out (linear -> matmul -> softmax -> matmul) instead of nn.MultiheadAttention
-so the exported ONNX graph is plain MatMul/Softmax that TensorRT's parser fuses, and so the
-spatial-reduction variant (PVT) is the same code with keys and values taken from a coarser map.
+Attention runs through `scaled_dot_product_attention` in torch (fused kernels that never hold
+the N x Lq x Lk score matrix: the hybrid's skip-1 attention is 50176 x 784 scores per head and
+image) and is written out (matmul -> softmax -> matmul) while exporting, so the ONNX graph is
+plain MatMul/Softmax that TensorRT's parser fuses. The spatial-reduction variant (PVT) is the
+same code with keys and values taken from a coarser map.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+_FUSED = True  # False: the written-out path in torch too (bench/train_speed.py compares them)
+
+
+@contextlib.contextmanager
+def written_out_attention() -> Iterator[None]:
+    """Within this block attention materialises its scores, as before the fused path."""
+    global _FUSED
+    before, _FUSED = _FUSED, False
+    try:
+        yield
+    finally:
+        _FUSED = before
 
 
 class Attention(nn.Module):
@@ -19,6 +38,7 @@ class Attention(nn.Module):
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads = heads
+        self.dropout = dropout
         self.scale = (dim // heads) ** -0.5
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
@@ -33,9 +53,12 @@ class Attention(nn.Module):
         kv_in = q_in if kv_in is None else kv_in
         q = self._split(self.q(q_in))
         k, v = (self._split(t) for t in self.kv(kv_in).chunk(2, dim=-1))
-        attn = self.drop(torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1))
-        out = (attn @ v).transpose(1, 2).reshape(q_in.shape)
-        return self.drop(self.proj(out))
+        if _FUSED and not torch.onnx.is_in_onnx_export():
+            p = self.dropout if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+        else:
+            out = self.drop(torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)) @ v
+        return self.drop(self.proj(out.transpose(1, 2).reshape(q_in.shape)))
 
 
 class TransformerBlock(nn.Module):
