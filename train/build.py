@@ -27,6 +27,7 @@ from inspectd.bundle import BUNDLE_SCHEMA, THRESHOLDS, TRAIN_IMAGES, load_bundle
 from inspectd.calibrate.thresholds import max_of_good
 from inspectd.deploy.bundle import seal, write_thresholds
 from inspectd.deploy.export import OPSET, PARITY_TOLERANCE, export_onnx, parity
+from inspectd.engine.base import Engine
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine
 from inspectd.imagefile import read_image
 from inspectd.preprocess import PreprocessSpec, load_inputs
@@ -88,6 +89,20 @@ def vgg_provenance(path: Path | None) -> dict[str, Any]:
     return {} if path is None else {"vgg_weights": path.name, "vgg_weights_sha256": sha256_of(path)}
 
 
+def evaluation_engine(graph: torch.nn.Module, onnx_path: Path, size: tuple[int, int], device: str) -> Engine:
+    """The engine that scores thresholds and the test set: on a GPU the trained graph itself
+    (torch, fp32), so the held-out evaluation does not leave the GPU idle behind a CPU ONNX
+    Runtime (parity has just shown the two agree); on the CPU the daemon's ONNX Runtime."""
+    if device.startswith("cuda"):
+        import copy
+
+        from inspectd.engine.torch import TorchEngine
+
+        return TorchEngine(copy.deepcopy(graph), size, device=device, precision="fp32",
+                           cuda_graphs=False, max_batch=16)  # fmt: skip
+    return OnnxRuntimeEngine(onnx_path)
+
+
 def build_product(req: BuildRequest) -> Path:
     t0 = time.monotonic()
     fam = family(req.model)
@@ -130,7 +145,7 @@ def build_product(req: BuildRequest) -> Path:
         raise RuntimeError(f"ONNX Runtime disagrees with torch: max map difference {diff:.2e}")
     model_sha = sha256_of(onnx_path)
 
-    engine = OnnxRuntimeEngine(onnx_path)
+    engine = evaluation_engine(graph, onnx_path, spec.size, settings.device)
     val = engine.infer(images[val_idx])
     thresholds = max_of_good(val.score, val.anomaly_map, model_sha)
     write_thresholds(req.out, thresholds)
