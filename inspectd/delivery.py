@@ -68,8 +68,9 @@ class Delivery:
         self._thread = threading.Thread(target=self._feed, name="outbox-feeder", daemon=True)
         self._thread.start()
 
-    def record(self, records: Sequence[VerdictRecord]) -> None:
-        """Give each record its seq and commit them (with their MQTT messages) to the outbox."""
+    def record(self, records: Sequence[VerdictRecord], receipts: Sequence[str | None] = ()) -> None:
+        """Give each record its seq and commit them (with their MQTT messages) to the outbox;
+        ``receipts[i]`` (the watched folder's file) is committed with ``records[i]``."""
 
         built: dict[int, list[OutgoingMessage]] = {}
 
@@ -80,7 +81,8 @@ class Delivery:
             built[seq] = verdict_messages(self.topics, record, self.travel_window_s)
             return built[seq]
 
-        seqs = self.outbox.append_many([(r.verdict, partial(messages, r)) for r in records])
+        seqs = self.outbox.append_many([(r.verdict, partial(messages, r)) for r in records],
+                                       receipts=receipts)  # fmt: skip
         if not self.outbox.durable:
             for r in records:
                 r.durable = False  # what the files and answers say matches the wire

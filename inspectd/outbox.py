@@ -86,6 +86,14 @@ _SCHEMA = (
         expires      REAL,                  -- wall time after which sending it is useless
         PRIMARY KEY (seq, idx)
     ) WITHOUT ROWID""",
+    # What a source (the watched folder) handed in for a verdict, committed in the verdict's own
+    # transaction: after a crash, a file with a receipt was inspected, one without was not.
+    # Kept only until the source has moved the file away (``forget_receipts``).
+    f"""CREATE TABLE IF NOT EXISTS receipts (
+        key  BLOB PRIMARY KEY,              -- the source's key (UTF-8, surrogates escaped)
+        seq  INTEGER NOT NULL,              -- the verdict's seq
+        kind TEXT NOT NULL CHECK (kind IN {KINDS!r})
+    ) WITHOUT ROWID""",
 )
 
 
@@ -205,6 +213,11 @@ def _checked(message: MessageLike) -> _Stored:
     content_type = getattr(message, "content_type", None)
     expires = getattr(message, "expires", None)
     return topic, bytes(payload), qos, int(bool(message.retain)), content_type, expires
+
+
+def _key_blob(key: str) -> bytes:
+    # file names that are not UTF-8 arrive with surrogate escapes; a BLOB keeps them exactly
+    return key.encode("utf-8", "surrogateescape")
 
 
 def _read_high_water(path: Path) -> int | None:
@@ -353,8 +366,16 @@ class Outbox:
         """Store one verdict; returns its seq. See ``append_many``."""
         return self.append_many([(kind, messages)])[0]
 
-    def append_many(self, items: Sequence[tuple[Verdict | str, MessagesArg]]) -> list[int]:
+    def append_many(
+        self,
+        items: Sequence[tuple[Verdict | str, MessagesArg]],
+        *,
+        receipts: Sequence[str | None] = (),
+    ) -> list[int]:
         """Store verdicts under consecutive seqs, in one transaction; returns the seqs.
+
+        ``receipts[i]`` (if given and not None) is stored with item i in the same transaction
+        (see ``receipts()``); kept in memory verdicts store none.
 
         Each item's messages are a list, or a callable ``seq -> messages`` for payloads that
         carry the seq (the verdict payload does); it runs under the lock, so keep it short; if
@@ -375,7 +396,7 @@ class Outbox:
             if not built:
                 return []
             now = time.time()
-            if self._conn is None or not self._append_to_disk(built, now):
+            if self._conn is None or not self._append_to_disk(built, now, receipts):
                 self._append_to_memory(built, now)
             self._last_seq = built[-1][0]
             return [seq for seq, _, _ in built]
@@ -467,6 +488,39 @@ class Outbox:
             self._note_drops(dropped)
             return len(dropped)
 
+    def receipts(self) -> list[tuple[str, int, Verdict]]:
+        """(key, seq, kind) of every receipt stored with a verdict and not forgotten, by seq."""
+        with self._lock:
+            conn = self._check_open()
+            if conn is None:
+                return []
+            try:
+                rows = conn.execute("SELECT key, seq, kind FROM receipts ORDER BY seq").fetchall()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
+        return [(bytes(k).decode("utf-8", "surrogateescape"), int(s), Verdict(v)) for k, s, v in rows]
+
+    def forget_receipts(self, keys: Iterable[str]) -> None:
+        """Delete receipts the source no longer needs. Not synced on its own, like an ack: a
+        receipt that comes back after a power cut only names a file that is gone."""
+        blobs = [(_key_blob(k),) for k in keys]
+        with self._lock:
+            conn = self._check_open()
+            if conn is None or not blobs:
+                return
+            try:
+                conn.execute("PRAGMA synchronous=NORMAL")
+                with _transaction(conn):
+                    conn.executemany("DELETE FROM receipts WHERE key = ?", blobs)
+            except sqlite3.Error as exc:
+                log.warning("outbox.receipts_not_forgotten", path=str(self.path),
+                            count=len(blobs), error=str(exc))  # fmt: skip
+            finally:
+                try:
+                    conn.execute(f"PRAGMA synchronous={self.sync.upper()}")
+                except sqlite3.Error:
+                    pass
+
     def stats(self) -> dict[str, Any]:
         """For health/stats: depth (verdicts held, in memory included), in_memory, oldest_age_s
         (None when empty), dropped by kind (since the file was created), last_seq, durable and
@@ -536,7 +590,10 @@ class Outbox:
             raise OutboxError(f"outbox {self.path} is closed")
         return self._conn
 
-    def _append_to_disk(self, built: list[tuple[int, Verdict, list[_Stored]]], now: float) -> bool:
+    def _append_to_disk(
+        self, built: list[tuple[int, Verdict, list[_Stored]]], now: float,
+        receipts: Sequence[str | None] = (),
+    ) -> bool:  # fmt: skip
         conn = self._conn
         assert conn is not None
         last = built[-1][0]
@@ -558,6 +615,13 @@ class Outbox:
                     " expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(seq, i, *m) for seq, _, msgs in with_rows for i, m in enumerate(msgs)],
                 )
+                if receipts:  # receipts[i] belongs to built[i] (one entry per item)
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO receipts (key, seq, kind) VALUES (?, ?, ?)",
+                        [(_key_blob(key), seq, kind.value)
+                         for (seq, kind, _), key in zip(built, receipts, strict=False)
+                         if key is not None],
+                    )  # fmt: skip
                 reserved = self._reserved
                 if last > self._reserved - SEQ_RESERVE // 2:
                     reserved = max(last, self._reserved) + SEQ_RESERVE

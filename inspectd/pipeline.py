@@ -33,7 +33,7 @@ import numpy as np
 import structlog
 
 from inspectd.bundle import Bundle, Thresholds
-from inspectd.capture.base import CaptureSource, CaptureTimeout, EndOfStream
+from inspectd.capture.base import RECEIPT, CaptureSource, CaptureTimeout, EndOfStream
 from inspectd.decide import NonFiniteResult, decide
 from inspectd.engine.base import Engine
 from inspectd.frame import Frame, TriggerRequest
@@ -79,7 +79,8 @@ class VerdictSink(Protocol):
 class Recorder(Protocol):
     """Gives each record its seq and stores it durably (``inspectd.delivery.Delivery``)."""
 
-    def record(self, records: Sequence[VerdictRecord]) -> None: ...
+    def record(self, records: Sequence[VerdictRecord], receipts: Sequence[str | None] = ()) -> None:
+        """``receipts[i]``: the source's bookkeeping for records[i], committed with it."""
 
 
 _RECORD_BATCH = 64  # most verdicts committed to the outbox in one transaction
@@ -421,11 +422,18 @@ class Pipeline:
 
     def _record_and_sink(self, batch: list[Inspection]) -> None:
         t0 = time.monotonic()
+        receipts = [i.frame.extra.get(RECEIPT) for i in batch]
+        with_receipts = any(r is not None for r in receipts)
+        stored = True
         try:
-            self.recorder.record([i.record for i in batch])
+            if with_receipts:
+                self.recorder.record([i.record for i in batch], receipts=receipts)
+            else:
+                self.recorder.record([i.record for i in batch])
         except Exception:
             # Should not happen (the outbox keeps verdicts in memory when the disk fails); the
             # files still get the verdicts, without a seq.
+            stored = False
             self.stats.sink_errors += 1
             log.exception("verdicts.not_recorded", part_ids=[i.record.part_id for i in batch])
         for item in batch:
@@ -437,6 +445,13 @@ class Pipeline:
                     self.stats.sink_errors += 1
                     log.exception("sink.failed", sink=type(sink).__name__, seq=item.record.seq)
             self.progress["publish"].tick()
+        if with_receipts:  # after the sinks: moving the files must not delay trigger answers
+            try:
+                self.source.recorded([(i.frame, i.record, stored and i.record.durable)
+                                      for i in batch if i.frame.extra.get(RECEIPT) is not None])  # fmt: skip
+            except Exception:
+                self.stats.sink_errors += 1
+                log.exception("source.recorded_failed", part_ids=[i.record.part_id for i in batch])
         per_part = (time.monotonic() - t0) * 1000.0 / len(batch)
         self.stats.stage_ms["publish"].extend([per_part] * len(batch))
         if self.observer is not None:

@@ -94,7 +94,7 @@ class Station:
         self.outbox = self._open_outbox()
         self._dropped_at_start = sum(self.outbox.stats()["dropped"].values())
         self.notifier.status(f"opening camera ({cfg.camera.source})")
-        self.source = open_source(cfg.camera)
+        self.source = open_source(cfg.camera, ledger=self.outbox)  # a watched folder's receipts
         self.source.open()
 
         if cfg.mqtt.enabled:

@@ -82,7 +82,7 @@ def test_unknown_key_nested(tmp_path):
 def test_unknown_key_in_union_member_lists_that_members_keys(tmp_path):
     path = write(tmp_path, MINIMAL + "  device: 0\n")
     assert errors_of(path) == [
-        ":7:3 camera.device: unknown key 'device' (allowed: isolate, loop, path, pattern, rate_hz, source, trigger)"
+        ":7:3 camera.device: unknown key 'device' (allowed: isolate, loop, path, pattern, rate_hz, source, trigger, watch)"
     ]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from inspectd.capture.base import CaptureError, CaptureSource, CaptureTimeout, EndOfStream
 from inspectd.capture.folder import FolderSource
 from inspectd.capture.opencv import OpenCVSource
+from inspectd.capture.watched import Ledger, WatchedFolderSource
 
 __all__ = [
     "CaptureError",
@@ -16,6 +17,7 @@ __all__ = [
     "EndOfStream",
     "FolderSource",
     "OpenCVSource",
+    "WatchedFolderSource",
     "build_source",
     "open_source",
 ]
@@ -23,24 +25,37 @@ __all__ = [
 SOURCES = ("folder", "opencv", "genicam")
 
 
-def open_source(camera_cfg: Any) -> CaptureSource:
+def open_source(camera_cfg: Any, *, ledger: Ledger | None = None) -> CaptureSource:
     """The source a camera config describes, not yet opened: `with open_source(cfg) as src:`.
 
     Reads attributes only (`source`, then that source's fields), so any object with them will
     do: the pydantic config models, or a `types.SimpleNamespace` in tests. With
     `isolate.enabled` the source runs in a watched child process (`IsolatedSource`, built there
     by `build_source`); an object without `isolate` gets the source in this process.
+    ``ledger`` (the station's outbox) keeps a watched folder's bookkeeping with the verdicts.
     """
     if getattr(getattr(camera_cfg, "isolate", None), "enabled", False):
         from inspectd.capture.isolated import IsolatedSource
 
         return IsolatedSource.for_config(camera_cfg, build_source)
-    return build_source(camera_cfg)
+    return build_source(camera_cfg, ledger=ledger)
 
 
-def build_source(camera_cfg: Any) -> CaptureSource:
+def build_source(camera_cfg: Any, *, ledger: Ledger | None = None) -> CaptureSource:
     """The source itself, in this process (`open_source` without isolation)."""
     source = camera_cfg.source
+    watch = getattr(camera_cfg, "watch", None)
+    if source == "folder" and getattr(watch, "enabled", False):
+        return WatchedFolderSource(
+            path=Path(camera_cfg.path),
+            pattern=camera_cfg.pattern,
+            settle_s=watch.settle_s,
+            poll_s=watch.poll_s,
+            done_dir=watch.done_dir,
+            failed_dir=watch.failed_dir,
+            rate_hz=camera_cfg.rate_hz,
+            ledger=ledger,
+        )
     if source == "folder":
         return FolderSource(
             path=Path(camera_cfg.path),

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from inspectd.frame import CameraMeta, Frame
+from inspectd.verdict import VerdictRecord
+
+# Frame.extra key of a source that wants its part's bookkeeping committed with the verdict
+# (Outbox.append_many's receipts): the watched folder's file.
+RECEIPT = "receipt"
 
 
 class CaptureError(Exception):
@@ -39,6 +44,10 @@ class CaptureSource(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def recorded(self, parts: Sequence[tuple[Frame, VerdictRecord, bool]]) -> None:  # noqa: B027 (optional hook)
+        """Called on the publish thread once these frames' verdicts were recorded, for frames
+        with a ``RECEIPT``: (frame, record, True if its verdict and receipt are on disk)."""
 
     def __enter__(self) -> CaptureSource:
         self.open()

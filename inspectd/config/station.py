@@ -32,6 +32,7 @@ __all__ = [
     "CameraIsolation",
     "EngineConfig",
     "FolderCamera",
+    "FolderWatch",
     "GenICamCamera",
     "GenICamRoi",
     "LoggingConfig",
@@ -105,8 +106,32 @@ def _isolate_shorthand(value: Any) -> Any:
 Isolation = Annotated[CameraIsolation, BeforeValidator(_isolate_shorthand)]
 
 
+class FolderWatch(StrictModel):
+    """A folder other machines drop image files into: each new file is inspected once, then
+    moved to done_dir (OK, NG) or failed_dir (ERROR). What was inspected is committed with its
+    verdict in the outbox, so a restart or a crash neither skips a file nor inspects it twice."""
+
+    # fmt: off
+    enabled: bool = Field(False, description="Watch the folder: inspect every new file exactly once, in (mtime, name) order, and move it away afterwards.")
+    settle_s: float = Field(1.0, ge=0, le=3600, description="A file is read once its size and mtime stayed the same this many seconds (still being written otherwise); 0 = at once (writers that write under an ignored name and rename).")
+    poll_s: float = Field(0.5, gt=0, le=60, description="Seconds between listings of the folder when no file is waiting.")
+    done_dir: ConfigPath | None = Field(None, description="Where inspected files (OK, NG) are moved; null = <path>/done. Same file system as path (a move is a rename).")
+    failed_dir: ConfigPath | None = Field(None, description="Where files with an ERROR verdict (not decodable, wrong size) are moved; null = <path>/failed.")
+    # fmt: on
+
+
+def _watch_shorthand(value: Any) -> Any:
+    # "watch: true" is short for "watch: {enabled: true}"
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
+# A folder camera's watch section; true/false is short for {enabled: ...}.
+Watch = Annotated[FolderWatch, BeforeValidator(_watch_shorthand)]
+
+
 class FolderCamera(StrictModel):
-    """Images read from a folder: for bring-up, replays and tests."""
+    """Images read from a folder: for bring-up, replays and tests, or a watched drop folder."""
+
 
     # fmt: off
     source: Literal["folder"] = Field(description="Camera kind.")
@@ -116,7 +141,29 @@ class FolderCamera(StrictModel):
     rate_hz: float = Field(0.0, ge=0, description="Images per second; 0 = as fast as the pipeline takes them.")
     trigger: Literal["free_run", "mqtt"] = Field("free_run", description="free_run = inspect every image; mqtt = one image per request on …/trigger.")
     isolate: Isolation = Field(CameraIsolation(enabled=False), description="Grab in a watched child process (off for folders: files do not hang).")
+    watch: Watch = Field(FolderWatch(), description="Watched-folder mode: every new file once, moved away after its verdict; true/false is short for enabled.")
     # fmt: on
+
+    @model_validator(mode="after")
+    def _watch_rules(self) -> FolderCamera:
+        w = self.watch
+        if not w.enabled:
+            return self
+        if self.loop:
+            raise ValueError("loop and watch exclude each other: loop reads every file again on "
+                             "every pass, watch reads each new file once")  # fmt: skip
+        if self.isolate.enabled:
+            raise ValueError("a watched folder runs in the daemon's process (its bookkeeping is "
+                             "in the outbox); set isolate: false")  # fmt: skip
+        done = w.done_dir if w.done_dir is not None else self.path / "done"
+        failed = w.failed_dir if w.failed_dir is not None else self.path / "failed"
+        for key, folder in (("done_dir", done), ("failed_dir", failed)):
+            if os.path.normpath(folder) == os.path.normpath(self.path):
+                raise ValueError(f"watch.{key} must not be the watched folder itself")
+        # the model is frozen; filling defaults during its own validation is fine
+        object.__setattr__(self, "watch", w.model_copy(update={"done_dir": done, "failed_dir": failed}))
+        return self
+
 
     @field_validator("pattern")
     @classmethod
