@@ -26,7 +26,7 @@ import structlog
 from inspectd.mqtt.publisher import MqttPublisher, OutgoingMessage, verdict_messages
 from inspectd.mqtt.topics import Topics
 from inspectd.outbox import MessageLike, Outbox, OutboxError
-from inspectd.verdict import VerdictRecord
+from inspectd.verdict import Verdict, VerdictRecord
 
 log = structlog.get_logger(__name__)
 
@@ -73,13 +73,22 @@ class Delivery:
         ``receipts[i]`` (the watched folder's file) is committed with ``records[i]``."""
 
         built: dict[int, list[OutgoingMessage]] = {}
+        for r in records:
+            escaped = r.escape_text()  # a lone surrogate (a trigger's id) cannot be encoded
+            if escaped:
+                _not_publishable(r, f"{', '.join(escaped)} not valid UTF-8, escaped")
 
         def messages(record: VerdictRecord, seq: int) -> list[OutgoingMessage]:
             record.seq = seq
             if self.publisher is None:
                 return []  # MQTT off: the verdict only takes a seq
-            built[seq] = verdict_messages(self.topics, record, self.travel_window_s)
-            return built[seq]
+            try:
+                built[seq] = verdict_messages(self.topics, record, self.travel_window_s)
+            except Exception as exc:  # one record must not cost the batch; tried once more
+                _not_publishable(record, f"{type(exc).__name__}: {exc}")
+                record.escape_text()
+                built[seq] = verdict_messages(self.topics, record, self.travel_window_s)
+            return built[seq]  # if it raised again, the outbox spends the seq and counts it
 
         seqs = self.outbox.append_many([(r.verdict, partial(messages, r)) for r in records],
                                        receipts=receipts)  # fmt: skip
@@ -143,7 +152,7 @@ class Delivery:
                 room = self.window - self._in_flight >= sum(map(len, built.values()))
             if room and self._cursor == seqs[0] - 1:
                 for seq in seqs:
-                    self._send(seq, enumerate(built[seq]))
+                    self._send(seq, enumerate(built.get(seq, ())))  # none: not storable
         finally:
             self._handing.release()
 
@@ -162,6 +171,7 @@ class Delivery:
                     on_ack=partial(self._on_ack, seq, idx),
                     content_type=m.content_type,
                     expires=m.expires,
+                    expires_mono=getattr(m, "expires_mono", None),
                 )
             )
         self._cursor = seq
@@ -200,3 +210,14 @@ class Delivery:
                 log.error("outbox.feed_failed", error=str(exc), cursor=self._cursor)
                 acked = False
             busy = bool(rows) or acked
+
+
+def _not_publishable(record: VerdictRecord, why: str) -> None:
+    """The record could not be published as it was: it becomes ERROR with the reason (a PLC
+    rejects a part whose id it may not match rather than let it pass; MES sees why)."""
+    was = record.verdict
+    record.verdict = Verdict.ERROR
+    detail = f"verdict {was.value} could not be published as it was: {why}"
+    record.error = detail if record.error is None else f"{detail}; {record.error}"
+    log.error("verdict.not_publishable", part_id=record.part_id, seq=record.seq or None,
+              verdict=was.value, detail=detail)  # fmt: skip

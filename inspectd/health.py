@@ -83,6 +83,10 @@ class HealthMonitor:
             os.replace(tmp, self.path)
         except OSError as exc:  # the state folder may be the very problem
             log.debug("health.file_not_written", path=str(self.path), error=str(exc))
+            try:
+                tmp.unlink(missing_ok=True)  # a full disk left a 0-byte .tmp behind otherwise
+            except OSError:
+                pass
         # Retained: only the latest matters, so none pile up in memory during an outage. Only a
         # snapshot taken while connected goes out: one from before the connection came up
         # would say "disconnected" to the broker; the reconnect forces a fresh one instead.

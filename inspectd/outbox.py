@@ -26,6 +26,21 @@ The next append tries the disk again. Seqs handed out meanwhile come from the re
 it is used up a crash could repeat them, and the log says so (at 20 parts/s the reservation
 lasts over an hour). ``Outbox.in_memory`` is the same for a file that cannot even be opened.
 
+**Clocks.** Ages (``max_age_s``) and reject expiry run on the monotonic clock, so a step of the
+wall clock (NTP after an outage, an operator) neither drops young rows nor keeps old ones:
+each row stores its wall time (``created``, for people), its monotonic time and the boot it
+was stored in (``inspectd.clock``); a message's expiry is stored both ways too. At open, rows of
+an earlier boot (or of a file written before these columns existed) are moved onto this boot's
+monotonic clock with the age the wall clock gives them, clamped as ``Clock`` says.
+
+**A bounded WAL.** Each verdict and its acknowledgement write about eight 4 KiB pages to the
+WAL; SQLite's default checkpoint (1000 pages) let the WAL grow to 4 MiB, which filled a small
+state folder for good (checkpointing needs room, and nothing else freed any). The WAL is
+checkpointed every ``WAL_CHECKPOINT_PAGES`` and cut back to ``WAL_LIMIT_BYTES`` when it
+restarts; a write that fails is retried once after a TRUNCATE checkpoint, and the first write
+that works again checkpoints too, so the folder recovers without a restart once space is back.
+Acknowledgements the disk refused are retried on later writes.
+
 Schema: one row per verdict in ``verdicts`` and its MQTT messages (the verdict, plus the reject
 for NG and ERROR) in ``messages``, keyed by (seq, idx), so each message is acknowledged on its
 own PUBACK and after a crash only the unacknowledged ones are sent again.
@@ -37,9 +52,9 @@ two processes at once (reading it with the sqlite3 shell while the daemon runs i
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -49,6 +64,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from inspectd.clock import SYSTEM, Clock
 from inspectd.verdict import Verdict
 
 log = structlog.get_logger(__name__)
@@ -58,6 +74,9 @@ DEFAULT_MAX_ROWS = 100_000
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 SYNC_MODES = ("full", "normal")
 SEQ_RESERVE = 100_000  # numbers reserved ahead on disk; the most seq can jump after a crash
+WAL_CHECKPOINT_PAGES = 128  # SQLite's default of 1000 pages let the WAL reach 4 MiB
+WAL_LIMIT_BYTES = 512 * 1024  # the WAL is cut back to this when it restarts after a checkpoint
+NOT_STORABLE = "not_storable"  # drop reason: a verdict whose messages could not be built
 KINDS = tuple(v.value for v in Verdict)
 _SEQS_LOGGED_FOR_OK = 20  # OK drops log a count and the first seqs; NG/ERROR drops log all seqs
 
@@ -70,11 +89,13 @@ _SCHEMA = (
         seq      INTEGER PRIMARY KEY,       -- per-station sequence number, never reused
         kind     TEXT NOT NULL CHECK (kind IN {KINDS!r}),
         created  REAL NOT NULL,             -- wall time (Unix seconds) of the append
-        replayed INTEGER NOT NULL DEFAULT 0 -- 1: left unacknowledged by an earlier process
+        replayed INTEGER NOT NULL DEFAULT 0, -- 1: left unacknowledged by an earlier process
+        created_mono REAL,                  -- monotonic time of the append: ages run on it
+        boot_id  TEXT                       -- the boot created_mono belongs to
     )""",
-    # drop order is "oldest of a kind first"; the age bound probes by created
+    # drop order is "oldest of a kind first"; the age bound probes by created_mono (below)
     "CREATE INDEX IF NOT EXISTS verdicts_kind_seq ON verdicts (kind, seq)",
-    "CREATE INDEX IF NOT EXISTS verdicts_created ON verdicts (created)",
+    "CREATE INDEX IF NOT EXISTS verdicts_created ON verdicts (created)",  # files before 1.1
     """CREATE TABLE IF NOT EXISTS messages (
         seq          INTEGER NOT NULL REFERENCES verdicts (seq) ON DELETE CASCADE,
         idx          INTEGER NOT NULL,      -- publish order within the verdict
@@ -84,6 +105,7 @@ _SCHEMA = (
         retain       INTEGER NOT NULL,
         content_type TEXT,
         expires      REAL,                  -- wall time after which sending it is useless
+        expires_mono REAL,                  -- the same on the monotonic clock of boot_id
         PRIMARY KEY (seq, idx)
     ) WITHOUT ROWID""",
     # What a source (the watched folder) handed in for a verdict, committed in the verdict's own
@@ -95,6 +117,17 @@ _SCHEMA = (
         kind TEXT NOT NULL CHECK (kind IN {KINDS!r})
     ) WITHOUT ROWID""",
 )
+
+
+# Columns added after schema version 1 shipped, in place (ALTER TABLE) on older files: no version
+# bump, and an older inspectd still reads a newer file (its rows get no monotonic time and are
+# treated as from an earlier boot at the next open).
+_ADDED_COLUMNS = (
+    ("verdicts", "created_mono", "REAL"),
+    ("verdicts", "boot_id", "TEXT"),
+    ("messages", "expires_mono", "REAL"),
+)
+_AFTER_COLUMNS = ("CREATE INDEX IF NOT EXISTS verdicts_created_mono ON verdicts (created_mono)",)
 
 
 class OutboxError(RuntimeError):
@@ -129,6 +162,7 @@ class Message:
     retain: bool = False
     content_type: str | None = "application/json"
     expires: float | None = None
+    expires_mono: float | None = None  # the same deadline on the monotonic clock; it decides
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +177,7 @@ class StoredMessage:
     retain: bool
     content_type: str | None
     expires: float | None
+    expires_mono: float | None = None  # this process's monotonic clock (rebased at open)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +195,12 @@ class Row:
     replayed: bool
     messages: tuple[StoredMessage, ...]
     durable: bool = True
+    created_mono: float | None = None  # this process's monotonic clock (rebased at open)
 
 
+_Now = tuple[float, float]  # (wall, monotonic)
 MessagesArg = Sequence[MessageLike] | Callable[[int], Iterable[MessageLike]]
-_Stored = tuple[str, bytes, int, int, str | None, float | None]  # a checked message
+_Stored = tuple[str, bytes, int, int, str | None, float | None, float | None]  # checked
 
 
 def set_flags(payload: bytes, **flags: bool) -> bytes:
@@ -210,9 +247,23 @@ def _checked(message: MessageLike) -> _Stored:
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
     if qos not in (0, 1, 2):
         raise ValueError(f"invalid QoS {qos!r}")
+    topic.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
     content_type = getattr(message, "content_type", None)
-    expires = getattr(message, "expires", None)
-    return topic, bytes(payload), qos, int(bool(message.retain)), content_type, expires
+    if content_type is not None:
+        content_type.encode("utf-8")
+    expires = _deadline(getattr(message, "expires", None))
+    expires_mono = _deadline(getattr(message, "expires_mono", None))
+    return topic, bytes(payload), qos, int(bool(message.retain)), content_type, expires, expires_mono
+
+
+def _deadline(value: Any) -> float | None:
+    # checked here: a bad value raising inside the transaction would cost the whole batch
+    if value is None:
+        return None
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"expiry must be finite, got {value!r}")
+    return value
 
 
 def _key_blob(key: str) -> bytes:
@@ -253,8 +304,10 @@ class Outbox:
         max_age_s: float = DEFAULT_MAX_AGE_S,
         start_after: int = 0,
         sync: str = "full",
+        clock: Clock = SYSTEM,
         _open: bool = True,
     ) -> None:
+        """``clock``: where wall and monotonic time come from (tests pass one that jumps)."""
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         if not max_age_s > 0:
@@ -267,12 +320,14 @@ class Outbox:
         self.sync = sync
         self.max_rows = max_rows
         self.max_age_s = float(max_age_s)
+        self.clock = clock
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._volatile: dict[int, Row] = {}  # verdicts the disk could not take, by seq
         self._write_error: str | None = None  # why the last write failed; None once one worked
         self._warned_reserve = False
+        self._acks_to_retry: list[tuple[int, int | None]] = []  # acks the disk refused
         self._depth = 0
         self._last_seq = self._reserved = self._inherited_seq = start_after
         self._dropped = dict.fromkeys(KINDS, 0)
@@ -295,7 +350,7 @@ class Outbox:
         under 1000 parts/s), so it does not repeat numbers an earlier process handed out."""
         outbox = cls(path, _open=False, **bounds)
         known = _read_high_water(outbox.path)
-        floor = known if known is not None else int(time.time() * 1000)
+        floor = known if known is not None else int(outbox.clock.wall() * 1000)
         outbox._last_seq = outbox._reserved = outbox._inherited_seq = max(outbox._last_seq, floor)
         outbox._write_error = reason
         log.error(
@@ -317,6 +372,8 @@ class Outbox:
         if str(mode).lower() != "wal":  # e.g. a file system without shared memory for the WAL
             raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL could not be enabled")
         conn.execute(f"PRAGMA synchronous={self.sync.upper()}")  # see the module docstring
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")  # the WAL is bounded
+        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         conn.execute("PRAGMA foreign_keys=ON")  # deleting a verdict deletes its messages
         with _transaction(conn):
             for statement in _SCHEMA:  # not executescript(): it would COMMIT our BEGIN first
@@ -334,6 +391,8 @@ class Outbox:
             (max_row_seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM verdicts").fetchone()
             last = max(self._meta(conn, "reserved_seq"), max_row_seq, start_after)
             self._set_meta(conn, "reserved_seq", last + SEQ_RESERVE)
+            self._add_columns(conn)
+            rebased = self._rebase_clocks(conn)
             (self._depth,) = conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()
         self._last_seq = last
         self._reserved = last + SEQ_RESERVE
@@ -345,6 +404,7 @@ class Outbox:
             depth=self._depth,
             last_seq=last,
             start_after=start_after or None,
+            rebased=rebased or None,
         )
         return conn
 
@@ -378,9 +438,11 @@ class Outbox:
         (see ``receipts()``); kept in memory verdicts store none.
 
         Each item's messages are a list, or a callable ``seq -> messages`` for payloads that
-        carry the seq (the verdict payload does); it runs under the lock, so keep it short; if
-        one raises, nothing is stored and no seq is used up. No messages (MQTT off): the verdict
-        only takes a seq. Makes room first when the outbox is at ``max_rows`` or holds rows
+        carry the seq (the verdict payload does); it runs under the lock, so keep it short. If
+        one raises (or gives a message that cannot be stored), that verdict alone is not stored:
+        its seq is used up all the same (never handed out twice), and it is counted and logged
+        as dropped (reason ``not_storable``); the others are stored. No messages (MQTT off): the
+        verdict only takes a seq. Makes room first when the outbox is at ``max_rows`` or holds rows
         older than ``max_age_s`` (dropping, see the module docstring). Never fails because the
         outbox is full or the disk refuses the write (see the module docstring)."""
         kinds = [Verdict(kind) for kind, _ in items]  # ValueError for anything but OK/NG/ERROR
@@ -389,17 +451,38 @@ class Outbox:
                 raise OutboxError(f"outbox {self.path} is closed")
             first = self._last_seq + 1
             built: list[tuple[int, Verdict, list[_Stored]]] = []
+            failed: list[tuple[int, str, str]] = []
             for offset, (kind, (_, messages)) in enumerate(zip(kinds, items, strict=True)):
                 seq = first + offset
-                given = messages(seq) if callable(messages) else messages
-                built.append((seq, kind, [_checked(m) for m in given]))
+                try:
+                    given = messages(seq) if callable(messages) else messages
+                    stored = [_checked(m) for m in given]
+                except Exception as exc:  # one bad record must not cost the batch
+                    log.exception("outbox.not_storable", path=str(self.path), seq=seq,
+                                  kind=kind.value, error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                    failed.append((seq, kind.value, NOT_STORABLE))
+                    stored = []
+                built.append((seq, kind, stored))
             if not built:
                 return []
-            now = time.time()
-            if self._conn is None or not self._append_to_disk(built, now, receipts):
-                self._append_to_memory(built, now)
+            # Spent from here on, whatever fails below: a seq is never handed out twice.
             self._last_seq = built[-1][0]
+            now = (self.clock.wall(), self.clock.mono())
+            if self._conn is None or not self._append_with_retry(built, now, receipts):
+                self._append_to_memory(built, now)
+            if failed:
+                self._count_not_storable(failed)
             return [seq for seq, _, _ in built]
+
+    def _append_with_retry(
+        self, built: list[tuple[int, Verdict, list[_Stored]]], now: _Now,
+        receipts: Sequence[str | None],
+    ) -> bool:  # fmt: skip
+        """A write the disk refused is tried once more if a TRUNCATE checkpoint frees the WAL's
+        space (a full disk that only the WAL filled)."""
+        if self._append_to_disk(built, now, receipts):
+            return True
+        return self._checkpoint() and self._append_to_disk(built, now, receipts)
 
     def pending(self, limit: int = 100, *, after: int = 0) -> list[Row]:
         """Up to ``limit`` verdicts with seq > ``after``, in seq order, with their messages not
@@ -473,9 +556,10 @@ class Outbox:
         while no parts arrive. Returns how many verdicts were dropped."""
         with self._lock:
             conn = self._check_open()
-            now = time.time()
+            now = (self.clock.wall(), self.clock.mono())
             dropped = self._drop_in_memory(0, now)
             if conn is not None:
+                self._retry_acks()  # an idle line: nothing else would
                 try:
                     with _transaction(conn):
                         on_disk = self._drop_for_age(conn, now)
@@ -527,10 +611,11 @@ class Outbox:
         the write error."""
         with self._lock:
             conn = self._check_open()
-            oldest = min((r.created for r in self._volatile.values()), default=None)
+            oldest = min((r.created_mono for r in self._volatile.values()
+                          if r.created_mono is not None), default=None)  # fmt: skip
             if conn is not None:
                 try:
-                    (on_disk,) = conn.execute("SELECT MIN(created) FROM verdicts").fetchone()
+                    (on_disk,) = conn.execute("SELECT MIN(created_mono) FROM verdicts").fetchone()
                 except sqlite3.Error:
                     on_disk = None
                 if on_disk is not None:
@@ -538,7 +623,7 @@ class Outbox:
             return {
                 "depth": self._depth + len(self._volatile),
                 "in_memory": len(self._volatile),
-                "oldest_age_s": None if oldest is None else max(0.0, time.time() - oldest),
+                "oldest_age_s": None if oldest is None else max(0.0, self.clock.mono() - oldest),
                 "dropped": dict(self._dropped),
                 "last_seq": self._last_seq,
                 "durable": self._write_error is None,
@@ -591,7 +676,7 @@ class Outbox:
         return self._conn
 
     def _append_to_disk(
-        self, built: list[tuple[int, Verdict, list[_Stored]]], now: float,
+        self, built: list[tuple[int, Verdict, list[_Stored]]], now: _Now,
         receipts: Sequence[str | None] = (),
     ) -> bool:  # fmt: skip
         conn = self._conn
@@ -606,13 +691,16 @@ class Outbox:
                 if excess > 0:
                     dropped += self._drop_oldest(conn, excess)
                 self._count_drops(conn, dropped)
+                wall, mono = now
                 conn.executemany(
-                    "INSERT INTO verdicts (seq, kind, created) VALUES (?, ?, ?)",
-                    [(seq, kind.value, now) for seq, kind, _ in with_rows],
-                )
+                    "INSERT INTO verdicts (seq, kind, created, created_mono, boot_id)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(seq, kind.value, wall, mono, self.clock.boot_id)
+                     for seq, kind, _ in with_rows],
+                )  # fmt: skip
                 conn.executemany(
                     "INSERT INTO messages (seq, idx, topic, payload, qos, retain, content_type,"
-                    " expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " expires, expires_mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(seq, i, *m) for seq, _, msgs in with_rows for i, m in enumerate(msgs)],
                 )
                 if receipts:  # receipts[i] belongs to built[i] (one entry per item)
@@ -626,19 +714,21 @@ class Outbox:
                 if last > self._reserved - SEQ_RESERVE // 2:
                     reserved = max(last, self._reserved) + SEQ_RESERVE
                     self._set_meta(conn, "reserved_seq", reserved)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # sqlite's errors, or a value it cannot bind
             self._disk_failed(f"store seq {built[0][0]}..{last}", exc)
             return False
         # committed: only now does the in-memory state move on
-        if self._write_error is not None:
-            log.warning("outbox.disk_ok_again", path=str(self.path), seq=built[0][0])
-            self._write_error = None
         self._reserved = reserved
         self._depth += len(with_rows) - len(dropped)
         self._note_drops(dropped)
+        if self._write_error is not None:
+            log.warning("outbox.disk_ok_again", path=str(self.path), seq=built[0][0])
+            self._write_error = None
+            self._checkpoint()  # give back what the WAL took while the disk was short
+        self._retry_acks()
         return True
 
-    def _append_to_memory(self, built: list[tuple[int, Verdict, list[_Stored]]], now: float) -> None:
+    def _append_to_memory(self, built: list[tuple[int, Verdict, list[_Stored]]], now: _Now) -> None:
         if built[-1][0] > self._reserved and not self._warned_reserve:
             self._warned_reserve = True
             log.error(
@@ -654,15 +744,17 @@ class Outbox:
             if len(self._volatile) >= self.max_rows:
                 self._note_drops(self._drop_in_memory(len(self._volatile) - self.max_rows + 1, now))
             stored = tuple(
-                StoredMessage(seq, i, t, set_flags(p, durable=False), q, bool(r), c, e)
-                for i, (t, p, q, r, c, e) in enumerate(msgs)
+                StoredMessage(seq, i, t, set_flags(p, durable=False), q, bool(r), c, e, em)
+                for i, (t, p, q, r, c, e, em) in enumerate(msgs)
             )
-            self._volatile[seq] = Row(seq, kind, now, False, stored, durable=False)
+            self._volatile[seq] = Row(seq, kind, now[0], False, stored, durable=False,
+                                      created_mono=now[1])  # fmt: skip
 
-    def _drop_in_memory(self, count: int, now: float) -> list[tuple[int, str, str]]:
+    def _drop_in_memory(self, count: int, now: _Now) -> list[tuple[int, str, str]]:
         """Age first, then the oldest OK, then the oldest NG/ERROR, as on disk."""
-        cutoff = now - self.max_age_s
-        dropped = [(s, r.kind.value, "max_age") for s, r in self._volatile.items() if r.created < cutoff]
+        cutoff = now[1] - self.max_age_s
+        dropped = [(s, r.kind.value, "max_age") for s, r in self._volatile.items()
+                   if r.created_mono is not None and r.created_mono < cutoff]  # fmt: skip
         for seq, _, _ in dropped:
             del self._volatile[seq]
         count -= len(dropped)
@@ -673,7 +765,7 @@ class Outbox:
                 dropped.append((row.seq, row.kind.value, "max_rows"))
         return dropped
 
-    def _disk_failed(self, what: str, exc: sqlite3.Error) -> None:
+    def _disk_failed(self, what: str, exc: Exception) -> None:
         first = self._write_error is None
         self._write_error = f"cannot {what} in {self.path}: {exc}"
         (log.error if first else log.debug)(
@@ -688,30 +780,32 @@ class Outbox:
         assert conn is not None
         try:
             heads = conn.execute(
-                "SELECT seq, kind, created, replayed FROM verdicts WHERE seq > ?"
+                "SELECT seq, kind, created, replayed, created_mono FROM verdicts WHERE seq > ?"
                 " ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
             if not heads:
                 return []
             msgs = conn.execute(
-                "SELECT seq, idx, topic, payload, qos, retain, content_type, expires"
-                " FROM messages WHERE seq BETWEEN ? AND ? ORDER BY seq, idx",
+                "SELECT seq, idx, topic, payload, qos, retain, content_type, expires,"
+                " expires_mono FROM messages WHERE seq BETWEEN ? AND ? ORDER BY seq, idx",
                 (heads[0][0], heads[-1][0]),
             ).fetchall()
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
         by_seq: dict[int, list[StoredMessage]] = {}
-        replayed_seqs = {seq for seq, _, _, replayed in heads if replayed}
-        for seq, idx, topic, payload, qos, retain, content_type, expires in msgs:
+        replayed_seqs = {seq for seq, _, _, replayed, _ in heads if replayed}
+        for seq, idx, topic, payload, qos, retain, content_type, expires, expires_mono in msgs:
             if seq in replayed_seqs:
                 payload = set_flags(payload, replayed=True)
             by_seq.setdefault(seq, []).append(
-                StoredMessage(seq, idx, topic, payload, qos, bool(retain), content_type, expires)
+                StoredMessage(seq, idx, topic, payload, qos, bool(retain), content_type, expires,
+                              expires_mono)  # fmt: skip
             )
         return [
-            Row(seq, Verdict(kind), created, bool(replayed), tuple(by_seq.get(seq, ())))
-            for seq, kind, created, replayed in heads
+            Row(seq, Verdict(kind), created, bool(replayed), tuple(by_seq.get(seq, ())),
+                created_mono=created_mono)  # fmt: skip
+            for seq, kind, created, replayed, created_mono in heads
         ]
 
     def _ack_on_disk(self, acks: list[tuple[int, int | None]]) -> int:
@@ -736,12 +830,15 @@ class Outbox:
                         (seq, seq),
                     ).rowcount
         except sqlite3.Error as exc:
+            # kept and tried again with the next write that works (a full disk frees up)
+            self._acks_to_retry.extend(acks)
             log.warning(
                 "outbox.ack_not_stored",
                 path=str(self.path),
                 seqs=[s for s, _ in acks][:50],
                 error=str(exc),
-                detail="sent again after a restart; consumers de-duplicate on seq",
+                detail="tried again with the next write; if the daemon stops first, sent again"
+                " after the restart (consumers de-duplicate on seq)",
             )
             return 0
         finally:
@@ -750,7 +847,76 @@ class Outbox:
             except sqlite3.Error:
                 pass
         self._depth -= gone
+        if self._wal_bytes() > 2 * WAL_LIMIT_BYTES:  # a checkpoint could not finish before
+            self._checkpoint()
         return changed
+
+    def _retry_acks(self) -> None:
+        if self._acks_to_retry and self._conn is not None:
+            acks, self._acks_to_retry = self._acks_to_retry, []
+            self._ack_on_disk(acks)
+
+    def _wal_bytes(self) -> int:
+        try:
+            return self.path.with_name(self.path.name + "-wal").stat().st_size
+        except OSError:
+            return 0
+
+    def _checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it to 0 bytes; False if it could not."""
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("outbox.checkpoint_failed", path=str(self.path), error=str(exc))
+            return False
+        return not busy
+
+    def _count_not_storable(self, failed: list[tuple[int, str, str]]) -> None:
+        """Counted as dropped, persisted where the disk allows: health shows it either way."""
+        conn = self._conn
+        if conn is not None:
+            try:
+                with _transaction(conn):
+                    self._count_drops(conn, failed)
+            except sqlite3.Error as exc:
+                self._disk_failed(f"count seqs {[s for s, _, _ in failed]} not stored", exc)
+        self._note_drops(failed)
+
+    @staticmethod
+    def _add_columns(conn: sqlite3.Connection) -> None:
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        for statement in _AFTER_COLUMNS:
+            conn.execute(statement)
+
+    def _rebase_clocks(self, conn: sqlite3.Connection) -> int:
+        """Put rows of an earlier boot (or from before created_mono) on this boot's monotonic
+        clock, as old as the wall clock says, clamped (``inspectd.clock``): never below 0, and
+        for a row known to be from an earlier boot, never below the time since this boot. A
+        message's expiry keeps its distance from the row's creation. Returns how many rows."""
+        params = {"mono": self.clock.mono(), "wall": self.clock.wall(), "boot": self.clock.boot_id}
+        # created_mono > now cannot be this boot's clock (a container with its own, say)
+        stale = "boot_id IS NOT :boot OR created_mono IS NULL OR created_mono > :mono"
+        new_created = (":mono - MAX(0.0, :wall - {t}.created,"
+                       " CASE WHEN {t}.boot_id != :boot THEN :mono ELSE 0.0 END)")  # fmt: skip
+        conn.execute(
+            "UPDATE messages SET expires_mono = (SELECT " + new_created.format(t="v")
+            + " + COALESCE(messages.expires_mono - v.created_mono, messages.expires - v.created)"
+            " FROM verdicts v WHERE v.seq = messages.seq)"
+            " WHERE (expires IS NOT NULL OR expires_mono IS NOT NULL)"
+            f" AND seq IN (SELECT seq FROM verdicts WHERE {stale})",
+            params,
+        )
+        return conn.execute(
+            f"UPDATE verdicts SET created_mono = {new_created.format(t='verdicts')},"
+            f" boot_id = :boot WHERE {stale}",
+            params,
+        ).rowcount
 
     @staticmethod
     def _meta(conn: sqlite3.Connection, key: str) -> int:
@@ -765,15 +931,16 @@ class Outbox:
             (key, value),
         )
 
-    def _drop_for_age(self, conn: sqlite3.Connection, now: float) -> list[tuple[int, str, str]]:
+    def _drop_for_age(self, conn: sqlite3.Connection, now: _Now) -> list[tuple[int, str, str]]:
         # Age applies to every kind: a verdict older than max_age_s is of no use to a PLC and
-        # MES has to reconcile it from the log anyway. It is still counted and logged.
-        cutoff = now - self.max_age_s
+        # MES has to reconcile it from the log anyway. It is still counted and logged. On the
+        # monotonic clock: a wall clock stepped forward must not age young rows.
+        cutoff = now[1] - self.max_age_s
         old = conn.execute(
-            "SELECT seq, kind FROM verdicts WHERE created < ? ORDER BY seq", (cutoff,)
+            "SELECT seq, kind FROM verdicts WHERE created_mono < ? ORDER BY seq", (cutoff,)
         ).fetchall()
         if old:
-            conn.execute("DELETE FROM verdicts WHERE created < ?", (cutoff,))
+            conn.execute("DELETE FROM verdicts WHERE created_mono < ?", (cutoff,))
         return [(seq, kind, "max_age") for seq, kind in old]
 
     def _drop_oldest(self, conn: sqlite3.Connection, count: int) -> list[tuple[int, str, str]]:

@@ -388,6 +388,8 @@ class Pipeline:
             latency_ms=(now - frame.t_mono) * 1000.0,
             error=error,
             deadline_ts=_wall_deadline(frame.request),
+            t_mono=now,
+            deadline_mono=frame.request.deadline_mono if frame.request else None,
         )
         if error:
             log.warning("part.error", part_id=record.part_id, error=error)
@@ -425,6 +427,7 @@ class Pipeline:
         receipts = [i.frame.extra.get(RECEIPT) for i in batch]
         with_receipts = any(r is not None for r in receipts)
         stored = True
+        kinds = [i.record.verdict for i in batch]  # recording may turn one into ERROR
         try:
             if with_receipts:
                 self.recorder.record([i.record for i in batch], receipts=receipts)
@@ -436,6 +439,10 @@ class Pipeline:
             stored = False
             self.stats.sink_errors += 1
             log.exception("verdicts.not_recorded", part_ids=[i.record.part_id for i in batch])
+        for kind, item in zip(kinds, batch, strict=True):
+            if item.record.verdict != kind:
+                self.stats.verdicts[kind.value] -= 1
+                self.stats.verdicts[item.record.verdict.value] += 1
         for item in batch:
             for sink in self.sinks:
                 try:

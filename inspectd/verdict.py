@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from inspectd.names import escape_name
+
 VERDICT_SCHEMA = "inspectd.verdict/1"
 
 
@@ -26,6 +28,20 @@ class Region:
     h: int
     area: int  # pixels of the frame covered by the region
     peak: float  # highest anomaly value inside it
+
+
+_TEXT_FIELDS = ("station", "product", "part_id", "request_id", "model_name", "model_sha256",
+                "camera_serial", "error")  # fmt: skip
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def iso_utc(t: float) -> str:
@@ -56,6 +72,21 @@ class VerdictRecord:
     replayed: bool = False  # set on the wire by the outbox for verdicts an earlier run left
     durable: bool = True  # set on the wire by the outbox when the disk could not store it
     deadline_ts: float | None = None  # wall time the trigger's answer was due, if it set one
+    # Monotonic twins of t_verdict and deadline_ts: reject expiry runs on them, so a step of the
+    # wall clock neither expires a reject early nor stretches its MQTT message expiry.
+    t_mono: float | None = None
+    deadline_mono: float | None = None
+
+    def escape_text(self) -> list[str]:
+        """Escape (``inspectd.names.escape_name``) every text field that UTF-8 cannot encode (a
+        lone surrogate, e.g. a trigger's ``"\\udcff"``); returns the names of those fields."""
+        changed = []
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str) and not _encodable(value):
+                setattr(self, name, escape_name(value))
+                changed.append(name)
+        return changed
 
     def to_payload(self) -> dict[str, Any]:
         return {

@@ -241,13 +241,32 @@ def test_append_many_is_one_transaction_in_order(tmp_path: Path) -> None:
         items = [(k, lambda seq, k=k: verdict_messages(seq, k)) for k in ("OK", "NG", "ERROR")]
         assert outbox.append_many(items) == [1, 2, 3]
 
-        def broken(seq: int) -> list[Message]:
-            raise RuntimeError("payload could not be built")
 
-        with pytest.raises(RuntimeError):
-            outbox.append_many([("OK", verdict_messages(4, "OK")), ("NG", broken)])
-        assert seqs(outbox) == [1, 2, 3]  # neither of the two was stored
-        assert add(outbox, "OK") == 4
+
+def test_a_record_that_cannot_be_stored_costs_only_itself_and_its_seq_is_never_reused(
+    tmp_path: Path,
+) -> None:
+    # Issue 15, bug 2: one verdict whose payload raised (encode_json on a lone surrogate) cost
+    # its whole batch, and the next batch was handed the same seqs again.
+    def broken(seq: int) -> list[Message]:
+        "\udcff".encode()  # what encode_json did for a part id from a non-UTF-8 file name
+        return []
+
+    def bad_topic(seq: int) -> list[Message]:
+        return [Message("station/\udcff/verdict", b"{}")]  # not storable either
+
+    with Outbox(tmp_path / "o.db") as outbox:
+        assert outbox.append_many([("OK", verdict_messages(1, "OK")), ("NG", broken),
+                                   ("OK", verdict_messages(3, "OK")), ("ERROR", bad_topic),
+                                   ("NG", verdict_messages(5, "NG"))]) == [1, 2, 3, 4, 5]  # fmt: skip
+        assert seqs(outbox) == [1, 3, 5]  # the others were stored
+        assert add(outbox, "OK") == 6  # 2 and 4 are spent
+        stats = outbox.stats()
+        assert stats["dropped"] == {"OK": 0, "NG": 1, "ERROR": 1}  # counted, never silent
+        assert stats["durable"] is True
+    with Outbox(tmp_path / "o.db") as again:  # the counts are persisted, seq goes on
+        assert again.stats()["dropped"] == {"OK": 0, "NG": 1, "ERROR": 1}
+        assert add(again, "OK") == 7
 
 
 def test_concurrent_appends_get_unique_consecutive_seqs(tmp_path: Path) -> None:
@@ -275,21 +294,21 @@ def test_concurrent_appends_get_unique_consecutive_seqs(tmp_path: Path) -> None:
         assert all(json.loads(r.messages[0].payload)["seq"] == r.seq for r in rows)
 
 
-def test_a_failed_append_stores_nothing_and_uses_no_seq(tmp_path: Path) -> None:
+def test_an_append_that_cannot_be_stored_spends_its_seq_and_is_counted(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.db") as outbox:
         add(outbox, "OK")
 
         def broken(seq: int) -> list[Message]:
             raise RuntimeError("payload could not be built")
 
-        with pytest.raises(RuntimeError, match="could not be built"):
-            outbox.append("NG", broken)
-        with pytest.raises(ValueError):
+        assert outbox.append("NG", broken) == 2
+        assert outbox.append("OK", [Message("t/#", b"{}")]) == 3  # not a topic to publish on
+        assert outbox.append("NG", [Message("t/reject", b"{}", expires=float("nan"))]) == 4
+        with pytest.raises(ValueError):  # not a verdict kind: the caller's bug, before any seq
             outbox.append("MAYBE", [Message("t/verdict", b"{}")])
-        with pytest.raises(ValueError, match="topic"):
-            outbox.append("OK", [Message("t/#", b"{}")])
-        assert add(outbox, "NG") == 2
-        assert seqs(outbox) == [1, 2]
+        assert add(outbox, "NG") == 5
+        assert seqs(outbox) == [1, 5]
+        assert outbox.stats()["dropped"] == {"OK": 1, "NG": 2, "ERROR": 0}
 
 
 def test_disk_full_keeps_verdicts_in_memory_marked_not_durable(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import structlog
 from inspectd.capture.base import CaptureError, CaptureSource, CaptureTimeout, EndOfStream
 from inspectd.frame import CameraMeta, Frame
 from inspectd.imagefile import decode_image_file
+from inspectd.names import escape_name, file_part_id
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +43,7 @@ class FolderSource(CaptureSource):
         self.rate_hz = rate_hz
         self._globs = [g.strip().lower() for g in pattern.split(",") if g.strip()]
         self._period = 1.0 / rate_hz if rate_hz > 0 else 0.0
-        self.camera = CameraMeta(source="folder", serial=str(self.path))
+        self.camera = CameraMeta(source="folder", serial=escape_name(str(self.path)))
         self._files: list[Path] | None = None
         self._index = 0
         self._frame_id = 0
@@ -152,7 +153,7 @@ class FolderSource(CaptureSource):
         return Frame(
             image=image,
             frame_id=self._frame_id,
-            part_id=file.stem,
+            part_id=file_part_id(file),  # a name that is not UTF-8 is escaped, reversibly
             t_capture=t_capture,
             t_mono=t_mono,
             camera=self.camera,

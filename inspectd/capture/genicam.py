@@ -26,6 +26,7 @@ import structlog
 from inspectd.capture.base import CaptureError, CaptureSource, CaptureTimeout
 from inspectd.capture.pixels import PixelFormatError, to_frame_image
 from inspectd.frame import CameraMeta, Frame
+from inspectd.names import escape_name
 
 log = structlog.get_logger(__name__)
 
@@ -193,7 +194,7 @@ class GenICamSource(CaptureSource):
         self.trigger_line = trigger_line
         self.timeout_s = timeout_s
         self.nodes = dict(nodes or {})
-        self.camera = CameraMeta(source="genicam", serial=serial or "")
+        self.camera = CameraMeta(source="genicam", serial=escape_name(serial or ""))
         self.device: DeviceInfo | None = None
         self._harvester: Any = None
         self._ia: Any = None
@@ -355,8 +356,9 @@ class GenICamSource(CaptureSource):
             self._configure()
             pixel_format = str(self._nm.PixelFormat.value) if self._has("PixelFormat") else ""
             self.camera = CameraMeta(
-                source="genicam", serial=self.device.serial, pixel_format=pixel_format,
-                vendor=self.device.vendor, model=self.device.model,
+                source="genicam", serial=escape_name(self.device.serial),
+                pixel_format=escape_name(pixel_format), vendor=escape_name(self.device.vendor),
+                model=escape_name(self.device.model),  # driver strings, escaped as file names are
             )  # fmt: skip
             self._ia.start()
         except BaseException:

@@ -21,6 +21,7 @@ import structlog
 
 from inspectd.capture.base import CaptureError, CaptureSource, EndOfStream
 from inspectd.frame import CameraMeta, Frame
+from inspectd.names import escape_name
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +90,7 @@ class OpenCVSource(CaptureSource):
         self.timeout_s = timeout_s
         self._kind, self._target = _classify(device)
         self._name = redact_url(str(device))
-        self.camera = CameraMeta(source="opencv", serial=self._name)
+        self.camera = CameraMeta(source="opencv", serial=escape_name(self._name))
         self._cap: cv2.VideoCapture | None = None
         self._opened = False
         self._broken = False  # live source: the last read failed, reopen before the next

@@ -101,6 +101,7 @@ class OutgoingMessage:
     on_ack: Callable[[bool], None] | None = None
     content_type: str | None = "application/json"  # MQTT 5 property; None for binary payloads
     expires: float | None = None  # wall time: MQTT 5 message expiry; not sent at all after it
+    expires_mono: float | None = None  # the same on time.monotonic(); decides when it is given
     user_properties: tuple[tuple[str, str], ...] = ()  # MQTT 5 only
     correlation_data: bytes | None = None  # MQTT 5 only: echoed from a request
 
@@ -120,6 +121,27 @@ def status_payload(state: str, status_fields: dict[str, Any], t: float | None = 
     return encode_json(
         {"state": state, **status_fields, "ts": iso_utc(time.time() if t is None else t)}
     )
+
+
+def remaining_s(message: OutgoingMessage) -> float | None:
+    """Seconds until ``message`` expires (None: never). On the monotonic clock when it has a
+    monotonic deadline: a wall clock stepped +2 h expired rejects inside their travel window,
+    one stepped -3 h gave them 3 h of message expiry (issue 15)."""
+    if message.expires_mono is not None:
+        return message.expires_mono - time.monotonic()
+    if message.expires is not None:
+        return message.expires - time.time()
+    return None
+
+
+def reject_deadline_mono(record: VerdictRecord, travel_window_s: float) -> float:
+    """``reject_deadline`` on time.monotonic(). A record without monotonic times (made outside
+    the pipeline) gets its travel window from now."""
+    if record.deadline_mono is not None:
+        return record.deadline_mono
+    if record.deadline_ts is not None:
+        return time.monotonic() + (record.deadline_ts - time.time())
+    return (time.monotonic() if record.t_mono is None else record.t_mono) + travel_window_s
 
 
 def reject_deadline(record: VerdictRecord, travel_window_s: float) -> float:
@@ -147,7 +169,8 @@ def verdict_messages(
             "deadline_ts": iso_utc(deadline),
         }
         messages.append(
-            OutgoingMessage(topics.reject, encode_json(reject), 1, False, label, expires=deadline)
+            OutgoingMessage(topics.reject, encode_json(reject), 1, False, label, expires=deadline,
+                            expires_mono=reject_deadline_mono(record, travel_window_s))  # fmt: skip
         )
     return messages
 
@@ -425,8 +448,9 @@ class MqttPublisher:
     def _props_for(self, message: OutgoingMessage) -> Properties | None:
         if not self._v5:
             return None
+        left = remaining_s(message)
         plain = (
-            message.expires is None
+            left is None
             and not message.user_properties
             and message.correlation_data is None
         )
@@ -439,8 +463,8 @@ class MqttPublisher:
                 self._publish_props[message.content_type] = props
             return props
         props = self._new_props(message.content_type)
-        if message.expires is not None:
-            props.MessageExpiryInterval = max(1, math.ceil(message.expires - time.time()))
+        if left is not None:
+            props.MessageExpiryInterval = max(1, math.ceil(left))
         if message.user_properties:
             props.UserProperty = list(message.user_properties)
         if message.correlation_data is not None:
@@ -493,7 +517,8 @@ class MqttPublisher:
 
     def _hand_to_paho(self, entry: _Entry) -> None:
         m = entry.message
-        if m.expires is not None and m.expires <= time.time():
+        left = remaining_s(m)
+        if left is not None and left <= 0:
             # A reject for a part that has left the diverter: sending it could divert the wrong
             # part. Done with, as if acknowledged (the outbox deletes it), and logged.
             log.warning("mqtt.expired_not_sent", topic=m.topic, label=m.label)
