@@ -30,9 +30,10 @@ from inspectd.calibrate.thresholds import (
 from inspectd.decide import regions_of, rejects
 from inspectd.deploy.bundle import replace_thresholds
 from inspectd.engine import Engine, load_engine
+from inspectd.engine.base import infer_batches
 from inspectd.preprocess import PreprocessError, load_inputs, preprocess
 from inspectd.train.datasets.mvtec import GOOD, Sample, image_files
-from inspectd.train.metrics import auroc, operating_points
+from inspectd.train.metrics import auroc, f1_max, operating_points
 
 log = structlog.get_logger(__name__)
 
@@ -122,19 +123,21 @@ def _bar(total: int, desc: str, on: bool) -> Any:
 
 def _score(engine: Engine, batches: Iterator[np.ndarray], total: int, desc: str,
            progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    scores, maps, inputs = [], [], []
-    with _bar(total, desc, progress) as bar:
+    inputs: list[np.ndarray] = []
+
+    def kept(bar: Any) -> Iterator[np.ndarray]:
         for x in batches:
-            r = engine.infer(x)
-            scores.append(r.score)
-            maps.append(r.anomaly_map)
             inputs.append(x)
+            yield x
             bar.update(len(x))
+
+    with _bar(total, desc, progress) as bar:
+        r = infer_batches(engine, kept(bar))
         bar.n = total  # skipped parts count as done
         bar.refresh()
-    if not scores:
-        return np.empty(0, np.float32), np.empty((0, 1, 1), np.float32), np.empty((0, 1, 1, 3), np.uint8)
-    return np.concatenate(scores), np.concatenate(maps), np.concatenate(inputs)
+    if not inputs:
+        return r.score, r.anomaly_map, np.empty((0, 1, 1, 3), np.uint8)
+    return r.score, r.anomaly_map, np.concatenate(inputs)
 
 
 def score_files(engine: Engine, bundle: Bundle, paths: list[Path], desc: str,
@@ -252,7 +255,7 @@ def defect_metrics(good: Scored, defects: Scored, image: float, pixel: float,
     labels = np.r_[np.zeros(good.scores.size, bool), np.ones(defects.scores.size, bool)]
     scores = np.r_[good.scores, defects.scores]
     found = rejects(defects.scores, image)
-    f1_threshold, f1 = stats.best_f1(labels, scores)
+    f1, f1_threshold = f1_max(labels, scores)
     points = operating_points(labels, scores)
     types = np.asarray(defects.defects)
     out: dict[str, Any] = {

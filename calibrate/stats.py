@@ -179,19 +179,3 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # the last index of each tie group
     tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
     return np.r_[0.0, fp / max(1, (~y).sum())], np.r_[0.0, tp / max(1, y.sum())]
-
-
-def best_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(threshold, F1) maximising F1 with NG = score >= threshold."""
-    labels = np.asarray(labels, bool)
-    s = np.asarray(scores, np.float64)
-    best = (float("nan"), 0.0)
-    for t in np.unique(s):
-        predicted = s >= t
-        tp = int((predicted & labels).sum())
-        if tp == 0:
-            continue
-        f1 = 2 * tp / (predicted.sum() + labels.sum())
-        if f1 > best[1]:
-            best = (float(t), float(f1))
-    return best

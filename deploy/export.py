@@ -118,7 +118,7 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
         names, frames = sample_images(bundle, images)
     except FileNotFoundError as exc:
         raise ExportError(str(exc)) from exc
-    graph = load_graph(bundle_dir / model.checkpoint, model.family, model.params)
+    graph = load_graph(bundle)
     new = bundle_dir / (model.file + ".new")
     try:
         export_onnx(graph, new, spec.size)

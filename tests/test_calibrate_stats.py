@@ -10,7 +10,6 @@ from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
 from inspectd.calibrate.stats import (
-    best_f1,
     binom_cdf,
     frr_upper_bound,
     order_statistic_threshold,
@@ -18,6 +17,7 @@ from inspectd.calibrate.stats import (
     roc_curve,
     tail_fit_threshold,
 )
+from inspectd.train.metrics import f1_max
 
 
 @pytest.mark.parametrize("target", [0.001, 0.005, 0.01, 0.05])
@@ -94,7 +94,7 @@ def test_roc_and_f1_on_hand_made_cases():
     fpr, tpr = roc_curve(labels, scores)
     assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
     assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(labels, scores))
-    t, f1 = best_f1(labels, scores)
+    f1, t = f1_max(labels, scores)
     # NG at >= 0.5 finds 2 of 3 defects and no good part: F1 = 0.8, the best here
     assert t == 0.5 and f1 == pytest.approx(0.8)
 

@@ -62,6 +62,35 @@ def test_torch_engine_matches_onnxruntime_maps_and_verdicts(tiny: Bundle, parts)
     assert c.agree and c.max_map_diff <= 1e-4
 
 
+def test_torch_engine_builds_the_head_the_manifest_records(tiny: Bundle, parts, tmp_path: Path) -> None:
+    """A bundle exported with a non-default scoring head (mean filter 11) scores the same on the
+    torch engine: the head comes from the manifest's scoring section, not the family defaults."""
+    import shutil
+
+    from inspectd.bundle import sha256_of
+    from inspectd.deploy.bundle import seal, write_thresholds
+    from inspectd.deploy.export import export_onnx
+    from inspectd.train.models import load_graph
+    from inspectd.train.scoring import MsgmsL2Head
+
+    b = tmp_path / "tiny"
+    shutil.copytree(tiny.path, b)
+    graph = load_graph(tiny)
+    graph.head = MsgmsL2Head(mean_filter=11)
+    export_onnx(graph, b / "model.onnx", (128, 128))
+    write_thresholds(b, tiny.thresholds.model_copy(update={"model_sha256": sha256_of(b / "model.onnx")}))
+    manifest = yaml.safe_load((b / MANIFEST).read_text())
+    manifest["scoring"]["mean_filter"] = 11
+    seal(b, manifest, list(manifest["files"]))
+    bundle = load_bundle(b)
+    _, images = parts
+    want = run_all(load_engine(bundle.model_path, backend="onnxruntime"), images)
+    got = run_all(load_engine(bundle.model_path, backend="torch", device="cpu", bundle=bundle), images)
+    np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, atol=1e-4, rtol=0)
+    assert np.abs(want.anomaly_map - run_all(load_engine(tiny.model_path, backend="onnxruntime"),
+                                             images).anomaly_map).max() > 1e-3  # the filter matters
+
+
 def test_torch_engine_splits_batches_larger_than_max_batch(tiny: Bundle, parts) -> None:
     _, images = parts
     one = load_engine(tiny.model_path, backend="torch", bundle=tiny, max_batch=1).infer(images[:5])

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from inspectd.decide import rejects
-from inspectd.engine.base import Engine
+from inspectd.engine.base import Engine, infer_batches
 from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.mvtec import MVTecSet, Sample, load_mask
 from inspectd.train.metrics import aupro, auroc, f1_max, operating_points
@@ -32,20 +32,13 @@ def score_samples(
     engine: Engine, samples: Sequence[Sample], spec: PreprocessSpec, batch: int = 16,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(scores N, maps N x H x W float32) of `samples`, scored batch by batch."""
+    """(scores N, maps N x H x W float32) of `samples`, read and scored batch by batch."""
     from tqdm import tqdm
 
-    scores = np.empty(len(samples), np.float32)
-    maps: np.ndarray | None = None  # allocated once the first batch gives the map size
-    starts = range(0, len(samples), batch)
-    for i in tqdm(starts, desc="eval", unit="batch", disable=not progress, leave=False):
-        r = engine.infer(load_inputs([s.path for s in samples[i : i + batch]], spec))
-        if maps is None:
-            maps = np.empty((len(samples), *r.anomaly_map.shape[1:]), np.float32)
-        scores[i : i + len(r.score)] = r.score
-        maps[i : i + len(r.score)] = r.anomaly_map
-    assert maps is not None
-    return scores, maps
+    starts = tqdm(range(0, len(samples), batch), desc="eval", unit="batch", disable=not progress, leave=False)
+    r = infer_batches(engine, (load_inputs([s.path for s in samples[i : i + batch]], spec) for i in starts),
+                      total=len(samples))  # fmt: skip
+    return r.score, r.anomaly_map
 
 
 def evaluate(

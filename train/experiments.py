@@ -114,8 +114,9 @@ def vivano_extras(bundle_dir: Path, data: Path, device: str) -> tuple[dict[str, 
     from inspectd.train.evaluate import compute_metrics, mask_like_input
     from inspectd.train.models import load_graph
 
-    m = load_bundle(bundle_dir).manifest
-    model = load_graph(bundle_dir / str(m.model.checkpoint), m.model.family, m.model.params).model.to(device)
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    model = load_graph(bundle).model.to(device)
     samples = MVTecSet(data).test()
     maps, latents = [], []
     with torch.no_grad():
@@ -150,8 +151,9 @@ def metrics_with_test_noise(bundle_dir: Path, data: Path, sigma: float, seed: in
     from inspectd.train.metrics import auroc
     from inspectd.train.models import load_graph
 
-    m = load_bundle(bundle_dir).manifest
-    graph = load_graph(bundle_dir / str(m.model.checkpoint), m.model.family, m.model.params)
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    graph = load_graph(bundle)
     samples, gen = MVTecSet(data).test(), torch.Generator().manual_seed(seed)
     scores, maps = [], []
     with torch.no_grad():

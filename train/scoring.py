@@ -14,16 +14,31 @@ each scale upsampled bilinearly to full size and averaged. GMS = (2 g1 g2 + c) /
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inspectd.bundle import ScoringSpec
+
+
+def scoring_head(spec: ScoringSpec) -> nn.Module:
+    """The head a bundle's scoring section describes."""
+    if spec.method == "nll":
+        return LikelihoodHead()
+    return MsgmsL2Head(mean_filter=spec.mean_filter, scales=spec.scales, c=spec.c)
+
 
 class MsgmsL2Head(nn.Module):
-    """Inputs: x, x_hat float N x C x H x W in [0, 1]. Outputs: map N x H x W, score N."""
+    """Inputs: x, x_hat float N x C x H x W in [0, 1]. Outputs: map N x H x W, score N.
 
-    def __init__(self, mean_filter: int = 21, scales: int = 4, c: float = 0.0026) -> None:
+    Settings not given take ScoringSpec's defaults (21, 4, 0.0026): the one place they live."""
+
+    def __init__(self, **settings: Any) -> None:
         super().__init__()
+        spec = ScoringSpec(method="msgms_l2", **settings)
+        mean_filter, scales, c = spec.mean_filter, spec.scales, spec.c
         if mean_filter % 2 != 1:
             raise ValueError(f"mean_filter must be odd, got {mean_filter}")
         self.mean_filter = mean_filter
@@ -79,5 +94,6 @@ class LikelihoodHead(nn.Module):
     """
 
     def forward(self, x: torch.Tensor, nll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        amap = F.interpolate(nll, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return amap, amap.amax(dim=(1, 2))
+        with torch.autocast(nll.device.type, enabled=False):  # fp32, as MsgmsL2Head
+            amap = F.interpolate(nll.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            return amap, amap.amax(dim=(1, 2))

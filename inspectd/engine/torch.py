@@ -35,18 +35,6 @@ log = structlog.get_logger(__name__)
 WARMUP_RUNS = 3  # before capture: cuDNN picks its algorithms and allocations settle
 
 
-class _Fp32Head(nn.Module):
-    """Runs the scoring head outside autocast, on fp32 inputs."""
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Any:
-        with torch.autocast("cuda", enabled=False):
-            return self.head(x.float(), y.float())
-
-
 class _Autocast(nn.Module):
     """Runs the reconstruction model under fp16 autocast."""
 
@@ -93,8 +81,8 @@ class TorchEngine(Engine):
         if on_gpu:
             graph = graph.to(memory_format=torch.channels_last)
         if self.fp16:
+            # the model only: the heads compute in fp32 themselves (inspectd.train.scoring)
             graph.model = _Autocast(graph.model)
-            graph.head = _Fp32Head(graph.head)
         self.graph = graph
         self._captured: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
         self._pinned: dict[int, torch.Tensor] = {}
@@ -178,7 +166,7 @@ def load_torch_engine(bundle: Any, *, device: str = "cpu", precision: str = "fp1
 
     checkpoint = Path(bundle.path) / m.checkpoint
     try:
-        graph = load_graph(checkpoint, m.family, m.params)
+        graph = load_graph(bundle)
     except (OSError, RuntimeError, ValueError, TypeError) as exc:
         raise EngineError(f"{checkpoint}: cannot load the {m.family} model: {exc}") from exc
     size = bundle.manifest.preprocess.size

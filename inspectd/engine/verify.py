@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from inspectd.engine.base import Engine, InferenceResult
+from inspectd.decide import rejects
+from inspectd.engine.base import Engine, InferenceResult, infer_batches
 
 BATCH = 8
 
@@ -40,8 +41,7 @@ class Comparison:
 
 
 def _verdicts(scores: np.ndarray, threshold: float) -> list[str]:
-    # the daemon's rule (inspectd.decide): NG when score >= threshold; non-finite is never OK
-    return ["NG" if not np.isfinite(s) or s >= threshold else "OK" for s in scores]
+    return ["NG" if r else "OK" for r in rejects(scores, threshold)]
 
 
 def compare(reference: InferenceResult, candidate: InferenceResult, names: list[str],
@@ -66,12 +66,7 @@ def compare(reference: InferenceResult, candidate: InferenceResult, names: list[
 
 
 def run_all(engine: Engine, images: np.ndarray) -> InferenceResult:
-    maps, scores = [], []
-    for i in range(0, len(images), BATCH):
-        r = engine.infer(images[i : i + BATCH])
-        maps.append(r.anomaly_map)
-        scores.append(r.score)
-    return InferenceResult(np.concatenate(maps), np.concatenate(scores))
+    return infer_batches(engine, (images[i : i + BATCH] for i in range(0, len(images), BATCH)))
 
 
 def sample_images(bundle: Any, folder: Path | None, n: int = 40, seed: int = 7) -> tuple[list[str], np.ndarray]:

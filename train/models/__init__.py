@@ -2,7 +2,9 @@
 
 The one registry that training, export, evaluation and the torch engine use, so a family's
 scoring head and objective are chosen in one place. A bundle records the family and its
-constructor `params`; `load_graph` rebuilds the exported graph from them and `model.pt`.
+constructor `params`; `load_graph` rebuilds the exported graph from the bundle's manifest
+(family, params and its scoring section, so an old bundle's head is the one it was built with)
+and `model.pt`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from inspectd.bundle import Bundle, ScoringSpec
 from inspectd.train.graph import InspectionGraph
 from inspectd.train.losses import l2_ssim_loss
 from inspectd.train.models import ae, hybrid, vivano
-from inspectd.train.scoring import LikelihoodHead, MsgmsL2Head
+from inspectd.train.scoring import scoring_head
 
-MSGMS_L2 = {"method": "msgms_l2", "mean_filter": 21, "scales": 4, "c": 0.0026}
+MSGMS_L2 = ScoringSpec(method="msgms_l2").model_dump()  # ScoringSpec holds the defaults
 
 
 def reconstruction_objective(model: nn.Module, x: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
@@ -37,7 +40,6 @@ def own_objective(model: nn.Module, x: torch.Tensor, noisy: torch.Tensor) -> tor
 class Family:
     name: str
     model: Callable[..., nn.Module]
-    head: Callable[[], nn.Module]
     objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
     scoring: dict[str, Any]  # the manifest's scoring section
     settled: str  # open points of the paper this implementation settles
@@ -59,21 +61,25 @@ class Family:
     def create(self, params: dict[str, Any]) -> nn.Module:
         return self.model(**params)
 
-    def graph(self, model: nn.Module) -> InspectionGraph:
-        return InspectionGraph(model, self.head())
+    def graph(self, model: nn.Module, scoring: ScoringSpec | None = None) -> InspectionGraph:
+        """The exported graph: `model` and the head of `scoring` (default: this family's)."""
+        spec = scoring or ScoringSpec.model_validate(self.scoring)
+        if spec.method != self.scoring["method"]:
+            raise ValueError(f"{self.name} scores by {self.scoring['method']}, not {spec.method}")
+        return InspectionGraph(model, scoring_head(spec))
 
 
 FAMILIES = {
-    "ae": Family("ae", ae.ConvAutoencoder, MsgmsL2Head, reconstruction_objective, MSGMS_L2,
+    "ae": Family("ae", ae.ConvAutoencoder, reconstruction_objective, MSGMS_L2,
                  "sigmoid output; L2 + (1 - SSIM); RGB",
                  {"epochs": 200, "batch_size": 16, "lr": 2e-4, "patience": 50}),
     # Adam lr 1e-4, batch 8, up to 2000 epochs, early stopping from epoch 800, patience 300
-    "hybrid": Family("hybrid", hybrid.HybridAE, MsgmsL2Head, reconstruction_objective, MSGMS_L2,
+    "hybrid": Family("hybrid", hybrid.HybridAE, reconstruction_objective, MSGMS_L2,
                      hybrid.SETTLED,
                      {"epochs": 2000, "batch_size": 8, "lr": 1e-4, "early_stop_start": 800,
                       "patience": 300}),
     # 200 epochs, batch 16, lr 1e-5; the paper names no early stopping
-    "vivano": Family("vivano", vivano.ViVAno, LikelihoodHead, own_objective, {"method": "nll"},
+    "vivano": Family("vivano", vivano.ViVAno, own_objective, {"method": "nll"},
                      vivano.SETTLED,
                      {"epochs": 200, "batch_size": 16, "lr": 1e-5, "patience": 200}),
 }  # fmt: skip
@@ -85,9 +91,14 @@ def family(name: str) -> Family:
     return FAMILIES[name]
 
 
-def load_graph(checkpoint: Path, family_name: str, params: dict[str, Any]) -> InspectionGraph:
-    """The inspection graph of a bundle from its `model.pt` (a state dict), in eval mode."""
-    fam = family(family_name)
-    model = fam.create(params)
+def load_graph(bundle: Bundle) -> InspectionGraph:
+    """The inspection graph of a bundle from its `model.pt` (a state dict) and its manifest, in
+    eval mode. ValueError when the bundle ships no weights."""
+    m = bundle.manifest
+    if m.model.checkpoint is None:
+        raise ValueError(f"{bundle.path}: no trained weights (model.checkpoint is not set)")
+    fam = family(m.model.family)
+    model = fam.create(m.model.params)
+    checkpoint = Path(bundle.path) / m.model.checkpoint
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    return fam.graph(model).eval()
+    return fam.graph(model, m.scoring).eval()
