@@ -311,3 +311,24 @@ def test_watch_config_errors_name_line_key_and_what_is_allowed(tmp_path):
         ":5:3 camera: watch.done_dir must not be the watched folder itself"
     ]
 
+
+def test_a_file_name_that_is_not_utf8_keeps_its_exact_bytes_through_the_receipt(tmp_path):
+    incoming, state = tmp_path / "in", tmp_path / "state"
+    incoming.mkdir()
+    raw = os.fsencode(incoming) + b"/caf\xe9.png"  # Latin-1, as an old Windows PC writes it
+    with open(raw, "wb") as f:
+        f.write(png(1))
+    outbox = Outbox(state / "outbox.db")
+    src = WatchedFolderSource(incoming, settle_s=0.0, poll_s=0.05, ledger=outbox)
+    src.open()
+    (frame,) = drain(src)
+    assert frame.part_id == "caf\\xe9" and frame.error is None  # escaped, printable
+    commit(outbox, [frame], [Verdict.NG])
+    outbox.close()  # killed before the move
+    outbox = Outbox(state / "outbox.db")
+    src = WatchedFolderSource(incoming, settle_s=0.0, poll_s=0.05, ledger=outbox)
+    src.open()
+    assert src.counts["resumed"] == 1 and drain(src) == []
+    assert os.listdir(os.fsencode(incoming / "done")) == [b"caf\xe9.png"]
+    assert outbox.receipts() == []
+    outbox.close()

@@ -53,6 +53,7 @@ from inspectd.capture.base import RECEIPT, CaptureError, CaptureSource, CaptureT
 from inspectd.capture.folder import DEFAULT_PATTERN
 from inspectd.frame import CameraMeta, Frame
 from inspectd.imagefile import decode_image_file
+from inspectd.names import escape_name, file_part_id
 from inspectd.verdict import Verdict, VerdictRecord
 
 log = structlog.get_logger(__name__)
@@ -129,7 +130,7 @@ class WatchedFolderSource(CaptureSource):
         self.failed_dir = Path(failed_dir) if failed_dir is not None else self.path / "failed"
         self.rate_hz = rate_hz
         self.ledger = ledger
-        self.camera = CameraMeta(source="folder", serial=str(self.path))
+        self.camera = CameraMeta(source="folder", serial=escape_name(str(self.path)))
         self._globs = [g.strip().lower() for g in pattern.split(",") if g.strip()]
         self._period = 1.0 / rate_hz if rate_hz > 0 else 0.0
         self._lock = threading.Lock()
@@ -207,7 +208,7 @@ class WatchedFolderSource(CaptureSource):
             if moved:
                 forget.append(key)
             elif not durable:
-                log.warning("capture.watch.kept_not_durable", file=name, seq=record.seq,
+                log.warning("capture.watch.kept_not_durable", file=escape_name(name), seq=record.seq,
                             detail="verdict not on disk; the file is inspected again after a restart")  # fmt: skip
         if forget and self.ledger is not None:
             self.ledger.forget_receipts(forget)
@@ -240,7 +241,7 @@ class WatchedFolderSource(CaptureSource):
                 forget.append(key)
                 continue
             self.counts["resumed"] += 1
-            log.info("capture.watch.resumed", file=name, seq=seq, verdict=kind.value,
+            log.info("capture.watch.resumed", file=escape_name(name), seq=seq, verdict=kind.value,
                      detail="inspected before the last stop; moved now, not inspected again")  # fmt: skip
             if self._move(name, stamp, kind, seq):
                 forget.append(key)
@@ -324,24 +325,26 @@ class WatchedFolderSource(CaptureSource):
         if after is not None and after != stamp:
             # still being written after all (a writer that paused longer than settle_s)
             self.counts["changed"] += 1
-            log.info("capture.watch.changed_while_read", file=name, detail="read again once settled")
+            log.info("capture.watch.changed_while_read", file=escape_name(name), detail="read again once settled")
             with self._lock:
                 self._inflight.pop(name, None)
                 self._seen[name] = _Seen(after, time.monotonic())
             return None
         if error is not None:
-            log.warning("capture.watch.bad_file", file=name, error=error)
+            log.warning("capture.watch.bad_file", file=escape_name(name), error=error)
         self._frame_id += 1
         self.counts["inspected"] += 1
         return Frame(
             image=image,
             frame_id=self._frame_id,
-            part_id=Path(name).stem,
+            part_id=file_part_id(name),  # a name that is not UTF-8 is escaped, reversibly
             t_capture=t_capture,
             t_mono=t_mono,
             camera=self.camera,
             error=error,
-            extra={"path": str(file), "file": name, RECEIPT: receipt_key(name, stamp)},
+            # the receipt keeps the name's exact bytes (surrogate escapes); the rest is for people
+            extra={"path": escape_name(str(file)), "file": escape_name(name),
+                   RECEIPT: receipt_key(name, stamp)},  # fmt: skip
         )
 
     def _move(self, name: str, stamp: Stamp, verdict: Verdict, seq: int) -> bool:
@@ -360,7 +363,7 @@ class WatchedFolderSource(CaptureSource):
             return True
         except OSError as exc:
             self.counts["move_failed"] += 1
-            log.error("capture.watch.move_failed", file=name, to=str(folder), seq=seq,
+            log.error("capture.watch.move_failed", file=escape_name(name), to=str(folder), seq=seq,
                       error=exc.strerror or str(exc),
                       detail="left in place and not inspected again")  # fmt: skip
             return False
