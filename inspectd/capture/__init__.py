@@ -30,8 +30,9 @@ def open_source(camera_cfg: Any, *, ledger: Ledger | None = None) -> CaptureSour
 
     Reads attributes only (`source`, then that source's fields), so any object with them will
     do: the pydantic config models, or a `types.SimpleNamespace` in tests. With
-    `isolate.enabled` the source runs in a watched child process (`IsolatedSource`, built there
-    by `build_source`); an object without `isolate` gets the source in this process.
+    `isolate.enabled` (a config model: `IsolatedSource.for_config` reads its typed `isolate`
+    section) the source runs in a watched child process, built there by `build_source`; an
+    object without `isolate` gets the source in this process.
     ``ledger`` (the station's outbox) keeps a watched folder's bookkeeping with the verdicts.
     """
     if getattr(getattr(camera_cfg, "isolate", None), "enabled", False):
