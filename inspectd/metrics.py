@@ -151,6 +151,12 @@ class _ScrapeCollector(Collector):
         if mqtt.get("enabled"):
             yield _gauge("inspectd_mqtt_connected", "1 while connected to the broker.",
                          bool(mqtt.get("connected")))  # fmt: skip
+            yield _gauge("inspectd_mqtt_stalled", "1 while connected with messages waiting and no "
+                         "PUBACK for mqtt.ack_timeout_s.", bool(mqtt.get("stalled")))  # fmt: skip
+            yield CounterMetricFamily("inspectd_mqtt_handler_errors", "Exceptions caught from "
+                                      "request handlers (a bug; each was answered internal_error).",
+                                      value=float(mqtt.get("handler_errors") or 0))  # fmt: skip
+        yield from _triggers(h.get("triggers"))
         yield from _outbox(h.get("outbox") or {})
         yield from _drift(h.get("drift"))
 
@@ -167,6 +173,28 @@ def _outbox(outbox: dict[str, Any]) -> Iterator[Metric]:
     for kind, count in sorted((outbox.get("dropped") or {}).items()):
         dropped.add_metric([str(kind)], float(count))
     yield dropped
+
+
+def _triggers(triggers: Any) -> Iterator[Metric]:
+    """From health's ``triggers`` entry (a station with MQTT): overload apart from refusals."""
+    if not isinstance(triggers, dict):
+        return
+    yield CounterMetricFamily("inspectd_trigger_requests", "Trigger requests accepted for "
+                              "inspection.", value=float(triggers.get("requests") or 0))  # fmt: skip
+    yield CounterMetricFamily("inspectd_trigger_duplicates", "Trigger requests answered from the "
+                              "cache (request_id seen before).", value=float(triggers.get("duplicates") or 0))  # fmt: skip
+    yield CounterMetricFamily("inspectd_trigger_overloaded", "Trigger requests refused because "
+                              "the queue was full (overloaded).", value=float(triggers.get("overloaded") or 0))  # fmt: skip
+    refused = CounterMetricFamily("inspectd_trigger_refused", "Trigger requests refused for what "
+                                  "they were, by error code (overloaded not included).", labels=["code"])  # fmt: skip
+    for code, count in sorted((triggers.get("errors") or {}).items()):
+        if code != "overloaded":
+            refused.add_metric([str(code)], float(count))
+    yield refused
+    yield GaugeMetricFamily("inspectd_trigger_queue", "Trigger requests waiting for the camera.",
+                            value=float(triggers.get("queued") or 0))  # fmt: skip
+    yield _gauge("inspectd_trigger_overload", "1 while requests are refused for a full queue "
+                 "(and 10 s after the last).", triggers.get("overload") is not None)  # fmt: skip
 
 
 def _drift(drift: Any) -> Iterator[Metric]:

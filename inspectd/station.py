@@ -116,8 +116,10 @@ class Station:
                 max_bytes=cfg.mqtt.trigger_max_bytes,
             )
             # only this station's own request topics
-            self.publisher.subscribe(self.topics.trigger, self.triggers.on_message)
-            self.publisher.subscribe(self.topics.cmd_filter, self.commands.on_message)
+            self.publisher.subscribe(self.topics.trigger, self.triggers.on_message,
+                                     self.triggers.on_crash)  # fmt: skip
+            self.publisher.subscribe(self.topics.cmd_filter, self.commands.on_message,
+                                     self.commands.on_crash)  # fmt: skip
         pictures: list[VerdictSink] = []
         if cfg.output.dir is not None:
             if cfg.output.verdicts_jsonl:
@@ -221,11 +223,29 @@ class Station:
                  watchdog_interval_s=self.notifier.watchdog_interval_s)  # fmt: skip
 
     def stalled(self) -> dict[str, float]:
-        """Pipeline threads holding work without progress for service.stall_s: thread ->
-        seconds (the watchdog, /healthz and health's problems)."""
+        """What holds work without progress: pipeline threads for service.stall_s, and "mqtt"
+        when the publisher is connected with messages waiting and no PUBACK for
+        mqtt.ack_timeout_s: name -> seconds (the watchdog and /healthz)."""
+        stalls = self.pipeline_stalled()
+        ack_wait = self.publisher_stalled()
+        if ack_wait is not None:
+            stalls["mqtt"] = ack_wait
+        return stalls
+
+    def pipeline_stalled(self) -> dict[str, float]:
         if self.pipeline is None:
             return {}
         return self.pipeline.stalled(self.config.service.stall_s)
+
+    def publisher_stalled(self) -> float | None:
+        """Seconds without a PUBACK while connected and waiting for one, once that is over
+        mqtt.ack_timeout_s; else None. A publisher whose network thread died (issue 15: an
+        exception out of a paho callback) or a broker that stopped reading keeps the TCP
+        connection, so neither health's "connected" nor the broker's Last Will shows it."""
+        if self.publisher is None:
+            return None
+        waited = self.publisher.ack_wait_s()
+        return round(waited, 1) if waited > self.config.mqtt.ack_timeout_s else None
 
     def service_status(self) -> str:
         """The STATUS= line systemctl status shows while inspecting."""
@@ -360,9 +380,20 @@ class Station:
         mqtt: dict[str, Any] = {"enabled": self.publisher is not None}
         if self.publisher is not None:
             p = self.publisher.stats()
-            mqtt.update(connected=p["connected"], error=p["error"])
+            ack_wait = self.publisher_stalled()
+            mqtt.update(connected=p["connected"], error=p["error"], stalled=ack_wait is not None,
+                        awaiting_ack=p["awaiting_ack"], handler_errors=p["handler_errors"])  # fmt: skip
             if not p["connected"]:
                 problems.append(f"mqtt_disconnected: {p['error'] or 'connecting'}")
+            elif ack_wait is not None:
+                problems.append(f"mqtt_stalled: {p['awaiting_ack']} messages wait for the broker's "
+                                f"PUBACK, none for {ack_wait:.0f} s (mqtt.ack_timeout_s "
+                                f"{self.config.mqtt.ack_timeout_s:g}); watchdog pings withheld")  # fmt: skip
+        triggers = self.triggers.stats() if self.triggers is not None else None
+        if triggers is not None and triggers["overload"] is not None:
+            o = triggers["overload"]
+            problems.append(f"trigger_overloaded: {o['refused']} requests refused in {o['since_s']:.0f} s, "
+                            f"{triggers['queue_max']} already waiting for the camera")  # fmt: skip
         stats = self.pipeline.stats
         camera_state = "failed" if stats.capture_failure else "ok"
         if stats.capture_failure:
@@ -372,7 +403,7 @@ class Station:
         if camera_process is not None and camera_process["state"] != "online" and not stats.capture_failure:
             camera_state = "offline"
             problems.append(f"camera_offline: {camera_process['reason'] or camera_process['state']}")
-        problems += [f"stalled: {t} thread, no progress for {s:.0f} s" for t, s in self.stalled().items()]
+        problems += [f"stalled: {t} thread, no progress for {s:.0f} s" for t, s in self.pipeline_stalled().items()]
         archive = self.archive.stats() if self.archive is not None else None
         if archive is not None and archive["failing"]:
             problems.append(f"archive_failing: {archive['errors']} errors since start, last: {archive['last_error']}")
@@ -394,6 +425,7 @@ class Station:
             "thresholds": {"image": self.pipeline.thresholds.image,
                            "pixel": self.pipeline.thresholds.pixel},  # fmt: skip
             "mqtt": mqtt,
+            "triggers": triggers,
             "outbox": outbox,
             "drift": drift,
             "metrics": {"url": self.metrics_server.url, "port": self.metrics_server.port}
@@ -421,7 +453,8 @@ class Station:
             "sink_errors": stats.sink_errors,
             "outbox": self.outbox.stats(),
             "mqtt": self.publisher.stats() if self.publisher else None,
-            "triggers": self.triggers.counts if self.triggers else None,
+            "triggers": self.triggers.stats() if self.triggers else None,
+            "commands": self.commands.stats() if self.commands else None,
             "archive": self.archive.stats() if self.archive is not None else None,
             "pictures": self.pictures.stats() if self.pictures is not None else None,
         }

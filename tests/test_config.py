@@ -72,8 +72,8 @@ def test_unknown_key_top_level(tmp_path):
 def test_unknown_key_nested(tmp_path):
     path = write(tmp_path, MINIMAL + "mqtt:\n  host: broker\n  colour: red\n")
     assert errors_of(path) == [
-        ":9:3 mqtt.colour: unknown key 'colour' (allowed: base_topic, client_id, drain_timeout_s, "
-        "enabled, health_interval_s, host, keepalive_s, overlay_max_bytes, overlays, password, "
+        ":9:3 mqtt.colour: unknown key 'colour' (allowed: ack_timeout_s, base_topic, client_id, "
+        "drain_timeout_s, enabled, health_interval_s, host, keepalive_s, overlay_max_bytes, overlays, password, "
         "password_file, port, protocol, stats_interval_s, tls, travel_window_s, "
         "trigger_max_bytes, username)"
     ]

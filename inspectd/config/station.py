@@ -132,7 +132,6 @@ Watch = Annotated[FolderWatch, BeforeValidator(_watch_shorthand)]
 class FolderCamera(StrictModel):
     """Images read from a folder: for bring-up, replays and tests, or a watched drop folder."""
 
-
     # fmt: off
     source: Literal["folder"] = Field(description="Camera kind.")
     path: ConfigPath = Field(description="Folder to read images from.")
@@ -163,7 +162,6 @@ class FolderCamera(StrictModel):
         # the model is frozen; filling defaults during its own validation is fine
         object.__setattr__(self, "watch", w.model_copy(update={"done_dir": done, "failed_dir": failed}))
         return self
-
 
     @field_validator("pattern")
     @classmethod
@@ -322,6 +320,7 @@ class MqttConfig(StrictModel):
     stats_interval_s: float = Field(10.0, gt=0, description="Seconds between …/stats messages.")
     drain_timeout_s: float = Field(10.0, ge=0, description="On stop, seconds to wait for the broker to acknowledge stored verdicts.")
     trigger_max_bytes: int = Field(4096, ge=64, description="Largest …/trigger or …/cmd payload accepted; bigger ones are answered on …/error.")
+    ack_timeout_s: float = Field(30.0, ge=1, le=3600, description="Connected, QoS 1 messages waiting and no PUBACK for this many seconds: the publisher is stuck (health problem mqtt_stalled, systemd watchdog pings stop, /healthz 503). A broker that is only gone is a disconnection, not this.")
     # fmt: on
 
     @model_validator(mode="after")

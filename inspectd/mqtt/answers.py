@@ -7,6 +7,7 @@ go to a fixed topic the requester subscribes to (``ReplyTo.fallback_topic``).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,12 +40,22 @@ class ReplyTo:
         return cls(msg.topic, response, bytes(correlation) if correlation is not None else None)
 
 
+def _encode(payload: dict[str, Any]) -> bytes:
+    """encode_json, or, for text that is not UTF-8 (a lone surrogate: ids are checked where
+    they enter, this is the last line), JSON with \\u escapes: an answer must never raise."""
+    try:
+        return encode_json(payload)
+    except UnicodeEncodeError:
+        log.error("mqtt.answer_not_utf8", detail="a lone surrogate in an answer, sent \\u-escaped")
+        return json.dumps(payload, separators=(",", ":"), default=str).encode("ascii")
+
+
 def reply(publisher: MqttPublisher, to: ReplyTo, fallback_topic: str, payload: dict[str, Any]) -> None:
     """The answer to a request, on its response topic (else ``fallback_topic``), QoS 1."""
     publisher.enqueue(
         OutgoingMessage(
             to.response_topic or fallback_topic,
-            encode_json(payload),
+            _encode(payload),
             qos=1,
             label=f"reply to {to.source_topic}",
             correlation_data=to.correlation_data,
@@ -69,7 +80,7 @@ def publish_error(
     publisher.enqueue(
         OutgoingMessage(
             topics.error,
-            encode_json(payload),
+            _encode(payload),
             qos=1,
             label=f"error {code}",
             correlation_data=to.correlation_data,

@@ -7,7 +7,6 @@ refuse. Results are answered on the request's response topic (MQTT 5) or
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import paho.mqtt.client as mqtt
 import structlog
 
 from inspectd.mqtt.answers import ReplyTo, publish_error, reply
+from inspectd.mqtt.inbound import RequestError, parse_object
 from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
 
@@ -42,6 +42,8 @@ class CommandDesk:
         self.topics = topics
         self.handlers = dict(handlers)
         self.max_bytes = max_bytes
+        self.errors: dict[str, int] = {}  # refusals by code
+        self._lock = threading.Lock()  # errors: from paho's thread and the worker
         self._work: queue.Queue[tuple[str, dict[str, Any], ReplyTo] | None] = queue.Queue(100)
         self._thread = threading.Thread(target=self._worker, name="commands", daemon=True)
         self._thread.start()
@@ -53,23 +55,24 @@ class CommandDesk:
         name = msg.topic[len(prefix) : -len("/set")] if msg.topic.startswith(prefix) else ""
         if name not in self.handlers:
             allowed = ", ".join(sorted(self.handlers))
-            self._refuse(to, "unknown_command", f"{name!r} is not a command; allowed: {allowed}")
-            return
-        if len(msg.payload) > self.max_bytes:
-            self._refuse(to, "payload_too_large", f"{len(msg.payload)} bytes, at most {self.max_bytes}")
+            self._refuse(
+                to, "unknown_command", f"{name[:64]!r} is not a command; allowed: {allowed}"
+            )
             return
         try:
-            args = json.loads(msg.payload) if msg.payload.strip() else {}
-        except (UnicodeDecodeError, ValueError) as exc:
-            self._refuse(to, "malformed_json", f"not JSON: {exc}", command=name)
-            return
-        if not isinstance(args, dict):
-            self._refuse(to, "invalid_request", "expected a JSON object", command=name)
+            args = parse_object(msg.payload, self.max_bytes, empty_ok=True)
+        except RequestError as exc:
+            self._refuse(to, exc.code, exc.detail, command=name)
             return
         try:
             self._work.put_nowait((name, args, to))
         except queue.Full:
             self._refuse(to, "overloaded", "too many commands waiting", command=name)
+
+    def on_crash(self, msg: mqtt.MQTTMessage, exc: BaseException) -> None:
+        """The publisher's last-resort guard caught ``exc`` from ``on_message``: answered."""
+        self._refuse(ReplyTo.of(msg), "internal_error", f"the station failed on this command "
+                     f"({type(exc).__name__}); it was not run")  # fmt: skip
 
     def _worker(self) -> None:
         while (item := self._work.get()) is not None:
@@ -88,7 +91,14 @@ class CommandDesk:
             reply(self.publisher, to, fallback, {"command": name, "ok": True, **result})
 
     def _refuse(self, to: ReplyTo, code: str, detail: str, **fields: Any) -> None:
+        with self._lock:
+            self.errors[code] = self.errors.get(code, 0) + 1
         publish_error(self.publisher, self.topics, to, code, detail, **fields)
+
+    def stats(self) -> dict[str, Any]:
+        """Commands refused, by code (for …/stats and /metrics)."""
+        with self._lock:
+            return {"errors": dict(self.errors)}
 
     def close(self) -> None:
         self._work.put(None)

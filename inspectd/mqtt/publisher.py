@@ -250,6 +250,12 @@ class MqttPublisher:
         self._early_acks: dict[int, bool] = {}  # PUBACKs that beat the mid registration
         self._status_mids: set[int] = set()  # "online" publishes made in on_connect
         self._in_paho = 0
+        # Is the publisher moving? QoS 1/2 messages handed to paho and not yet acknowledged, and
+        # when the broker last acknowledged one (or the wait began, or the connection came up).
+        # QoS 0 does not count: paho "completes" it once written to the socket, which a broker
+        # that stopped reading, or a paho whose network thread died, still lets happen.
+        self._awaiting_ack = 0
+        self._progress_at = time.monotonic()
         self._next_id = 0
         self._gate_open = False
         self._connected = False
@@ -260,7 +266,7 @@ class MqttPublisher:
         self._sender: threading.Thread | None = None
         self._counts = {
             "published": 0, "acked": 0, "refused": 0, "dropped": 0, "expired": 0, "connects": 0,
-            "skipped_offline": 0,
+            "skipped_offline": 0, "handler_errors": 0,
         }  # fmt: skip
         self._connect_failures = 0
         self._error: str | None = None  # why the last connection attempt failed
@@ -303,11 +309,52 @@ class MqttPublisher:
             client_id=self.client_id,
         )
 
-    def subscribe(self, topic_filter: str, handler: Callable[[mqtt.MQTTMessage], None]) -> None:
+    def subscribe(
+        self,
+        topic_filter: str,
+        handler: Callable[[mqtt.MQTTMessage], None],
+        on_crash: Callable[[mqtt.MQTTMessage, BaseException], None] | None = None,
+    ) -> None:
         """Subscribe (QoS 1) on every connect; ``handler`` runs on paho's network thread and
-        must not block. Call before ``start``."""
+        must not block. Call before ``start``. An exception out of ``handler`` is logged,
+        counted (``stats()["handler_errors"]``) and given to ``on_crash`` (to answer it)."""
         self._subscriptions[topic_filter] = handler
-        self._client.message_callback_add(topic_filter, lambda c, u, msg: handler(msg))
+
+        def dispatch(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            # Last resort: paho re-raises a callback's exception, which ends its network
+            # thread; no PUBACK is read after that and verdicts silently stop (issue 15).
+            try:
+                handler(msg)
+            except Exception as exc:
+                self._handler_failed(msg, exc, on_crash)
+
+        self._client.message_callback_add(topic_filter, dispatch)
+
+    def _handler_failed(
+        self,
+        msg: mqtt.MQTTMessage,
+        exc: Exception,
+        on_crash: Callable[[mqtt.MQTTMessage, BaseException], None] | None,
+    ) -> None:
+        with self._cv:
+            self._counts["handler_errors"] += 1
+        topic = getattr(msg, "_topic", b"")  # bytes: .topic decodes, which may be what failed
+        where = topic.decode("utf-8", "replace") if isinstance(topic, bytes) else str(topic)
+        try:
+            log.error("mqtt.handler_failed", topic=where, error=type(exc).__name__,
+                      payload_bytes=len(msg.payload or b""), exc_info=exc)  # fmt: skip
+            if on_crash is not None:
+                on_crash(msg, exc)
+        except Exception:  # the answer failed too: still nothing may reach paho
+            log.exception("mqtt.handler_failed", topic=where, detail="the error answer failed too")
+
+    def ack_wait_s(self) -> float:
+        """Seconds the publisher has been connected with QoS 1 messages awaiting a PUBACK and
+        none arrived; 0 when nothing waits or while disconnected (reconnecting is progress)."""
+        with self._cv:
+            if not self._connected or self._awaiting_ack == 0:
+                return 0.0
+            return max(0.0, time.monotonic() - self._progress_at)
 
     def set_status_fields(self, **fields: Any) -> None:
         """Change fields of the status message (the product after a switch) and publish
@@ -421,6 +468,7 @@ class MqttPublisher:
             "pending": len(self._outstanding),
             "backlog": len(self._backlog),
             "in_flight": self._in_paho,
+            "awaiting_ack": self._awaiting_ack,
             "connected": self._connected,
             "error": self._error,
         }
@@ -513,6 +561,10 @@ class MqttPublisher:
                             break
                         entry = self._backlog.popleft()
                         self._in_paho += 1
+                        if entry.message.qos > 0:
+                            if self._awaiting_ack == 0:
+                                self._progress_at = time.monotonic()  # the wait begins now
+                            self._awaiting_ack += 1
                     self._hand_to_paho(entry)
 
     def _hand_to_paho(self, entry: _Entry) -> None:
@@ -547,6 +599,8 @@ class MqttPublisher:
                 self._complete_locked(entry, ok)
             else:
                 self._in_paho -= 1
+                if m.qos > 0:
+                    self._awaiting_ack -= 1
                 self._outstanding.pop(entry.id, None)
                 self._counts["dropped"] += 1
                 self._cv.notify_all()
@@ -557,6 +611,10 @@ class MqttPublisher:
 
     def _complete_locked(self, entry: _Entry, ok: bool, count: str = "") -> None:
         self._in_paho -= 1
+        if entry.message.qos > 0:
+            self._awaiting_ack -= 1
+            if not count:  # the broker's PUBACK (not an expired reject): the publisher moves
+                self._progress_at = time.monotonic()
         self._outstanding.pop(entry.id, None)
         self._counts[count or ("acked" if ok else "refused")] += 1
         self._cv.notify_all()
@@ -609,6 +667,7 @@ class MqttPublisher:
         )
         with self._cv:
             self._connected = True
+            self._progress_at = time.monotonic()  # a fresh connection: paho resends what waits
             self._counts["connects"] += 1
             self._connect_failures = 0
             self._error = None
@@ -698,6 +757,7 @@ class MqttPublisher:
                 self._cv.notify_all()
             if mid in self._status_mids:
                 self._status_mids.discard(mid)
+                self._progress_at = time.monotonic()
                 entry = None
             else:
                 entry = self._by_mid.pop(mid, None)

@@ -6,13 +6,16 @@ request's response topic (MQTT 5) or ``…/trigger/response``, with the correlat
 as ``{"request_id", "part_id", "status": "done"|"expired", "verdict": {…the verdict payload…}}``.
 A request_id seen before is answered from a cache (``"duplicate": true``) without a second
 inspection, also while the first is still in progress. Anything malformed is answered on
-``…/error`` and the daemon goes on.
+``…/error`` and the daemon goes on (``inspectd.mqtt.inbound`` parses; ids that cannot travel as
+UTF-8 MQTT strings are refused, not escaped: a requester matches answers on its exact id).
+
+Refusals are counted by code, overload apart from malformed requests: a full queue is the
+station's problem (health says ``trigger_overloaded`` while it lasts), a malformed request the
+requester's.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import queue
 import threading
 import time
@@ -24,15 +27,21 @@ import structlog
 
 from inspectd.frame import TriggerRequest
 from inspectd.mqtt.answers import ReplyTo, publish_error, reply
+from inspectd.mqtt.inbound import RequestError, id_problem, parse_object, safe_id
 from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
 from inspectd.pipeline import TRIGGER_EXPIRED, Inspection
 
 log = structlog.get_logger(__name__)
 
-MAX_ID_CHARS = 128
 DEFAULT_CACHE = 1000  # answered request_ids remembered for duplicates
 DEFAULT_QUEUE = 256  # requests waiting for the camera
+# A deadline beyond a day is a mistake, and a huge one overflowed later (the reject's wall-time
+# deadline_ts, the expiry): refused here instead.
+MAX_DEADLINE_MS = 86_400_000
+# Health says trigger_overloaded from the first request refused for a full queue until this
+# long after the last one: a burst lasts milliseconds, health is looked at every second.
+OVERLOAD_HOLD_S = 10.0
 
 
 class TriggerDesk:
@@ -59,7 +68,12 @@ class TriggerDesk:
         # in progress: who to answer, and whether that request was a duplicate
         self._waiting: dict[str, list[tuple[ReplyTo, bool]]] = {}
         self._answered: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.counts = {"requests": 0, "duplicates": 0, "refused": 0}
+        # requests: accepted for inspection; refused: answered on …/error for what the request
+        # was (malformed, invalid, …); overloaded: refused for a full queue; errors: by code
+        self.counts: dict[str, Any] = {"requests": 0, "duplicates": 0, "refused": 0,
+                                       "overloaded": 0, "errors": {}}  # fmt: skip
+        self.overload_hold_s = OVERLOAD_HOLD_S
+        self._overload: tuple[float, float, int] | None = None  # first, last, refused: the episode
 
     @property
     def response_topic(self) -> str:
@@ -68,6 +82,11 @@ class TriggerDesk:
     # paho's network thread: quick checks, no blocking
     def on_message(self, msg: mqtt.MQTTMessage) -> None:
         to = ReplyTo.of(msg)
+        if not self.accepting:  # before parsing: nothing in the payload matters then
+            self._refuse(to, "not_triggered", "this station's camera runs free (camera.trigger: "
+                         "free_run); it inspects every frame without requests",
+                         request_id=self._request_id_of(msg.payload))  # fmt: skip
+            return
         request = self._parse(msg.payload, to)
         if request is None:
             return
@@ -95,51 +114,81 @@ class TriggerDesk:
             return
         self.counts["requests"] += 1
 
-    def _parse(self, payload: bytes, to: ReplyTo) -> TriggerRequest | None:
-        if len(payload) > self.max_bytes:
-            self._refuse(to, "payload_too_large", f"{len(payload)} bytes, at most {self.max_bytes}")
-            return None
+    def on_crash(self, msg: mqtt.MQTTMessage, exc: BaseException) -> None:
+        """The publisher's last-resort guard caught ``exc`` from ``on_message``: a bug, answered
+        so the requester is not left waiting (the log has the traceback)."""
+        self._refuse(ReplyTo.of(msg), "internal_error", f"the station failed on this request "
+                     f"({type(exc).__name__}); it was not inspected")  # fmt: skip
+
+    def _request_id_of(self, payload: bytes) -> str | None:
         try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as exc:
-            self._refuse(to, "malformed_json", f"not JSON: {exc}")
+            return safe_id(parse_object(payload, self.max_bytes).get("request_id"))
+        except RequestError:
             return None
-        if not isinstance(body, dict):
-            self._refuse(to, "invalid_request", "expected a JSON object")
+
+    def _parse(self, payload: bytes, to: ReplyTo) -> TriggerRequest | None:
+        try:
+            body = parse_object(payload, self.max_bytes)
+        except RequestError as exc:
+            self._refuse(to, exc.code, exc.detail)
             return None
-        request_id = body.get("request_id")
-        problem = None
-        for key in ("request_id", "part_id"):
-            value = body.get(key)
-            if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
-                problem = f"{key} must be a non-empty string of at most {MAX_ID_CHARS} characters"
-                break
+        problem = id_problem("request_id", body.get("request_id")) or id_problem(
+            "part_id", body.get("part_id")
+        )
         deadline_ms = body.get("deadline_ms")
         if problem is None and deadline_ms is not None:
+            # no math.isfinite: it converts an int to float, OverflowError past 1e308
             if (
                 isinstance(deadline_ms, bool)
                 or not isinstance(deadline_ms, int | float)
-                or not math.isfinite(deadline_ms)
-                or deadline_ms <= 0
+                or not 0 < deadline_ms <= MAX_DEADLINE_MS  # NaN fails this too
             ):
-                problem = "deadline_ms must be a positive number of milliseconds"
+                problem = (f"deadline_ms must be a positive number of milliseconds, at most "
+                           f"{MAX_DEADLINE_MS}")  # fmt: skip
         unknown = sorted(set(body) - {"request_id", "part_id", "deadline_ms"})
         if problem is None and unknown:
-            problem = f"unknown field(s) {unknown}; allowed: request_id, part_id, deadline_ms"
-        rid = request_id if isinstance(request_id, str) else None
+            shown = [k[:40] for k in unknown[:10]]  # repr escapes what cannot be encoded
+            problem = f"unknown field(s) {shown}; allowed: request_id, part_id, deadline_ms"
         if problem is not None:
-            self._refuse(to, "invalid_request", problem, request_id=rid)
-            return None
-        if not self.accepting:
-            self._refuse(to, "not_triggered", "this station's camera runs free (camera.trigger: "
-                         "free_run); it inspects every frame without requests", request_id=rid)  # fmt: skip
+            self._refuse(to, "invalid_request", problem, request_id=safe_id(body.get("request_id")))
             return None
         deadline = None if deadline_ms is None else time.monotonic() + deadline_ms / 1000.0
         return TriggerRequest(body["request_id"], body["part_id"], deadline)
 
     def _refuse(self, to: ReplyTo, code: str, detail: str, **fields: Any) -> None:
-        self.counts["refused"] += 1
+        with self._lock:
+            errors = self.counts["errors"]
+            errors[code] = errors.get(code, 0) + 1
+            if code == "overloaded":
+                self.counts["overloaded"] += 1
+                now = time.monotonic()
+                first, last, n = self._overload or (now, now, 0)
+                if now - last > self.overload_hold_s:
+                    first, n = now, 0  # a new episode
+                self._overload = (first, now, n + 1)
+            else:
+                self.counts["refused"] += 1
         publish_error(self.publisher, self.topics, to, code, detail, **fields)
+
+    def stats(self) -> dict[str, Any]:
+        """The counters, the queue and the overload episode (for …/stats, health, /metrics)."""
+        with self._lock:
+            counts = {**self.counts, "errors": dict(self.counts["errors"])}
+        return {**counts, "queued": self.queue.qsize(), "queue_max": self.queue.maxsize,
+                "overload": self.overload()}  # fmt: skip
+
+    def overload(self) -> dict[str, Any] | None:
+        """While requests are refused for a full queue, and ``overload_hold_s`` after the last:
+        how many this episode and since when; else None."""
+        with self._lock:
+            episode = self._overload
+        if episode is None:
+            return None
+        first, last, n = episode
+        now = time.monotonic()
+        if now - last > self.overload_hold_s:
+            return None
+        return {"refused": n, "since_s": round(now - first, 1), "last_s": round(now - last, 1)}
 
     # the pipeline's sink thread, after the verdict was recorded
     def handle(self, inspection: Inspection) -> None:
