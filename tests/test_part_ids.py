@@ -24,12 +24,15 @@ from inspectd.verdict import Verdict, VerdictRecord
 
 
 @pytest.mark.parametrize("raw", [b"part\xff", b"\xc3\x28-bad-utf8", b"a\\xff-literal",
-                                 b"tab\there", b"caf\xc3\xa9", b"\x80\x9f\\\\", b"plain-0001"])
+                                 b"tab\there", b"caf\xc3\xa9", b"\x80\x9f\\\\", b"plain-0001",
+                                 # noncharacters: mosquitto drops a client with one in a property
+                                 "n\uffff-\ufdd0-\U0001fffe".encode()])
 def test_file_names_escape_to_valid_text_and_back(raw: bytes) -> None:
     name = os.fsdecode(raw)  # what os.listdir gives: surrogates for bytes that are not UTF-8
     escaped = escape_name(name)
     escaped.encode("utf-8")  # publishable
     assert escaped.isprintable()
+    assert not any(0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE for c in escaped)
     assert os.fsencode(unescape_name(escaped)) == raw  # reversible, byte for byte
     if raw.isascii() and raw.decode().isprintable() and b"\\" not in raw:
         assert escaped == name  # ordinary names do not change
