@@ -47,8 +47,8 @@ def export_onnx(graph: InspectionGraph, path: Path, input_hw: tuple[int, int]) -
 def parity(graph: InspectionGraph, onnx_path: Path, images: np.ndarray) -> float:
     """Largest absolute difference of the anomaly maps, torch vs ONNX Runtime, on `images`
     (uint8 N x H x W x 3). Verdict agreement is checked by the caller against its thresholds."""
+    from inspectd.deploy.parity import BATCH, run_all
     from inspectd.engine.onnxruntime import OnnxRuntimeEngine
-    from inspectd.engine.verify import BATCH, run_all
 
     graph = graph.eval()
     with torch.no_grad():  # in batches: the hybrid's attention maps are large at 224 px
@@ -101,8 +101,8 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
 
     from inspectd.bundle import MANIFEST, load_bundle, sha256_of
     from inspectd.deploy.bundle import replace_thresholds, seal
+    from inspectd.deploy.parity import compare, format_comparison, run_all, sample_images
     from inspectd.engine.onnxruntime import OnnxRuntimeEngine
-    from inspectd.engine.verify import compare, format_comparison, run_all, sample_images
     from inspectd.train.models import load_graph
 
     bundle = load_bundle(bundle_dir)

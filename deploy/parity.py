@@ -1,7 +1,8 @@
 """Parity of a backend with ONNX Runtime on sample parts: map difference and verdict agreement.
 
-The bundle does not store its validation images, so the samples are a folder of the product's
-images or, without one, freshly rendered synthetic buttons (good parts and every defect).
+Offline, beside export and the engine build (inspectd export, build-engine, verify-engine),
+never in the daemon: the samples are a folder of the product's images or, without one, freshly
+rendered synthetic buttons (good parts and every defect) from the training data sets.
 """
 
 from __future__ import annotations

@@ -49,13 +49,12 @@ import yaml
 
 from inspectd.bundle import MANIFEST, load_bundle, sha256_of
 from inspectd.deploy.bundle import seal
-from inspectd.engine.tensorrt import (
+from inspectd.engine.gpu import checked, cudart, current_target, import_tensorrt
+from inspectd.engine.trt_files import (
     ENGINE_SUFFIX,
     EngineInfo,
     Target,
-    current_target,
     engine_file_name,
-    import_tensorrt,
     parse_engine_file_name,
     sidecar_of,
     timing_cache_name,
@@ -170,15 +169,13 @@ def _progress_monitor(trt: Any, out: TextIO) -> Any:
 
 def _calibrator(trt: Any, images: np.ndarray, cache_path: Path) -> Any:
     """IInt8EntropyCalibrator2 over preprocessed good parts (uint8 N x H x W x 3)."""
-    from inspectd.engine.tensorrt import _ok, cudart
-
     rt = cudart()
 
     class Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined,misc]
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.i = 0
-            self.device = _ok(rt, rt.cudaMalloc(CALIB_BATCH * images[0].nbytes))
+            self.device = checked(rt, rt.cudaMalloc(CALIB_BATCH * images[0].nbytes))
 
         def get_batch_size(self) -> int:
             return CALIB_BATCH
@@ -188,7 +185,7 @@ def _calibrator(trt: Any, images: np.ndarray, cache_path: Path) -> Any:
                 return None
             chunk = np.ascontiguousarray(images[self.i : self.i + CALIB_BATCH])
             self.i += CALIB_BATCH
-            _ok(rt, rt.cudaMemcpy(self.device, chunk.ctypes.data, chunk.nbytes,
+            checked(rt, rt.cudaMemcpy(self.device, chunk.ctypes.data, chunk.nbytes,
                                   rt.cudaMemcpyKind.cudaMemcpyHostToDevice))  # fmt: skip
             return [int(self.device)]
 

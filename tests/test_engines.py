@@ -14,9 +14,9 @@ import yaml
 torch = pytest.importorskip("torch")
 
 from inspectd.bundle import MANIFEST, Bundle, load_bundle  # noqa: E402
+from inspectd.deploy.parity import compare, run_all, sample_images  # noqa: E402
 from inspectd.engine import EngineError, EngineUnavailable, InferenceResult, load_engine  # noqa: E402
 from inspectd.engine.choice import Facts, choose_backend  # noqa: E402
-from inspectd.engine.verify import compare, run_all, sample_images  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -26,7 +26,7 @@ from inspectd.deploy.tensorrt import (
     builder_flags,
     files_with_engine,
 )
-from inspectd.engine.tensorrt import (
+from inspectd.engine.trt_files import (
     EngineInfo,
     Target,
     cache_key,

@@ -42,8 +42,8 @@ def verify(
 ) -> int:  # fmt: skip
     """A backend vs ONNX Runtime on sample parts; exit 1 when any verdict differs."""
     from inspectd.bundle import BundleError, load_bundle
+    from inspectd.deploy.parity import compare, format_comparison, run_all, sample_images
     from inspectd.engine import EngineError, load_engine
-    from inspectd.engine.verify import compare, format_comparison, run_all, sample_images
     from inspectd.logs import configure_logging
 
     configure_logging("warning", "console")

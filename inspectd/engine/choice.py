@@ -61,7 +61,8 @@ def gather_facts(bundle: Any = None, state_dir: Path | None = None, max_batch: i
     if not (has_trt and has_cuda_python):
         return Facts(has_trt, has_cuda_python, None, None, False)
     from inspectd.engine.base import EngineError
-    from inspectd.engine.tensorrt import current_target, engine_candidates, usable_engine
+    from inspectd.engine.gpu import current_target
+    from inspectd.engine.trt_files import engine_candidates, usable_engine
 
     try:
         target = current_target()
