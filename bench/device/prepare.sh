@@ -4,7 +4,8 @@
 #   env/whl  the inspectd wheel and the packages the GPU image lacks, at this venv's versions
 #   env/deb  mosquitto and the libraries the image lacks (unpacked under /tmp there, not /)
 #   vgg.pth  ImageNet VGG19 blocks 1-3 (hybrid)
-#   sets/    the shared evaluation sets, one folder each (carry only those a call trains on)
+#   sets/    the shared evaluation sets, one folder each (carry only those a call trains on),
+#            and the synthetic button set (seed 1: 200 train good, 100 test good, 10 per defect)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 C=.gpu-carry
@@ -26,4 +27,6 @@ cp "$SHARED/weights/vgg19_blocks1-3_torchvision_norm.pth" "$C/vgg.pth"
 for d in "$SHARED"/data/*/; do
     [ -d "$d/train/good" ] && cp -r "$d" "$C/sets/"
 done
+"$PY" -m inspectd.train.datasets.button --out "$C/sets/button" --seed 1 --train-good 200 \
+    --test-good 100 --per-defect 10 >/dev/null
 du -sh "$C/env" "$C/vgg.pth" "$C"/sets/*

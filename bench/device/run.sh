@@ -2,7 +2,8 @@
 # There, on the GPU machine of the `device` tool: set up from .gpu-carry/env, run one stage,
 # leave what it measured in $OUT (docs/gpu-runbook.md).
 #   bench/device/run.sh bench              CUDA tests, bench/gpu.py, bench/engines.py --device cuda
-#   bench/device/run.sh train MIN SET...   paper-profile training, at most MIN minutes per run
+#   bench/device/run.sh train MIN SET...   paper-profile training of every (set, model) at once
+#                                           (--jobs), at most MIN minutes per run
 # SKIP_SETUP=1 PY=... DEVICE=cpu MODELS=... run the train stage as a smoke check elsewhere.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -30,17 +31,20 @@ bench)
     "$PY" -m pytest -q -p no:cacheprovider "$REPO/tests/test_engines.py" -k cuda 2>&1 | tail -20 | tee "$OUT/cuda-tests.txt"
     "$PY" "$REPO/bench/gpu.py" 2>&1 | grep -v Warning | tee "$OUT/gpu.md"
     "$PY" "$REPO/bench/engines.py" --device cuda --models hybrid vivano 2>&1 | grep -v Warning | tee "$OUT/engines-cuda.txt"
+    "$PY" "$REPO/bench/train_speed.py" --device cuda --steps 20 2>&1 | grep -v Warning | tee "$OUT/train-speed.txt"
     ;;
 train)
     minutes=${1:?minutes per run}
     shift
-    for set in "$@"; do  # one results file per set, copied as soon as it is done
-        # shellcheck disable=SC2086
-        "$PY" -m inspectd.train.experiments --profile paper --device "$DEVICE" --data "$C/sets" \
-            --sets "$set" --models $MODELS --vgg-weights "$C/vgg.pth" --max-minutes "$minutes" \
-            --out "/tmp/runs-$set" 2>&1 | grep -v -e Warning -e "it/s\]" | tail -30 >>"$OUT/train-log.txt"
-        cp "/tmp/runs-$set/results.json" "$OUT/results-$set.json"
-    done
+    # every (set, model) run at once, each in its own process: small sets leave most of one GPU
+    # idle, so they share it (JOBS=1 runs them one after the other)
+    # shellcheck disable=SC2086
+    jobs=${JOBS:-$(( $# * $(echo $MODELS | wc -w) ))}
+    # shellcheck disable=SC2086
+    "$PY" -m inspectd.train.experiments --profile paper --device "$DEVICE" --data "$C/sets" \
+        --sets "$@" --models $MODELS --vgg-weights "$C/vgg.pth" --max-minutes "$minutes" \
+        --jobs "$jobs" --out /tmp/runs 2>&1 | grep -v -e Warning -e "it/s\]" -e "epoch/s" | tail -60 >>"$OUT/train-log.txt"
+    cp /tmp/runs/results.json "$OUT/results.json"
     ;;
 *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
