@@ -40,10 +40,14 @@ train)
     # idle, so they share it (JOBS=1 runs them one after the other)
     # shellcheck disable=SC2086
     jobs=${JOBS:-$(( $# * $(echo $MODELS | wc -w) ))}
+    # results.json grows as runs finish: copy it every 20 s, so a call cut off keeps those
+    (while sleep 20; do cp /tmp/runs/results.json "$OUT/" 2>/dev/null; done) &
+    copier=$!
     # shellcheck disable=SC2086
     "$PY" -m inspectd.train.experiments --profile paper --device "$DEVICE" --data "$C/sets" \
         --sets "$@" --models $MODELS --vgg-weights "$C/vgg.pth" --max-minutes "$minutes" \
         --jobs "$jobs" --out /tmp/runs 2>&1 | grep -v -e Warning -e "it/s\]" -e "epoch/s" | tail -60 >>"$OUT/train-log.txt"
+    kill "$copier"
     cp /tmp/runs/results.json "$OUT/results.json"
     ;;
 *) echo "unknown stage $stage" >&2; exit 2 ;;
