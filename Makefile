@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint demo-bundle mosquitto clean
+.PHONY: demo test lint demo-bundle mosquitto chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(VENV)/.stamp-demo: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[demo,train,dev]"
+	$(BIN)/pip install -q -e ".[demo,train,dev,ui]"
 	touch $@
 
 demo: $(VENV)/.stamp-demo
@@ -30,10 +30,17 @@ mosquitto:
 		echo "installing Debian's mosquitto"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto >/dev/null; }
 
+# The UI tests drive Debian's chromium with Playwright (never `playwright install`: nothing may
+# download a browser); install it where it is missing.
+chromium:
+	@command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || { \
+		echo "installing Debian's chromium"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check .
 
-test: $(VENV)/.stamp-dev mosquitto lint
+test: $(VENV)/.stamp-dev mosquitto chromium lint
 	$(BIN)/pytest
 
 # Rebuild products/button from scratch (synthetic buttons -> ae -> ONNX -> thresholds).

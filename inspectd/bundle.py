@@ -84,6 +84,11 @@ class Thresholds(StrictModel):
     created: str
     tool_version: str
 
+    def facts(self) -> dict[str, Any]:
+        """How they were calibrated, for …/health (the UI's calibration panel and drift picture)."""
+        keys = ("method", "n_good", "target_frr", "confidence", "frr_bound", "quantiles", "created")
+        return {k: getattr(self, k) for k in keys}
+
 
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()

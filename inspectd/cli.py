@@ -17,6 +17,7 @@ from inspectd.commands import (
     replay,
     run,
     train,
+    ui,
     verify_engine,
 )
 
@@ -24,7 +25,7 @@ __all__ = ["EXIT_CONFIG", "build_parser", "main"]
 
 # In the order `inspectd --help` lists them.
 COMMANDS = (run, check_config, demo, train, export, calibrate, evaluate, build_engine,
-            verify_engine, replay, cameras)  # fmt: skip
+            verify_engine, replay, cameras, ui)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,7 @@ from inspectd.mqtt.triggers import TriggerDesk
 from inspectd.notify import Notifier, ServiceWatch
 from inspectd.outbox import Outbox, OutboxError
 from inspectd.pipeline import Pipeline, PipelineStats, VerdictSink
+from inspectd.reviews import ReviewDesk
 from inspectd.sinks import JsonlSink, MqttOverlaySink, OverlaySink, Pictures
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ class Station:
             self.commands = CommandDesk(
                 self.publisher,
                 self.topics,
-                {"reload_thresholds": self._cmd_reload, "product": self._cmd_product},
+                {"reload_thresholds": self._cmd_reload, "product": self._cmd_product,
+                 **ReviewDesk(cfg.archive.dir if cfg.archive.enabled else None).handlers()},
                 max_bytes=cfg.mqtt.trigger_max_bytes,
             )
             # only this station's own request topics
@@ -423,7 +425,8 @@ class Station:
                        "trigger": self.config.camera.trigger, "fps": self._camera_fps(),
                        "process": camera_process},  # fmt: skip
             "thresholds": {"image": self.pipeline.thresholds.image,
-                           "pixel": self.pipeline.thresholds.pixel},  # fmt: skip
+                           "pixel": self.pipeline.thresholds.pixel,
+                           "calibration": self.pipeline.thresholds.facts()},  # fmt: skip
             "mqtt": mqtt,
             "triggers": triggers,
             "outbox": outbox,

@@ -1,0 +1,212 @@
+"""The UI's config (``inspectd ui --config ui.yaml``): where it listens, which broker and stations,
+who may see and who may act. Validation is pure; secret files are read by ``load_ui_config``
+after it, at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from inspectd.config.base import StrictModel
+from inspectd.config.loader import ConfigError, load_yaml_model
+from inspectd.config.station import NAME_PATTERN, ConfigPath, MqttTls
+
+__all__ = ["AccessConfig", "Role", "TokenEntry", "UiConfig", "UserEntry", "load_ui_config"]
+
+Role = Literal["viewer", "operator"]
+
+
+class ListenConfig(StrictModel):
+    """Where the page is served."""
+
+    # fmt: off
+    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; anything but a loopback address needs access.users or access.tokens.")
+    port: int = Field(8480, ge=1, le=65535, description="TCP port.")
+    tls_cert_file: ConfigPath | None = Field(None, description="HTTPS directly: certificate chain (PEM); needs tls_key_file. Else plain HTTP, behind a TLS reverse proxy (docs/ui.md).")
+    tls_key_file: ConfigPath | None = Field(None, description="Private key of tls_cert_file (PEM).")
+    # fmt: on
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> ListenConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and "localhost"; a name or 0.0.0.0 is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class UiMqtt(StrictModel):
+    """The broker the stations publish to; the UI subscribes there and sends commands."""
+
+    # fmt: off
+    host: str = Field("localhost", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker TCP port.")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT 5 gives overlays their part ids and command answers their own topic; 3.1.1 works with less.")
+    client_id: str | None = Field(None, min_length=1, description="MQTT client id; null = inspectd-ui-<random>.")
+    username: str | None = Field(None, min_length=1, description="User name for the broker; null = anonymous.")
+    password_file: ConfigPath | None = Field(None, description="File whose first line is the broker password.")
+    tls: MqttTls | None = Field(None, description="TLS to the broker; null = plain TCP.")
+    # fmt: on
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class UserEntry(StrictModel):
+    """A person, logging in with HTTP Basic (the browser's own prompt)."""
+
+    # fmt: off
+    name: str = Field(pattern=NAME_PATTERN, description="Login name.")
+    role: Role = Field(description="viewer = sees everything; operator = also reviews parts and sends commands.")
+    password_hash: str | None = Field(None, description="From `inspectd ui --hash-password`.")
+    password_hash_file: ConfigPath | None = Field(None, description="File holding the hash.")
+    password_hash_credential: str | None = Field(None, pattern=NAME_PATTERN, description="systemd credential ($CREDENTIALS_DIRECTORY/<name>) holding the hash.")
+    # fmt: on
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> UserEntry:
+        _exactly_one(self, ("password_hash", "password_hash_file", "password_hash_credential"))
+        return self
+
+
+class TokenEntry(StrictModel):
+    """A bearer token, for a wall display (``/?token=…`` once: kept as a cookie) or scripts."""
+
+    # fmt: off
+    name: str = Field(pattern=NAME_PATTERN, description="What the token is for (shown in the log).")
+    role: Role = Field(description="viewer or operator.")
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="sha256 (hex) of the token.")
+    token_file: ConfigPath | None = Field(None, description="File holding the token itself.")
+    token_credential: str | None = Field(None, pattern=NAME_PATTERN, description="systemd credential ($CREDENTIALS_DIRECTORY/<name>) holding the token.")
+    # fmt: on
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> TokenEntry:
+        _exactly_one(self, ("token_sha256", "token_file", "token_credential"))
+        return self
+
+
+def _exactly_one(model: StrictModel, keys: tuple[str, ...]) -> None:
+    given = [k for k in keys if getattr(model, k) is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(keys)}" + (f" (got {', '.join(given)})" if given else ""))
+
+
+class AccessConfig(StrictModel):
+    """Who may look and who may act. Empty on 127.0.0.1: whoever reaches the port is an operator."""
+
+    # fmt: off
+    users: tuple[UserEntry, ...] = Field((), description="People (HTTP Basic).")
+    tokens: tuple[TokenEntry, ...] = Field((), description="Bearer tokens.")
+    # fmt: on
+
+    @property
+    def empty(self) -> bool:
+        return not self.users and not self.tokens
+
+
+class UiConfig(StrictModel):
+    """`inspectd ui`: one page for the stations of a line."""
+
+    # fmt: off
+    # access before listen: listen's check reads it
+    access: AccessConfig = Field(AccessConfig(), description="Credentials; required off loopback.")
+    listen: ListenConfig = Field(ListenConfig(), validate_default=True, description="Where the page is served.")
+    mqtt: UiMqtt = Field(UiMqtt(), description="The stations' broker.")
+    stations: tuple[str, ...] = Field(("inspectd/v1/+/+/+",), min_length=1, description="Station base topics (mqtt.base_topic of each station); '+' matches one level.")
+    recent_rejects: int = Field(12, ge=1, le=100, description="NG and ERROR parts kept per station for the strip (with their overlays).")
+    score_window: int = Field(500, ge=10, le=10000, description="Recent scores per station in the histogram.")
+    review_timeout_s: float = Field(5.0, gt=0, le=60, description="How long to wait for a station's answer to a review or command.")
+    # fmt: on
+
+    @field_validator("stations")
+    @classmethod
+    def _check_bases(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for base in value:
+            levels = base.split("/")
+            if "#" in base or any(not level for level in levels):
+                raise ValueError(f"{base!r}: a base topic has no '#' and no empty level")
+            if any("+" in level and level != "+" for level in levels):
+                raise ValueError(f"{base!r}: '+' must be a whole level")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _credentials_off_loopback(cls, value: ListenConfig, info: ValidationInfo) -> ListenConfig:
+        access = info.data.get("access")
+        if access is None:  # access itself is wrong: its own error says so
+            return value
+        if not value.loopback and access.empty:
+            raise ValueError(
+                f"host {value.host} is not a loopback address: refusing to serve the line "
+                "without credentials; add access.users or access.tokens (docs/ui.md)"
+            )
+        return value
+
+
+def load_ui_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> UiConfig:
+    """The config file (defaults without one) with command-line ``overrides`` (section -> keys)
+    on top, validated, and its secret files checked readable. Raises ConfigError."""
+    name = os.fspath(path) if path is not None else "inspectd ui"
+    data: dict[str, Any] = {}
+    if path is not None:
+        cfg = load_yaml_model(path, UiConfig)  # file:line:column key: errors
+        data = cfg.model_dump(mode="json", exclude_unset=True)
+    if overrides or path is None:
+        for key, value in (overrides or {}).items():
+            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        try:
+            cfg = UiConfig.model_validate(data, context={"base_dir": Path.cwd()})
+        except ValidationError as exc:  # from a command-line option: no file position to give
+            raise ConfigError(name, [f"{name}: {'.'.join(str(p) for p in e['loc'])}: "
+                                     f"{e['msg'].removeprefix('Value error, ')}"
+                                     for e in exc.errors(include_url=False)]) from None  # fmt: skip
+    check_secret_files(cfg, name)
+    return cfg
+
+
+def credential_path(name: str) -> Path | None:
+    """$CREDENTIALS_DIRECTORY/<name>, where systemd's LoadCredential= puts it; None outside systemd."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(directory) / name if directory else None
+
+
+def check_secret_files(cfg: UiConfig, name: str) -> None:
+    """Every secret file and credential readable now, not at the first login."""
+    problems = []
+    for kind, entries, fields in (("users", cfg.access.users, ("password_hash_file", "password_hash_credential")),
+                                  ("tokens", cfg.access.tokens, ("token_file", "token_credential"))):  # fmt: skip
+        for i, entry in enumerate(entries):
+            for field in fields:
+                value = getattr(entry, field)
+                if value is None:
+                    continue
+                target = credential_path(value) if field.endswith("credential") else Path(value)
+                where = f"{name}: access.{kind}[{i}].{field}"
+                if target is None:
+                    problems.append(f"{where}: {value!r}: $CREDENTIALS_DIRECTORY is not set "
+                                    "(LoadCredential= in the unit)")  # fmt: skip
+                elif not os.access(target, os.R_OK) or not target.is_file():
+                    problems.append(f"{where}: {target}: not a readable file")
+    if cfg.mqtt.password_file is not None and not os.access(cfg.mqtt.password_file, os.R_OK):
+        problems.append(f"{name}: mqtt.password_file: {cfg.mqtt.password_file}: not a readable file")
+    if problems:
+        raise ConfigError(name, problems)

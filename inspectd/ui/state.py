@@ -1,0 +1,276 @@
+"""What the page shows, per station, built only from the stations' MQTT messages.
+
+Touched from the event loop's thread only (the MQTT link hands messages over with
+``call_soon_threadsafe``), so nothing here takes a lock. Verdicts are de-duplicated on
+``(station, seq)`` as the contract asks: QoS 1 and replays after a crash deliver some twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict, deque
+from datetime import datetime
+from typing import Any
+
+from paho.mqtt.client import topic_matches_sub
+
+HOUR_S = 3600.0
+_SEEN = 5000  # seqs remembered for de-duplication per station
+_LATENCIES = 200
+_ANSWERS = 10
+_BINS = 30
+# topics a station publishes that the page does not show
+_IGNORED = {"reject", "trigger", "trigger/response"}
+
+
+def _epoch(ts: Any) -> float | None:
+    if not isinstance(ts, str):
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _json(payload: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+class StationState:
+    """One station: its retained status and health, recent verdicts, overlays and reviews."""
+
+    def __init__(self, base: str, recent_rejects: int = 12, score_window: int = 500) -> None:
+        self.base = base
+        self.status: dict[str, Any] | None = None
+        # when this page saw the state change: a Last Will's own ts is from the connect
+        self.changed_at: float | None = None
+        self.health: dict[str, Any] | None = None
+        self.stats: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
+        self._hour: deque[tuple[float, str]] = deque()  # (t_verdict, verdict) of the last hour
+        self._seen: OrderedDict[int, None] = OrderedDict()
+        self.scores: deque[tuple[float, str]] = deque(maxlen=score_window)
+        self.latencies: deque[float] = deque(maxlen=_LATENCIES)
+        self.rejects: deque[dict[str, Any]] = deque(maxlen=recent_rejects)
+        self.overlays: OrderedDict[int, bytes] = OrderedDict()  # seq -> JPEG
+        self._overlay_room = recent_rejects + 4
+        self.last_overlay: dict[str, Any] | None = None  # seq, part_id, verdict of the newest
+        self.reviews_today: dict[str, Any] | None = None  # from the station's answers
+        self.reviewed: dict[int, str] = {}  # seq -> label, reviews done through this page
+        self.answers: deque[dict[str, Any]] = deque(maxlen=_ANSWERS)
+        self.errors: deque[dict[str, Any]] = deque(maxlen=_ANSWERS)  # …/error not ours
+
+    @property
+    def name(self) -> str:
+        return self.status.get("station", self.base.rsplit("/", 1)[-1]) if self.status else self.base.rsplit("/", 1)[-1]
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def on_message(self, suffix: str, payload: bytes, props: dict[str, str]) -> bool:
+        """One message under this station's base; True when what the page shows changed."""
+        if suffix == "overlay":
+            return self._on_overlay(payload, props)
+        if suffix in _IGNORED or suffix.startswith("cmd/") and suffix.endswith("/set"):
+            return False
+        doc = _json(payload)
+        if doc is None:
+            return False
+        if suffix == "status":
+            if doc.get("state") != self.state:
+                self.changed_at = time.time()
+            self.status = doc
+        elif suffix == "health":
+            self.health = doc
+        elif suffix == "stats":
+            self.stats = doc
+        elif suffix == "verdict":
+            return self._on_verdict(doc)
+        elif suffix == "error":
+            self.errors.append(doc)
+        else:
+            return False
+        return True
+
+    def _on_verdict(self, v: dict[str, Any]) -> bool:
+        seq = v.get("seq")
+        if not isinstance(seq, int):
+            return False
+        if seq in self._seen:
+            return False
+        self._seen[seq] = None
+        if len(self._seen) > _SEEN:
+            self._seen.popitem(last=False)
+        verdict = str(v.get("verdict"))
+        t = _epoch(v.get("t_verdict")) or time.time()
+        self._hour.append((t, verdict))
+        if self.last is None or seq >= self.last.get("seq", 0):
+            self.last = v
+        score = v.get("score")
+        if isinstance(score, (int, float)):
+            self.scores.append((float(score), verdict))
+        if isinstance(v.get("latency_ms"), (int, float)):
+            self.latencies.append(float(v["latency_ms"]))
+        if verdict in ("NG", "ERROR"):
+            self.rejects.appendleft(v)
+        return True
+
+    def _on_overlay(self, jpeg: bytes, props: dict[str, str]) -> bool:
+        try:
+            seq = int(props.get("seq", ""))
+        except ValueError:  # MQTT 3.1.1 has no user properties: the newest overlay, unnamed
+            seq = 0
+        self.overlays[seq] = bytes(jpeg)
+        self.overlays.move_to_end(seq)
+        while len(self.overlays) > self._overlay_room:
+            self.overlays.popitem(last=False)
+        self.last_overlay = {"seq": seq, "part_id": props.get("part_id"), "verdict": props.get("verdict")}
+        return True
+
+    def on_answer(self, answer: dict[str, Any]) -> None:
+        """A command's answer (ours): remembered for the page; a review's counts taken over."""
+        self.answers.appendleft(answer)
+        result = answer.get("result") or {}
+        if answer.get("ok") and isinstance(result.get("today"), dict):
+            self.reviews_today = {"date": time.strftime("%Y-%m-%d", time.gmtime()), **result["today"]}
+            if answer.get("command") == "review" and isinstance(result.get("seq"), int):
+                self.reviewed[result["seq"]] = str(result.get("label"))
+
+    # -- what the page shows -------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """online / offline / stopped from the retained status; unknown before any."""
+        return str(self.status.get("state", "unknown")) if self.status else "unknown"
+
+    def counts(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        while self._hour and self._hour[0][0] < now - HOUR_S:
+            self._hour.popleft()
+        counts = {"OK": 0, "NG": 0, "ERROR": 0}
+        for t, verdict in self._hour:
+            if t >= now - HOUR_S and verdict in counts:
+                counts[verdict] += 1
+        total = sum(counts.values())
+        span = min(HOUR_S, now - self._hour[0][0]) if self._hour else 0.0
+        # no rate from less than a minute of parts: two parts 3 s apart are not 40 parts/min
+        return {**counts, "total": total,
+                "reject_rate": (counts["NG"] + counts["ERROR"]) / total if total else None,
+                "per_min": total / (span / 60) if span >= 60 else None}  # fmt: skip
+
+    def problems(self) -> list[str]:
+        problems = list((self.health or {}).get("problems") or [])
+        if self.state in ("offline", "stopped"):
+            problems.insert(0, f"station {self.state}")
+        return problems
+
+    def _threshold(self) -> float | None:
+        t = ((self.health or {}).get("thresholds") or {}).get("image")
+        if t is None and self.last is not None:
+            t = self.last.get("threshold")
+        return t if isinstance(t, (int, float)) else None
+
+    def summary(self, now: float | None = None) -> dict[str, Any]:
+        """The tile."""
+        s = self.status or {}
+        last = self.last or {}
+        lat = sorted(self.latencies)
+        health_state = (self.health or {}).get("state")
+        return {
+            "base": self.base,
+            "name": self.name,
+            "state": self.state,
+            "health": health_state,
+            "attention": self.state != "online" or health_state == "degraded",
+            "product": s.get("product") or last.get("product"),
+            "model": (last.get("model") or {}).get("name"),
+            "model_sha256": (s.get("model_sha256") or (last.get("model") or {}).get("sha256") or "")[:12],
+            "last": {k: last.get(k) for k in ("seq", "part_id", "verdict", "score", "threshold",
+                                                "t_verdict", "error", "latency_ms")} if last else None,  # fmt: skip
+            "overlay": self.last_overlay,
+            "counts": self.counts(now),
+            "latency_ms": {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))]} if lat else None,
+            "problems": self.problems(),
+            "reviews_today": self.reviews_today,
+            "noticed": self.changed_at,
+        }
+
+    def detail(self, now: float | None = None) -> dict[str, Any]:
+        """The station view: the tile plus the strip, the histogram and the calibration."""
+        thresholds = (self.health or {}).get("thresholds") or {}
+        calibration = thresholds.get("calibration") or {}
+        return {
+            **self.summary(now),
+            "rejects": [
+                {k: v.get(k) for k in ("seq", "part_id", "verdict", "score", "threshold", "error",
+                                       "t_verdict", "regions")}  # fmt: skip
+                | {"overlay": v.get("seq") in self.overlays, "reviewed": self.reviewed.get(v.get("seq", -1))}
+                for v in self.rejects
+            ],
+            "last_reviewed": self.reviewed.get((self.last or {}).get("seq", -1)),
+            "histogram": self.histogram(calibration.get("quantiles") or {}),
+            "thresholds": {"image": thresholds.get("image"), "pixel": thresholds.get("pixel")},
+            "calibration": calibration,
+            "drift": (self.health or {}).get("drift"),
+            "camera": (self.health or {}).get("camera"),
+            "engine": (self.health or {}).get("engine"),
+            "answers": list(self.answers),
+            "errors": list(self.errors),
+        }
+
+    def histogram(self, quantiles: dict[str, float]) -> dict[str, Any]:
+        """Recent scores in bins, accepted and rejected apart, with the threshold and the
+        calibration's good-score quantiles to draw against (the drift picture)."""
+        threshold = self._threshold()
+        scores = [s for s, _ in self.scores]
+        marks = [v for v in quantiles.values() if isinstance(v, (int, float))]
+        top = max([*scores, *marks, *([threshold * 1.5] if threshold else []), 1e-6])
+        width = top / _BINS
+        ok, ng = [0] * _BINS, [0] * _BINS
+        for score, verdict in self.scores:
+            i = min(_BINS - 1, max(0, int(score / width)))
+            (ok if verdict == "OK" else ng)[i] += 1
+        return {"bin_width": width, "max": top, "ok": ok, "ng": ng, "n": len(scores),
+                "threshold": threshold, "quantiles": quantiles}  # fmt: skip
+
+
+class Line:
+    """Every station under the configured base-topic patterns, created on its first message."""
+
+    def __init__(self, patterns: tuple[str, ...], recent_rejects: int = 12, score_window: int = 500) -> None:
+        self.patterns = patterns
+        self.stations: dict[str, StationState] = {}
+        self.broker: dict[str, Any] = {"connected": False, "error": "connecting"}
+        self._sizes = (recent_rejects, score_window)
+
+    def route(self, topic: str) -> tuple[str, str] | None:
+        """(station base, what follows it) for a topic under one of the patterns."""
+        levels = topic.split("/")
+        for pattern in self.patterns:
+            n = pattern.count("/") + 1
+            if len(levels) > n and topic_matches_sub(pattern, "/".join(levels[:n])):
+                return "/".join(levels[:n]), "/".join(levels[n:])
+        return None
+
+    def station(self, base: str) -> StationState:
+        if base not in self.stations:
+            self.stations[base] = StationState(base, *self._sizes)
+        return self.stations[base]
+
+    def on_message(self, topic: str, payload: bytes, props: dict[str, str]) -> str | None:
+        """The base of the station whose view changed, else None."""
+        routed = self.route(topic)
+        if routed is None:
+            return None
+        base, suffix = routed
+        if base not in self.stations and suffix not in ("status", "health", "verdict"):
+            return None  # a station is known by what it publishes first, not by a command to it
+        return base if self.station(base).on_message(suffix, payload, props) else None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"broker": self.broker,
+                "stations": [self.stations[b].summary() for b in sorted(self.stations)]}  # fmt: skip

@@ -1,0 +1,72 @@
+// Entry point: one event stream for the whole line, hash routes for the two views.
+import { h } from "./dom.js";
+import { renderLine } from "./line.js";
+import { renderStation } from "./station.js";
+
+const stations = new Map(); // base -> tile summary
+let me = { name: "?", operator: false };
+let current = null; // base shown in the station view, or null
+let pending = null; // throttles the station view's refetches
+
+const $ = (id) => document.getElementById(id);
+
+function route() {
+  const m = location.hash.match(/^#\/station\/(.+)$/);
+  current = m ? decodeURIComponent(m[1]) : null;
+  $("line-view").hidden = current !== null;
+  $("station-view").hidden = current === null;
+  $("crumb").textContent = current ? `› ${stations.get(current)?.name || current}` : "› line";
+  if (current) refreshStation(); else renderLine($("tiles"), stations);
+}
+
+async function refreshStation() {
+  if (!current) return;
+  const base = current;
+  const r = await fetch(`/api/station?base=${encodeURIComponent(base)}`);
+  if (base !== current) return;
+  if (!r.ok) { $("station-view").replaceChildren(h("p.empty", {}, `no such station: ${base}`)); return; }
+  renderStation($("station-view"), await r.json(), me, refreshStation);
+}
+
+function stationChanged(s) {
+  stations.set(s.base, s);
+  $("no-stations").hidden = stations.size > 0;
+  if (current === null) renderLine($("tiles"), stations);
+  else if (s.base === current && !pending) pending = setTimeout(() => { pending = null; refreshStation(); }, 300);
+}
+
+function showBroker(b) {
+  const el = $("broker");
+  el.textContent = b.connected ? "broker connected" : `broker: ${b.error || "disconnected"}`;
+  el.className = `pill ${b.connected ? "ok" : "bad"}`;
+}
+
+function connect() {
+  const events = new EventSource("/api/events");
+  events.addEventListener("line", (e) => {
+    const snap = JSON.parse(e.data);
+    stations.clear();
+    snap.stations.forEach((s) => stations.set(s.base, s));
+    $("no-stations").hidden = stations.size > 0;
+    showBroker(snap.broker);
+    route();
+  });
+  events.addEventListener("station", (e) => stationChanged(JSON.parse(e.data)));
+  events.addEventListener("broker", (e) => showBroker(JSON.parse(e.data)));
+  // the page's own link to its server: lost means nothing here is live
+  events.onerror = () => showBroker({ connected: false, error: "page lost its server, reconnecting" });
+}
+
+async function start() {
+  const r = await fetch("/api/me");
+  if (r.ok) me = await r.json();
+  $("me").textContent = `${me.name}${me.operator ? " (operator)" : " (viewer)"}`;
+  window.addEventListener("hashchange", route);
+  connect();
+  // rates and "last hour" counts age even when nothing arrives
+  setInterval(() => { if (current === null) fetch("/api/line").then((x) => x.json()).then((snap) => {
+    snap.stations.forEach((s) => stations.set(s.base, s)); if (current === null) renderLine($("tiles"), stations);
+  }); }, 30000);
+}
+
+start();

@@ -1,0 +1,55 @@
+// h("div.tile.ok", {dataset: {testid: "x"}}, "text", child): elements without innerHTML, so
+// part ids and reasons from the stations can never turn into markup.
+export function h(spec, attrs = {}, ...children) {
+  const [tag, ...classes] = spec.split(".");
+  const el = document.createElement(tag || "div");
+  if (classes.length) el.className = classes.join(" ");
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+export const fmt = {
+  score: (v) => (typeof v === "number" ? v.toFixed(4) : "–"),
+  pct: (v) => (typeof v === "number" ? `${(v * 100).toFixed(1)} %` : "–"),
+  ms: (v) => (typeof v === "number" ? `${v.toFixed(1)} ms` : "–"),
+  time: (iso) => (iso ? new Date(iso).toLocaleTimeString() : "–"),
+  num: (v, d = 1) => (typeof v === "number" ? v.toFixed(d) : "–"),
+};
+
+export function overlayUrl(base, seq) {
+  return `/api/overlay?base=${encodeURIComponent(base)}&seq=${seq}`;
+}
+
+// POST JSON to an action route; resolves to the station's answer (or the refusal).
+export async function post(path, body) {
+  const r = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  let doc;
+  try { doc = await r.json(); } catch { doc = { ok: false, error: `HTTP ${r.status}` }; }
+  return { status: r.status, ...doc };
+}
+
+// One line of text for an answer: what the station said, or why it refused.
+export function answerText(a) {
+  if (a.error) return a.error;
+  if (a.ok) {
+    const r = a.result || {};
+    const rest = Object.entries(r).filter(([k]) => !["command", "ok", "today", "stored"].includes(k))
+      .map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
+    return `${a.command}: done${rest ? " — " + rest : ""}`;
+  }
+  const f = a.refusal || {};
+  return `${a.command}: refused — ${f.detail || f.error || "no answer"}`;
+}

@@ -1,0 +1,53 @@
+// The line view: a tile per station.
+import { fmt, h, overlayUrl } from "./dom.js";
+
+const STATE_TEXT = { online: "online", offline: "OFFLINE", stopped: "STOPPED", unknown: "no status" };
+
+export function tile(s) {
+  const last = s.last;
+  const c = s.counts;
+  const classes = ["tile", `state-${s.state}`];
+  if (s.health === "degraded") classes.push("degraded");
+  if (last) classes.push(`v-${last.verdict}`);
+  const img = s.overlay
+    ? h("img.thumb", { src: overlayUrl(s.base, s.overlay.seq), alt: `overlay of ${s.overlay.part_id || "the last part"}` })
+    : h("div.thumb.none", {}, "no overlay yet");
+  const reviews = s.reviews_today;
+  const down = s.state !== "online" && s.state !== "unknown";
+  return h(`a.${classes.join(".")}`, { href: `#/station/${encodeURIComponent(s.base)}`, dataset: { testid: "tile", base: s.base, state: s.state } },
+    down ? h("div.banner", { dataset: { testid: "banner" } }, `${STATE_TEXT[s.state]} — noticed ${s.noticed ? new Date(s.noticed * 1000).toLocaleTimeString() : "–"}`) : null,
+    h("div.tile-head", {},
+      h("span.name", {}, s.name),
+      h("span.state", { dataset: { testid: "state" } }, STATE_TEXT[s.state] || s.state),
+    ),
+    h("div.sub", {}, `${s.product || "–"} · ${s.model || "model"} ${s.model_sha256 || ""}`),
+    h("div.tile-body", {},
+      img,
+      h("div.last", {},
+        last ? h(`div.verdict.v-${last.verdict}`, { dataset: { testid: "last-verdict" } }, last.verdict) : h("div.verdict", {}, "–"),
+        last ? h("div.part", {}, `#${last.seq} ${last.part_id}`) : null,
+        last ? h("div.score", {}, `score ${fmt.score(last.score)} / ${fmt.score(last.threshold)}`) : null,
+        last && last.error ? h("div.reason", {}, last.error) : null,
+      ),
+    ),
+    h("div.counts", { dataset: { testid: "counts" } },
+      h("span.c-ok", {}, "OK ", h("b", { dataset: { testid: "count-OK" } }, c.OK)),
+      h("span.c-ng", {}, "NG ", h("b", { dataset: { testid: "count-NG" } }, c.NG)),
+      h("span.c-error", {}, "ERROR ", h("b", { dataset: { testid: "count-ERROR" } }, c.ERROR)),
+      h("span.muted", {}, "last hour"),
+    ),
+    h("div.facts", {},
+      h("span", {}, `reject ${fmt.pct(c.reject_rate)}`),
+      h("span", {}, `${fmt.num(c.per_min)} parts/min`),
+      h("span", {}, `latency p50 ${fmt.ms(s.latency_ms && s.latency_ms.p50)}`),
+      reviews ? h("span", { dataset: { testid: "tile-reviews" } }, `${reviews.false_reject} false reject${reviews.false_reject === 1 ? "" : "s"} reviewed today`) : null,
+    ),
+    s.problems.length ? h("ul.problems", { dataset: { testid: "problems" } }, s.problems.map((p) => h("li", {}, p))) : null,
+  );
+}
+
+export function renderLine(root, stations) {
+  // a fixed order: tiles that jump around are harder to read than a red one in its place
+  const list = [...stations.values()].sort((a, b) => a.base.localeCompare(b.base));
+  root.replaceChildren(...list.map(tile));
+}
