@@ -302,3 +302,13 @@ def test_ui_refuses_to_start_on_a_public_address_without_credentials(tmp_path: P
                          capture_output=True, text=True, timeout=30, cwd=REPO)  # fmt: skip
     assert run.returncode == 2
     assert f"{config}:6:13 access.users[0].role: 'admin' is not one of viewer, operator" in run.stderr
+
+
+def test_the_unit_runs_the_ui_config_and_the_example_config_loads() -> None:
+    unit = (REPO / "systemd" / "inspectd-ui.service").read_text()
+    assert "ExecStart=/opt/inspectd/venv/bin/inspectd ui --config /etc/inspectd/ui.yaml" in unit
+    assert "RestartPreventExitStatus=2" in unit  # a config error must not restart-loop
+    from inspectd.ui.config import load_ui_config
+
+    cfg = load_ui_config(REPO / "systemd" / "ui.example.yaml")
+    assert cfg.listen.host == "127.0.0.1" and cfg.access.empty

@@ -19,6 +19,7 @@ HOUR_S = 3600.0
 _SEEN = 5000  # seqs remembered for de-duplication per station
 _LATENCIES = 200
 _ANSWERS = 10
+_LIVE_OVERLAYS = 4  # overlays kept besides the strip's: the newest parts
 _BINS = 30
 # topics a station publishes that the page does not show
 _IGNORED = {"reject", "trigger", "trigger/response"}
@@ -58,7 +59,7 @@ class StationState:
         self.latencies: deque[float] = deque(maxlen=_LATENCIES)
         self.rejects: deque[dict[str, Any]] = deque(maxlen=recent_rejects)
         self.overlays: OrderedDict[int, bytes] = OrderedDict()  # seq -> JPEG
-        self._overlay_room = recent_rejects + 4
+        self._overlay_room = recent_rejects
         self.last_overlay: dict[str, Any] | None = None  # seq, part_id, verdict of the newest
         self.reviews_today: dict[str, Any] | None = None  # from the station's answers
         self.reviewed: dict[int, str] = {}  # seq -> label, reviews done through this page
@@ -126,7 +127,12 @@ class StationState:
             seq = 0
         self.overlays[seq] = bytes(jpeg)
         self.overlays.move_to_end(seq)
-        while len(self.overlays) > self._overlay_room:
+        # with mqtt.overlays: all, OK parts' overlays must not push out those of the strip's rejects
+        keep = {r.get("seq") for r in self.rejects}
+        others = [s for s in self.overlays if s not in keep]
+        for old in others[: max(0, len(others) - _LIVE_OVERLAYS)]:
+            del self.overlays[old]
+        while len(self.overlays) > self._overlay_room + _LIVE_OVERLAYS:
             self.overlays.popitem(last=False)
         self.last_overlay = {"seq": seq, "part_id": props.get("part_id"), "verdict": props.get("verdict")}
         return True
@@ -191,13 +197,21 @@ class StationState:
             "model_sha256": (s.get("model_sha256") or (last.get("model") or {}).get("sha256") or "")[:12],
             "last": {k: last.get(k) for k in ("seq", "part_id", "verdict", "score", "threshold",
                                                 "t_verdict", "error", "latency_ms")} if last else None,  # fmt: skip
-            "overlay": self.last_overlay,
+            "overlay": self._tile_overlay(),
             "counts": self.counts(now),
             "latency_ms": {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))]} if lat else None,
             "problems": self.problems(),
             "reviews_today": self.reviews_today,
             "noticed": self.changed_at,
         }
+
+    def _tile_overlay(self) -> dict[str, Any] | None:
+        """The last part's overlay once it is there (it follows its verdict by a few ms), else
+        the newest one; the page captions it with its own seq."""
+        seq = (self.last or {}).get("seq")
+        if seq in self.overlays and seq != (self.last_overlay or {}).get("seq"):
+            return {"seq": seq, "part_id": self.last.get("part_id"), "verdict": self.last.get("verdict")}  # type: ignore[union-attr]
+        return self.last_overlay
 
     def detail(self, now: float | None = None) -> dict[str, Any]:
         """The station view: the tile plus the strip, the histogram and the calibration."""

@@ -7,6 +7,10 @@ const stations = new Map(); // base -> tile summary
 let me = { name: "?", operator: false };
 let current = null; // base shown in the station view, or null
 let pending = null; // throttles the station view's refetches
+// A finger on the page holds the station view still for a moment: a strip that shifts as new
+// rejects arrive must not move another part under the review button being tapped.
+let holdUntil = 0;
+const HOLD_MS = 4000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -32,7 +36,15 @@ function stationChanged(s) {
   stations.set(s.base, s);
   $("no-stations").hidden = stations.size > 0;
   if (current === null) renderLine($("tiles"), stations);
-  else if (s.base === current && !pending) pending = setTimeout(() => { pending = null; refreshStation(); }, 300);
+  else if (s.base === current && !pending) scheduleRefresh(300);
+}
+
+function scheduleRefresh(ms) {
+  pending = setTimeout(() => {
+    pending = null;
+    const wait = holdUntil - Date.now();
+    if (wait > 0) scheduleRefresh(wait); else refreshStation();
+  }, ms);
 }
 
 function showBroker(b) {
@@ -62,6 +74,7 @@ async function start() {
   if (r.ok) me = await r.json();
   $("me").textContent = `${me.name}${me.operator ? " (operator)" : " (viewer)"}`;
   window.addEventListener("hashchange", route);
+  $("station-view").addEventListener("pointerdown", () => { holdUntil = Date.now() + HOLD_MS; });
   connect();
   // rates and "last hour" counts age even when nothing arrives
   setInterval(() => { if (current === null) fetch("/api/line").then((x) => x.json()).then((snap) => {

@@ -9,8 +9,11 @@ export function tile(s) {
   const classes = ["tile", `state-${s.state}`];
   if (s.health === "degraded") classes.push("degraded");
   if (last) classes.push(`v-${last.verdict}`);
-  const img = s.overlay
-    ? h("img.thumb", { src: overlayUrl(s.base, s.overlay.seq), alt: `overlay of ${s.overlay.part_id || "the last part"}` })
+  const ov = s.overlay;
+  const img = ov
+    ? h("figure.thumbfig", {},
+        h("img.thumb", { src: overlayUrl(s.base, ov.seq), alt: `overlay of ${ov.part_id || "the last part"}` }),
+        h("figcaption", {}, ov.seq ? `#${ov.seq}` : "newest"))
     : h("div.thumb.none", {}, "no overlay yet");
   const reviews = s.reviews_today;
   const down = s.state !== "online" && s.state !== "unknown";

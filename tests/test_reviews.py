@@ -1,0 +1,78 @@
+"""The station's side of reviews (inspectd.reviews): where a review lands and what is refused.
+The path through MQTT, the real daemon and the page is in test_ui.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from inspectd.archive import ARCHIVE_SCHEMA, scan
+from inspectd.mqtt.commands import CommandError
+from inspectd.reviews import ReviewDesk, today_utc
+
+
+def archived(root: Path, seq: int, part: str, verdict: str, frame: bool = True) -> Path:
+    day = root / "2026-12-01"
+    day.mkdir(parents=True, exist_ok=True)
+    stem = f"{seq:010d}-{part}-{verdict}"
+    doc = {"schema": ARCHIVE_SCHEMA, "verdict": {"seq": seq, "part_id": part, "verdict": verdict},
+           "frame": f"{stem}.png" if frame else None, "map": None}  # fmt: skip
+    if frame:
+        (day / f"{stem}.png").write_bytes(b"\x89PNG fake frame " + part.encode())
+    (day / f"{stem}.json").write_text(json.dumps(doc))
+    return day / stem
+
+
+def test_a_false_reject_is_stored_beside_the_archive_with_the_frame_linked_once_per_part(tmp_path: Path) -> None:
+    entry = archived(tmp_path, 7, "p7", "NG")
+    desk = ReviewDesk(tmp_path)
+    answer = desk.review({"seq": 7, "part_id": "p7", "label": "false_reject", "by": "alice"})
+    stored = Path(answer["stored"])
+    assert stored == tmp_path / "reviews" / "false_reject" / today_utc() / "0000000007-p7-NG.json"
+    assert answer["frame"] is True and answer["today"] == {"false_reject": 1, "missed_defect": 0}
+    doc = json.loads(stored.read_text())
+    assert doc["review"]["by"] == "alice" and doc["verdict"]["seq"] == 7
+    frame = stored.with_suffix(".png")
+    assert frame.stat().st_ino == Path(f"{entry}.png").stat().st_ino  # a hard link, no copy
+    # again: the review is replaced, the count stays
+    again = desk.review({"seq": 7, "part_id": "p7", "label": "false_reject", "note": "checked twice"})
+    assert again["today"]["false_reject"] == 1
+    assert json.loads(stored.read_text())["review"]["note"] == "checked twice"
+    # the archive itself does not see reviews/: its bound neither counts nor deletes them
+    assert [e.stem for e in scan(tmp_path)] == ["0000000007-p7-NG"]
+    assert desk.counts({})["today"]["false_reject"] == 1
+
+
+def test_a_missed_defect_without_an_archived_frame_is_still_recorded(tmp_path: Path) -> None:
+    answer = ReviewDesk(tmp_path).review({"seq": 9, "part_id": "p9", "label": "missed_defect"})
+    assert answer["frame"] is False and answer["today"]["missed_defect"] == 1
+    doc = json.loads(Path(answer["stored"]).read_text())
+    assert doc["verdict"] == {"seq": 9, "part_id": "p9", "verdict": "OK"} and doc["frame"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"seq": 3, "part_id": "p3", "label": "false_reject"}, "was OK: false_reject is for NG or ERROR"),
+        ({"seq": 4, "part_id": "p4", "label": "missed_defect"}, "was NG: missed_defect is for OK"),
+        ({"seq": 5, "part_id": "p5", "label": "false_reject"}, "is not in the archive"),
+        ({"seq": 4, "part_id": "other", "label": "false_reject"}, "is not in the archive"),
+        ({"seq": "4", "part_id": "p4", "label": "false_reject"}, "seq: '4' is not"),
+        ({"seq": 4, "part_id": "p4", "label": "good"}, "label: 'good' is not one of false_reject, missed_defect"),
+        ({"seq": 4, "part_id": "p4", "label": "false_reject", "x": 1}, "unknown review fields ['x']"),
+        ({"seq": 4, "part_id": "p4", "label": "false_reject", "by": "<script>"}, "by: letters"),
+    ],
+)
+def test_reviews_that_do_not_fit_the_part_are_refused(tmp_path: Path, args: dict, message: str) -> None:
+    archived(tmp_path, 3, "p3", "OK")
+    archived(tmp_path, 4, "p4", "NG")
+    with pytest.raises(CommandError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ReviewDesk(tmp_path).review(args)
+    assert not (tmp_path / "reviews").exists() or not list((tmp_path / "reviews").rglob("*.json"))
+
+
+def test_a_station_without_an_archive_refuses_reviews() -> None:
+    with pytest.raises(CommandError, match="keeps no archive"):
+        ReviewDesk(None).review({"seq": 1, "part_id": "p", "label": "false_reject"})
