@@ -13,8 +13,9 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # One stamp per set of extras, redone when pyproject.toml changes.
+# The demo serves the line page too: the ui extra (starlette, uvicorn; still no torch).
 $(VENV)/.stamp-demo: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[demo]"
+	$(BIN)/pip install -q -e ".[demo,ui]"
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python

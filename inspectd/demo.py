@@ -3,17 +3,22 @@
 Fresh buttons (good and defective, plus one corrupt file) are rendered into a folder, the
 folder camera feeds the real station wiring, verdicts go to an MQTT broker (the one at
 --mqtt-host, or an embedded one started for the demo) and a subscriber prints what a PLC
-gateway would receive. Writes verdicts.jsonl and overlays into --out.
+gateway would receive. Writes verdicts.jsonl and overlays into --out. The line page
+(`inspectd ui`) runs in the same process, on 127.0.0.1, and stays up after the parts for --hold
+seconds (default: until Ctrl-C on a terminal).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import sys
 import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -28,10 +33,14 @@ from inspectd.train.datasets.button import DEFECTS, render_part
 from inspectd.train.metrics import auroc
 from inspectd.verdict import Verdict
 
+if TYPE_CHECKING:
+    from inspectd.ui.server import BackgroundUi
+
 REPO_PRODUCTS = Path(__file__).resolve().parent.parent / "products"
 DEMO_SEED = 20261123  # not the training seed: the demo parts are new to the model
 CORRUPT_EVERY = 25  # one part in 25 is a truncated file, to show the ERROR path
 LINE_RATE_HZ = 20.0  # parts per second, as from a triggered camera on a line
+UI_PORT = 8470  # the page's port when free (`inspectd ui` itself defaults to 8480)
 _print_lock = threading.Lock()  # the part lines and the gateway's lines come from two threads
 
 
@@ -119,7 +128,63 @@ class GatewayView:
         self.client.disconnect()
 
 
-def run_demo(out: Path, limit: int, mqtt_host: str, mqtt_port: int, products: Path) -> int:
+def start_page(base_topic: str, host: str, port: int, protocol: str) -> BackgroundUi | None:
+    """The line page for the demo station, or None with a one-line reason: the demo does not
+    need it (starlette and uvicorn are the `ui` extra)."""
+    try:
+        import uvicorn  # noqa: F401  (BackgroundUi imports it late; its absence is told here)
+
+        from inspectd.ui.auth import Credentials
+        from inspectd.ui.config import UiConfig
+        from inspectd.ui.server import BackgroundUi, bind_loopback
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0] or exc  # the package, not its submodule
+        print(f"Page: not started ({missing} is not installed: pip install -e '.[ui]')")
+        return None
+    sock = None
+    try:
+        sock = bind_loopback(UI_PORT)
+        cfg = UiConfig.model_validate({
+            "listen": {"host": "127.0.0.1", "port": sock.getsockname()[1]},
+            "mqtt": {"host": host, "port": port, "protocol": protocol},  # 3.1.1 towards amqtt
+            "stations": [base_topic],
+        })  # fmt: skip
+        page = BackgroundUi(cfg, Credentials(cfg.access), sock)
+        page.start()
+    except (OSError, RuntimeError) as exc:
+        if sock is not None:
+            sock.close()
+        print(f"Page: not started ({exc}); the demo goes on without it")
+        return None
+    # connected before the first part: verdicts are not retained, a late page would miss them
+    if page.broker_connected(timeout=5.0):
+        print(f"Page: {page.url}  (the line page: open it in a browser)")
+    else:
+        print(f"Page: {page.url}  (not connected to the broker yet: {page.broker_error})")
+    return page
+
+
+def hold_page(page: BackgroundUi, hold: float | None) -> None:
+    """Keep the page up after the parts: 60 parts take 3 s, too short to open a browser.
+    ``hold`` None: until Ctrl-C on a terminal, not at all otherwise (a script's run ends)."""
+    if hold is None:
+        hold = math.inf if sys.stdin is not None and sys.stdin.isatty() else 0.0
+    if hold <= 0:
+        return
+    if math.isinf(hold):
+        print(f"Page: {page.url} stays up; Ctrl-C to end", flush=True)
+    else:
+        print(f"Page: {page.url} stays up for {hold:g} s (Ctrl-C to end sooner)", flush=True)
+    deadline = time.monotonic() + hold
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 1.0))
+    except KeyboardInterrupt:
+        print()  # after the terminal's ^C
+
+
+def run_demo(out: Path, limit: int, mqtt_host: str, mqtt_port: int, products: Path,
+             ui: bool = True, hold: float | None = None) -> int:  # fmt: skip
     out = out.resolve()
     print(f"inspectd demo: {limit} parts at {LINE_RATE_HZ:g} parts/s -> {out}")
     # The demo owns its output folder: each run starts with fresh parts and files. The state
@@ -145,10 +210,14 @@ def run_demo(out: Path, limit: int, mqtt_host: str, mqtt_port: int, products: Pa
                 "products_dir": str(products),
                 "state_dir": str(out / "state"),
                 "camera": {"source": "folder", "path": str(out / "frames"), "rate_hz": LINE_RATE_HZ},
-                "mqtt": {"host": mqtt_host, "port": mqtt_port, "protocol": protocol},
+                # every part's overlay on MQTT too: the page's live part shows each one
+                "mqtt": {"host": mqtt_host, "port": mqtt_port, "protocol": protocol, "overlays": "all"},
                 "output": {"dir": str(out), "overlays": "all"},
             }
         )
+        page = start_page(config.topic_base(), mqtt_host, mqtt_port, protocol) if ui else None
+        if page is not None:
+            stack.callback(page.stop)  # before the broker stops: the stack unwinds last-in first
         gateway = GatewayView(mqtt_host, mqtt_port, protocol, config.topic_base())
         stack.callback(gateway.close)
         gateway.ready.wait(5.0)
@@ -159,6 +228,8 @@ def run_demo(out: Path, limit: int, mqtt_host: str, mqtt_port: int, products: Pa
         finally:
             station.stop()
         _summary(out, labels, stats, gateway)
+        if page is not None:
+            hold_page(page, hold)
     return 0
 
 

@@ -32,9 +32,9 @@ pytestmark = pytest.mark.skipif(
 def run_demo(out: Path, port: int) -> subprocess.CompletedProcess[str]:
     args = ["demo", "--out", str(out), "--limit", str(LIMIT), "--mqtt-host", "127.0.0.1",
             "--mqtt-port", str(port)]  # fmt: skip
-    return subprocess.run(
-        [sys.executable, "-c", LEAN_DEMO, *args], capture_output=True, text=True, timeout=240
-    )
+    # stdin not a terminal, as in a script: the demo ends with its parts (no --hold)
+    return subprocess.run([sys.executable, "-c", LEAN_DEMO, *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
 
 
 def check_output(proc: subprocess.CompletedProcess[str], out: Path) -> list[dict]:
@@ -56,6 +56,10 @@ def check_output(proc: subprocess.CompletedProcess[str], out: Path) -> list[dict
     assert received and int(received.group(1)) == LIMIT
     assert int(received.group(2)) == counts["NG"] + counts["ERROR"]
     assert len(list((out / "overlays").iterdir())) == LIMIT  # overlays: all, ERROR included
+    # the page's address before the first part, and no holding on after them without a terminal
+    assert re.search(r"^Page: http://127\.0\.0\.1:\d+/  \(the line page", proc.stdout, re.M)
+    assert proc.stdout.index("Page: http") < proc.stdout.index("#1 ")
+    assert "stays up" not in proc.stdout
     return records
 
 
@@ -90,8 +94,7 @@ def test_demo_falls_back_to_amqtt_without_mosquitto(tmp_path):
         "import sys, inspectd.mqtt.broker as b; b.find_mosquitto = lambda: None; " + LEAN_DEMO
     )
     args = ["demo", "--out", str(out), "--limit", str(LIMIT), "--mqtt-port", str(free_port())]
-    proc = subprocess.run(
-        [sys.executable, "-c", no_mosquitto, *args], capture_output=True, text=True, timeout=240
-    )
+    proc = subprocess.run([sys.executable, "-c", no_mosquitto, *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
     assert "started an embedded one" in proc.stdout and "(MQTT 3.1.1)" in proc.stdout
     check_output(proc, out)

@@ -1,8 +1,12 @@
-"""Serve the page with uvicorn (HTTPS when listen.tls_cert_file is given)."""
+"""Serve the page with uvicorn (HTTPS when listen.tls_cert_file is given), as its own process
+(``serve``) or from a thread of ``inspectd demo`` (``BackgroundUi``)."""
 
 from __future__ import annotations
 
+import socket
 import sys
+import threading
+import time
 
 from inspectd.ui.auth import Credentials
 from inspectd.ui.config import UiConfig
@@ -32,3 +36,77 @@ def serve(cfg: UiConfig, credentials: Credentials) -> int:
           flush=True)  # fmt: skip
     server.run()
     return 0 if server.started else 1
+
+
+def bind_loopback(preferred: int) -> socket.socket:
+    """A socket bound on 127.0.0.1: ``preferred`` when free, else any free port. Bound here, not
+    by uvicorn, so the address printed before serving is the one served (no race for the port)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        sock.bind(("127.0.0.1", preferred))
+    except OSError:  # taken (a second demo, or `inspectd ui`): any free one
+        sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class BackgroundUi:
+    """The page served from a thread of another program (``inspectd demo``), which keeps its own
+    logging and signal handling (uvicorn installs no signal handlers off the main thread)."""
+
+    def __init__(self, cfg: UiConfig, credentials: Credentials, sock: socket.socket) -> None:
+        import uvicorn
+
+        from inspectd.ui.app import build_app
+
+        self.app = build_app(cfg, credentials)
+        self.sock = sock
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}/"
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=1)  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name="inspectd-ui", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        except BaseException as exc:  # uvicorn's startup failures end in SystemExit
+            self._error = exc
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Serving when it returns; RuntimeError (with uvicorn's reason where it gave one) if not."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the web server did not start ({self._error!r})" if self._error
+                                   else "the web server did not start")  # fmt: skip
+            time.sleep(0.02)
+
+    def broker_connected(self, timeout: float) -> bool:
+        """Whether the page's MQTT link is up within ``timeout`` (before the first part, so the
+        page counts every verdict: they are not retained)."""
+        deadline = time.monotonic() + timeout
+        while not self.app.state.line.broker.get("connected"):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    @property
+    def broker_error(self) -> str | None:
+        return self.app.state.line.broker.get("error")
+
+    def stop(self) -> None:
+        loop = self.app.state.link.loop
+        if loop is not None and not loop.is_closed():
+            # end the open event streams first: uvicorn would wait for them (they never end by
+            # themselves), then cancel them and log a traceback for each open page
+            loop.call_soon_threadsafe(self.app.state.hub.close)
+        self.server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.sock.close()
