@@ -28,8 +28,9 @@ from pathlib import Path
 
 from inspectd.delivery import Delivery
 from inspectd.logs import configure_logging
+from inspectd.messages import verdict_messages
 from inspectd.mqtt.broker import LocalBroker
-from inspectd.mqtt.publisher import MqttPublisher, verdict_messages
+from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
 from inspectd.outbox import Outbox
 from inspectd.verdict import Region, Verdict, VerdictRecord

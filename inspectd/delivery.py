@@ -23,7 +23,8 @@ from functools import partial
 
 import structlog
 
-from inspectd.mqtt.publisher import MqttPublisher, OutgoingMessage, verdict_messages
+from inspectd.messages import OutgoingMessage, verdict_messages
+from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
 from inspectd.outbox import MessageLike, Outbox, OutboxError
 from inspectd.verdict import Verdict, VerdictRecord

@@ -15,7 +15,8 @@ from typing import Any
 
 import structlog
 
-from inspectd.mqtt.publisher import MqttPublisher, OutgoingMessage, encode_json
+from inspectd.messages import encode_json, health_message, stats_message
+from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
 from inspectd.verdict import iso_utc
 
@@ -91,9 +92,7 @@ class HealthMonitor:
         # snapshot taken while connected goes out: one from before the connection came up
         # would say "disconnected" to the broker; the reconnect forces a fresh one instead.
         if publish and self.publisher is not None and self.publisher.connected:
-            self.publisher.enqueue(
-                OutgoingMessage(self.topics.health, payload, qos=1, retain=True, label="health")
-            )
+            self.publisher.enqueue(health_message(self.topics, payload))
 
     def _run(self) -> None:
         now = time.monotonic()
@@ -108,9 +107,7 @@ class HealthMonitor:
                 if now >= next_stats and self.publisher is not None:
                     next_stats = now + self.stats_interval_s
                     stats = {**self.stats(), "ts": iso_utc(time.time())}
-                    self.publisher.enqueue(
-                        OutgoingMessage(self.topics.stats, encode_json(stats), qos=0, label="stats")
-                    )
+                    self.publisher.enqueue(stats_message(self.topics, stats))
             except Exception:  # health must never take the station down
                 log.exception("health.failed")
 

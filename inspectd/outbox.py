@@ -206,7 +206,7 @@ _Stored = tuple[str, bytes, int, int, str | None, float | None, float | None]  #
 def set_flags(payload: bytes, **flags: bool) -> bytes:
     """Set boolean flags in a JSON object payload, only where the key exists already.
 
-    Same compact form as ``inspectd.mqtt.publisher.encode_json``: a JSON round trip keeps key
+    Same compact form as ``inspectd.messages.encode_json``: a JSON round trip keeps key
     order and float text, so only the flags change. Anything else passes through unchanged."""
     if not payload.startswith(b"{"):
         return payload

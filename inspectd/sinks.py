@@ -12,6 +12,7 @@ import cv2
 import structlog
 
 from inspectd.background import BackgroundWorker
+from inspectd.messages import overlay_message
 from inspectd.overlay import to_jpeg
 from inspectd.pipeline import Inspection, VerdictSink
 from inspectd.verdict import Verdict
@@ -70,8 +71,6 @@ class MqttOverlaySink:
         self.too_big = 0
 
     def handle(self, inspection: Inspection) -> None:
-        from inspectd.mqtt.publisher import OutgoingMessage
-
         rec = inspection.record
         if self.mode == "ng" and rec.verdict is Verdict.OK:
             return
@@ -84,20 +83,7 @@ class MqttOverlaySink:
             self.too_big += 1
             log.warning("overlay.too_big", seq=rec.seq, bytes=len(data), max_bytes=self.max_bytes)
             return
-        self.publisher.enqueue(
-            OutgoingMessage(
-                self.topic,
-                data,
-                qos=0,
-                label=f"overlay seq={rec.seq}",
-                content_type="image/jpeg",
-                user_properties=(
-                    ("part_id", rec.part_id),
-                    ("seq", str(rec.seq)),
-                    ("verdict", rec.verdict.value),
-                ),
-            )
-        )
+        self.publisher.enqueue(overlay_message(self.topic, data, rec))
 
     def close(self) -> None:
         pass

@@ -14,8 +14,9 @@ import pytest
 from mqtt_client import Subscriber
 
 from inspectd.delivery import Delivery
+from inspectd.messages import verdict_messages
 from inspectd.mqtt.broker import LocalBroker
-from inspectd.mqtt.publisher import MqttPublisher, verdict_messages
+from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
 from inspectd.outbox import Outbox
 from inspectd.verdict import Verdict, VerdictRecord

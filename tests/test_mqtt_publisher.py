@@ -17,6 +17,7 @@ import pytest
 from mqtt_client import Received, Subscriber
 from structlog.testing import capture_logs
 
+from inspectd.messages import verdict_messages
 from inspectd.mqtt.broker import (
     LocalBroker,
     amqtt_available,
@@ -24,7 +25,7 @@ from inspectd.mqtt.broker import (
     find_mosquitto,
     free_port,
 )
-from inspectd.mqtt.publisher import MqttPublisher, verdict_messages
+from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
 from inspectd.verdict import Region, Verdict, VerdictRecord, iso_utc
 

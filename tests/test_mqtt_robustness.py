@@ -47,8 +47,9 @@ from test_requests import (
     write_station_config,
 )
 
+from inspectd.messages import OutgoingMessage
 from inspectd.mqtt.broker import LocalBroker, find_mosquitto
-from inspectd.mqtt.publisher import MqttPublisher, OutgoingMessage
+from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
 
 pytestmark = pytest.mark.skipif(

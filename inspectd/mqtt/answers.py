@@ -7,17 +7,15 @@ go to a fixed topic the requester subscribes to (``ReplyTo.fallback_topic``).
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
 
-from inspectd.mqtt.publisher import MqttPublisher, OutgoingMessage, encode_json
+from inspectd.messages import error_message, reply_message
+from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
-from inspectd.verdict import iso_utc
 
 log = structlog.get_logger(__name__)
 
@@ -40,27 +38,11 @@ class ReplyTo:
         return cls(msg.topic, response, bytes(correlation) if correlation is not None else None)
 
 
-def _encode(payload: dict[str, Any]) -> bytes:
-    """encode_json, or, for text that is not UTF-8 (a lone surrogate: ids are checked where
-    they enter, this is the last line), JSON with \\u escapes: an answer must never raise."""
-    try:
-        return encode_json(payload)
-    except UnicodeEncodeError:
-        log.error("mqtt.answer_not_utf8", detail="a lone surrogate in an answer, sent \\u-escaped")
-        return json.dumps(payload, separators=(",", ":"), default=str).encode("ascii")
-
-
 def reply(publisher: MqttPublisher, to: ReplyTo, fallback_topic: str, payload: dict[str, Any]) -> None:
     """The answer to a request, on its response topic (else ``fallback_topic``), QoS 1."""
-    publisher.enqueue(
-        OutgoingMessage(
-            to.response_topic or fallback_topic,
-            _encode(payload),
-            qos=1,
-            label=f"reply to {to.source_topic}",
-            correlation_data=to.correlation_data,
-        )
-    )
+    publisher.enqueue(reply_message(to.response_topic or fallback_topic, payload,
+                                    source_topic=to.source_topic,
+                                    correlation_data=to.correlation_data))  # fmt: skip
 
 
 def publish_error(
@@ -73,16 +55,5 @@ def publish_error(
 ) -> None:
     """A refused request, on …/error with the correlation data echoed; logged too."""
     log.warning("mqtt.request_refused", topic=to.source_topic, code=code, detail=detail, **fields)
-    payload = {"error": code, "detail": detail, "topic": to.source_topic, **fields}
-    if to.correlation_data is not None:
-        payload["correlation_data"] = to.correlation_data.hex()  # for 3.1.1-style readers
-    payload["ts"] = iso_utc(time.time())
-    publisher.enqueue(
-        OutgoingMessage(
-            topics.error,
-            _encode(payload),
-            qos=1,
-            label=f"error {code}",
-            correlation_data=to.correlation_data,
-        )
-    )
+    publisher.enqueue(error_message(topics, code, detail, source_topic=to.source_topic,
+                                    correlation_data=to.correlation_data, **fields))  # fmt: skip

@@ -1,12 +1,9 @@
-"""Publishing verdicts and status over MQTT (design.md, "MQTT contract (v1)"), on paho-mqtt 2.x.
+"""The MQTT transport, on paho-mqtt 2.x: connect, reconnect, hand messages over in order.
 
-Two halves, kept apart so the durable outbox sits between them:
-
-* *what* to publish: ``verdict_messages()`` and ``status_payload()`` turn records into
-  ``OutgoingMessage`` objects (topic, payload bytes, QoS, retain, expiry);
-* *how*: ``MqttPublisher.enqueue(message)`` hands one to the client and calls ``message.on_ack``
-  on PUBACK. ``inspectd.delivery`` feeds it the outbox's rows and deletes them in ``on_ack``;
-  status, health, stats, overlays and answers are enqueued directly (they are not verdicts).
+*What* is published (the v1 contract) is built in ``inspectd.messages``; this module is only
+*how*: ``MqttPublisher.enqueue(message)`` hands an ``OutgoingMessage`` to the client and calls
+``message.on_ack`` on PUBACK. ``inspectd.delivery`` feeds it the outbox's rows and deletes them
+in ``on_ack``; status, health, stats, overlays and answers are enqueued directly.
 
 Ordering. paho 2.2 keeps QoS 1 messages published while disconnected (``publish`` returns
 ``MQTT_ERR_NO_CONN`` but the message stays in its queue and is sent after the next CONNACK, also
@@ -21,7 +18,7 @@ older messages, or on the first PUBACK of the new connection (paho's resend is d
 
 from __future__ import annotations
 
-import json
+import enum
 import math
 import socket
 import ssl
@@ -30,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -40,8 +37,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from inspectd.messages import OutgoingMessage, remaining_s, status_message, status_payload
 from inspectd.mqtt.topics import Topics
-from inspectd.verdict import Verdict, VerdictRecord, iso_utc
 
 log = structlog.get_logger(__name__)
 
@@ -64,48 +61,6 @@ def set_no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         pass  # a unix socket: no Nagle to turn off
 
 
-# -- what to publish ----------------------------------------------------------------------------
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def encode_json(obj: Any) -> bytes:
-    """Compact UTF-8 JSON. NaN/inf are not JSON: they become null, with an error logged."""
-    try:
-        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        log.error("mqtt.payload_not_finite", detail="NaN or infinity replaced by null")
-        text = json.dumps(_finite(obj), separators=(",", ":"), ensure_ascii=False)
-    return text.encode("utf-8")
-
-
-@dataclass(slots=True)
-class OutgoingMessage:
-    """One message to publish. ``on_ack(ok)`` runs on paho's network thread when the broker
-    acknowledges it (``ok`` is False for an MQTT 5 PUBACK with a failure reason code): keep it
-    short and do not block in it."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-    label: str = ""  # for logs, e.g. "seq=12"
-    on_ack: Callable[[bool], None] | None = None
-    content_type: str | None = "application/json"  # MQTT 5 property; None for binary payloads
-    expires: float | None = None  # wall time: MQTT 5 message expiry; not sent at all after it
-    expires_mono: float | None = None  # the same on time.monotonic(); decides when it is given
-    user_properties: tuple[tuple[str, str], ...] = ()  # MQTT 5 only
-    correlation_data: bytes | None = None  # MQTT 5 only: echoed from a request
-
-
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """How to log in: username/password and TLS (all optional)."""
@@ -117,65 +72,34 @@ class Credentials:
     key_file: str | None = None
 
 
-def status_payload(state: str, status_fields: dict[str, Any], t: float | None = None) -> bytes:
-    return encode_json(
-        {"state": state, **status_fields, "ts": iso_utc(time.time() if t is None else t)}
-    )
+class State(enum.Enum):
+    """Where the publisher is. NEW -> CONNECTING -> RESENDING -> OPEN, back to CONNECTING on a
+    disconnect, STOPPED from ``stop()`` on (for good; it no longer counts as connected, even
+    while the socket is still being closed)."""
+
+    NEW = "new"  # start() not called yet
+    CONNECTING = "connecting"  # started, no connection: messages wait in our FIFO
+    RESENDING = "resending"  # connected, gate closed: paho still resends older messages
+    OPEN = "open"  # connected, gate open: the sender hands messages to paho
+    STOPPED = "stopped"  # stop() began refusing messages
+
+    @property
+    def connected(self) -> bool:
+        return self in (State.RESENDING, State.OPEN)
 
 
-def remaining_s(message: OutgoingMessage) -> float | None:
-    """Seconds until ``message`` expires (None: never). On the monotonic clock when it has a
-    monotonic deadline: a wall clock stepped +2 h expired rejects inside their travel window,
-    one stepped -3 h gave them 3 h of message expiry (issue 15)."""
-    if message.expires_mono is not None:
-        return message.expires_mono - time.monotonic()
-    if message.expires is not None:
-        return message.expires - time.time()
-    return None
+@dataclass(slots=True)
+class Counters:
+    """Since start; ``stats()`` reports them in this order, under these names."""
 
-
-def reject_deadline_mono(record: VerdictRecord, travel_window_s: float) -> float:
-    """``reject_deadline`` on time.monotonic(). A record without monotonic times (made outside
-    the pipeline) gets its travel window from now."""
-    if record.deadline_mono is not None:
-        return record.deadline_mono
-    if record.deadline_ts is not None:
-        return time.monotonic() + (record.deadline_ts - time.time())
-    return (time.monotonic() if record.t_mono is None else record.t_mono) + travel_window_s
-
-
-def reject_deadline(record: VerdictRecord, travel_window_s: float) -> float:
-    """Wall time after which a reject is useless: the trigger's own deadline when it gave one,
-    else the part's travel window from the verdict (the part has passed the diverter)."""
-    if record.deadline_ts is not None:
-        return record.deadline_ts
-    return record.t_verdict + travel_window_s
-
-
-def verdict_messages(
-    topics: Topics, record: VerdictRecord, travel_window_s: float
-) -> list[OutgoingMessage]:
-    """…/verdict for every record, and …/reject for NG and ERROR (what a PLC gateway acts on),
-    expiring when the part has left the diverter."""
-    label = f"seq={record.seq}"
-    messages = [OutgoingMessage(topics.verdict, encode_json(record.to_payload()), 1, False, label)]
-    if record.verdict in (Verdict.NG, Verdict.ERROR):
-        deadline = reject_deadline(record, travel_window_s)
-        reject = {
-            "station": record.station,
-            "part_id": record.part_id,
-            "seq": record.seq,
-            "verdict": record.verdict.value,
-            "deadline_ts": iso_utc(deadline),
-        }
-        messages.append(
-            OutgoingMessage(topics.reject, encode_json(reject), 1, False, label, expires=deadline,
-                            expires_mono=reject_deadline_mono(record, travel_window_s))  # fmt: skip
-        )
-    return messages
-
-
-# -- how ----------------------------------------------------------------------------------------
+    published: int = 0  # accepted by enqueue
+    acked: int = 0
+    refused: int = 0  # an MQTT 5 PUBACK with a failure reason code
+    dropped: int = 0  # not accepted (queue full, stopped) or paho refused it
+    expired: int = 0  # a reject past its deadline, not sent
+    connects: int = 0
+    skipped_offline: int = 0  # QoS 0 enqueued while not connected
+    handler_errors: int = 0  # exceptions out of subscription handlers
 
 
 @dataclass(slots=True, eq=False)
@@ -257,17 +181,9 @@ class MqttPublisher:
         self._awaiting_ack = 0
         self._progress_at = time.monotonic()
         self._next_id = 0
-        self._gate_open = False
-        self._connected = False
-        self._started = False
-        self._stopping = False
-        self._stopped = False
-        self._sender_stop = False
+        self._state = State.NEW  # changed under _cv
         self._sender: threading.Thread | None = None
-        self._counts = {
-            "published": 0, "acked": 0, "refused": 0, "dropped": 0, "expired": 0, "connects": 0,
-            "skipped_offline": 0, "handler_errors": 0,
-        }  # fmt: skip
+        self._counts = Counters()
         self._connect_failures = 0
         self._error: str | None = None  # why the last connection attempt failed
         self._attempted = threading.Event()  # the first connection attempt has ended
@@ -276,7 +192,11 @@ class MqttPublisher:
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._state.connected
+
+    @property
+    def state(self) -> State:
+        return self._state
 
     @property
     def connect_attempted(self) -> bool:
@@ -288,9 +208,10 @@ class MqttPublisher:
         return self._attempted.wait(timeout)
 
     def start(self) -> None:
-        if self._started:
-            raise RuntimeError("MqttPublisher.start() called twice")
-        self._started = True
+        with self._cv:
+            if self._state is not State.NEW:
+                raise RuntimeError("MqttPublisher.start() called twice")
+            self._state = State.CONNECTING
         self._set_will()
         if self._v5:
             self._client.connect_async(self.host, self.port, self.keepalive_s, clean_start=True)
@@ -337,7 +258,7 @@ class MqttPublisher:
         on_crash: Callable[[mqtt.MQTTMessage, BaseException], None] | None,
     ) -> None:
         with self._cv:
-            self._counts["handler_errors"] += 1
+            self._counts.handler_errors += 1
         topic = getattr(msg, "_topic", b"")  # bytes: .topic decodes, which may be what failed
         where = topic.decode("utf-8", "replace") if isinstance(topic, bytes) else str(topic)
         try:
@@ -352,7 +273,7 @@ class MqttPublisher:
         """Seconds the publisher has been connected with QoS 1 messages awaiting a PUBACK and
         none arrived; 0 when nothing waits or while disconnected (reconnecting is progress)."""
         with self._cv:
-            if not self._connected or self._awaiting_ack == 0:
+            if not self._state.connected or self._awaiting_ack == 0:
                 return 0.0
             return max(0.0, time.monotonic() - self._progress_at)
 
@@ -360,15 +281,8 @@ class MqttPublisher:
         """Change fields of the status message (the product after a switch) and publish
         ``online`` with them again; the Last Will takes them at the next connect."""
         self.status_fields.update(fields)
-        if self._connected:
-            self.enqueue(
-                OutgoingMessage(
-                    self.topics.status,
-                    status_payload("online", self.status_fields),
-                    retain=True,
-                    label="status=online",
-                )
-            )
+        if self._state.connected:
+            self.enqueue(status_message(self.topics, "online", self.status_fields))
 
     def enqueue(self, message: OutgoingMessage) -> bool:
         """Queue one message for publishing, in order. False (and an error logged) if it cannot
@@ -380,12 +294,12 @@ class MqttPublisher:
         if len(message.payload) > _MAX_PAYLOAD:
             raise ValueError(f"payload of {len(message.payload)} bytes is too large for MQTT")
         with self._cv:
-            if message.qos == 0 and not self._connected:
+            if message.qos == 0 and not self._state.connected:
                 # QoS 0 (overlays, stats) is a live view: not worth memory during an outage
-                self._counts["skipped_offline"] += 1
+                self._counts.skipped_offline += 1
                 return False
             reason = None
-            if self._stopped:
+            if self._state is State.STOPPED:
                 reason = "publisher stopped"
             elif len(self._outstanding) >= self.max_queued:
                 reason = "queue full"
@@ -394,17 +308,17 @@ class MqttPublisher:
                 self._next_id += 1
                 self._outstanding[entry.id] = entry
                 self._backlog.append(entry)
-                self._counts["published"] += 1
+                self._counts.published += 1
                 self._cv.notify_all()
                 return True
-            self._counts["dropped"] += 1
+            self._counts.dropped += 1
         log.error(
             "mqtt.publish_dropped",
             topic=message.topic,
             label=message.label,
             reason=reason,
             max_queued=self.max_queued,
-            connected=self._connected,
+            connected=self._state.connected,
         )
         return False
 
@@ -421,23 +335,13 @@ class MqttPublisher:
     def stop(self, timeout: float = 5.0) -> None:
         """Publish retained ``stopped``, wait up to ``timeout`` for acknowledgements, disconnect
         cleanly (the broker does not send the Last Will) and stop the network thread."""
-        if not self._started or self._stopping:
+        if self._state in (State.NEW, State.STOPPED):
             return
         deadline = time.monotonic() + timeout
-        self.enqueue(
-            OutgoingMessage(
-                self.topics.status,
-                status_payload("stopped", self.status_fields),
-                qos=1,
-                retain=True,
-                label="status=stopped",
-            )
-        )
+        self.enqueue(status_message(self.topics, "stopped", self.status_fields))
         self.wait_published(timeout)
         with self._cv:
-            self._stopping = True
-            self._stopped = True
-            self._sender_stop = True
+            self._state = State.STOPPED  # refuses new messages and ends the sender thread
             self._cv.notify_all()
             lost = list(self._outstanding.values())
         if self._sender is not None:
@@ -451,9 +355,6 @@ class MqttPublisher:
             )
         self._client.disconnect()
         self._client.loop_stop()
-        with self._cv:
-            self._connected = False
-            self._gate_open = False
         log.info("mqtt.stopped", host=self.host, port=self.port, **self._stats_locked())
 
     def stats(self) -> dict[str, Any]:
@@ -464,12 +365,12 @@ class MqttPublisher:
 
     def _stats_locked(self) -> dict[str, Any]:
         return {
-            **self._counts,
+            **asdict(self._counts),
             "pending": len(self._outstanding),
             "backlog": len(self._backlog),
             "in_flight": self._in_paho,
             "awaiting_ack": self._awaiting_ack,
-            "connected": self._connected,
+            "connected": self._state.connected,
             "error": self._error,
         }
 
@@ -543,20 +444,23 @@ class MqttPublisher:
             with self._cv:
                 self._cv.wait_for(
                     lambda: (
-                        self._sender_stop
-                        or (self._gate_open and self._backlog and self._in_paho < _PAHO_WINDOW)
+                        self._state is State.STOPPED
+                        or (
+                            self._state is State.OPEN
+                            and self._backlog
+                            and self._in_paho < _PAHO_WINDOW
+                        )
                     )
                 )
-                if self._sender_stop:
+                if self._state is State.STOPPED:
                     return
             with self._handoff:
                 for _ in range(_HANDOFF_BATCH):
                     with self._cv:
                         if not (
-                            self._gate_open
+                            self._state is State.OPEN
                             and self._backlog
                             and self._in_paho < _PAHO_WINDOW
-                            and not self._sender_stop
                         ):
                             break
                         entry = self._backlog.popleft()
@@ -575,7 +479,7 @@ class MqttPublisher:
             # part. Done with, as if acknowledged (the outbox deletes it), and logged.
             log.warning("mqtt.expired_not_sent", topic=m.topic, label=m.label)
             with self._cv:
-                self._complete_locked(entry, True, "expired")
+                self._complete_locked(entry, True, expired=True)
             self._after_ack(entry, True)
             return
         props = self._props_for(m)
@@ -602,21 +506,26 @@ class MqttPublisher:
                 if m.qos > 0:
                     self._awaiting_ack -= 1
                 self._outstanding.pop(entry.id, None)
-                self._counts["dropped"] += 1
+                self._counts.dropped += 1
                 self._cv.notify_all()
         if error is not None:
             log.error("mqtt.publish_dropped", topic=m.topic, label=m.label, reason=error)
         else:
             self._after_ack(entry, ok)
 
-    def _complete_locked(self, entry: _Entry, ok: bool, count: str = "") -> None:
+    def _complete_locked(self, entry: _Entry, ok: bool, *, expired: bool = False) -> None:
         self._in_paho -= 1
         if entry.message.qos > 0:
             self._awaiting_ack -= 1
-            if not count:  # the broker's PUBACK (not an expired reject): the publisher moves
+            if not expired:  # the broker's PUBACK (not an expired reject): the publisher moves
                 self._progress_at = time.monotonic()
         self._outstanding.pop(entry.id, None)
-        self._counts[count or ("acked" if ok else "refused")] += 1
+        if expired:
+            self._counts.expired += 1
+        elif ok:
+            self._counts.acked += 1
+        else:
+            self._counts.refused += 1
         self._cv.notify_all()
 
     def _after_ack(self, entry: _Entry, ok: bool) -> None:
@@ -666,16 +575,15 @@ class MqttPublisher:
             properties=self._status_props(PacketTypes.PUBLISH),
         )
         with self._cv:
-            self._connected = True
+            if self._state is not State.STOPPED:  # a reconnect while stop() closes: stays so
+                # paho holds none of our older messages: nothing for new ones to overtake
+                self._state = State.OPEN if self._in_paho == 0 else State.RESENDING
             self._progress_at = time.monotonic()  # a fresh connection: paho resends what waits
-            self._counts["connects"] += 1
+            self._counts.connects += 1
             self._connect_failures = 0
             self._error = None
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._status_mids.add(info.mid)
-            if self._in_paho == 0:
-                # paho holds none of our older messages: nothing for new ones to overtake
-                self._gate_open = True
             self._cv.notify_all()
             pending = len(self._outstanding)
         log.info(
@@ -721,10 +629,10 @@ class MqttPublisher:
         # Waiting for _handoff: a hand-over in progress lands in paho before the gate closes, so
         # it is resent in order after the reconnect (see the module docstring).
         with self._handoff, self._cv:
-            was_connected = self._connected
-            self._connected = False
-            self._gate_open = False
-            stopping = self._stopping
+            was_connected = self._state.connected
+            stopping = self._state is State.STOPPED
+            if not stopping:
+                self._state = State.CONNECTING  # the gate closes; paho reconnects
             pending = len(self._outstanding)
         fields = {
             "host": self.host,
@@ -750,10 +658,10 @@ class MqttPublisher:
     ) -> None:
         ok = not reason_code.is_failure
         with self._cv:
-            if self._connected and not self._gate_open:
+            if self._state is State.RESENDING:
                 # paho resends its older messages while handling CONNACK, before any PUBACK is
                 # read: from here on new messages queue up behind them
-                self._gate_open = True
+                self._state = State.OPEN
                 self._cv.notify_all()
             if mid in self._status_mids:
                 self._status_mids.discard(mid)
