@@ -248,6 +248,12 @@ class ArchiveSink:
                 "last_error": self.last_error,
             }
 
+    def problems(self) -> list[str]:
+        """``archive_failing`` from a failed write until one works again."""
+        with self._lock:
+            failing, errors, last = self._failing, self.errors, self.last_error
+        return [f"archive_failing: {errors} errors since start, last: {last}"] if failing else []
+
     # -- inside ------------------------------------------------------------------------------
 
     def _wanted(self, verdict: Verdict) -> bool:

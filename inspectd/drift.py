@@ -48,6 +48,13 @@ class DriftMonitor:
     def close(self) -> None:
         pass
 
+    def stats(self) -> dict[str, Any]:
+        """health's ``drift``: ``state`` (off, warming_up, ok, drift) and the checks."""
+        return self.state()
+
+    def problems(self) -> list[str]:
+        return [f"drift: {p}" for p in self.state().get("problems", [])]
+
     def state(self) -> dict[str, Any]:
         with self._lock:
             scores, reference = list(self._scores), dict(self._reference)

@@ -1,6 +1,8 @@
-"""The station's health: …/health (retained, on every change and every interval), …/stats
-(periodic, QoS 0), and ``state_dir/health.json`` for whoever cannot reach the broker (a broker
-that refuses our password is exactly when an operator needs to read why)."""
+"""The station's health: ``StationHealth`` combines the components' reports into the health
+JSON and the stats; ``HealthMonitor`` publishes them: …/health (retained, on every change and
+every interval), …/stats (periodic, QoS 0), and ``state_dir/health.json`` for whoever cannot
+reach the broker (a broker that refuses our password is exactly when an operator needs to read
+why)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,27 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from inspectd import __version__
 from inspectd.messages import encode_json, health_message, stats_message
 from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
 from inspectd.verdict import iso_utc
+
+if TYPE_CHECKING:
+    from inspectd.archive import ArchiveSink
+    from inspectd.capture.base import CaptureSource
+    from inspectd.config import StationConfig
+    from inspectd.drift import DriftMonitor
+    from inspectd.metrics import MetricsServer
+    from inspectd.mqtt.commands import CommandDesk
+    from inspectd.mqtt.triggers import TriggerDesk
+    from inspectd.outbox import Outbox
+    from inspectd.pipeline import Pipeline
+    from inspectd.sinks import Pictures
 
 log = structlog.get_logger(__name__)
 
@@ -115,3 +130,123 @@ class HealthMonitor:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5.0)
+
+
+class StationHealth:
+    """The health JSON (docs/mqtt.md, …/health) and the …/stats payload of a started station,
+    combined from its components' ``stats()`` and ``problems()`` (``inspectd.reporting``).
+    Problems come in a fixed order: outbox, MQTT, triggers, camera, stalled threads, archive,
+    drift. ``metrics_server`` is set once it listens (health.json names its port)."""
+
+    def __init__(
+        self,
+        config: StationConfig,
+        *,
+        boot_id: str,
+        pipeline: Pipeline,
+        source: CaptureSource,
+        outbox: Outbox,
+        publisher: MqttPublisher | None,
+        triggers: TriggerDesk | None,
+        commands: CommandDesk | None,
+        archive: ArchiveSink | None,
+        pictures: Pictures | None,
+        drift: DriftMonitor | None,
+    ) -> None:
+        self.config, self.boot_id, self.pipeline, self.source = config, boot_id, pipeline, source
+        self.outbox, self.publisher, self.triggers, self.commands = outbox, publisher, triggers, commands
+        self.archive, self.pictures, self.drift = archive, pictures, drift
+        self.metrics_server: MetricsServer | None = None
+        self._fps = (time.monotonic(), 0, 0.0)  # (when, frames then, fps)
+
+    def stalled(self) -> dict[str, float]:
+        """What holds work without progress: pipeline threads for service.stall_s, and "mqtt"
+        when the publisher is connected with messages waiting and no PUBACK for
+        mqtt.ack_timeout_s: name -> seconds (the watchdog and /healthz)."""
+        stalls = self.pipeline.stalled(self.config.service.stall_s)
+        ack_wait = self.publisher.stalled_s() if self.publisher is not None else None
+        if ack_wait is not None:
+            stalls["mqtt"] = ack_wait
+        return stalls
+
+    def snapshot(self) -> dict[str, Any]:
+        # stats() before problems(): a component's problems then agree with what it reported
+        outbox = self.outbox.stats()
+        problems = self.outbox.problems()
+        mqtt: dict[str, Any] = {"enabled": self.publisher is not None}
+        if self.publisher is not None:
+            p = self.publisher.stats()
+            mqtt.update(connected=p["connected"], error=p["error"],
+                        stalled=self.publisher.stalled_s() is not None,
+                        awaiting_ack=p["awaiting_ack"], handler_errors=p["handler_errors"])  # fmt: skip
+            problems += self.publisher.problems()
+        triggers = self.triggers.stats() if self.triggers is not None else None
+        if self.triggers is not None:
+            problems += self.triggers.problems()
+        camera, camera_problems = self._camera()
+        problems += camera_problems
+        problems += [f"stalled: {t} thread, no progress for {s:.0f} s"
+                     for t, s in self.pipeline.stalled(self.config.service.stall_s).items()]  # fmt: skip
+        if self.archive is not None:
+            problems += self.archive.problems()
+        drift = self.drift.stats() if self.drift is not None else {"state": "off"}
+        if self.drift is not None:
+            problems += self.drift.problems()
+        bundle, thresholds = self.pipeline.bundle, self.pipeline.thresholds
+        server = self.metrics_server
+        return {
+            "state": "ok" if not problems else "degraded",
+            "problems": problems,
+            "station": self.config.station.name,
+            "boot_id": self.boot_id,
+            "version": __version__,
+            "product": bundle.name,
+            "model_sha256": bundle.model_sha256,
+            "engine": self.pipeline.engine.name,
+            "camera": camera,
+            "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel,
+                           "calibration": thresholds.facts()},  # fmt: skip
+            "mqtt": mqtt,
+            "triggers": triggers,
+            "outbox": outbox,
+            "drift": drift,
+            "metrics": {"url": server.url, "port": server.port} if server is not None else None,
+        }
+
+    def _camera(self) -> tuple[dict[str, Any], list[str]]:
+        """health's ``camera``: the config's facts, the fps, and what the source reports
+        (an isolated source its child process and "offline", a watched folder its counters)."""
+        cfg = self.config.camera
+        camera = {"source": cfg.source, "state": "ok", "trigger": cfg.trigger,
+                  "fps": self._camera_fps(), "process": None, **self.source.stats()}  # fmt: skip
+        failure = self.pipeline.stats.capture_failure
+        if failure:  # the camera failed for good (the run ends): that says it all
+            camera["state"] = "failed"
+            return camera, [f"camera_failed: {failure}"]
+        return camera, self.source.problems()
+
+    def _camera_fps(self) -> float:
+        then, frames_then, fps = self._fps
+        now, frames = time.monotonic(), self.pipeline.stats.frames
+        if now - then >= 1.0:
+            fps = (frames - frames_then) / (now - then)
+            self._fps = (now, frames, fps)
+        return round(fps, 2)
+
+    def stats(self) -> dict[str, Any]:
+        """The …/stats payload."""
+        stats = self.pipeline.stats
+        p50, p99 = stats.percentiles(stats.latency_ms)
+        return {
+            "station": self.config.station.name,
+            "verdicts": dict(stats.verdicts),
+            "latency_ms": {"p50": round(p50, 2), "p99": round(p99, 2)},
+            "stage_ms_p50": {s: round(stats.percentiles(v)[0], 3) for s, v in stats.stage_ms.items() if v},
+            "sink_errors": stats.sink_errors,
+            "outbox": self.outbox.stats(),
+            "mqtt": self.publisher.stats() if self.publisher else None,
+            "triggers": self.triggers.stats() if self.triggers else None,
+            "commands": self.commands.stats() if self.commands else None,
+            "archive": self.archive.stats() if self.archive is not None else None,
+            "pictures": self.pictures.stats() if self.pictures is not None else None,
+        }

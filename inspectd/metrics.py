@@ -42,7 +42,7 @@ DRIFTING = ("drift", "drifting")  # drift states that count as drifting
 
 class StationMetrics:
     """The station's registry: ``observe`` is the pipeline's observer, the rest is collected
-    at scrape time from ``health()`` (``Station.health_snapshot``), ``stats`` (the pipeline's
+    at scrape time from ``health()`` (``StationHealth.snapshot``), ``stats`` (the pipeline's
     counters) and ``stalled()`` (``Station.stalled``)."""
 
     def __init__(

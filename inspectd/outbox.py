@@ -331,6 +331,7 @@ class Outbox:
         self._depth = 0
         self._last_seq = self._reserved = self._inherited_seq = start_after
         self._dropped = dict.fromkeys(KINDS, 0)
+        self._dropped_at_open = 0
         if not _open:
             return
         try:
@@ -341,6 +342,7 @@ class Outbox:
                 self._conn.close()
                 self._conn = None
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+        self._dropped_at_open = sum(self._dropped.values())  # the file counts since it was made
 
     @classmethod
     def in_memory(cls, path: Path, reason: str, **bounds: Any) -> Outbox:
@@ -629,6 +631,17 @@ class Outbox:
                 "durable": self._write_error is None,
                 "error": self._write_error,
             }
+
+    def problems(self) -> list[str]:
+        """``outbox_not_durable`` while the disk refuses writes, ``outbox_dropped`` once a
+        verdict was dropped since this process opened the file. From memory: no disk read."""
+        with self._lock:
+            error, dropped = self._write_error, dict(self._dropped)
+        problems = [] if error is None else [f"outbox_not_durable: {error}"]
+        since = sum(dropped.values()) - self._dropped_at_open
+        if since > 0:
+            problems.append(f"outbox_dropped: {since} verdicts since start ({dropped})")
+        return problems
 
     def close(self) -> None:
         """Shrink the seq reservation to the last number used (a clean restart leaves no gap)

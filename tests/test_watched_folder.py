@@ -332,3 +332,25 @@ def test_a_file_name_that_is_not_utf8_keeps_its_exact_bytes_through_the_receipt(
     assert os.listdir(os.fsencode(incoming / "done")) == [b"caf\xe9.png"]
     assert outbox.receipts() == []
     outbox.close()
+
+
+def test_failing_moves_are_a_health_problem_until_a_move_works(tmp_path):
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    (incoming / "a.png").write_bytes(png(1))
+    src = WatchedFolderSource(incoming, settle_s=0.0, poll_s=0.05)
+    src.open()
+    (frame,) = drain(src)
+    (incoming / "done").rmdir()
+    (incoming / "done").write_text("not a folder")  # the rename fails
+    src.recorded([(frame, record(frame, Verdict.OK, 1), True)])
+    (problem,) = src.problems()
+    assert problem.startswith("camera_move_failed: 1 files not moved since start, last: a.png to ")
+    assert src.stats() == {"watch": {"inspected": 1, "moved": 0, "move_failed": 1, "resumed": 0,
+                                     "changed": 0}}  # fmt: skip
+    (incoming / "done").unlink()
+    (incoming / "done").mkdir()
+    (incoming / "b.png").write_bytes(png(2))
+    (frame,) = drain(src)
+    src.recorded([(frame, record(frame, Verdict.OK, 2), True)])
+    assert src.problems() == [] and src.stats()["watch"]["moved"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from inspectd.frame import CameraMeta, Frame
 from inspectd.verdict import VerdictRecord
@@ -48,6 +49,16 @@ class CaptureSource(abc.ABC):
     def recorded(self, parts: Sequence[tuple[Frame, VerdictRecord, bool]]) -> None:  # noqa: B027 (optional hook)
         """Called on the publish thread once these frames' verdicts were recorded, for frames
         with a ``RECEIPT``: (frame, record, True if its verdict and receipt are on disk)."""
+
+    # What the source reports to the station's health (inspectd.reporting.Reporting): stats()
+    # joins health's ``camera`` section (a "state" there replaces the default "ok"), problems()
+    # its problems. A source in this process that works or raises has nothing to add.
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def problems(self) -> list[str]:
+        return []
 
     def __enter__(self) -> CaptureSource:
         self.open()

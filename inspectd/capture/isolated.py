@@ -131,7 +131,20 @@ class IsolatedSource(CaptureSource):
     def close(self) -> None:
         self._sup.stop()
 
+    def stats(self) -> dict[str, Any]:
+        """health's camera: "offline" while the child is not online, and the child's state."""
+        process = self.state()
+        return {"state": "ok" if process["state"] == "online" else "offline", "process": process}
+
+    def problems(self) -> list[str]:
+        process = self.state()
+        if process["state"] == "online":
+            return []
+        return [f"{OFFLINE}: {process['reason'] or process['state']}"]
+
     def state(self) -> dict[str, Any]:
+        """The child process: state (online, starting, offline, …), reason, restarts, dropped
+        frames and its pid."""
         sup = self._sup
         gen = sup.gen
         return {

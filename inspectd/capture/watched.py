@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypedDict
 
 import structlog
 
@@ -69,6 +69,16 @@ class Ledger(Protocol):
 
     def receipts(self) -> list[tuple[str, int, Verdict]]: ...
     def forget_receipts(self, keys: Iterable[str]) -> None: ...
+
+
+class WatchCounts(TypedDict):
+    """Since start; health shows them as ``camera.watch``."""
+
+    inspected: int  # files handed out as parts
+    moved: int  # to done_dir or failed_dir after their verdict
+    move_failed: int  # left in the watched folder (not inspected again by this process)
+    resumed: int  # committed by the last run but not moved: moved now, not inspected again
+    changed: int  # changed while being read: read again once settled
 
 
 def ignored(name: str) -> bool:
@@ -143,7 +153,8 @@ class WatchedFolderSource(CaptureSource):
         self._next_due: float | None = None
         self._frame_id = 0
         self._listing_error: str | None = None
-        self.counts = {"inspected": 0, "moved": 0, "move_failed": 0, "resumed": 0, "changed": 0}
+        self.counts = WatchCounts(inspected=0, moved=0, move_failed=0, resumed=0, changed=0)
+        self._move_error: str | None = None  # the last move's failure, until a move works
 
     # -- CaptureSource -----------------------------------------------------------------------
 
@@ -215,6 +226,18 @@ class WatchedFolderSource(CaptureSource):
 
     def close(self) -> None:
         self._opened = False
+
+    def stats(self) -> dict[str, Any]:
+        return {"watch": dict(self.counts)}
+
+    def problems(self) -> list[str]:
+        """``camera_move_failed`` while moves fail (from a failed move until one works): those
+        files stay in the watched folder, not inspected again (the next start moves them)."""
+        error = self._move_error
+        if error is None:
+            return []
+        return [f"camera_move_failed: {self.counts['move_failed']} files not moved since start, "
+                f"last: {error}"]  # fmt: skip
 
     # -- internals -------------------------------------------------------------------------
 
@@ -363,9 +386,11 @@ class WatchedFolderSource(CaptureSource):
             return True
         except OSError as exc:
             self.counts["move_failed"] += 1
+            self._move_error = f"{escape_name(name)} to {folder}: {exc.strerror or exc}"
             log.error("capture.watch.move_failed", file=escape_name(name), to=str(folder), seq=seq,
                       error=exc.strerror or str(exc),
                       detail="left in place and not inspected again")  # fmt: skip
             return False
         self.counts["moved"] += 1
+        self._move_error = None
         return True

@@ -129,6 +129,7 @@ class MqttPublisher:
         status_fields: dict[str, Any],
         max_queued: int = DEFAULT_MAX_QUEUED,
         credentials: Credentials | None = None,
+        ack_timeout_s: float = 30.0,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"MQTT protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
@@ -143,6 +144,7 @@ class MqttPublisher:
         self.status_fields = dict(status_fields)
         self.max_queued = max_queued
         self.credentials = credentials or Credentials()
+        self.ack_timeout_s = ack_timeout_s  # mqtt.ack_timeout_s: no PUBACK for this long is a stall
         self._v5 = protocol == "5"
 
         self._client = mqtt.Client(
@@ -276,6 +278,27 @@ class MqttPublisher:
             if not self._state.connected or self._awaiting_ack == 0:
                 return 0.0
             return max(0.0, time.monotonic() - self._progress_at)
+
+    def stalled_s(self) -> float | None:
+        """Seconds without a PUBACK while connected and waiting for one, once that is over
+        ``ack_timeout_s``; else None. A publisher whose network thread died (issue 15: an
+        exception out of a paho callback) or a broker that stopped reading keeps the TCP
+        connection, so neither "connected" nor the broker's Last Will shows it."""
+        waited = self.ack_wait_s()
+        return round(waited, 1) if waited > self.ack_timeout_s else None
+
+    def problems(self) -> list[str]:
+        """``mqtt_disconnected`` (paho reconnects) or ``mqtt_stalled`` (see ``stalled_s``)."""
+        with self._cv:
+            connected, error, awaiting = self._state.connected, self._error, self._awaiting_ack
+        if not connected:
+            return [f"mqtt_disconnected: {error or 'connecting'}"]
+        stalled = self.stalled_s()
+        if stalled is None:
+            return []
+        return [f"mqtt_stalled: {awaiting} messages wait for the broker's PUBACK, none for "
+                f"{stalled:.0f} s (mqtt.ack_timeout_s {self.ack_timeout_s:g}); watchdog pings "
+                "withheld"]  # fmt: skip
 
     def set_status_fields(self, **fields: Any) -> None:
         """Change fields of the status message (the product after a switch) and publish

@@ -177,6 +177,14 @@ class TriggerDesk:
         return {**counts, "queued": self.queue.qsize(), "queue_max": self.queue.maxsize,
                 "overload": self.overload()}  # fmt: skip
 
+    def problems(self) -> list[str]:
+        """``trigger_overloaded`` during an overload episode (see ``overload``)."""
+        o = self.overload()
+        if o is None:
+            return []
+        return [f"trigger_overloaded: {o['refused']} requests refused in {o['since_s']:.0f} s, "
+                f"{self.queue.maxsize} already waiting for the camera"]  # fmt: skip
+
     def overload(self) -> dict[str, Any] | None:
         """While requests are refused for a full queue, and ``overload_hold_s`` after the last:
         how many this episode and since when; else None."""
