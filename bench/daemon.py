@@ -18,9 +18,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from inspectd.config import StationConfig
+from inspectd.inspection import Inspection, PipelineStats
 from inspectd.mqtt.broker import LocalBroker
 from inspectd.mqtt.publisher import set_no_delay
-from inspectd.pipeline import Inspection, PipelineStats
 from inspectd.station import Station
 
 # The camera rate for latency figures: a brisk line. Faster than the daemon's own per-part work

@@ -28,9 +28,9 @@ from daemon import LATENCY_RATE_HZ, run_daemon
 from inspectd.bundle import load_bundle
 from inspectd.demo import REPO_PRODUCTS, write_parts
 from inspectd.engine import load_engine
+from inspectd.inspection import STAGES
 from inspectd.logs import configure_logging
 from inspectd.mqtt.broker import LocalBroker
-from inspectd.pipeline import STAGES
 from inspectd.preprocess import load_inputs
 
 

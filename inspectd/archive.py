@@ -40,7 +40,7 @@ import numpy as np
 import structlog
 
 from inspectd.background import BackgroundWorker
-from inspectd.pipeline import Inspection
+from inspectd.inspection import Inspection
 from inspectd.verdict import Verdict, iso_utc
 
 log = structlog.get_logger(__name__)

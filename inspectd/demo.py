@@ -26,8 +26,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from inspectd.config import StationConfig
+from inspectd.inspection import Inspection
 from inspectd.mqtt.broker import broker_reachable, start_embedded_broker
-from inspectd.pipeline import Inspection
 from inspectd.station import Station
 from inspectd.train.datasets.button import DEFECTS, render_part
 from inspectd.train.metrics import auroc

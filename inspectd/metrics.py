@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from inspectd.pipeline import STAGES, THREADS, Inspection, PipelineStats
+from inspectd.inspection import STAGES, THREADS, Inspection, PipelineStats
 from inspectd.verdict import Verdict
 
 log = structlog.get_logger(__name__)

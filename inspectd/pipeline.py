@@ -24,9 +24,8 @@ import dataclasses
 import queue
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -37,43 +36,19 @@ from inspectd.capture.base import RECEIPT, CaptureSource, CaptureTimeout, EndOfS
 from inspectd.decide import NonFiniteResult, decide
 from inspectd.engine.base import Engine
 from inspectd.frame import Frame, TriggerRequest
-from inspectd.overlay import render
+from inspectd.inspection import (
+    THREADS,
+    TRIGGER_EXPIRED,
+    Inspection,
+    PipelineStats,
+    VerdictSink,
+)
 from inspectd.preprocess import Geometry, PreprocessError, PreprocessSpec, preprocess
 from inspectd.verdict import Verdict, VerdictRecord
 
 log = structlog.get_logger(__name__)
 
-STAGES = ("capture", "preprocess", "infer", "decide", "publish")
-THREADS = ("capture", "infer", "publish")  # capture also preprocesses; infer also decides
-RECENT_PARTS = 10_000  # latency statistics cover this many recent parts
-TRIGGER_EXPIRED = "trigger expired"  # how an expired request's ERROR verdict starts
 _END = object()
-
-
-@dataclass(slots=True)
-class Inspection:
-    """What sinks receive for one part."""
-
-    record: VerdictRecord
-    frame: Frame
-    anomaly_map: np.ndarray | None = None  # model-input resolution
-    geometry: Geometry | None = None
-    # seconds per stage of this part (STAGES; only those it went through); "publish" is added
-    # after the sinks ran, for the pipeline's observer
-    times: dict[str, float] = field(default_factory=dict)
-    _overlay: np.ndarray | None = field(default=None, init=False, repr=False)
-
-    def overlay(self) -> np.ndarray:
-        """The overlay picture (``inspectd.overlay.render``), drawn once for every sink that
-        shows it: drawing it twice cost the publish thread 2 ms per NG part."""
-        if self._overlay is None:
-            self._overlay = render(self.frame.image, self.record, self.anomaly_map, self.geometry)
-        return self._overlay
-
-
-class VerdictSink(Protocol):
-    def handle(self, inspection: Inspection) -> None: ...
-    def close(self) -> None: ...
 
 
 class Recorder(Protocol):
@@ -94,28 +69,6 @@ class _Job:
     error: str | None
     times: dict[str, float]
     spec: PreprocessSpec | None = None  # what `input` was prepared for
-
-
-@dataclass
-class PipelineStats:
-    verdicts: Counter[str] = field(default_factory=Counter)
-    # the most recent parts only: a station runs for months
-    stage_ms: dict[str, deque[float]] = field(default_factory=lambda: {s: _recent() for s in STAGES})
-    latency_ms: deque[float] = field(default_factory=lambda: _recent())  # capture -> decided
-    sink_errors: int = 0
-    frames: int = 0  # captured (or answered without a frame), for the camera's fps
-    seconds: float = 0.0
-    capture_failure: str | None = None  # the source broke (not one bad frame) and ended the run
-
-    def percentiles(self, values: Iterable[float]) -> tuple[float, float]:
-        values = list(values)
-        if not values:
-            return (float("nan"), float("nan"))
-        return float(np.percentile(values, 50)), float(np.percentile(values, 99))
-
-
-def _recent() -> deque[float]:
-    return deque(maxlen=RECENT_PARTS)
 
 
 class Progress:

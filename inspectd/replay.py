@@ -26,7 +26,8 @@ from inspectd.config.station import NAME_PATTERN
 from inspectd.engine import EngineError, load_engine
 from inspectd.frame import CameraMeta, Frame
 from inspectd.imagefile import decode_image_file
-from inspectd.pipeline import Inspection, Pipeline
+from inspectd.inspection import Inspection
+from inspectd.pipeline import Pipeline
 from inspectd.verdict import VerdictRecord
 
 # Scores are published rounded to 6 decimals; beyond that, a different CPU or runtime build may

@@ -12,9 +12,9 @@ import cv2
 import structlog
 
 from inspectd.background import BackgroundWorker
+from inspectd.inspection import Inspection, VerdictSink
 from inspectd.messages import overlay_message
 from inspectd.overlay import to_jpeg
-from inspectd.pipeline import Inspection, VerdictSink
 from inspectd.verdict import Verdict
 
 if TYPE_CHECKING:

@@ -41,13 +41,14 @@ from inspectd.delivery import Delivery
 from inspectd.drift import DriftMonitor
 from inspectd.engine import Engine, EngineError, load_engine
 from inspectd.health import HealthMonitor, StationHealth
+from inspectd.inspection import PipelineStats, VerdictSink
 from inspectd.mqtt.commands import CommandDesk, CommandError
 from inspectd.mqtt.publisher import Credentials, MqttPublisher
 from inspectd.mqtt.topics import Topics
 from inspectd.mqtt.triggers import TriggerDesk
 from inspectd.notify import Notifier, ServiceWatch
 from inspectd.outbox import Outbox, OutboxError
-from inspectd.pipeline import Pipeline, PipelineStats, VerdictSink
+from inspectd.pipeline import Pipeline
 from inspectd.reviews import ReviewDesk
 from inspectd.sinks import JsonlSink, MqttOverlaySink, OverlaySink, Pictures
 

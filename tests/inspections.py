@@ -15,9 +15,10 @@ from inspectd.capture.base import CaptureSource, EndOfStream
 from inspectd.delivery import Delivery
 from inspectd.engine import load_engine
 from inspectd.frame import CameraMeta, Frame
+from inspectd.inspection import Inspection, PipelineStats, VerdictSink
 from inspectd.mqtt.topics import Topics
 from inspectd.outbox import Outbox
-from inspectd.pipeline import Inspection, Pipeline, PipelineStats, VerdictSink
+from inspectd.pipeline import Pipeline
 from inspectd.train.datasets.button import render_part
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from inspections import BUNDLE, NO_FRAME, PRODUCTS, button_parts, inspect, write
 from structlog.testing import capture_logs
 
 from inspectd.archive import ArchiveSink, read_entry, scan
-from inspectd.pipeline import Inspection
+from inspectd.inspection import Inspection
 
 pytestmark = pytest.mark.skipif(
     not (BUNDLE / "manifest.yaml").is_file(), reason="products/button is missing"

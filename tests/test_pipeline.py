@@ -18,9 +18,10 @@ from inspectd.delivery import Delivery
 from inspectd.engine import load_engine
 from inspectd.engine.base import Engine, InferenceResult
 from inspectd.frame import CameraMeta, Frame
+from inspectd.inspection import Inspection
 from inspectd.mqtt.topics import Topics
 from inspectd.outbox import Outbox
-from inspectd.pipeline import Inspection, Pipeline
+from inspectd.pipeline import Pipeline
 from inspectd.train.datasets.button import render_part
 
 BUNDLE = Path(__file__).resolve().parents[1] / "products" / "button"

@@ -26,11 +26,11 @@ import paho.mqtt.client as mqtt
 import structlog
 
 from inspectd.frame import TriggerRequest
+from inspectd.inspection import TRIGGER_EXPIRED, Inspection
 from inspectd.mqtt.answers import ReplyTo, publish_error, reply
 from inspectd.mqtt.inbound import RequestError, id_problem, parse_object, safe_id
 from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
-from inspectd.pipeline import TRIGGER_EXPIRED, Inspection
 
 log = structlog.get_logger(__name__)
 
