@@ -38,8 +38,8 @@ from daemon import LATENCY_RATE_HZ, run_daemon
 from inspectd import __version__
 from inspectd.bundle import BUNDLE_SCHEMA, THRESHOLDS, Thresholds, load_bundle
 from inspectd.demo import write_parts
-from inspectd.deploy.bundle import seal, write_thresholds
 from inspectd.deploy.export import OPSET, export_onnx
+from inspectd.deploy.seal import seal, write_thresholds
 from inspectd.engine.torch import TorchEngine
 from inspectd.logs import configure_logging
 from inspectd.mqtt.broker import LocalBroker, find_mosquitto
@@ -115,7 +115,7 @@ def seal_bench_bundle(products: Path, name: str, params: dict[str, Any], graph: 
 
 def trt_rows(products: Path, name: str, batches: list[int], runs: int) -> list[str]:
     """TensorRT engines (fp16, fp32) of the sealed bench bundle, where the builder is here."""
-    from inspectd.deploy.tensorrt import BuildError, build_engine, builder_available
+    from inspectd.deploy.trt_build import BuildError, build_engine, builder_available
     from inspectd.engine.tensorrt import TensorRTEngine
 
     if not builder_available():

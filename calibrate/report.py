@@ -15,7 +15,7 @@ from inspectd.overlay import blend_heatmap
 from inspectd.preprocess import Geometry
 
 if TYPE_CHECKING:
-    from inspectd.calibrate.run import Result
+    from inspectd.calibrate.calibration import Result
 
 SIZE = (1600, 960)  # width, height of calibration.png
 WORST = 8  # good parts shown as thumbnails
@@ -198,7 +198,7 @@ def write_report(result: Result, t: Thresholds, bundle_dir: Path) -> list[Path]:
 
 
 def markdown(result: Result, t: Thresholds) -> str:
-    from inspectd.calibrate.run import good_regions_text
+    from inspectd.calibrate.calibration import good_regions_text
 
     o = result.order
     q = t.quantiles

@@ -3,7 +3,7 @@ regions, the smallest region, and the record of how they were found.
 
 `max_of_good` seals a freshly trained bundle: the image threshold is the highest held-out good
 score (expected false-reject rate about 1 / (n + 1), no stated bound). `inspectd calibrate`
-(inspectd.calibrate.run) replaces it with a threshold with a stated false-reject rate and
+(inspectd.calibrate.calibration) replaces it with a threshold with a stated false-reject rate and
 confidence bound (inspectd.calibrate.stats).
 """
 

@@ -100,8 +100,8 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
     import yaml
 
     from inspectd.bundle import MANIFEST, load_bundle, sha256_of
-    from inspectd.deploy.bundle import replace_thresholds, seal
     from inspectd.deploy.parity import compare, format_comparison, run_all, sample_images
+    from inspectd.deploy.seal import replace_thresholds, seal
     from inspectd.engine.onnxruntime import OnnxRuntimeEngine
     from inspectd.train.models import load_graph
 

@@ -107,8 +107,8 @@ def test_build_product_writes_a_bundle_the_daemon_loads(tmp_path: Path) -> None:
     """`inspectd train` end to end on a tiny set: train, export, parity, thresholds, evaluate,
     seal; the daemon's loader accepts the result and the manifest says how it was made."""
     from inspectd.bundle import load_bundle
-    from inspectd.train.build import BuildRequest, build_product
     from inspectd.train.datasets.button import write_dataset
+    from inspectd.train.train_bundle import BuildRequest, build_product
 
     write_dataset(tmp_path / "data", seed=1, n_train_good=10, n_test_good=3, n_test_per_defect=1)
     out = build_product(

@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 
 from inspectd.bundle import BUNDLE_SCHEMA, BundleError, load_bundle, sha256_of  # noqa: E402
 from inspectd.calibrate.thresholds import max_of_good  # noqa: E402
-from inspectd.deploy.bundle import replace_thresholds, seal, write_thresholds  # noqa: E402
 from inspectd.deploy.export import OPSET, export_onnx  # noqa: E402
+from inspectd.deploy.seal import replace_thresholds, seal, write_thresholds  # noqa: E402
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine  # noqa: E402
 from inspectd.train.graph import InspectionGraph  # noqa: E402
 from inspectd.train.models.ae import ConvAutoencoder  # noqa: E402

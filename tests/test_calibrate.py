@@ -17,7 +17,7 @@ from daemon_process import LEAN_RUN, REPO, Daemon
 from scipy import stats as sps
 
 from inspectd.bundle import load_bundle, sha256_of
-from inspectd.deploy.bundle import replace_thresholds
+from inspectd.deploy.seal import replace_thresholds
 from inspectd.engine import load_engine
 from inspectd.preprocess import load_inputs
 from inspectd.train.datasets.button import DEFECTS, _write_png, render_part
@@ -245,7 +245,7 @@ def test_drift_is_raised_when_the_good_parts_are_brightened(good, products, tmp_
 
 
 def test_defect_folders_with_and_without_masks(tmp_path):
-    from inspectd.calibrate.run import CalibrationError, defect_samples
+    from inspectd.calibrate.calibration import CalibrationError, defect_samples
 
     image = render_part(3, 1, "crack")[0]
     plain = tmp_path / "plain"

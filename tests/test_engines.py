@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from inspectd.bundle import MANIFEST, Bundle, load_bundle  # noqa: E402
 from inspectd.deploy.parity import compare, run_all, sample_images  # noqa: E402
 from inspectd.engine import EngineError, EngineUnavailable, InferenceResult, load_engine  # noqa: E402
-from inspectd.engine.choice import Facts, choose_backend  # noqa: E402
+from inspectd.engine.selection import Facts, choose_backend  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,9 +24,9 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     """A real bundle (ae, 128 px) trained for one epoch: model.onnx, model.pt, thresholds."""
-    from inspectd.train.build import BuildRequest, build_product
     from inspectd.train.datasets.button import write_dataset
     from inspectd.train.loop import TrainSettings
+    from inspectd.train.train_bundle import BuildRequest, build_product
 
     root = tmp_path_factory.mktemp("engines")
     write_dataset(root / "data", seed=1, n_train_good=10, n_test_good=3, n_test_per_defect=1)
@@ -68,8 +68,8 @@ def test_torch_engine_builds_the_head_the_manifest_records(tiny: Bundle, parts, 
     import shutil
 
     from inspectd.bundle import sha256_of
-    from inspectd.deploy.bundle import seal, write_thresholds
     from inspectd.deploy.export import export_onnx
+    from inspectd.deploy.seal import seal, write_thresholds
     from inspectd.train.models import load_graph
     from inspectd.train.scoring import MsgmsL2Head
 
@@ -105,7 +105,7 @@ def _without_checkpoint(bundle: Bundle, dest: Path) -> Bundle:
     """The bundle as old ones were sealed: no model.pt, model.checkpoint unset."""
     import shutil
 
-    from inspectd.deploy.bundle import seal
+    from inspectd.deploy.seal import seal
 
     shutil.copytree(bundle.path, dest)
     (dest / "model.pt").unlink()

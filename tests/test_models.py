@@ -310,8 +310,8 @@ def test_hybrid_bundle_round_trip_and_reexport(vgg_file: Path, tmp_path: Path) -
     every verdict, with the thresholds re-bound."""
     from inspectd.bundle import load_bundle
     from inspectd.deploy.export import ExportError, reexport
-    from inspectd.train.build import BuildRequest, build_product
     from inspectd.train.datasets.button import write_dataset
+    from inspectd.train.train_bundle import BuildRequest, build_product
 
     data = tmp_path / "data"
     write_dataset(data, seed=1, n_train_good=10, n_test_good=3, n_test_per_defect=1)

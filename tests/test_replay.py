@@ -19,7 +19,7 @@ from inspections import BUNDLE, PRODUCTS, button_parts, inspect, write_button_pa
 from inspectd.archive import ArchiveSink, read_entry, scan
 from inspectd.bundle import load_bundle
 from inspectd.cli import main
-from inspectd.deploy.bundle import replace_thresholds
+from inspectd.deploy.seal import replace_thresholds
 from inspectd.replay import replay
 
 pytestmark = pytest.mark.skipif(

@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from test_run import BASE, PRODUCTS, _png
 
 from inspectd.bundle import MANIFEST, THRESHOLDS, Thresholds, load_bundle
-from inspectd.deploy.bundle import replace_thresholds, seal
+from inspectd.deploy.seal import replace_thresholds, seal
 from inspectd.train.datasets.button import render_part
 
 pytestmark = pytest.mark.skipif(

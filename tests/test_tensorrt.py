@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from inspectd.bundle import MANIFEST, THRESHOLDS, BundleError, load_bundle, sha256_of
-from inspectd.deploy.bundle import seal
-from inspectd.deploy.tensorrt import (
+from inspectd.deploy.seal import seal
+from inspectd.deploy.trt_build import (
     BuildError,
     add_engine_to_manifest,
     batch_profile,

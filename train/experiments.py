@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import yaml
 
-from inspectd.train.build import BuildRequest, build_product, training_settings
 from inspectd.train.models import family
+from inspectd.train.train_bundle import BuildRequest, build_product, training_settings
 
 # profile -> model -> (constructor overrides, TrainSettings overrides, most good images used)
 PROFILES: dict[str, dict[str, tuple[dict[str, Any], dict[str, Any], int | None]]] = {

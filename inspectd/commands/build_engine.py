@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging("warning", "console")
     try:
-        from inspectd.deploy.tensorrt import BuildError, build_engine, builder_available
+        from inspectd.deploy.trt_build import BuildError, build_engine, builder_available
 
         if not builder_available():
             raise EngineUnavailable(

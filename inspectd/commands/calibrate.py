@@ -45,7 +45,7 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inspectd.calibrate.run import CalibrationError, Request, calibrate, summary, write
+    from inspectd.calibrate.calibration import CalibrationError, Request, calibrate, summary, write
     from inspectd.capture.base import CaptureError
     from inspectd.logs import configure_logging
 

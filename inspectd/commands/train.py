@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from inspectd.logs import configure_logging
-    from inspectd.train.build import BuildRequest, build_product, training_settings
     from inspectd.train.models import family
     from inspectd.train.models.vgg import WeightsError
+    from inspectd.train.train_bundle import BuildRequest, build_product, training_settings
 
     configure_logging("info", "console")
     roi = tuple(int(v) for v in args.roi.split(",")) if args.roi else None

@@ -33,11 +33,11 @@ def load_engine(
     """Load the bundle's model with the configured backend.
 
     `auto` is TensorRT where it imports and a GPU is present (and an engine for this GPU is in
-    the bundle or can be built), else ONNX Runtime (see inspectd.engine.choice). The torch and
+    the bundle or can be built), else ONNX Runtime (see inspectd.engine.selection). The torch and
     TensorRT backends need `bundle` (the weights, the engines); `state_dir` is where TensorRT
     keeps engines it rebuilt and its timing cache.
     """
-    from inspectd.engine.choice import BACKENDS, Choice, choose_backend, gather_facts
+    from inspectd.engine.selection import BACKENDS, Choice, choose_backend, gather_facts
 
     if backend not in BACKENDS:
         raise EngineError(f"unknown engine backend {backend!r} (allowed: {', '.join(BACKENDS)})")

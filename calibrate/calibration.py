@@ -28,7 +28,7 @@ from inspectd.calibrate.thresholds import (
     region_areas,
 )
 from inspectd.decide import regions_of, rejects
-from inspectd.deploy.bundle import replace_thresholds
+from inspectd.deploy.seal import replace_thresholds
 from inspectd.engine import Engine, load_engine
 from inspectd.engine.base import infer_batches
 from inspectd.preprocess import PreprocessError, load_inputs, preprocess

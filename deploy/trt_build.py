@@ -48,7 +48,7 @@ import numpy as np
 import yaml
 
 from inspectd.bundle import MANIFEST, load_bundle, sha256_of
-from inspectd.deploy.bundle import seal
+from inspectd.deploy.seal import seal
 from inspectd.engine.gpu import checked, cudart, current_target, import_tensorrt
 from inspectd.engine.trt_files import (
     ENGINE_SUFFIX,

@@ -25,8 +25,8 @@ import torch
 from inspectd import __version__
 from inspectd.bundle import BUNDLE_SCHEMA, THRESHOLDS, TRAIN_IMAGES, load_bundle, sha256_of
 from inspectd.calibrate.thresholds import max_of_good
-from inspectd.deploy.bundle import seal, write_thresholds
 from inspectd.deploy.export import OPSET, PARITY_TOLERANCE, export_onnx, parity
+from inspectd.deploy.seal import seal, write_thresholds
 from inspectd.engine.base import Engine
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine
 from inspectd.imagefile import read_image
