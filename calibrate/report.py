@@ -11,7 +11,7 @@ import numpy as np
 
 from inspectd.bundle import Thresholds
 from inspectd.calibrate import stats
-from inspectd.overlay import blend_heatmap
+from inspectd.outputs.overlay import blend_heatmap
 from inspectd.preprocess import Geometry
 
 if TYPE_CHECKING:

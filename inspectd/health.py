@@ -24,7 +24,6 @@ from inspectd.mqtt.topics import Topics
 from inspectd.verdict import iso_utc
 
 if TYPE_CHECKING:
-    from inspectd.archive import ArchiveSink
     from inspectd.capture.base import CaptureSource
     from inspectd.config import StationConfig
     from inspectd.drift import DriftMonitor
@@ -32,8 +31,9 @@ if TYPE_CHECKING:
     from inspectd.mqtt.commands import CommandDesk
     from inspectd.mqtt.triggers import TriggerDesk
     from inspectd.outbox import Outbox
+    from inspectd.outputs.archive import ArchiveSink
+    from inspectd.outputs.sinks import Pictures
     from inspectd.pipeline import Pipeline
-    from inspectd.sinks import Pictures
 
 log = structlog.get_logger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from inspectd.frame import Frame
-from inspectd.overlay import render
+from inspectd.outputs.overlay import render
 from inspectd.preprocess import Geometry
 from inspectd.verdict import VerdictRecord
 
@@ -39,7 +39,7 @@ class Inspection:
     _overlay: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def overlay(self) -> np.ndarray:
-        """The overlay picture (``inspectd.overlay.render``), drawn once for every sink that
+        """The overlay picture (``inspectd.outputs.overlay.render``), drawn once for every sink that
         shows it: drawing it twice cost the publish thread 2 ms per NG part."""
         if self._overlay is None:
             self._overlay = render(self.frame.image, self.record, self.anomaly_map, self.geometry)

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from inspectd.archive import SUFFIXES, ArchiveEntry, read_entry, scan
 from inspectd.bundle import Bundle, BundleError, load_bundle
 from inspectd.capture.base import CaptureSource, EndOfStream
 from inspectd.config.station import NAME_PATTERN
@@ -27,6 +26,7 @@ from inspectd.engine import EngineError, load_engine
 from inspectd.frame import CameraMeta, Frame
 from inspectd.imagefile import decode_image_file
 from inspectd.inspection import Inspection
+from inspectd.outputs.archive import SUFFIXES, ArchiveEntry, read_entry, scan
 from inspectd.pipeline import Pipeline
 from inspectd.verdict import VerdictRecord
 

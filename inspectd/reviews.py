@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inspectd.archive import ARCHIVE_SCHEMA, ArchiveEntry, read_entry, scan
 from inspectd.mqtt.commands import CommandError
+from inspectd.outputs.archive import ARCHIVE_SCHEMA, ArchiveEntry, read_entry, scan
 from inspectd.verdict import iso_utc
 
 # label -> the verdicts a part must have had for it

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from inspectd import __version__
-from inspectd.archive import ArchiveSink
 from inspectd.bundle import Bundle, BundleError, load_bundle
 from inspectd.capture import open_source
 from inspectd.capture.base import CaptureSource
@@ -48,9 +47,10 @@ from inspectd.mqtt.topics import Topics
 from inspectd.mqtt.triggers import TriggerDesk
 from inspectd.notify import Notifier, ServiceWatch
 from inspectd.outbox import Outbox, OutboxError
+from inspectd.outputs.archive import ArchiveSink
+from inspectd.outputs.sinks import JsonlSink, MqttOverlaySink, OverlaySink, Pictures
 from inspectd.pipeline import Pipeline
 from inspectd.reviews import ReviewDesk
-from inspectd.sinks import JsonlSink, MqttOverlaySink, OverlaySink, Pictures
 
 if TYPE_CHECKING:
     from inspectd.metrics import MetricsServer, StationMetrics

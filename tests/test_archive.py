@@ -19,8 +19,8 @@ import pytest
 from inspections import BUNDLE, NO_FRAME, PRODUCTS, button_parts, inspect, write_button_parts
 from structlog.testing import capture_logs
 
-from inspectd.archive import ArchiveSink, read_entry, scan
 from inspectd.inspection import Inspection
+from inspectd.outputs.archive import ArchiveSink, read_entry, scan
 
 pytestmark = pytest.mark.skipif(
     not (BUNDLE / "manifest.yaml").is_file(), reason="products/button is missing"

@@ -174,7 +174,7 @@ def test_pictures_draw_on_their_own_thread_in_order_and_skip_when_far_behind(bun
     """The overlay sinks run inside Pictures: the publish thread hands a part over and goes on
     (the next verdict's commit must not wait for a picture), the parts are drawn in order, a
     failing sink does not stop the other, and a thread too far behind skips parts and says so."""
-    from inspectd.sinks import Pictures
+    from inspectd.outputs.sinks import Pictures
 
     inspections = _inspected(bundle, tmp_path, 3)
     slow, broken = Slow(), Collect(fail=True)

@@ -16,10 +16,10 @@ import pytest
 from daemon_process import LEAN_RUN, REPO
 from inspections import BUNDLE, PRODUCTS, button_parts, inspect, write_button_parts
 
-from inspectd.archive import ArchiveSink, read_entry, scan
 from inspectd.bundle import load_bundle
 from inspectd.cli import main
 from inspectd.deploy.seal import replace_thresholds
+from inspectd.outputs.archive import ArchiveSink, read_entry, scan
 from inspectd.replay import replay
 
 pytestmark = pytest.mark.skipif(

@@ -603,7 +603,7 @@ def test_the_answer_does_not_wait_for_files_and_overlays(mosquitto, tmp_path, mo
     """In-process station with an overlay writer made slow (1.5 s a picture, as a stalled disk
     would be): the trigger's answer still comes at once, since answers are the first sink."""
     from inspectd.config import load_station_config
-    from inspectd.sinks import OverlaySink
+    from inspectd.outputs.sinks import OverlaySink
     from inspectd.station import Station as LiveStation
 
     slow = OverlaySink.handle

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from inspectd.archive import ARCHIVE_SCHEMA, scan
 from inspectd.mqtt.commands import CommandError
+from inspectd.outputs.archive import ARCHIVE_SCHEMA, scan
 from inspectd.reviews import ReviewDesk, today_utc
 
 

@@ -125,13 +125,13 @@ def test_the_watched_folder_reports_its_counters_under_camera(tmp_path: Path) ->
 
 
 def test_every_reporting_component_fits_the_protocol() -> None:
-    from inspectd.archive import ArchiveSink
     from inspectd.capture.base import CaptureSource
     from inspectd.capture.isolated import IsolatedSource
     from inspectd.drift import DriftMonitor
     from inspectd.mqtt.publisher import MqttPublisher
     from inspectd.mqtt.triggers import TriggerDesk
     from inspectd.outbox import Outbox
+    from inspectd.outputs.archive import ArchiveSink
 
     for kind in (ArchiveSink, CaptureSource, IsolatedSource, DriftMonitor, MqttPublisher,
                  TriggerDesk, Outbox):  # fmt: skip

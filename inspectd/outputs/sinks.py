@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Literal
 import cv2
 import structlog
 
-from inspectd.background import BackgroundWorker
 from inspectd.inspection import Inspection, VerdictSink
 from inspectd.messages import overlay_message
-from inspectd.overlay import to_jpeg
+from inspectd.outputs.overlay import to_jpeg
+from inspectd.outputs.workers import BackgroundWorker
 from inspectd.verdict import Verdict
 
 if TYPE_CHECKING:

@@ -39,8 +39,8 @@ import cv2
 import numpy as np
 import structlog
 
-from inspectd.background import BackgroundWorker
 from inspectd.inspection import Inspection
+from inspectd.outputs.workers import BackgroundWorker
 from inspectd.verdict import Verdict, iso_utc
 
 log = structlog.get_logger(__name__)
