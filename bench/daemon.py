@@ -21,7 +21,7 @@ from inspectd.config import StationConfig
 from inspectd.inspection import Inspection, PipelineStats
 from inspectd.mqtt.broker import LocalBroker
 from inspectd.mqtt.publisher import set_no_delay
-from inspectd.station import Station
+from inspectd.service.station import Station
 
 # The camera rate for latency figures: a brisk line. Faster than the daemon's own per-part work
 # sustains (the tiny models' engines run at hundreds per second), it would measure queueing.

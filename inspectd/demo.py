@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from inspectd.config import StationConfig
 from inspectd.inspection import Inspection
 from inspectd.mqtt.broker import broker_reachable, start_embedded_broker
-from inspectd.station import Station
+from inspectd.service.station import Station
 from inspectd.train.datasets.button import DEFECTS, render_part
 from inspectd.train.metrics import auroc
 from inspectd.verdict import Verdict

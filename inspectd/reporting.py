@@ -1,6 +1,6 @@
 """What a component tells the station's health: its counters and what is wrong with it now.
 
-The station's health (``inspectd.health.StationHealth``) puts each component's ``stats()``
+The station's health (``inspectd.service.health.StationHealth``) puts each component's ``stats()``
 under its key of the health JSON and joins their ``problems()``; it does not look inside them.
 """
 

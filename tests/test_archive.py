@@ -171,7 +171,7 @@ def test_a_write_error_is_counted_and_logged_and_every_verdict_still_goes_out(ng
 
 def test_a_station_with_an_unusable_archive_runs_and_says_so_in_health(tmp_path):
     from inspectd.config import StationConfig
-    from inspectd.station import Station
+    from inspectd.service.station import Station
 
     frames = tmp_path / "frames"
     write_button_parts(frames, good=1, defect=1)

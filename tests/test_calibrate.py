@@ -213,7 +213,7 @@ def test_a_running_daemon_takes_new_thresholds_on_sighup_and_refuses_another_mod
 @pytest.mark.parametrize("brighten", [0, 30])
 def test_drift_is_raised_when_the_good_parts_are_brightened(good, products, tmp_path, brighten):
     from inspectd.config import StationConfig
-    from inspectd.station import Station
+    from inspectd.service.station import Station
 
     assert calibrate(products, "--images", str(good), "--target-frr", str(TARGET)).returncode == 0
     frames = tmp_path / "frames"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from mqtt_client import Subscriber
 
-from inspectd.health import HealthMonitor
 from inspectd.mqtt.broker import LocalBroker, free_port
 from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
+from inspectd.service.health import HealthMonitor
 
 TOPICS = Topics("inspectd/v1/t/l/health-test")
 

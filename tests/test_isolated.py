@@ -174,7 +174,7 @@ def test_trigger_mode_answers_every_request_while_the_camera_is_offline(tmp_path
 @pytest.mark.skipif(not (BUNDLE / "manifest.yaml").is_file(), reason="products/button is missing")
 def test_a_killed_camera_process_in_a_station_gives_errors_health_and_a_restart(tmp_path):
     from inspectd.config import StationConfig
-    from inspectd.station import Station
+    from inspectd.service.station import Station
 
     frames = tmp_path / "frames"
     write_button_parts(frames, good=2, defect=1)

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inspectd.config import load_station_config
 from inspectd.inspection import STAGES, THREADS
-from inspectd.station import Station
+from inspectd.service.station import Station
 from inspectd.train.datasets.button import render_part
 
 PRODUCTS = REPO / "products"

@@ -26,8 +26,8 @@ from daemon_process import REPO, Daemon
 from inspections import BlockingSink
 
 from inspectd.config import load_station_config
-from inspectd.notify import Notifier
-from inspectd.station import Station
+from inspectd.service.sd_notify import Notifier
+from inspectd.service.station import Station
 from inspectd.train.datasets.button import render_part
 
 PRODUCTS = REPO / "products"

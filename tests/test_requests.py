@@ -604,7 +604,7 @@ def test_the_answer_does_not_wait_for_files_and_overlays(mosquitto, tmp_path, mo
     would be): the trigger's answer still comes at once, since answers are the first sink."""
     from inspectd.config import load_station_config
     from inspectd.outputs.sinks import OverlaySink
-    from inspectd.station import Station as LiveStation
+    from inspectd.service.station import Station as LiveStation
 
     slow = OverlaySink.handle
 

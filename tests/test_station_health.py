@@ -20,12 +20,12 @@ from inspectd.capture.base import CaptureError
 from inspectd.capture.folder import FolderSource
 from inspectd.capture.watched import WatchedFolderSource
 from inspectd.config import StationConfig
-from inspectd.health import HealthMonitor, StationHealth
-from inspectd.notify import Notifier
 from inspectd.outbox import Outbox
 from inspectd.pipeline import Pipeline
 from inspectd.reporting import Reporting
-from inspectd.station import Station
+from inspectd.service.health import HealthMonitor, StationHealth
+from inspectd.service.sd_notify import Notifier
+from inspectd.service.station import Station
 
 REPO = Path(__file__).resolve().parent.parent
 PRODUCTS = REPO / "products"

@@ -24,8 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from inspectd.engine import EngineError
     from inspectd.logs import configure_logging
     from inspectd.mqtt.commands import CommandError
-    from inspectd.notify import Notifier
-    from inspectd.station import StartupError, Station
+    from inspectd.service.sd_notify import Notifier
+    from inspectd.service.station import StartupError, Station
 
     config = load_config(args.config)
     if config is None:

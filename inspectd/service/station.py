@@ -39,21 +39,21 @@ from inspectd.config.station import NAME_PATTERN
 from inspectd.delivery import Delivery
 from inspectd.drift import DriftMonitor
 from inspectd.engine import Engine, EngineError, load_engine
-from inspectd.health import HealthMonitor, StationHealth
 from inspectd.inspection import PipelineStats, VerdictSink
 from inspectd.mqtt.commands import CommandDesk, CommandError
 from inspectd.mqtt.publisher import Credentials, MqttPublisher
 from inspectd.mqtt.topics import Topics
 from inspectd.mqtt.triggers import TriggerDesk
-from inspectd.notify import Notifier, ServiceWatch
 from inspectd.outbox import Outbox, OutboxError
 from inspectd.outputs.archive import ArchiveSink
 from inspectd.outputs.sinks import JsonlSink, MqttOverlaySink, OverlaySink, Pictures
 from inspectd.pipeline import Pipeline
 from inspectd.reviews import ReviewDesk
+from inspectd.service.health import HealthMonitor, StationHealth
+from inspectd.service.sd_notify import Notifier, ServiceWatch
 
 if TYPE_CHECKING:
-    from inspectd.metrics import MetricsServer, StationMetrics
+    from inspectd.service.metrics_http import MetricsServer, StationMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -368,7 +368,10 @@ class Station:
         m = self.config.metrics
         if not m.enabled:
             return None
-        from inspectd.metrics import MetricsServer, StationMetrics  # prometheus_client: only here
+        from inspectd.service.metrics_http import (  # prometheus_client: only here
+            MetricsServer,
+            StationMetrics,
+        )
 
         self.metrics = StationMetrics(health=report.snapshot, stats=pipeline.stats,
                                       stalled=self.stalled, product=pipeline.bundle.name)  # fmt: skip

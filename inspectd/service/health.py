@@ -27,13 +27,13 @@ if TYPE_CHECKING:
     from inspectd.capture.base import CaptureSource
     from inspectd.config import StationConfig
     from inspectd.drift import DriftMonitor
-    from inspectd.metrics import MetricsServer
     from inspectd.mqtt.commands import CommandDesk
     from inspectd.mqtt.triggers import TriggerDesk
     from inspectd.outbox import Outbox
     from inspectd.outputs.archive import ArchiveSink
     from inspectd.outputs.sinks import Pictures
     from inspectd.pipeline import Pipeline
+    from inspectd.service.metrics_http import MetricsServer
 
 log = structlog.get_logger(__name__)
 
