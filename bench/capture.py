@@ -54,7 +54,7 @@ def _genicam_source() -> CaptureSource:
     import genicam
 
     from inspectd.capture import build_source
-    from inspectd.config.station import GenICamCamera
+    from inspectd.config.camera import GenICamCamera
 
     cti = Path(genicam.__file__).parent / "TLSimu.cti"
     return build_source(GenICamCamera(source="genicam", cti=cti, pixel_format="Mono8", isolate=False))

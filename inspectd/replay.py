@@ -21,7 +21,7 @@ import numpy as np
 
 from inspectd.bundle import Bundle, BundleError, load_bundle
 from inspectd.capture.base import CaptureSource, EndOfStream
-from inspectd.config.station import NAME_PATTERN
+from inspectd.config.base import NAME_PATTERN
 from inspectd.engine import EngineError, load_engine
 from inspectd.frame import CameraMeta, Frame
 from inspectd.imagefile import decode_image_file

@@ -178,7 +178,7 @@ def test_configured_backend_is_taken_as_is_and_unknown_is_refused() -> None:
 def test_engine_config_takes_the_new_backends() -> None:
     from pydantic import ValidationError
 
-    from inspectd.config.station import EngineConfig
+    from inspectd.config.engine import EngineConfig
 
     cfg = EngineConfig.model_validate({"backend": "torch", "device": "cuda", "precision": "fp32"})
     assert cfg.backend == "torch" and cfg.cuda_graphs is True

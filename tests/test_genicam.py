@@ -156,7 +156,7 @@ def test_the_commented_example_in_station_example_yaml_is_a_valid_genicam_sectio
     # systemd/station.example.yaml shows the genicam keys commented out; they must stay right
     import yaml
 
-    from inspectd.config.station import GenICamCamera
+    from inspectd.config.camera import GenICamCamera
 
     text = (Path(__file__).parents[1] / "systemd" / "station.example.yaml").read_text()
     block = text[text.index("#camera:\n#  source: genicam") :].split("\n\n")[0]

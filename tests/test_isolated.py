@@ -22,7 +22,7 @@ from inspections import BUNDLE, PRODUCTS, write_button_parts
 
 from inspectd.capture import build_source, open_source
 from inspectd.capture.isolated import IsolatedSource
-from inspectd.config.station import FolderCamera, OpenCVCamera
+from inspectd.config.camera import FolderCamera, OpenCVCamera
 
 FAST = {"enabled": True, "heartbeat_timeout_s": 1.0, "restart_backoff_s": 0.2,
         "restart_backoff_max_s": 1.0}  # fmt: skip

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inspectd.capture.pixels import SUPPORTED, PixelFormatError, to_frame_image
-from inspectd.config.station import GenICamPixelFormat
+from inspectd.config.camera import GenICamPixelFormat
 
 RED, GREEN, BLUE = (0, 0, 255), (0, 255, 0), (255, 0, 0)  # BGR
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from inspectd.config.station import MqttConfig
+from inspectd.config.mqtt import MqttConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"

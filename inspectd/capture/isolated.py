@@ -56,7 +56,7 @@ from inspectd.capture.supervisor import POLL_S, Generation, RestartBackoff, Supe
 from inspectd.frame import CameraMeta, Frame
 
 if TYPE_CHECKING:
-    from inspectd.config.station import CameraConfig
+    from inspectd.config.camera import CameraConfig
 
 OFFLINE = "camera_offline"  # how an offline camera's ERROR verdicts start
 DEFAULT_SLOTS = 4

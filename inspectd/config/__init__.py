@@ -11,20 +11,14 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from inspectd.config.base import StrictModel
+from inspectd.config.base import ConfigPath, StrictModel
+from inspectd.config.camera import CameraConfig, FolderCamera, OpenCVCamera
+from inspectd.config.engine import EngineConfig
 from inspectd.config.loader import ConfigError, load_yaml_model
-from inspectd.config.station import (
-    CameraConfig,
-    ConfigPath,
-    EngineConfig,
-    FolderCamera,
-    LoggingConfig,
-    MqttConfig,
-    OpenCVCamera,
-    OutputConfig,
-    StationConfig,
-    StationId,
-)
+from inspectd.config.logs import LoggingConfig
+from inspectd.config.mqtt import MqttConfig
+from inspectd.config.output import OutputConfig
+from inspectd.config.station_file import StationConfig, StationId
 
 __all__ = [
     "CameraConfig",

@@ -35,7 +35,7 @@ from inspectd.bundle import Bundle, BundleError, load_bundle
 from inspectd.capture import open_source
 from inspectd.capture.base import CaptureSource
 from inspectd.config import StationConfig
-from inspectd.config.station import NAME_PATTERN
+from inspectd.config.base import NAME_PATTERN
 from inspectd.delivery import Delivery
 from inspectd.drift import DriftMonitor
 from inspectd.engine import Engine, EngineError, load_engine

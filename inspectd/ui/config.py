@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from inspectd.config.base import StrictModel
+from inspectd.config.base import NAME_PATTERN, ConfigPath, StrictModel
 from inspectd.config.loader import ConfigError, load_yaml_model
-from inspectd.config.station import NAME_PATTERN, ConfigPath, MqttTls
+from inspectd.config.mqtt import MqttTls
 
 __all__ = ["AccessConfig", "Role", "TokenEntry", "UiConfig", "UserEntry", "load_ui_config"]
 
