@@ -105,7 +105,8 @@ def test_hybrid_blocks_have_the_papers_shapes() -> None:
     assert skip(torch.rand(2, 72, 64, 64)).shape == (2, 64, 64, 64)
     assert skip.reduce.stride == (8, 8)  # keys and values from an 8x8-reduced map
     full = family("hybrid").params()
-    assert (full["dim"], full["heads"], full["dropout"], full["patch"]) == (512, 4, 0.25, 2)
+    assert (full["dim"], full["heads"], full["dropout"], full["patch"]) == (512, 4, 0.25, 1)
+    assert full["skips"] == "after_pool" and full["attention"] == [1, 2]
     assert full["skip1"] == [64, 1, 8] and full["skip2"] == [128, 2, 4]
 
 
@@ -219,6 +220,24 @@ def test_hybrid_after_pool_reading_gives_the_decoder_no_full_resolution_skip() -
     fam = family("hybrid")
     plain = fam.create(fam.params({**TINY["hybrid"], "attention": [2]}))
     assert not isinstance(plain.skip1, AttentionSkip) and isinstance(plain.skip2, AttentionSkip)
+
+
+def test_a_hybrid_bundle_from_before_the_skips_option_loads_as_it_was_built(tmp_path: Path) -> None:
+    """Bundles written before `skips` existed were built before the pool and do not record it:
+    load_graph must not build them with today's default."""
+    from types import SimpleNamespace
+
+    from inspectd.bundle import ScoringSpec
+
+    fam = family("hybrid")
+    params = fam.params({**TINY["hybrid"], "skips": "before_pool", "patch": 2})
+    torch.save(fam.create(params).state_dict(), tmp_path / "model.pt")
+    old = {k: v for k, v in params.items() if k not in ("skips", "attention")}
+    manifest = SimpleNamespace(model=SimpleNamespace(family="hybrid", params=old, checkpoint="model.pt"),
+                               scoring=ScoringSpec(method="msgms_l2"))  # fmt: skip
+    graph = load_graph(SimpleNamespace(path=tmp_path, manifest=manifest))
+    assert graph.model.pooled is False
+    assert graph(torch.zeros(1, 64, 64, 3, dtype=torch.uint8)).anomaly_map.shape == (1, 64, 64)
 
 
 def test_vivano_density_flags_a_patch_unlike_training() -> None:

@@ -44,6 +44,8 @@ class Family:
     scoring: dict[str, Any]  # the manifest's scoring section
     settled: str  # open points of the paper this implementation settles
     training: dict[str, Any] = field(default_factory=dict)  # the paper's TrainSettings values
+    # constructor values of bundles written before a parameter existed (absent from their params)
+    legacy: dict[str, Any] = field(default_factory=dict)
 
     def params(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Every constructor argument with its value: defaults updated by `overrides`."""
@@ -77,7 +79,7 @@ FAMILIES = {
     "hybrid": Family("hybrid", hybrid.HybridAE, reconstruction_objective, MSGMS_L2,
                      hybrid.SETTLED,
                      {"epochs": 2000, "batch_size": 8, "lr": 1e-4, "early_stop_start": 800,
-                      "patience": 300}),
+                      "patience": 300}, hybrid.LEGACY_PARAMS),
     # 200 epochs, batch 16, lr 1e-5; the paper names no early stopping
     "vivano": Family("vivano", vivano.ViVAno, own_objective, {"method": "nll"},
                      vivano.SETTLED,
@@ -98,7 +100,7 @@ def load_graph(bundle: Bundle) -> InspectionGraph:
     if m.model.checkpoint is None:
         raise ValueError(f"{bundle.path}: no trained weights (model.checkpoint is not set)")
     fam = family(m.model.family)
-    model = fam.create(m.model.params)
+    model = fam.create({**fam.legacy, **m.model.params})
     checkpoint = Path(bundle.path) / m.model.checkpoint
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     return fam.graph(model, m.scoring).eval()
