@@ -106,7 +106,7 @@ def test_hybrid_blocks_have_the_papers_shapes() -> None:
     assert skip.reduce.stride == (8, 8)  # keys and values from an 8x8-reduced map
     full = family("hybrid").params()
     assert (full["dim"], full["heads"], full["dropout"], full["patch"]) == (512, 4, 0.25, 1)
-    assert full["skips"] == "after_pool" and full["attention"] == [1, 2]
+    assert full["skips"] == "after_pool" and full["attention"] == [2]
     assert full["skip1"] == [64, 1, 8] and full["skip2"] == [128, 2, 4]
 
 
@@ -230,7 +230,7 @@ def test_a_hybrid_bundle_from_before_the_skips_option_loads_as_it_was_built(tmp_
     from inspectd.bundle import ScoringSpec
 
     fam = family("hybrid")
-    params = fam.params({**TINY["hybrid"], "skips": "before_pool", "patch": 2})
+    params = fam.params({**TINY["hybrid"], "skips": "before_pool", "patch": 2, "attention": [1, 2]})
     torch.save(fam.create(params).state_dict(), tmp_path / "model.pt")
     old = {k: v for k, v in params.items() if k not in ("skips", "attention")}
     manifest = SimpleNamespace(model=SimpleNamespace(family="hybrid", params=old, checkpoint="model.pt"),
@@ -295,7 +295,7 @@ def test_tiny_training_lowers_the_loss_on_synthetic_buttons(name: str, amp: bool
 
 
 @pytest.mark.parametrize("name, options", [
-    ("hybrid", {}), ("hybrid", {"skips": "after_pool", "patch": 1, "attention": [2]}),
+    ("hybrid", {}), ("hybrid", {"skips": "before_pool", "patch": 2, "attention": [1, 2]}),
     ("vivano", {}), ("vivano", {"density": "embedding", "covariance": "full", "detach": False}),
 ])  # fmt: skip
 def test_export_parity_torch_vs_onnxruntime(
