@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint demo-bundle mosquitto chromium clean
+.PHONY: demo test lint typecheck demo-bundle mosquitto chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,11 @@ chromium:
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check .
 
-test: $(VENV)/.stamp-dev mosquitto chromium lint
+# mypy on the daemon package; what it checks and how is in pyproject.toml ([tool.mypy]).
+typecheck: $(VENV)/.stamp-dev
+	$(BIN)/mypy
+
+test: $(VENV)/.stamp-dev mosquitto chromium lint typecheck
 	$(BIN)/pytest
 
 # Rebuild products/button from scratch (synthetic buttons -> ae -> ONNX -> thresholds).

@@ -44,7 +44,7 @@ from inspectd.inspection import (
     VerdictSink,
 )
 from inspectd.preprocess import Geometry, PreprocessError, PreprocessSpec, preprocess
-from inspectd.verdict import Verdict, VerdictRecord
+from inspectd.verdict import Region, Verdict, VerdictRecord
 
 log = structlog.get_logger(__name__)
 
@@ -307,6 +307,7 @@ class Pipeline:
         progress.start()
         t0 = time.monotonic()
         thr = self.thresholds
+        regions: list[Region]
         verdict, regions, score, error = Verdict.ERROR, [], None, job.error
         amap = None
         if result is not None and error is None:

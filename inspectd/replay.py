@@ -183,7 +183,7 @@ class _Collect:
 class _NoRecorder:
     """Replayed verdicts get no seq and go into no outbox."""
 
-    def record(self, records: Sequence[VerdictRecord]) -> None:
+    def record(self, records: Sequence[VerdictRecord], receipts: Sequence[str | None] = ()) -> None:
         pass
 
 

@@ -46,7 +46,7 @@ def build_source(camera_cfg: Any, *, ledger: Ledger | None = None) -> CaptureSou
     """The source itself, in this process (`open_source` without isolation)."""
     source = camera_cfg.source
     watch = getattr(camera_cfg, "watch", None)
-    if source == "folder" and getattr(watch, "enabled", False):
+    if source == "folder" and watch is not None and getattr(watch, "enabled", False):
         return WatchedFolderSource(
             path=Path(camera_cfg.path),
             pattern=camera_cfg.pattern,

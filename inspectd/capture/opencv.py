@@ -152,9 +152,11 @@ class OpenCVSource(CaptureSource):
 
     def open(self) -> None:
         self.close()
-        if self._kind == "file" and not Path(self._target).exists():
+        # a file or a device is always a path string (_classify); only an index is an int
+        target = self._target
+        if self._kind == "file" and isinstance(target, str) and not Path(target).exists():
             raise CaptureError(f"video file does not exist: {self._target}")
-        if self._kind == "device" and not Path(self._target).exists():
+        if self._kind == "device" and isinstance(target, str) and not Path(target).exists():
             raise CaptureError(f"camera device does not exist: {self._target}")
         cap = self._open_capture()
         if cap is None:

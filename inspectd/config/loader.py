@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, RootModel, ValidationError
+from pydantic_core import ErrorDetails
 
 __all__ = ["ConfigError", "load_yaml_model"]
 
@@ -508,7 +509,7 @@ def _position(doc: _Document, keys: KeyPath, *, at_key: bool) -> Pos:
     return doc.value_pos.get(keys, doc.root)
 
 
-def _message(err: dict[str, Any], value: Any, walk: _Walk) -> str:
+def _message(err: ErrorDetails, value: Any, walk: _Walk) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     shown = _show(value)

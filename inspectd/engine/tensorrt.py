@@ -32,7 +32,8 @@ class _Pinned:
         self.ptr = checked(rt, rt.cudaMallocHost(nbytes))
         self.nbytes = nbytes
         buf = (ctypes.c_uint8 * nbytes).from_address(int(self.ptr))
-        self.array = np.frombuffer(buf, np.uint8)
+        # a ctypes array is a buffer; numpy's stubs (before Python 3.12's Buffer) do not say so
+        self.array = np.frombuffer(buf, np.uint8)  # type: ignore[call-overload]
 
     def free(self) -> None:
         if self.ptr is not None:

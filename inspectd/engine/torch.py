@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import structlog
@@ -79,10 +79,12 @@ class TorchEngine(Engine):
             torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
         graph = graph.eval().to(self.device)
         if on_gpu:
-            graph = graph.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time; torch's overloads leave it out
+            graph = graph.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.fp16:
-            # the model only: the heads compute in fp32 themselves (inspectd.train.scoring)
-            graph.model = _Autocast(graph.model)
+            # the model only: the heads compute in fp32 themselves (inspectd.train.scoring);
+            # an exported graph's model is a submodule (Module.__getattr__ says Tensor | Module)
+            graph.model = _Autocast(cast(nn.Module, graph.model))
         self.graph = graph
         self._captured: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
         self._pinned: dict[int, torch.Tensor] = {}

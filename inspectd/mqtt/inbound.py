@@ -46,7 +46,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity
 
 
-def parse_object(payload: bytes, max_bytes: int, *, empty_ok: bool = False) -> dict[str, Any]:
+def parse_object(
+    payload: bytes | bytearray, max_bytes: int, *, empty_ok: bool = False
+) -> dict[str, Any]:
     """The JSON object in ``payload``; ``RequestError`` (payload_too_large, malformed_json,
     invalid_request) for anything else. ``empty_ok``: an empty payload is ``{}``."""
     if len(payload) > max_bytes:

@@ -516,25 +516,24 @@ class MqttPublisher:
             # sends it after the reconnect, ahead of anything newer (see the module docstring).
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 error = mqtt.error_string(info.rc)
-        with self._cv:
-            if error is None:
-                ok = self._early_acks.pop(info.mid, None)
-                if ok is None:
-                    entry.mid = info.mid
-                    self._by_mid[info.mid] = entry
-                    return
-                self._complete_locked(entry, ok)
-            else:
+        if error is not None:
+            with self._cv:
                 self._in_paho -= 1
                 if m.qos > 0:
                     self._awaiting_ack -= 1
                 self._outstanding.pop(entry.id, None)
                 self._counts.dropped += 1
                 self._cv.notify_all()
-        if error is not None:
             log.error("mqtt.publish_dropped", topic=m.topic, label=m.label, reason=error)
-        else:
-            self._after_ack(entry, ok)
+            return
+        with self._cv:
+            ok = self._early_acks.pop(info.mid, None)
+            if ok is None:
+                entry.mid = info.mid
+                self._by_mid[info.mid] = entry
+                return
+            self._complete_locked(entry, ok)
+        self._after_ack(entry, ok)
 
     def _complete_locked(self, entry: _Entry, ok: bool, *, expired: bool = False) -> None:
         self._in_paho -= 1

@@ -120,13 +120,13 @@ class TriggerDesk:
         self._refuse(ReplyTo.of(msg), "internal_error", f"the station failed on this request "
                      f"({type(exc).__name__}); it was not inspected")  # fmt: skip
 
-    def _request_id_of(self, payload: bytes) -> str | None:
+    def _request_id_of(self, payload: bytes | bytearray) -> str | None:
         try:
             return safe_id(parse_object(payload, self.max_bytes).get("request_id"))
         except RequestError:
             return None
 
-    def _parse(self, payload: bytes, to: ReplyTo) -> TriggerRequest | None:
+    def _parse(self, payload: bytes | bytearray, to: ReplyTo) -> TriggerRequest | None:
         try:
             body = parse_object(payload, self.max_bytes)
         except RequestError as exc:

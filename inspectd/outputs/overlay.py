@@ -19,6 +19,7 @@ def render(
 ) -> np.ndarray:
     """BGR uint8 overlay. The heatmap is scaled by the image threshold (red = at or above it),
     so colours mean the same on every part."""
+    canvas: np.ndarray
     if image is None or image.dtype != np.uint8 or image.ndim not in (2, 3):
         canvas = np.full((240, 320, 3), 40, np.uint8)  # nothing usable to draw on
     elif image.ndim == 2 or image.shape[2] == 1:

@@ -115,18 +115,20 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
     hub = Hub(line)
 
     asking: set[str] = set()
+    mqtt_link: MqttLink  # used by the closures below; set after delivered and connection
 
     def delivered(topic: str, payload: bytes, props: dict[str, str]) -> None:
         base = line.on_message(topic, payload, props)
         hub.changed(base)
         st = line.stations.get(base) if base else None
-        if st is not None and st.state == "online" and st.reviews_today is None and base not in asking:
+        if (base is not None and st is not None and st.state == "online"
+                and st.reviews_today is None and base not in asking):  # fmt: skip
             asking.add(base)  # today's review counts, once a station is there to answer
             asyncio.get_running_loop().create_task(count_reviews(st.base))
 
     async def count_reviews(base: str) -> None:
         try:
-            answer = await link.request(base, "reviews", {}, cfg.review_timeout_s)
+            answer = await mqtt_link.request(base, "reviews", {}, cfg.review_timeout_s)
         except CommandTimeout:
             answer = None
         asking.discard(base)
@@ -138,7 +140,7 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
         line.broker = {"connected": up, "error": error}
         hub.broker_changed = True
 
-    link = link or MqttLink(cfg.mqtt, cfg.stations, delivered, connection)
+    mqtt_link = link or MqttLink(cfg.mqtt, cfg.stations, delivered, connection)
 
     async def flusher() -> None:
         while True:
@@ -147,14 +149,14 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        link.start(asyncio.get_running_loop())
+        mqtt_link.start(asyncio.get_running_loop())
         task = asyncio.create_task(flusher())
         try:
             yield
         finally:
             task.cancel()
             hub.close()
-            link.stop()
+            mqtt_link.stop()
 
     async def index(request: Request) -> Response:
         token = request.query_params.get("token")
@@ -237,7 +239,7 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
         who = request.user.display_name
         log.info("ui.command", command=command, station=base, by=who, args=args)
         try:
-            answer = await link.request(base, command, args, cfg.review_timeout_s)
+            answer = await mqtt_link.request(base, command, args, cfg.review_timeout_s)
         except CommandTimeout as exc:
             answer = {"command": command, "base": base, "ok": False, "refusal": {"detail": str(exc)}}
         answer = {**answer, "by": who, "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -286,5 +288,5 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
     middleware = [Middleware(AuthenticationMiddleware, backend=UiAuthBackend(credentials),
                              on_error=on_auth_error)]  # fmt: skip
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
-    app.state.line, app.state.hub, app.state.link = line, hub, link
+    app.state.line, app.state.hub, app.state.link = line, hub, mqtt_link
     return app
