@@ -46,11 +46,13 @@ PROFILES: dict[str, dict[str, tuple[dict[str, Any], dict[str, Any], int | None]]
 
 def run(data: Path, sets: list[str], models: list[str], out: Path, profile: str,
         vgg_weights: Path | None, device: str, extra: dict[str, Any] | None = None,
-        time_budget_s: float | None = None, jobs: int = 1) -> list[dict[str, Any]]:  # fmt: skip
+        time_budget_s: float | None = None, jobs: int = 1,
+        settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """`extra`: constructor settings on top of the profile's (an option being measured);
+    `settings`: TrainSettings values on top of the profile's (e.g. noise="fixed");
     `time_budget_s`: training time per run, for a GPU slot of fixed length; `jobs`: runs at
     once, each in its own process."""
-    tasks = [(data, name, model, out, profile, vgg_weights, device, extra, time_budget_s)
+    tasks = [(data, name, model, out, profile, vgg_weights, device, extra, time_budget_s, settings)
              for name in sets for model in models]  # fmt: skip
     rows: list[dict[str, Any]] = []
 
@@ -76,16 +78,17 @@ def run(data: Path, sets: list[str], models: list[str], out: Path, profile: str,
 
 
 def run_one(data: Path, name: str, model: str, out: Path, profile: str, vgg_weights: Path | None,
-            device: str, extra: dict[str, Any] | None, time_budget_s: float | None) -> dict[str, Any]:  # fmt: skip
+            device: str, extra: dict[str, Any] | None, time_budget_s: float | None,
+            settings: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Train, export, evaluate one (set, model) and return its results row."""
     params, overrides, max_train = PROFILES[profile][model]
     params = {**params, **(extra or {})}
-    settings = training_settings(family(model), name, device=device,
-                                 time_budget_s=time_budget_s, **overrides)  # fmt: skip
+    train_settings = training_settings(family(model), name, device=device, time_budget_s=time_budget_s,
+                                       **{**overrides, **(settings or {})})  # fmt: skip
     t0 = time.monotonic()
     bundle = build_product(BuildRequest(
         product=f"{name}-{model}", data=data / name, out=out / f"{name}-{model}",
-        model=model, params=params, settings=settings, vgg_weights=vgg_weights,
+        model=model, params=params, settings=train_settings, vgg_weights=vgg_weights,
         max_train=max_train,
     ))  # fmt: skip
     manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
@@ -95,7 +98,7 @@ def run_one(data: Path, name: str, model: str, out: Path, profile: str, vgg_weig
         "params": manifest["model"]["params"], "images": t["images"],
         "epochs_run": t["epochs_run"], "stopped": t["stopped"], "best_epoch": t["best_epoch"],
         "train_seconds": t["train_seconds"], "total_seconds": round(time.monotonic() - t0, 1),
-        "threads": torch.get_num_threads(), "metrics": manifest["metrics"],
+        "threads": torch.get_num_threads(), "settings": t["settings"], "metrics": manifest["metrics"],
     }  # fmt: skip
     if model == "vivano":
         row["reconstruction_score"], row["latent"] = vivano_extras(bundle, data / name, device)
@@ -227,6 +230,8 @@ def main() -> None:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="model setting on top of the profile's, to measure an open point")
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="training setting on top of the profile's (TrainSettings, e.g. noise=fixed)")
     p.add_argument("--test-noise", type=float, default=None, metavar="SIGMA",
                    help="no training: metrics of the bundles under --out, test-time noise SIGMA")
     a = p.parse_args()
@@ -238,7 +243,9 @@ def main() -> None:
         return
     extra = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in a.param)}
     budget = a.max_minutes * 60.0 if a.max_minutes else None
-    rows = run(a.data, sets, a.models, a.out, a.profile, a.vgg_weights, a.device, extra, budget, a.jobs)
+    settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in a.setting)}
+    rows = run(a.data, sets, a.models, a.out, a.profile, a.vgg_weights, a.device, extra, budget,
+               a.jobs, settings)  # fmt: skip
     text = table(rows)
     (a.out / "results.md").write_text(
         f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads\n\n{text}"
