@@ -33,7 +33,7 @@ from inspectd.engine import Engine, load_engine
 from inspectd.engine.base import infer_batches
 from inspectd.preprocess import PreprocessError, load_inputs, preprocess
 from inspectd.train.datasets.mvtec import GOOD, Sample, image_files
-from inspectd.train.metrics import auroc, f1_max, operating_points
+from inspectd.train.metrics import auroc, f1_max, operating_points, recall_at_points
 
 log = structlog.get_logger(__name__)
 
@@ -263,12 +263,8 @@ def defect_metrics(good: Scored, defects: Scored, image: float, pixel: float,
         "recall": float(found.mean()),
         # empirical, on these good parts: what the model can do, whatever threshold is chosen
         "recall_at_frr": points,
-        "recall_at_frr_by_type": {
-            d: {k: None if p["recall"] is None
-                else float(rejects(defects.scores[types == d], p["threshold"]).mean())
-                for k, p in points.items()}
-            for d in sorted(set(defects.defects))
-        },  # fmt: skip
+        "recall_at_frr_by_type": {d: recall_at_points(points, defects.scores[types == d])
+                                  for d in sorted(set(defects.defects))},  # fmt: skip
         "image_auroc": auroc(labels, scores),
         "f1_threshold": f1_threshold,
         "f1_max": f1,

@@ -6,6 +6,7 @@ import math
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from inspectd.preprocess import Geometry
 from inspectd.verdict import Region, Verdict
@@ -40,7 +41,7 @@ def regions_of(
     return found[:MAX_REGIONS]
 
 
-def rejects(scores: np.ndarray, image_threshold: float) -> np.ndarray:
+def rejects(scores: npt.ArrayLike, image_threshold: float) -> np.ndarray:
     """The line's rule for many scores at once: True where the part is rejected, i.e. NG
     (score >= threshold) or ERROR (a non-finite score, see decide). Every offline path
     (evaluation, verification, operating points) counts rejects with this."""
@@ -69,6 +70,6 @@ def decide(
     """
     if not math.isfinite(score) or not np.isfinite(anomaly_map).all():
         raise NonFiniteResult("engine produced a non-finite anomaly map or score")
-    if score < image_threshold:
+    if not rejects(score, image_threshold):
         return Verdict.OK, []
     return Verdict.NG, regions_of(anomaly_map, pixel_threshold, min_region_area, geometry)

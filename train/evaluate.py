@@ -19,13 +19,10 @@ from inspectd.decide import rejects
 from inspectd.engine.base import Engine, infer_batches
 from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.mvtec import MVTecSet, Sample, load_mask
-from inspectd.train.metrics import aupro, auroc, f1_max, operating_points
+from inspectd.train.metrics import aupro, auroc, f1_max, operating_points, recall_at_points
+from inspectd.train.metrics import rounded as _r
 
 AUPRO_FPR_LIMIT = 0.3
-
-
-def _r(x: float, digits: int = 4) -> float | None:
-    return None if x is None or math.isnan(x) else round(float(x), digits)
 
 
 def score_samples(
@@ -51,14 +48,7 @@ def evaluate(
     if not samples:
         raise ValueError(f"{dataset.root}: no test images (test/good, test/<defect>)")
     scores, maps = score_samples(engine, samples, spec, batch, progress)
-    hw = maps.shape[1:]
-    # Masks are read at frame size, cropped like the frames and resized to the map (nearest);
-    # a defect image without a mask file gets an empty one and is counted as missing.
-    has_mask = np.array([not s.is_anomalous or s.mask_path is not None for s in samples])
-    masks = np.zeros((len(samples), *hw), bool)
-    for i in np.flatnonzero(has_mask):
-        if samples[i].is_anomalous:
-            masks[i] = mask_like_input(samples[i], spec, hw)
+    masks, has_mask = test_masks(samples, spec, maps.shape[1:])
     return compute_metrics(
         [s.defect for s in samples], scores, maps, masks, image_threshold, has_mask
     )
@@ -101,10 +91,7 @@ def compute_metrics(
         d_auroc, d_pro = pixel(good | this)
         per_defect[d] = {
             # at the thresholds of the whole set (all good test parts), as a line would run
-            "recall_at_frr": {
-                k: None if p["recall"] is None else _r(rejects(scores[this], p["threshold"]).mean())
-                for k, p in points.items()
-            },
+            "recall_at_frr": {k: _r(r) for k, r in recall_at_points(points, scores[this]).items()},
             "images": int(this.sum()),
             "image_auroc": _r(auroc(labels[good | this], scores[good | this])),
             "pixel_auroc": d_auroc,
@@ -188,6 +175,18 @@ def to_markdown(result: dict[str, Any], title: str | None = None) -> str:
         lines.append(f"{r['missing_masks']} defect image(s) have no mask: pixel metrics that "
                      f"include them are not given.")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def test_masks(samples: Sequence[Sample], spec: PreprocessSpec, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(masks bool N x H x W, has_mask N) of `samples` at map size `hw`. Masks are read at frame
+    size, cropped like the frames and resized (nearest); good images and defect images without
+    a mask file get an empty one, the latter marked has_mask False (counted as missing)."""
+    has_mask = np.array([not s.is_anomalous or s.mask_path is not None for s in samples])
+    masks = np.zeros((len(samples), *hw), bool)
+    for i in np.flatnonzero(has_mask):
+        if samples[i].is_anomalous:
+            masks[i] = mask_like_input(samples[i], spec, hw)
+    return masks, has_mask
 
 
 def mask_like_input(sample: Any, spec: PreprocessSpec, hw: tuple[int, int]) -> np.ndarray:

@@ -114,7 +114,7 @@ def vivano_extras(bundle_dir: Path, data: Path, device: str) -> tuple[dict[str, 
     from inspectd.bundle import load_bundle
     from inspectd.preprocess import load_inputs
     from inspectd.train.datasets.mvtec import MVTecSet
-    from inspectd.train.evaluate import compute_metrics, mask_like_input
+    from inspectd.train.evaluate import compute_metrics, test_masks
     from inspectd.train.models import load_graph
 
     bundle = load_bundle(bundle_dir)
@@ -132,11 +132,9 @@ def vivano_extras(bundle_dir: Path, data: Path, device: str) -> tuple[dict[str, 
             if good:
                 latents.append(model.latent_diagnostics(x[good]))
     amaps = np.concatenate(maps)
-    hw = amaps.shape[1:]
-    masks = np.stack([mask_like_input(s, m.preprocess, hw) if s.is_anomalous else np.zeros(hw, bool)
-                      for s in samples])  # fmt: skip
+    masks, has_mask = test_masks(samples, m.preprocess, amaps.shape[1:])
     scores = amaps.reshape(len(amaps), -1).mean(1)
-    metrics = compute_metrics([s.defect for s in samples], scores, amaps, masks, float("inf"))
+    metrics = compute_metrics([s.defect for s in samples], scores, amaps, masks, float("inf"), has_mask)
     keep = ("image_auroc", "pixel_auroc", "aupro", "recall_at_frr")
     latent = {k: round(float(np.mean([d[k] for d in latents])), 5) for k in latents[0]} if latents else {}
     return {k: metrics[k] for k in keep}, latent
@@ -150,7 +148,7 @@ def metrics_with_test_noise(bundle_dir: Path, data: Path, sigma: float, seed: in
     from inspectd.bundle import load_bundle
     from inspectd.preprocess import load_inputs
     from inspectd.train.datasets.mvtec import MVTecSet
-    from inspectd.train.evaluate import mask_like_input
+    from inspectd.train.evaluate import test_masks
     from inspectd.train.metrics import auroc
     from inspectd.train.models import load_graph
 
@@ -167,9 +165,8 @@ def metrics_with_test_noise(bundle_dir: Path, data: Path, sigma: float, seed: in
             amap, score = graph.head(x, graph.model(noisy))
             scores.append(score.numpy())
             maps.append(amap.numpy())
-    amaps, hw = np.concatenate(maps), maps[0].shape[1:]
-    masks = np.stack([mask_like_input(s, m.preprocess, hw) if s.is_anomalous else np.zeros(hw, bool)
-                      for s in samples])  # fmt: skip
+    amaps = np.concatenate(maps)
+    masks, _ = test_masks(samples, m.preprocess, amaps.shape[1:])
     labels = np.array([s.is_anomalous for s in samples])
     image_auroc = auroc(labels, np.concatenate(scores))
     return {"sigma": sigma, "seed": seed, "image_auroc": round(image_auroc, 4),

@@ -129,13 +129,23 @@ def operating_points(labels: np.ndarray, scores: np.ndarray) -> dict[str, dict[s
                                    "note": f"n too small ({p['good']} good < {round(1 / frr)})"}  # fmt: skip
                 continue
             note = f"{p['good']} good < {round(1 / frr)}: no false reject allowed"
-        out[f"{frr:g}"] = {"recall": _round(p["recall"]), "threshold": p["threshold"],
+        out[f"{frr:g}"] = {"recall": rounded(p["recall"]), "threshold": p["threshold"],
                            "good_rejected": p["good_rejected"], "good": p["good"], "note": note}  # fmt: skip
     return out
 
 
-def _round(x: float, digits: int = 4) -> float | None:
-    return None if np.isnan(x) else round(float(x), digits)
+def recall_at_points(points: dict[str, dict[str, Any]], scores: np.ndarray) -> dict[str, float | None]:
+    """The share of `scores` (one defect type's) rejected at each threshold of `points` (from
+    operating_points over the whole set, as a line runs); None where the point has none."""
+    from inspectd.decide import rejects
+
+    return {k: None if p["recall"] is None else float(rejects(scores, p["threshold"]).mean())
+            for k, p in points.items()}  # fmt: skip
+
+
+def rounded(x: float | None, digits: int = 4) -> float | None:
+    """A metric for JSON: rounded, and None where undefined (None or NaN)."""
+    return None if x is None or np.isnan(x) else round(float(x), digits)
 
 
 def _regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
