@@ -16,7 +16,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import cv2
 import pytest
 from daemon_process import REPO, Daemon
 from mqtt_client import Received, Subscriber
+from test_outbox_daemon import wait_until
 
 from inspectd.train.datasets.button import render_part
 
@@ -88,14 +88,6 @@ def station_config(tmp: Path, port: int, incoming: Path, *, settle_s: float = 0.
     path = tmp / name
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
-
-
-def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def by_seq(messages: list[Received]) -> dict[int, dict[str, Any]]:
