@@ -38,7 +38,9 @@ chromium:
 		echo "installing Debian's chromium"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# The formatter and the linter, both: the layout is ruff format's, with no opt-outs.
 lint: $(VENV)/.stamp-dev
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
 # mypy on the daemon package; what it checks and how is in pyproject.toml ([tool.mypy]).

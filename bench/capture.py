@@ -57,7 +57,9 @@ def _genicam_source() -> CaptureSource:
     from inspectd.config.camera import GenICamCamera
 
     cti = Path(genicam.__file__).parent / "TLSimu.cti"
-    return build_source(GenICamCamera(source="genicam", cti=cti, pixel_format="Mono8", isolate=False))
+    return build_source(
+        GenICamCamera(source="genicam", cti=cti, pixel_format="Mono8", isolate=False)
+    )
 
 
 def _time(source: CaptureSource, frames: int, warmup: int = 50) -> tuple[float, float]:
@@ -95,9 +97,14 @@ def main() -> None:
     overhead_ms = (iso_s - inproc_s) * 1000.0
     print(f"capture: {what}, {args.frames} frames each")
     print(f"  in-process    {inproc_fps:9.1f} frames/s  {inproc_s * 1000:7.3f} ms/frame")
-    print(f"  isolated      {iso_fps:9.1f} frames/s  {iso_s * 1000:7.3f} ms/frame  (dropped {dropped})")
-    print(f"  overhead      {overhead_ms:7.3f} ms/frame (target <= 0.5)   "
-          f"ratio isolated/in-process time {iso_s / inproc_s:.2f}")  # fmt: skip
+    print(
+        f"  isolated      {iso_fps:9.1f} frames/s  {iso_s * 1000:7.3f} ms/frame  (dropped "
+        f"{dropped})"
+    )
+    print(
+        f"  overhead      {overhead_ms:7.3f} ms/frame (target <= 0.5)   "
+        f"ratio isolated/in-process time {iso_s / inproc_s:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,23 +51,42 @@ class _Arrivals:
 
     def latencies_ms(self) -> list[float]:
         with self._lock:
-            return [(t - self.captured[s]) * 1000.0 for s, t in self.received.items() if s in self.captured]
+            return [
+                (t - self.captured[s]) * 1000.0
+                for s, t in self.received.items()
+                if s in self.captured
+            ]
 
 
-def run_daemon(products: Path, product: str, folder: Path, work: Path, broker: LocalBroker | None,
-                parts: int, engine: dict[str, Any], rate_hz: float = 0.0) -> tuple[PipelineStats, list[float]]:  # fmt: skip
+def run_daemon(
+    products: Path,
+    product: str,
+    folder: Path,
+    work: Path,
+    broker: LocalBroker | None,
+    parts: int,
+    engine: dict[str, Any],
+    rate_hz: float = 0.0,
+) -> tuple[PipelineStats, list[float]]:
     """Inspect `parts` frames from `folder` (paced at `rate_hz`; 0: as fast as the station takes
     them) with NG overlays and, with a broker, MQTT QoS 1. Returns the pipeline's stats and the
     capture -> verdict received latencies in ms (empty without a broker)."""
-    config = StationConfig.model_validate({
-        "station": {"name": "bench"}, "product": product, "products_dir": str(products),
-        "state_dir": str(work / "state"),
-        "camera": {"source": "folder", "path": str(folder), "rate_hz": rate_hz},
-        "engine": engine,
-        "mqtt": ({"host": broker.host, "port": broker.port, "protocol": broker.protocol} if broker
-                 else {"enabled": False}),
-        "output": {"dir": str(work / "out"), "overlays": "ng"},
-    })  # fmt: skip
+    config = StationConfig.model_validate(
+        {
+            "station": {"name": "bench"},
+            "product": product,
+            "products_dir": str(products),
+            "state_dir": str(work / "state"),
+            "camera": {"source": "folder", "path": str(folder), "rate_hz": rate_hz},
+            "engine": engine,
+            "mqtt": (
+                {"host": broker.host, "port": broker.port, "protocol": broker.protocol}
+                if broker
+                else {"enabled": False}
+            ),
+            "output": {"dir": str(work / "out"), "overlays": "ng"},
+        }
+    )
     arrivals = _Arrivals()
     client = None
     if broker is not None:
@@ -86,7 +105,10 @@ def run_daemon(products: Path, product: str, folder: Path, work: Path, broker: L
         stats = station.run(limit=parts)
         if client is not None:
             deadline = time.monotonic() + 10.0
-            while len(arrivals.received) < sum(stats.verdicts.values()) and time.monotonic() < deadline:
+            while (
+                len(arrivals.received) < sum(stats.verdicts.values())
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
     finally:
         station.stop()
@@ -94,4 +116,3 @@ def run_daemon(products: Path, product: str, folder: Path, work: Path, broker: L
             client.loop_stop()
             client.disconnect()
     return stats, arrivals.latencies_ms()
-

@@ -39,15 +39,24 @@ def timings(fn, batch: np.ndarray, runs: int) -> list[float]:
 def summary(name: str, times: list[float], n: int) -> tuple[float, str]:
     ms = np.array(times) * 1e3
     ips = n / np.median(times)
-    return ips, f"{name:<22} p50 {np.percentile(ms, 50):8.1f} ms  p99 {np.percentile(ms, 99):8.1f} ms  {ips:7.1f} img/s"
+    return (
+        ips,
+        f"{name:<22} p50 {np.percentile(ms, 50):8.1f} ms  p99 {np.percentile(ms, 99):8.1f} ms  "
+        f"{ips:7.1f} img/s",
+    )
 
 
-def bench_model(name: str, size: int | None, batches: list[int], runs: int, device: str, threads: int) -> None:
+def bench_model(
+    name: str, size: int | None, batches: list[int], runs: int, device: str, threads: int
+) -> None:
     fam = family(name)
     params = fam.params({"input_size": size} if size else None)
     graph = fam.graph(fam.create(params)).eval()
     hw = (params["input_size"],) * 2
-    print(f"\n{name}: input {hw[0]}x{hw[1]}, {sum(p.numel() for p in graph.parameters()) / 1e6:.1f} M parameters")
+    print(
+        f"\n{name}: input {hw[0]}x{hw[1]}, {sum(p.numel() for p in graph.parameters()) / 1e6:.1f} "
+        f"M parameters"
+    )
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(graph, Path(tmp) / "model.onnx", hw)
@@ -56,14 +65,19 @@ def bench_model(name: str, size: int | None, batches: list[int], runs: int, devi
         for b in batches:
             x = rng.integers(0, 256, (b, *hw, 3), dtype=np.uint8)
             variants = {}
-            for dtype in ([torch.float32] if device == "cpu" else [torch.float32, torch.float16]):
+            for dtype in [torch.float32] if device == "cpu" else [torch.float32, torch.float16]:
                 g = graph.to(device)
+
                 def run_torch(a, g=g, dtype=dtype):  # noqa: ANN001 - bench helper
-                    with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32),
+                    ):
                         r = g(torch.from_numpy(a).to(device))
                         if device == "cuda":
                             torch.cuda.synchronize()
                         return r
+
                 variants[f"torch {str(dtype)[6:]}"] = run_torch
             if ort is not None:
                 variants["onnxruntime"] = ort.infer
@@ -77,15 +91,22 @@ def bench_model(name: str, size: int | None, batches: list[int], runs: int, devi
                 ips[k], line = summary(k, ts, b)
                 print("    " + line)
             if "onnxruntime" in ips:
-                print(f"    ratio onnxruntime / torch: {ips['onnxruntime'] / ips['torch float32']:.2f}x")
+                print(
+                    "    ratio onnxruntime / torch: "
+                    f"{ips['onnxruntime'] / ips['torch float32']:.2f}x"
+                )
             if "torch float16" in ips:
                 print(f"    ratio fp16 / fp32: {ips['torch float16'] / ips['torch float32']:.2f}x")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models", nargs="+", default=["ae", "hybrid", "vivano"])
-    p.add_argument("--size", type=int, default=None, help="input size for every model (default: its own)")
+    p.add_argument(
+        "--size", type=int, default=None, help="input size for every model (default: its own)"
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

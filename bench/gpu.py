@@ -50,8 +50,23 @@ from inspectd.train.models import family
 # Small configurations of each family for CPU smoke runs; full = the registry's defaults
 # (hybrid 224 px with VGG19 blocks 1-3 and a 4-layer ViT, vivano 256 px).
 TINY = {
-    "hybrid": {"input_size": 64, "dim": 64, "depth": 1, "heads": 2, "skip1": [16, 1, 8], "skip2": [32, 2, 4]},
-    "vivano": {"input_size": 64, "patch": 16, "dim": 64, "depth": 1, "heads": 2, "latent": 16, "components": 2},
+    "hybrid": {
+        "input_size": 64,
+        "dim": 64,
+        "depth": 1,
+        "heads": 2,
+        "skip1": [16, 1, 8],
+        "skip2": [32, 2, 4],
+    },
+    "vivano": {
+        "input_size": 64,
+        "patch": 16,
+        "dim": 64,
+        "depth": 1,
+        "heads": 2,
+        "latent": 16,
+        "components": 2,
+    },
 }
 
 
@@ -84,7 +99,9 @@ def time_engine(engine: Any, batch: np.ndarray, runs: int) -> tuple[float, float
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), runs * len(batch) / total
 
 
-def seal_bench_bundle(products: Path, name: str, params: dict[str, Any], graph: torch.nn.Module) -> Path:
+def seal_bench_bundle(
+    products: Path, name: str, params: dict[str, Any], graph: torch.nn.Module
+) -> Path:
     """A bundle of an untrained model: what the daemon loads. Thresholds: just above the highest
     score of a few rendered good parts, so most parts are OK as on a real line."""
     from inspectd.engine.onnxruntime import OnnxRuntimeEngine
@@ -98,16 +115,37 @@ def seal_bench_bundle(products: Path, name: str, params: dict[str, Any], graph: 
     from inspectd.bundle import sha256_of
 
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    write_thresholds(out, Thresholds.model_validate({
-        "schema": "inspectd.thresholds/1", "image": float(good.score.max()) * 1.05,
-        "pixel": float(np.quantile(good.anomaly_map, 0.999)), "model_sha256": sha256_of(out / "model.onnx"),
-        "method": "bench: 1.05 x max of 4 rendered good parts", "n_good": 4, "created": now,
-        "tool_version": __version__}))  # fmt: skip
+    write_thresholds(
+        out,
+        Thresholds.model_validate(
+            {
+                "schema": "inspectd.thresholds/1",
+                "image": float(good.score.max()) * 1.05,
+                "pixel": float(np.quantile(good.anomaly_map, 0.999)),
+                "model_sha256": sha256_of(out / "model.onnx"),
+                "method": "bench: 1.05 x max of 4 rendered good parts",
+                "n_good": 4,
+                "created": now,
+                "tool_version": __version__,
+            }
+        ),
+    )
     fam = family(name)
-    manifest = {"schema": BUNDLE_SCHEMA, "name": name, "created": now, "tool_version": __version__,
-                "model": {"family": name, "file": "model.onnx", "opset": OPSET, "params": params,
-                          "checkpoint": "model.pt"},
-                "preprocess": {"size": [hw, hw]}, "scoring": fam.scoring}  # fmt: skip
+    manifest = {
+        "schema": BUNDLE_SCHEMA,
+        "name": name,
+        "created": now,
+        "tool_version": __version__,
+        "model": {
+            "family": name,
+            "file": "model.onnx",
+            "opset": OPSET,
+            "params": params,
+            "checkpoint": "model.pt",
+        },
+        "preprocess": {"size": [hw, hw]},
+        "scoring": fam.scoring,
+    }
     seal(out, manifest, ["model.onnx", "model.pt", THRESHOLDS])
     load_bundle(out)
     return out
@@ -124,9 +162,14 @@ def trt_rows(products: Path, name: str, batches: list[int], runs: int) -> list[s
     hw = load_bundle(products / name).manifest.preprocess.size[0]
     for precision in ("fp32", "fp16"):
         try:
-            path = build_engine(products / name, precision=precision, batch=max(batches),
-                                out=products / f"{name}-{precision}.engine",
-                                seal_into_bundle=False, progress=None)  # fmt: skip
+            path = build_engine(
+                products / name,
+                precision=precision,
+                batch=max(batches),
+                out=products / f"{name}-{precision}.engine",
+                seal_into_bundle=False,
+                progress=None,
+            )
         except BuildError as exc:
             rows.append(f"| {name} | tensorrt | {precision} | - | - | not built: {exc} | | |")
             continue
@@ -134,24 +177,37 @@ def trt_rows(products: Path, name: str, batches: list[int], runs: int) -> list[s
             engine = TensorRTEngine(path, max_batch=b, cuda_graphs=True)
             p50, p99, ips = time_engine(engine, inputs(b, hw), runs)
             engine.close()
-            rows.append(f"| {name} | tensorrt | {precision} | {b} | yes | {p50:.2f} | {p99:.2f} | {ips:.0f} |")
+            rows.append(
+                f"| {name} | tensorrt | {precision} | {b} | yes | {p50:.2f} | {p99:.2f} | "
+                f"{ips:.0f} |"
+            )
     return rows
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    p.add_argument("--size", choices=["full", "tiny"], default=None, help="default: full on cuda, tiny on cpu")
+    p.add_argument(
+        "--size", choices=["full", "tiny"], default=None, help="default: full on cuda, tiny on cpu"
+    )
     p.add_argument("--quick", action="store_true", help="few runs and parts (smoke check)")
     p.add_argument("--runs", type=int, default=None, help="timed batches per configuration")
     p.add_argument("--parts", type=int, default=None, help="parts through the daemon per family")
-    p.add_argument("--camera-hz", type=float, default=LATENCY_RATE_HZ,
-                   help="daemon: folder camera rate (at most half the bare engine's batch-1 rate)")  # fmt: skip
+    p.add_argument(
+        "--camera-hz",
+        type=float,
+        default=LATENCY_RATE_HZ,
+        help="daemon: folder camera rate (at most half the bare engine's batch-1 rate)",
+    )
     p.add_argument("--no-daemon", action="store_true")
     p.add_argument("--no-mqtt", action="store_true")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("bench/gpu.py: torch sees no CUDA GPU; use --device cpu (smoke check)", file=sys.stderr)
+        print(
+            "bench/gpu.py: torch sees no CUDA GPU; use --device cpu (smoke check)", file=sys.stderr
+        )
         return 2
     configure_logging("warning", "console")
     size = args.size or ("full" if args.device == "cuda" else "tiny")
@@ -159,9 +215,14 @@ def main() -> int:
     parts = args.parts or (20 if args.quick else 500)
     on_gpu = args.device == "cuda"
     gpu = torch.cuda.get_device_name(0) if on_gpu else platform.processor() or platform.machine()
-    print(f"# bench/gpu.py {datetime.now(UTC).isoformat(timespec='seconds')}: {args.device} ({gpu}), "
-          f"torch {torch.__version__}, CUDA {torch.version.cuda}, {size} models, {runs} runs")  # fmt: skip
-    print("\n| model | params | input | backend | precision | batch | CUDA graph | p50 ms | p99 ms | images/s |")
+    print(
+        f"# bench/gpu.py {datetime.now(UTC).isoformat(timespec='seconds')}: {args.device} ({gpu}), "
+        f"torch {torch.__version__}, CUDA {torch.version.cuda}, {size} models, {runs} runs"
+    )
+    print(
+        "\n| model | params | input | backend | precision | batch | CUDA graph | p50 ms | p99 ms "
+        "| images/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     built = models(size)
     bare: dict[tuple[str, str], float] = {}  # batch 1 images/s, as the daemon runs it
@@ -172,14 +233,23 @@ def main() -> int:
             for b in (1, 8):
                 batch = inputs(b, hw)
                 for graphs in (False, True) if on_gpu else (False,):
-                    engine = TorchEngine(copy.deepcopy(graph), (hw, hw), device=args.device,
-                                         precision=precision, cuda_graphs=graphs, max_batch=b)  # fmt: skip
+                    engine = TorchEngine(
+                        copy.deepcopy(graph),
+                        (hw, hw),
+                        device=args.device,
+                        precision=precision,
+                        cuda_graphs=graphs,
+                        max_batch=b,
+                    )
                     p50, p99, ips = time_engine(engine, batch, runs)
                     engine.close()
                     if b == 1 and graphs == on_gpu:
                         bare[(name, precision)] = ips
-                    print(f"| {name} | {n_params:.1f} M | {hw} | torch | {precision} | {b} | "
-                          f"{'yes' if graphs else 'no'} | {p50:.2f} | {p99:.2f} | {ips:.1f} |", flush=True)  # fmt: skip
+                    print(
+                        f"| {name} | {n_params:.1f} M | {hw} | torch | {precision} | {b} | "
+                        f"{'yes' if graphs else 'no'} | {p50:.2f} | {p99:.2f} | {ips:.1f} |",
+                        flush=True,
+                    )
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -197,27 +267,49 @@ def main() -> int:
             f.unlink()  # timing is about inspected parts; the ERROR path is tested elsewhere
         n = len(list((work / "frames").iterdir()))
         use_mqtt = not args.no_mqtt and find_mosquitto() is not None
-        print(f"\ndaemon: {n} parts per model, folder camera at {args.camera_hz:g} Hz "
-              f"(at most half the bare engine's batch-1 rate), max_batch 1, "
-              f"MQTT {'to a private mosquitto (QoS 1)' if use_mqtt else 'off'}\n")  # fmt: skip
-        print("| model | backend | precision | camera Hz | capture->decided p50 ms | p99 ms | capture->MQTT p50 ms | p99 ms | parts/s |")
+        print(
+            f"\ndaemon: {n} parts per model, folder camera at {args.camera_hz:g} Hz "
+            f"(at most half the bare engine's batch-1 rate), max_batch 1, "
+            f"MQTT {'to a private mosquitto (QoS 1)' if use_mqtt else 'off'}\n"
+        )
+        print(
+            "| model | backend | precision | camera Hz | capture->decided p50 ms | p99 ms | "
+            "capture->MQTT p50 ms | p99 ms | parts/s |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for name in built:
             for precision in ("fp16",) if on_gpu else ("fp32",):
                 rate = min(bare[(name, precision)] / 2, args.camera_hz)
                 broker = LocalBroker.start_mosquitto() if use_mqtt else None
-                engine = {"backend": "torch", "device": args.device, "precision": precision, "max_batch": 1}
+                engine = {
+                    "backend": "torch",
+                    "device": args.device,
+                    "precision": precision,
+                    "max_batch": 1,
+                }
                 try:
-                    stats, received = run_daemon(products, name, work / "frames", work / name, broker, n,
-                                                 engine, rate_hz=rate)  # fmt: skip
+                    stats, received = run_daemon(
+                        products,
+                        name,
+                        work / "frames",
+                        work / name,
+                        broker,
+                        n,
+                        engine,
+                        rate_hz=rate,
+                    )
                 finally:
                     if broker:
                         broker.close()
                 p50, p99 = stats.percentiles(stats.latency_ms)
                 q50, q99 = stats.percentiles(received)
                 done = sum(stats.verdicts.values())
-                print(f"| {name} | torch | {precision} | {rate:.0f} | {p50:.2f} | {p99:.2f} | {q50:.2f} | {q99:.2f} | "
-                      f"{done / stats.seconds:.1f} |", flush=True)  # fmt: skip
+                print(
+                    f"| {name} | torch | {precision} | {rate:.0f} | {p50:.2f} | {p99:.2f} | "
+                    f"{q50:.2f} | {q99:.2f} | "
+                    f"{done / stats.seconds:.1f} |",
+                    flush=True,
+                )
     return 0
 
 

@@ -46,12 +46,21 @@ def bare_engine(products: Path, frames: list[Path], threads: int, batch: int) ->
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--parts", type=int, default=600)
     p.add_argument("--products", type=Path, default=REPO_PRODUCTS)
     p.add_argument("--no-mqtt", action="store_true")
-    p.add_argument("--threads", type=int, default=0, help="engine.threads for both (0: all cores but one)")
-    p.add_argument("--max-batch", type=int, default=1, help="engine.max_batch of the daemon, and the bare engine's batch")
+    p.add_argument(
+        "--threads", type=int, default=0, help="engine.threads for both (0: all cores but one)"
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=1,
+        help="engine.max_batch of the daemon, and the bare engine's batch",
+    )
     args = p.parse_args()
     configure_logging("warning", "console")
 
@@ -66,17 +75,29 @@ def main() -> int:
         engine = {"threads": args.threads, "max_batch": args.max_batch}
         rate = min(bare_before / 2, LATENCY_RATE_HZ)
         try:
-            stats, _ = run_daemon(args.products, "button", work / "frames", work / "free", broker,
-                                   len(frames), engine)  # fmt: skip
-            paced, received = run_daemon(args.products, "button", work / "frames", work / "paced",
-                                          broker, len(frames), engine, rate_hz=rate)  # fmt: skip
+            stats, _ = run_daemon(
+                args.products, "button", work / "frames", work / "free", broker, len(frames), engine
+            )
+            paced, received = run_daemon(
+                args.products,
+                "button",
+                work / "frames",
+                work / "paced",
+                broker,
+                len(frames),
+                engine,
+                rate_hz=rate,
+            )
         finally:
             if broker:
                 broker.close()
         bare_after = bare_engine(args.products, frames, args.threads, args.max_batch)
     n = sum(stats.verdicts.values())
     through = n / stats.seconds
-    print(f"parts: {n}  verdicts: {dict(stats.verdicts)}  mqtt: {'off' if args.no_mqtt else 'mosquitto'}")
+    print(
+        f"parts: {n}  verdicts: {dict(stats.verdicts)}  "
+        f"mqtt: {'off' if args.no_mqtt else 'mosquitto'}"
+    )
     print(f"{'stage':<12}{'p50 ms':>10}{'p99 ms':>10}")
     for stage in STAGES:
         p50, p99 = stats.percentiles(stats.stage_ms[stage])
@@ -86,8 +107,10 @@ def main() -> int:
         p50, p99 = paced.percentiles(values)
         print(f"{what:<17}{p50:>5.2f}{p99:>10.2f}")
     bare = (bare_before + bare_after) / 2
-    print(f"bare engine: {bare_before:.1f} / {bare_after:.1f} parts/s (before / after)   "
-          f"daemon: {through:.1f} parts/s   ratio daemon/bare: {through / bare:.3f}")  # fmt: skip
+    print(
+        f"bare engine: {bare_before:.1f} / {bare_after:.1f} parts/s (before / after)   "
+        f"daemon: {through:.1f} parts/s   ratio daemon/bare: {through / bare:.3f}"
+    )
     return 0
 
 

@@ -44,11 +44,21 @@ def make_records(n: int) -> list[VerdictRecord]:
     kinds = [Verdict.OK] * 8 + [Verdict.NG, Verdict.ERROR]  # about what a line sees
     return [
         VerdictRecord(
-            station="outbox", product="button", part_id=f"P{i:07d}", verdict=kinds[i % 10],
-            score=0.01 * (i % 97), threshold=0.5, model_name="ae", model_sha256="ab" * 32,
-            camera_serial="SIM-0001", frame_id=i, t_capture=now, t_verdict=now, latency_ms=7.5,
+            station="outbox",
+            product="button",
+            part_id=f"P{i:07d}",
+            verdict=kinds[i % 10],
+            score=0.01 * (i % 97),
+            threshold=0.5,
+            model_name="ae",
+            model_sha256="ab" * 32,
+            camera_serial="SIM-0001",
+            frame_id=i,
+            t_capture=now,
+            t_verdict=now,
+            latency_ms=7.5,
             regions=[Region(10, 12, 30, 20, 410, 0.93)] if kinds[i % 10] is Verdict.NG else [],
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
 
@@ -60,10 +70,15 @@ def pct(values: list[float]) -> tuple[float, float]:
 
 def publisher(broker: LocalBroker | None, port: int) -> MqttPublisher:
     return MqttPublisher(
-        host="127.0.0.1", port=broker.port if broker else port, protocol="5",
-        client_id=f"bench-outbox-{time.monotonic_ns()}", keepalive_s=30, topics=TOPICS,
-        status_fields={"boot_id": "bench"}, max_queued=1_000_000,
-    )  # fmt: skip
+        host="127.0.0.1",
+        port=broker.port if broker else port,
+        protocol="5",
+        client_id=f"bench-outbox-{time.monotonic_ns()}",
+        keepalive_s=30,
+        topics=TOPICS,
+        status_fields={"boot_id": "bench"},
+        max_queued=1_000_000,
+    )
 
 
 def cost_per_verdict(
@@ -94,7 +109,9 @@ def cost_per_verdict(
     return {"bare_p50": b50, "bare_p99": b99, "outbox_p50": d50, "outbox_p99": d99}
 
 
-def rate(work: Path, broker: LocalBroker, records: list[VerdictRecord], batch: int) -> tuple[float, float]:
+def rate(
+    work: Path, broker: LocalBroker, records: list[VerdictRecord], batch: int
+) -> tuple[float, float]:
     """verdicts/s to PUBACK: without the outbox, then with it."""
     pub = publisher(broker, 0)
     pub.start()
@@ -123,7 +140,9 @@ def rate(work: Path, broker: LocalBroker, records: list[VerdictRecord], batch: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--verdicts", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=16, help="verdicts per transaction under load")
     ap.add_argument("--dir", type=Path, default=None, help="folder on the state folder's disk")
@@ -140,14 +159,18 @@ def main() -> None:
             for batch in (1, args.batch):
                 c = cost_per_verdict(work, records, batch, sync)
                 adds = c["outbox_p99"] - c["bare_p99"]
-                print(f"  sync={sync:6s} {batch:3d} per commit: publish only "
-                      f"{c['bare_p50']:6.3f} {c['bare_p99']:6.3f}   with outbox "
-                      f"{c['outbox_p50']:6.3f} {c['outbox_p99']:6.3f}   adds p99 {adds:6.3f}"
-                      f" ({'within' if adds <= 0.3 else 'OVER'} 0.3 ms)")  # fmt: skip
+                print(
+                    f"  sync={sync:6s} {batch:3d} per commit: publish only "
+                    f"{c['bare_p50']:6.3f} {c['bare_p99']:6.3f}   with outbox "
+                    f"{c['outbox_p50']:6.3f} {c['outbox_p99']:6.3f}   adds p99 {adds:6.3f}"
+                    f" ({'within' if adds <= 0.3 else 'OVER'} 0.3 ms)"
+                )
         with LocalBroker.start_mosquitto() as broker:
             plain, durable = rate(work, broker, records, args.batch)
-        print(f"\nsustained verdicts/s through mosquitto: without outbox {plain:8.0f}  "
-              f"with outbox {durable:8.0f}  ratio {durable / plain:.2f}")  # fmt: skip
+        print(
+            f"\nsustained verdicts/s through mosquitto: without outbox {plain:8.0f}  "
+            f"with outbox {durable:8.0f}  ratio {durable / plain:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -80,8 +80,10 @@ def sync(device: str) -> None:
 
 
 def measure(name: str, params: dict, batch: int, device: str, steps: int) -> dict[str, float]:
-    paths = {"old": CodePath(name, params, batch, device, new=False),
-             "new": CodePath(name, params, batch, device, new=True)}  # fmt: skip
+    paths = {
+        "old": CodePath(name, params, batch, device, new=False),
+        "new": CodePath(name, params, batch, device, new=True),
+    }
     times: dict[str, list[float]] = {"old": [], "new": []}
     for p in paths.values():  # warm-up: allocator, cuDNN algorithm choice
         p.step()
@@ -96,7 +98,9 @@ def measure(name: str, params: dict, batch: int, device: str, steps: int) -> dic
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--models", nargs="+", default=list(PAPER), choices=list(PAPER))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per path (median taken)")
@@ -104,14 +108,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="batch instead of the paper's")
     a = ap.parse_args()
     print(f"torch {torch.__version__}, device {a.device}, {torch.get_num_threads()} threads")
-    print(f"{'model':8} {'size':>5} {'batch':>5} {'old img/s':>10} {'new img/s':>10} {'new/old':>8}")
+    print(
+        f"{'model':8} {'size':>5} {'batch':>5} {'old img/s':>10} {'new img/s':>10} {'new/old':>8}"
+    )
     for name in a.models:
         params, batch = PAPER[name]
         params = {**params, **({"input_size": a.size} if a.size else {})}
         batch = a.batch or batch
         r = measure(name, params, batch, a.device, a.steps)
         size = params.get("input_size", family(name).params()["input_size"])
-        print(f"{name:8} {size:>5} {batch:>5} {r['old']:>10.2f} {r['new']:>10.2f} {r['new'] / r['old']:>7.2f}x")
+        print(
+            f"{name:8} {size:>5} {batch:>5} {r['old']:>10.2f} {r['new']:>10.2f} "
+            f"{r['new'] / r['old']:>7.2f}x"
+        )
 
 
 if __name__ == "__main__":

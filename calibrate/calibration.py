@@ -121,8 +121,9 @@ def _bar(total: int, desc: str, on: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="part", disable=not on, file=sys.stderr)
 
 
-def _score(engine: Engine, batches: Iterator[np.ndarray], total: int, desc: str,
-           progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def _score(
+    engine: Engine, batches: Iterator[np.ndarray], total: int, desc: str, progress: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     inputs: list[np.ndarray] = []
 
     def kept(bar: Any) -> Iterator[np.ndarray]:
@@ -140,8 +141,9 @@ def _score(engine: Engine, batches: Iterator[np.ndarray], total: int, desc: str,
     return r.score, r.anomaly_map, np.concatenate(inputs)
 
 
-def score_files(engine: Engine, bundle: Bundle, paths: list[Path], desc: str,
-                progress: bool) -> tuple[Scored, list[str]]:  # fmt: skip
+def score_files(
+    engine: Engine, bundle: Bundle, paths: list[Path], desc: str, progress: bool
+) -> tuple[Scored, list[str]]:
     """Score image files with the daemon's preprocessing; unreadable files are skipped and
     named (they would be ERROR verdicts on the line, not good parts)."""
     spec = bundle.manifest.preprocess
@@ -166,8 +168,9 @@ def score_files(engine: Engine, bundle: Bundle, paths: list[Path], desc: str,
     return Scored([str(p) for p in kept], scores, maps, inputs), skipped
 
 
-def score_camera(engine: Engine, bundle: Bundle, camera: Any, count: int,
-                 progress: bool) -> tuple[Scored, list[str]]:  # fmt: skip
+def score_camera(
+    engine: Engine, bundle: Bundle, camera: Any, count: int, progress: bool
+) -> tuple[Scored, list[str]]:
     """Grab `count` good parts from a station's camera config (the daemon must not hold it)."""
     from inspectd.capture import open_source
     from inspectd.capture.base import CaptureTimeout, EndOfStream
@@ -250,8 +253,9 @@ def _too_few(n: int, req: Request) -> str:
     )
 
 
-def defect_metrics(good: Scored, defects: Scored, image: float, pixel: float,
-                   min_area: int) -> dict[str, Any]:  # fmt: skip
+def defect_metrics(
+    good: Scored, defects: Scored, image: float, pixel: float, min_area: int
+) -> dict[str, Any]:
     labels = np.r_[np.zeros(good.scores.size, bool), np.ones(defects.scores.size, bool)]
     scores = np.r_[good.scores, defects.scores]
     found = rejects(defects.scores, image)
@@ -263,13 +267,17 @@ def defect_metrics(good: Scored, defects: Scored, image: float, pixel: float,
         "recall": float(found.mean()),
         # empirical, on these good parts: what the model can do, whatever threshold is chosen
         "recall_at_frr": points,
-        "recall_at_frr_by_type": {d: recall_at_points(points, defects.scores[types == d])
-                                  for d in sorted(set(defects.defects))},  # fmt: skip
+        "recall_at_frr_by_type": {
+            d: recall_at_points(points, defects.scores[types == d])
+            for d in sorted(set(defects.defects))
+        },
         "image_auroc": auroc(labels, scores),
         "f1_threshold": f1_threshold,
         "f1_max": f1,
-        "recall_by_type": {d: float(found[[t == d for t in defects.defects]].mean())
-                           for d in sorted(set(defects.defects))},  # fmt: skip
+        "recall_by_type": {
+            d: float(found[[t == d for t in defects.defects]].mean())
+            for d in sorted(set(defects.defects))
+        },
     }
     if defects.masks is not None:
         pix_labels = np.r_[np.zeros(good.maps.size, bool), defects.masks.ravel()]
@@ -279,10 +287,12 @@ def defect_metrics(good: Scored, defects: Scored, image: float, pixel: float,
         out["pixel_recall"] = float((defects.maps[defects.masks] >= pixel).sum() / max(1, covered))
         # found defects whose reported regions (the daemon's rule) touch the defect
         hits = [
-            any(defects.masks[i][r.y : r.y + r.h, r.x : r.x + r.w].any()
-                for r in regions_of(defects.maps[i], pixel, min_area, MAP_PIXELS))
+            any(
+                defects.masks[i][r.y : r.y + r.h, r.x : r.x + r.w].any()
+                for r in regions_of(defects.maps[i], pixel, min_area, MAP_PIXELS)
+            )
             for i in np.flatnonzero(found)
-        ]  # fmt: skip
+        ]
         out["located"] = float(np.mean(hits)) if hits else float("nan")
     return out
 
@@ -316,7 +326,9 @@ def calibrate(req: Request) -> Result:
         else:
             raise CalibrationError("give good parts: --images DIR, or --config FILE --count N")
         if good.scores.size == 0:
-            raise CalibrationError("no good part could be scored" + (f": {skipped[0]}" if skipped else ""))
+            raise CalibrationError(
+                "no good part could be scored" + (f": {skipped[0]}" if skipped else "")
+            )
         order = stats.order_statistic_threshold(good.scores, req.target_frr, req.confidence)
         if not order.enough and not req.force:
             raise CalibrationError(_too_few(order.n, req))
@@ -338,10 +350,22 @@ def calibrate(req: Request) -> Result:
     pixel = pixel_threshold(good.maps, image, req.pixel_quantile)
     min_area = req.min_area or bundle.thresholds.min_region_area
     metrics = defect_metrics(good, defects, image, pixel, min_area) if defects is not None else {}
-    return Result(bundle=bundle, good=good, defects=defects, order=order, tail=tail,
-                  tail_error=tail_error, image=image, pixel=pixel, min_area=min_area,
-                  good_regions=region_areas(good.maps, pixel), method=method,
-                  dropped_training=dropped, skipped=skipped, defect_metrics=metrics)  # fmt: skip
+    return Result(
+        bundle=bundle,
+        good=good,
+        defects=defects,
+        order=order,
+        tail=tail,
+        tail_error=tail_error,
+        image=image,
+        pixel=pixel,
+        min_area=min_area,
+        good_regions=region_areas(good.maps, pixel),
+        method=method,
+        dropped_training=dropped,
+        skipped=skipped,
+        defect_metrics=metrics,
+    )
 
 
 def write(result: Result, req: Request) -> list[Path]:
@@ -380,8 +404,10 @@ def good_regions_text(result: Result) -> str:
     if not areas:
         return f"no good part shows a region at the pixel threshold ({n} parts)"
     q = np.quantile(areas, [0.5, 1.0])
-    return (f"good parts show {len(areas)} regions at the pixel threshold ({n} parts; areas "
-            f"median {q[0]:.0f}, max {q[1]:.0f} map pixels)")  # fmt: skip
+    return (
+        f"good parts show {len(areas)} regions at the pixel threshold ({n} parts; areas "
+        f"median {q[0]:.0f}, max {q[1]:.0f} map pixels)"
+    )
 
 
 def summary(result: Result, req: Request) -> str:
@@ -389,7 +415,11 @@ def summary(result: Result, req: Request) -> str:
     o, n = result.order, result.good.scores.size
     lines = [
         f"product {result.bundle.name}: {n} good parts"
-        + (f" ({result.dropped_training} training images left out)" if result.dropped_training else "")
+        + (
+            f" ({result.dropped_training} training images left out)"
+            if result.dropped_training
+            else ""
+        )
         + (f", {len(result.skipped)} skipped" if result.skipped else ""),
         f"image threshold {result.image:.6g} ({result.method})",
         f"  order statistic: {o.threshold:.6g}, rejects {o.exceed} of {n} good parts; false-reject "
@@ -397,15 +427,21 @@ def summary(result: Result, req: Request) -> str:
     ]
     if not o.enough:
         need = stats.parts_needed(req.target_frr, req.confidence)
-        lines.append(f"  --force: {need} good parts are needed for the target; the bound is "
-                     f"{o.frr_bound:.4g}, not {req.target_frr:g}")  # fmt: skip
+        lines.append(
+            f"  --force: {need} good parts are needed for the target; the bound is "
+            f"{o.frr_bound:.4g}, not {req.target_frr:g}"
+        )
     if result.tail is not None:
         t = result.tail
-        lines.append(f"  tail fit: {t.threshold:.6g} (upper {t.upper:.6g}; shape {t.shape:.3f}, "
-                     f"{t.n_tail} tail scores)")  # fmt: skip
+        lines.append(
+            f"  tail fit: {t.threshold:.6g} (upper {t.upper:.6g}; shape {t.shape:.3f}, "
+            f"{t.n_tail} tail scores)"
+        )
     else:
         lines.append(f"  tail fit: not made ({result.tail_error})")
-    lines.append(f"pixel threshold {result.pixel:.6g}, regions of at least {result.min_area} map pixels")
+    lines.append(
+        f"pixel threshold {result.pixel:.6g}, regions of at least {result.min_area} map pixels"
+    )
     lines.append("  " + good_regions_text(result))
     q = np.quantile(result.good.scores, [0.5, 0.9, 0.99, 1.0])
     lines.append("good scores: p50 {:.4g}, p90 {:.4g}, p99 {:.4g}, max {:.4g}".format(*q))
@@ -414,8 +450,12 @@ def summary(result: Result, req: Request) -> str:
         lines.append(
             f"defects: {m['n_defects']}, recall {m['recall']:.1%} at the threshold, image AUROC "
             f"{m['image_auroc']:.3f}, F1-max {m['f1_max']:.3f} at {m['f1_threshold']:.6g}"
-            + (f", pixel AUROC {m['pixel_auroc']:.3f}, regions on the defect for "
-               f"{m['located']:.0%} of those found" if "pixel_auroc" in m else "")
+            + (
+                f", pixel AUROC {m['pixel_auroc']:.3f}, regions on the defect for "
+                f"{m['located']:.0%} of those found"
+                if "pixel_auroc" in m
+                else ""
+            )
         )
     if not math.isfinite(result.image):
         lines.append("warning: the image threshold is not finite")

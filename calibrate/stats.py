@@ -39,8 +39,10 @@ def binom_cdf(k: int, n: int, p: float) -> float:
         return 0.0
     lp, lq = math.log(p), math.log1p(-p)
     base = math.lgamma(n + 1)
-    terms = [base - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
-             for i in range(k + 1)]  # fmt: skip
+    terms = [
+        base - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+        for i in range(k + 1)
+    ]
     top = max(terms)
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
@@ -100,9 +102,15 @@ def order_statistic_threshold(
     threshold = float(s[rank - 1] + max(abs(s[rank - 1]) * SCORE_NOISE, 1e-12))
     if rank < n:
         threshold = min(threshold, float((s[rank - 1] + s[rank]) / 2))
-    return OrderThreshold(threshold=threshold, n=n, exceed=j, rank=rank,
-                          frr_bound=frr_upper_bound(j, n, confidence), confidence=confidence,
-                          enough=enough)  # fmt: skip
+    return OrderThreshold(
+        threshold=threshold,
+        n=n,
+        exceed=j,
+        rank=rank,
+        frr_bound=frr_upper_bound(j, n, confidence),
+        confidence=confidence,
+        enough=enough,
+    )
 
 
 # -- tail fit ------------------------------------------------------------------------------------
@@ -143,9 +151,13 @@ def gpd_quantile(u: float, xi: float, sigma: float, zeta: float, target: float) 
 
 
 def tail_fit_threshold(
-    scores: np.ndarray, target: float, confidence: float = CONFIDENCE, *, boots: int = 400,
+    scores: np.ndarray,
+    target: float,
+    confidence: float = CONFIDENCE,
+    *,
+    boots: int = 400,
     seed: int = 0,
-) -> TailFit:  # fmt: skip
+) -> TailFit:
     s = np.asarray(scores, dtype=np.float64)
     n_tail = int(s.size * TAIL_FRACTION)
     if n_tail < MIN_TAIL:
@@ -164,8 +176,14 @@ def tail_fit_threshold(
     rng = np.random.default_rng(seed)
     boot = [estimate(rng.choice(s, s.size))[0] for _ in range(boots)]
     upper = float(np.quantile(boot, confidence))
-    return TailFit(threshold=float(point), upper=max(upper, float(point)), shape=float(xi),
-                   scale=float(sigma), u=u, n_tail=n_tail)  # fmt: skip
+    return TailFit(
+        threshold=float(point),
+        upper=max(upper, float(point)),
+        shape=float(xi),
+        scale=float(sigma),
+        u=u,
+        n_tail=n_tail,
+    )
 
 
 # -- with defects --------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ def good_quantiles(scores: np.ndarray) -> dict[str, float]:
     return {k: round(float(np.quantile(scores, q)), 6) for k, q in QUANTILES.items()}
 
 
-def pixel_threshold(maps: np.ndarray, image_threshold: float, quantile: float = PIXEL_QUANTILE) -> float:
+def pixel_threshold(
+    maps: np.ndarray, image_threshold: float, quantile: float = PIXEL_QUANTILE
+) -> float:
     """A high quantile of all good-part map pixels, never above the image threshold: the score
     is the map's maximum, so an NG part always has at least its peak pixel in a region."""
     return min(float(np.quantile(maps, quantile)), image_threshold)

@@ -52,8 +52,12 @@ def parity(graph: InspectionGraph, onnx_path: Path, images: np.ndarray) -> float
 
     graph = graph.eval()
     with torch.no_grad():  # in batches: the hybrid's attention maps are large at 224 px
-        want = np.concatenate([graph(torch.from_numpy(images[i : i + BATCH])).anomaly_map.numpy()
-                               for i in range(0, len(images), BATCH)])  # fmt: skip
+        want = np.concatenate(
+            [
+                graph(torch.from_numpy(images[i : i + BATCH])).anomaly_map.numpy()
+                for i in range(0, len(images), BATCH)
+            ]
+        )
     got = run_all(OnnxRuntimeEngine(onnx_path), images).anomaly_map
     return float(np.abs(want - got).max())
 
@@ -78,7 +82,9 @@ def halve_weights(path: Path) -> None:
         if init.data_type != TensorProto.FLOAT or np.prod(init.dims) < HALF_MIN_ELEMENTS:
             kept.append(init)
             continue
-        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16")
+        half = numpy_helper.from_array(
+            numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16"
+        )
         kept.append(half)
         casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT))
     del graph.initializer[:]
@@ -109,11 +115,15 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
     spec = bundle.manifest.preprocess
     model = bundle.manifest.model
     if model.checkpoint is None:
-        raise ExportError(f"{bundle_dir}: the bundle has no trained weights (model.pt); retrain it "
-                          "with inspectd train")
+        raise ExportError(
+            f"{bundle_dir}: the bundle has no trained weights (model.pt); retrain it "
+            "with inspectd train"
+        )
     if fp16_weights and images is None:
-        raise ExportError("--fp16-weights needs --images DIR (good and defective frames) to check "
-                          "that every verdict stays the same")
+        raise ExportError(
+            "--fp16-weights needs --images DIR (good and defective frames) to check "
+            "that every verdict stays the same"
+        )
     try:
         names, frames = sample_images(bundle, images)
     except FileNotFoundError as exc:
@@ -129,8 +139,9 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
         if fp16_weights:
             reference = run_all(OnnxRuntimeEngine(new), frames)
             halve_weights(new)
-            half = compare(reference, run_all(OnnxRuntimeEngine(new), frames), names,
-                           bundle.thresholds.image)  # fmt: skip
+            half = compare(
+                reference, run_all(OnnxRuntimeEngine(new), frames), names, bundle.thresholds.image
+            )
             if not half.agree:
                 raise ExportError(format_comparison(half, "fp16 weights") + "\nkeep fp32 weights")
             notes["fp16_max_map_change"] = float(f"{half.max_map_diff:.3g}")
@@ -144,10 +155,13 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
     manifest = yaml.safe_load((bundle_dir / MANIFEST).read_text())
     manifest["training"]["export"] = notes
     seal(bundle_dir, manifest, list(manifest["files"]))
-    rebound = bundle.thresholds.model_copy(update={
-        "model_sha256": new_sha,
-        "method": bundle.thresholds.method.split(" (re-exported")[0] + f" (re-exported: {notes})",
-    })  # fmt: skip
+    rebound = bundle.thresholds.model_copy(
+        update={
+            "model_sha256": new_sha,
+            "method": bundle.thresholds.method.split(" (re-exported")[0]
+            + f" (re-exported: {notes})",
+        }
+    )
     replace_thresholds(bundle_dir, rebound)
     load_bundle(bundle_dir)
     size = (bundle_dir / model.file).stat().st_size / 1e6

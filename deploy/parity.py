@@ -45,13 +45,16 @@ def _verdicts(scores: np.ndarray, threshold: float) -> list[str]:
     return ["NG" if r else "OK" for r in rejects(scores, threshold)]
 
 
-def compare(reference: InferenceResult, candidate: InferenceResult, names: list[str],
-            image_threshold: float) -> Comparison:  # fmt: skip
+def compare(
+    reference: InferenceResult, candidate: InferenceResult, names: list[str], image_threshold: float
+) -> Comparison:
     ref_v = _verdicts(reference.score, image_threshold)
     cand_v = _verdicts(candidate.score, image_threshold)
     diffs = [
         Disagreement(n, r, c, float(rs), float(cs))
-        for n, r, c, rs, cs in zip(names, ref_v, cand_v, reference.score, candidate.score, strict=True)
+        for n, r, c, rs, cs in zip(
+            names, ref_v, cand_v, reference.score, candidate.score, strict=True
+        )
         if r != c
     ]
     map_diff = np.abs(reference.anomaly_map.astype(np.float64) - candidate.anomaly_map)
@@ -60,7 +63,9 @@ def compare(reference: InferenceResult, candidate: InferenceResult, names: list[
         n=len(names),
         # NaN in either counts as the largest difference, not as none
         max_map_diff=float(np.nan_to_num(map_diff, nan=np.inf).max()) if map_diff.size else 0.0,
-        max_score_diff=float(np.nan_to_num(score_diff, nan=np.inf).max()) if score_diff.size else 0.0,
+        max_score_diff=float(np.nan_to_num(score_diff, nan=np.inf).max())
+        if score_diff.size
+        else 0.0,
         image_threshold=image_threshold,
         disagreements=diffs,
     )
@@ -70,7 +75,9 @@ def run_all(engine: Engine, images: np.ndarray) -> InferenceResult:
     return infer_batches(engine, (images[i : i + BATCH] for i in range(0, len(images), BATCH)))
 
 
-def sample_images(bundle: Any, folder: Path | None, n: int = 40, seed: int = 7) -> tuple[list[str], np.ndarray]:
+def sample_images(
+    bundle: Any, folder: Path | None, n: int = 40, seed: int = 7
+) -> tuple[list[str], np.ndarray]:
     """(names, uint8 N x H x W x 3 model inputs): every image under `folder`, or `n` rendered
     buttons, one in three with a defect (every defect type in turn)."""
     from inspectd.preprocess import load_inputs, preprocess
@@ -95,15 +102,20 @@ def sample_images(bundle: Any, folder: Path | None, n: int = 40, seed: int = 7) 
 
 def format_comparison(c: Comparison, backend: str) -> str:
     lines = [
-        f"{backend} vs onnxruntime on {c.n} parts: max anomaly-map difference {c.max_map_diff:.3g}, "
+        f"{backend} vs onnxruntime on {c.n} parts: max anomaly-map difference "
+        f"{c.max_map_diff:.3g}, "
         f"max score difference {c.max_score_diff:.3g} (image threshold {c.image_threshold:.6g})",
     ]
     if c.agree:
         lines.append(f"verdicts: all {c.n} agree")
     else:
-        lines.append(f"!!! VERDICTS DIFFER on {len(c.disagreements)} of {c.n} parts: this engine "
-                     f"would not judge parts as the calibrated model does !!!")  # fmt: skip
+        lines.append(
+            f"!!! VERDICTS DIFFER on {len(c.disagreements)} of {c.n} parts: this engine "
+            f"would not judge parts as the calibrated model does !!!"
+        )
         for d in c.disagreements:
-            lines.append(f"  {d.name}: onnxruntime {d.reference} ({d.reference_score:.6g}), "
-                         f"{backend} {d.candidate} ({d.candidate_score:.6g})")  # fmt: skip
+            lines.append(
+                f"  {d.name}: onnxruntime {d.reference} ({d.reference_score:.6g}), "
+                f"{backend} {d.candidate} ({d.candidate_score:.6g})"
+            )
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Build a TensorRT engine from a bundle's ONNX graph, on the machine that will run it.
 
-    inspectd build-engine --product button [--precision fp16|int8|fp32] [--batch N] [--calib-images DIR]
+    inspectd build-engine --product button [--precision fp16|int8|fp32] [--batch N]
+                          [--calib-images DIR]
 
 TensorRT 10 and 11 Python API: `trt.Builder`, the network from `trt.OnnxParser` (its errors
 reported node by node), a `BuilderConfig` with a workspace memory-pool limit and the precision,
@@ -80,13 +81,18 @@ def builder_flags(precision: str, trt_version: str) -> list[str]:
         raise BuildError(f"unknown precision {precision!r} (allowed: {', '.join(PRECISIONS)})")
     major = int(trt_version.split(".")[0])
     if major < MIN_TRT_MAJOR:
-        raise BuildError(f"TensorRT {trt_version} is too old: the engine code needs TensorRT "
-                         f"{MIN_TRT_MAJOR} or newer (named tensors, execute_async_v3)")  # fmt: skip
+        raise BuildError(
+            f"TensorRT {trt_version} is too old: the engine code needs TensorRT "
+            f"{MIN_TRT_MAJOR} or newer (named tensors, execute_async_v3)"
+        )
     if precision == "fp32":
         return []
     if major >= 11:
-        fix = ("quantise the model explicitly (Q/DQ nodes, NVIDIA ModelOpt)" if precision == "int8"
-               else "convert model.onnx with ModelOpt AutoCast (python -m modelopt.onnx.autocast)")  # fmt: skip
+        fix = (
+            "quantise the model explicitly (Q/DQ nodes, NVIDIA ModelOpt)"
+            if precision == "int8"
+            else "convert model.onnx with ModelOpt AutoCast (python -m modelopt.onnx.autocast)"
+        )
         raise BuildError(
             f"TensorRT {trt_version} builds strongly typed networks only: it has no {precision} "
             f"builder flag. Build --precision fp32, or {fix} and build from that graph"
@@ -113,7 +119,12 @@ def files_with_engine(files: Sequence[str], engine_name: str) -> list[str]:
     for f in files:
         base = f.removesuffix(".json")
         old = parse_engine_file_name(base)
-        if old is not None and (old.stem, old.gpu, old.sm, old.trt) == (new.stem, new.gpu, new.sm, new.trt):
+        if old is not None and (old.stem, old.gpu, old.sm, old.trt) == (
+            new.stem,
+            new.gpu,
+            new.sm,
+            new.trt,
+        ):
             continue
         keep.append(f)
     return sorted({*keep, engine_name, engine_name + ".json"})
@@ -151,7 +162,11 @@ def _progress_monitor(trt: Any, out: TextIO) -> Any:
         def step_complete(self, phase_name: str, step: int) -> bool:
             with self._lock:
                 if self._depth.get(phase_name) == 0:
-                    print(f"  step {step + 1}/{self._steps.get(phase_name, '?')}", file=out, flush=True)
+                    print(
+                        f"  step {step + 1}/{self._steps.get(phase_name, '?')}",
+                        file=out,
+                        flush=True,
+                    )
             return True  # False would cancel the build
 
         def phase_finish(self, phase_name: str) -> None:
@@ -185,8 +200,15 @@ def _calibrator(trt: Any, images: np.ndarray, cache_path: Path) -> Any:
                 return None
             chunk = np.ascontiguousarray(images[self.i : self.i + CALIB_BATCH])
             self.i += CALIB_BATCH
-            checked(rt, rt.cudaMemcpy(self.device, chunk.ctypes.data, chunk.nbytes,
-                                  rt.cudaMemcpyKind.cudaMemcpyHostToDevice))  # fmt: skip
+            checked(
+                rt,
+                rt.cudaMemcpy(
+                    self.device,
+                    chunk.ctypes.data,
+                    chunk.nbytes,
+                    rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                ),
+            )
             return [int(self.device)]
 
         def read_calibration_cache(self) -> bytes | None:
@@ -206,12 +228,16 @@ def _calibration_images(bundle: Any, folder: Path | None) -> tuple[np.ndarray, s
     from inspectd.train.datasets.mvtec import IMAGE_EXTENSIONS
 
     if folder is None:
-        raise BuildError("--precision int8 needs --calib-images DIR (good parts, the more the "
-                         f"better; at least {MIN_CALIB_IMAGES})")  # fmt: skip
+        raise BuildError(
+            "--precision int8 needs --calib-images DIR (good parts, the more the "
+            f"better; at least {MIN_CALIB_IMAGES})"
+        )
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if len(paths) < MIN_CALIB_IMAGES:
-        raise BuildError(f"{folder}: {len(paths)} images; INT8 calibration needs at least "
-                         f"{MIN_CALIB_IMAGES} good parts")  # fmt: skip
+        raise BuildError(
+            f"{folder}: {len(paths)} images; INT8 calibration needs at least "
+            f"{MIN_CALIB_IMAGES} good parts"
+        )
     digest = hashlib.sha256("".join(sha256_of(p) for p in paths).encode()).hexdigest()
     return load_inputs(paths, bundle.manifest.preprocess), digest
 
@@ -235,8 +261,10 @@ def _parse(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
     # parse_from_file resolves external weight files (model.onnx.data) beside the graph
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise BuildError(f"{onnx_path}: TensorRT's ONNX parser refused the graph:\n  "
-                         + "\n  ".join(errors or ["(no error details)"]))  # fmt: skip
+        raise BuildError(
+            f"{onnx_path}: TensorRT's ONNX parser refused the graph:\n  "
+            + "\n  ".join(errors or ["(no error details)"])
+        )
 
 
 def build_engine(
@@ -261,8 +289,10 @@ def build_engine(
     """
     trt = import_tensorrt()
     if not builder_available():
-        raise BuildError("this TensorRT has no builder (only the runtime is installed); build "
-                         "the engine on a machine with the full TensorRT of the same version")  # fmt: skip
+        raise BuildError(
+            "this TensorRT has no builder (only the runtime is installed); build "
+            "the engine on a machine with the full TensorRT of the same version"
+        )
     bundle = load_bundle(bundle_path)
     target = target or current_target(trt.__version__)
     flags = builder_flags(precision, trt.__version__)
@@ -271,8 +301,10 @@ def build_engine(
     state_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = bundle.model_path
     out = out or bundle_path / engine_file_name(target, bundle.manifest.model.file)
-    say(f"building {out.name}: {precision}, batch {bmin}..{bmax}, TensorRT {trt.__version__}, "
-        f"{target.gpu_name} (sm{target.compute_capability[0]}{target.compute_capability[1]})")  # fmt: skip
+    say(
+        f"building {out.name}: {precision}, batch {bmin}..{bmax}, TensorRT {trt.__version__}, "
+        f"{target.gpu_name} (sm{target.compute_capability[0]}{target.compute_capability[1]})"
+    )
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -313,11 +345,16 @@ def build_engine(
     tmp.write_bytes(bytes(serialized))
     tmp.replace(out)
     info = EngineInfo(
-        onnx_sha256=bundle.model_sha256, precision=precision, batch_min=bmin, batch_opt=bopt,
-        batch_max=bmax, gpu_name=target.gpu_name,
+        onnx_sha256=bundle.model_sha256,
+        precision=precision,
+        batch_min=bmin,
+        batch_opt=bopt,
+        batch_max=bmax,
+        gpu_name=target.gpu_name,
         compute_capability=f"{target.compute_capability[0]}.{target.compute_capability[1]}",
-        trt_version=target.trt_version, built=datetime.now(UTC).isoformat(timespec="seconds"),
-    )  # fmt: skip
+        trt_version=target.trt_version,
+        built=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     sidecar_of(out).write_text(info.to_json())
     say(f"built {out} in {time.monotonic() - t0:.0f} s ({out.stat().st_size / 1e6:.1f} MB)")
     if seal_into_bundle and out.parent == bundle_path:

@@ -38,7 +38,9 @@ class ModelSpec(StrictModel):
     file: str = Field("model.onnx", description="the exported graph, relative to the bundle")
     opset: int = Field(ge=1, description="ONNX opset of the exported graph")
     params: dict[str, Any] = Field(default_factory=dict, description="architecture settings")
-    checkpoint: str | None = Field(None, description="trained weights (torch state dict), if shipped")
+    checkpoint: str | None = Field(
+        None, description="trained weights (torch state dict), if shipped"
+    )
     settled: str = Field("", description="the paper's open points as this model settles them")
 
 
@@ -152,6 +154,7 @@ def load_bundle(path: Path) -> Bundle:
     if thresholds.model_sha256 != model_sha:
         raise BundleError(
             f"{path / THRESHOLDS}: made for model {thresholds.model_sha256[:12]}…, the bundle's "
-            f"model is {model_sha[:12]}…; recalibrate (inspectd calibrate --product {manifest.name})"
+            f"model is {model_sha[:12]}…; recalibrate (inspectd calibrate --product "
+            f"{manifest.name})"
         )
     return Bundle(path=path, manifest=manifest, thresholds=thresholds)

@@ -24,8 +24,20 @@ from inspectd.commands import (
 __all__ = ["EXIT_CONFIG", "build_parser", "main"]
 
 # In the order `inspectd --help` lists them.
-COMMANDS = (run, check_config, demo, train, export, calibrate, evaluate, build_engine,
-            verify_engine, replay, cameras, ui)  # fmt: skip
+COMMANDS = (
+    run,
+    check_config,
+    demo,
+    train,
+    export,
+    calibrate,
+    evaluate,
+    build_engine,
+    verify_engine,
+    replay,
+    cameras,
+    ui,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

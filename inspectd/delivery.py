@@ -91,8 +91,9 @@ class Delivery:
                 built[seq] = verdict_messages(self.topics, record, self.travel_window_s)
             return built[seq]  # if it raised again, the outbox spends the seq and counts it
 
-        seqs = self.outbox.append_many([(r.verdict, partial(messages, r)) for r in records],
-                                       receipts=receipts)  # fmt: skip
+        seqs = self.outbox.append_many(
+            [(r.verdict, partial(messages, r)) for r in records], receipts=receipts
+        )
         if not self.outbox.durable:
             for r in records:
                 r.durable = False  # what the files and answers say matches the wire
@@ -158,7 +159,7 @@ class Delivery:
             self._handing.release()
 
     def _send(self, seq: int, messages: Iterable[tuple[int, MessageLike]]) -> None:
-        """Hand one row's (idx, message) pairs to the publisher; idx is the outbox's, for the ack."""
+        """Hand one row's (idx, message) pairs to the publisher; idx is the outbox's (for acks)."""
         for idx, m in messages:
             with self._cv:
                 self._in_flight += 1
@@ -220,5 +221,10 @@ def _not_publishable(record: VerdictRecord, why: str) -> None:
     record.verdict = Verdict.ERROR
     detail = f"verdict {was.value} could not be published as it was: {why}"
     record.error = detail if record.error is None else f"{detail}; {record.error}"
-    log.error("verdict.not_publishable", part_id=record.part_id, seq=record.seq or None,
-              verdict=was.value, detail=detail)  # fmt: skip
+    log.error(
+        "verdict.not_publishable",
+        part_id=record.part_id,
+        seq=record.seq or None,
+        verdict=was.value,
+        detail=detail,
+    )

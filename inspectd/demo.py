@@ -82,8 +82,10 @@ class PartPrinter:
         extra = f"  {len(r.regions)} region(s)" if r.regions else ""
         if r.error:
             extra = f"  {r.error}"
-        _say(f"  #{r.seq:<5d} {r.part_id:<22s} {r.verdict.value:<5s} score {score}  "
-             f"{r.latency_ms:7.1f} ms{extra}")  # fmt: skip
+        _say(
+            f"  #{r.seq:<5d} {r.part_id:<22s} {r.verdict.value:<5s} score {score}  "
+            f"{r.latency_ms:7.1f} ms{extra}"
+        )
 
     def close(self) -> None:
         pass
@@ -94,8 +96,9 @@ class GatewayView:
 
     def __init__(self, host: str, port: int, protocol: str, base_topic: str) -> None:
         version = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="inspectd-demo-gateway",
-                                  protocol=version)  # fmt: skip
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="inspectd-demo-gateway", protocol=version
+        )
         self.base = base_topic
         self.verdicts = 0
         self.rejects = 0
@@ -115,8 +118,10 @@ class GatewayView:
             self.verdicts += 1
         else:
             self.rejects += 1
-            _say(f"  PLC  <- reject part {payload['part_id']} ({payload['verdict']}, "
-                 f"seq {payload['seq']})")  # fmt: skip
+            _say(
+                f"  PLC  <- reject part {payload['part_id']} ({payload['verdict']}, "
+                f"seq {payload['seq']})"
+            )
 
     def wait_for(self, n: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -144,11 +149,13 @@ def start_page(base_topic: str, host: str, port: int, protocol: str) -> Backgrou
     sock = None
     try:
         sock = bind_loopback(UI_PORT)
-        cfg = UiConfig.model_validate({
-            "listen": {"host": "127.0.0.1", "port": sock.getsockname()[1]},
-            "mqtt": {"host": host, "port": port, "protocol": protocol},  # 3.1.1 towards amqtt
-            "stations": [base_topic],
-        })  # fmt: skip
+        cfg = UiConfig.model_validate(
+            {
+                "listen": {"host": "127.0.0.1", "port": sock.getsockname()[1]},
+                "mqtt": {"host": host, "port": port, "protocol": protocol},  # 3.1.1 towards amqtt
+                "stations": [base_topic],
+            }
+        )
         page = BackgroundUi(cfg, Credentials(cfg.access), sock)
         page.start()
     except (OSError, RuntimeError) as exc:
@@ -183,8 +190,15 @@ def hold_page(page: BackgroundUi, hold: float | None) -> None:
         print()  # after the terminal's ^C
 
 
-def run_demo(out: Path, limit: int, mqtt_host: str, mqtt_port: int, products: Path,
-             ui: bool = True, hold: float | None = None) -> int:  # fmt: skip
+def run_demo(
+    out: Path,
+    limit: int,
+    mqtt_host: str,
+    mqtt_port: int,
+    products: Path,
+    ui: bool = True,
+    hold: float | None = None,
+) -> int:
     out = out.resolve()
     print(f"inspectd demo: {limit} parts at {LINE_RATE_HZ:g} parts/s -> {out}")
     # The demo owns its output folder: each run starts with fresh parts and files. The state
@@ -201,17 +215,28 @@ def run_demo(out: Path, limit: int, mqtt_host: str, mqtt_port: int, products: Pa
             broker = start_embedded_broker()
             stack.callback(broker.stop)
             mqtt_host, mqtt_port, protocol = broker.host, broker.port, broker.protocol
-            print(f"MQTT: no broker answered, started an embedded one at {mqtt_host}:{mqtt_port} "
-                  f"(MQTT {protocol})")  # fmt: skip
+            print(
+                f"MQTT: no broker answered, started an embedded one at {mqtt_host}:{mqtt_port} "
+                f"(MQTT {protocol})"
+            )
         config = StationConfig.model_validate(
             {
                 "station": {"site": "demo", "line": "line1", "name": "demo1"},
                 "product": "button",
                 "products_dir": str(products),
                 "state_dir": str(out / "state"),
-                "camera": {"source": "folder", "path": str(out / "frames"), "rate_hz": LINE_RATE_HZ},
+                "camera": {
+                    "source": "folder",
+                    "path": str(out / "frames"),
+                    "rate_hz": LINE_RATE_HZ,
+                },
                 # every part's overlay on MQTT too: the page's live part shows each one
-                "mqtt": {"host": mqtt_host, "port": mqtt_port, "protocol": protocol, "overlays": "all"},
+                "mqtt": {
+                    "host": mqtt_host,
+                    "port": mqtt_port,
+                    "protocol": protocol,
+                    "overlays": "all",
+                },
                 "output": {"dir": str(out), "overlays": "all"},
             }
         )
@@ -242,10 +267,19 @@ def _summary(out: Path, labels: dict[str, str], stats, gateway: GatewayView) -> 
     p50, p99 = stats.percentiles(stats.latency_ms)
     counts = {v.value: stats.verdicts.get(v.value, 0) for v in Verdict}
     print()
-    print(f"Summary: {len(records)} parts  OK {counts['OK']}  NG {counts['NG']}  ERROR {counts['ERROR']}")
-    print(f"  image AUROC on this run: {auroc(y, s):.3f}  ({int(y.sum())} defective, "
-          f"{int((~y).sum())} good parts with a score)")  # fmt: skip
-    print(f"  latency capture->verdict: p50 {p50:.1f} ms  p99 {p99:.1f} ms  "
-          f"({len(records) / stats.seconds:.1f} parts/s)")  # fmt: skip
-    print(f"  MQTT: {gateway.verdicts} verdicts and {gateway.rejects} rejects received by the gateway")
+    print(
+        f"Summary: {len(records)} parts  OK {counts['OK']}  NG {counts['NG']}  ERROR "
+        f"{counts['ERROR']}"
+    )
+    print(
+        f"  image AUROC on this run: {auroc(y, s):.3f}  ({int(y.sum())} defective, "
+        f"{int((~y).sum())} good parts with a score)"
+    )
+    print(
+        f"  latency capture->verdict: p50 {p50:.1f} ms  p99 {p99:.1f} ms  "
+        f"({len(records) / stats.seconds:.1f} parts/s)"
+    )
+    print(
+        f"  MQTT: {gateway.verdicts} verdicts and {gateway.rejects} rejects received by the gateway"
+    )
     print(f"  files: {out / 'verdicts.jsonl'}, {out / 'overlays'}/")

@@ -27,7 +27,9 @@ CHECKS = {"p10": 0.1, "p50": 0.5, "p90": 0.9}  # the quantiles compared, where r
 class DriftMonitor:
     """A VerdictSink: fed by the pipeline's sink thread, read by the health thread."""
 
-    def __init__(self, reference: dict[str, float], *, window: int, min_parts: int, alpha: float) -> None:
+    def __init__(
+        self, reference: dict[str, float], *, window: int, min_parts: int, alpha: float
+    ) -> None:
         self.window, self.min_parts, self.alpha = window, min_parts, alpha
         self._lock = threading.Lock()
         self._scores: deque[float] = deque(maxlen=window)

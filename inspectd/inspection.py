@@ -40,7 +40,7 @@ class Inspection:
 
     def overlay(self) -> np.ndarray:
         """The overlay picture (``inspectd.outputs.overlay.render``), drawn once for every sink that
-        shows it: drawing it twice cost the publish thread 2 ms per NG part."""
+        shows it (docs/performance.md, "Figures behind the code")."""
         if self._overlay is None:
             self._overlay = render(self.frame.image, self.record, self.anomaly_map, self.geometry)
         return self._overlay
@@ -55,7 +55,9 @@ class VerdictSink(Protocol):
 class PipelineStats:
     verdicts: Counter[str] = field(default_factory=Counter)
     # the most recent parts only: a station runs for months
-    stage_ms: dict[str, deque[float]] = field(default_factory=lambda: {s: _recent() for s in STAGES})
+    stage_ms: dict[str, deque[float]] = field(
+        default_factory=lambda: {s: _recent() for s in STAGES}
+    )
     latency_ms: deque[float] = field(default_factory=lambda: _recent())  # capture -> decided
     sink_errors: int = 0
     frames: int = 0  # captured (or answered without a frame), for the camera's fps

@@ -98,8 +98,13 @@ def status_payload(state: str, status_fields: dict[str, Any], t: float | None = 
 
 def status_message(topics: Topics, state: str, status_fields: dict[str, Any]) -> OutgoingMessage:
     """Retained: a subscriber that comes later still learns whether the station is up."""
-    return OutgoingMessage(topics.status, status_payload(state, status_fields), qos=1,
-                           retain=True, label=f"status={state}")  # fmt: skip
+    return OutgoingMessage(
+        topics.status,
+        status_payload(state, status_fields),
+        qos=1,
+        retain=True,
+        label=f"status={state}",
+    )
 
 
 # -- …/verdict and …/reject ---------------------------------------------------------------------
@@ -140,8 +145,15 @@ def verdict_messages(
             "deadline_ts": iso_utc(deadline),
         }
         messages.append(
-            OutgoingMessage(topics.reject, encode_json(reject), 1, False, label, expires=deadline,
-                            expires_mono=reject_deadline_mono(record, travel_window_s))  # fmt: skip
+            OutgoingMessage(
+                topics.reject,
+                encode_json(reject),
+                1,
+                False,
+                label,
+                expires=deadline,
+                expires_mono=reject_deadline_mono(record, travel_window_s),
+            )
         )
     return messages
 
@@ -183,8 +195,13 @@ def reply_message(
     topic: str, payload: dict[str, Any], *, source_topic: str, correlation_data: bytes | None
 ) -> OutgoingMessage:
     """The answer to a request (a trigger or a command), echoing its correlation data."""
-    return OutgoingMessage(topic, encode_answer(payload), qos=1,
-                           label=f"reply to {source_topic}", correlation_data=correlation_data)  # fmt: skip
+    return OutgoingMessage(
+        topic,
+        encode_answer(payload),
+        qos=1,
+        label=f"reply to {source_topic}",
+        correlation_data=correlation_data,
+    )
 
 
 def error_message(
@@ -203,5 +220,10 @@ def error_message(
     if correlation_data is not None:
         payload["correlation_data"] = correlation_data.hex()
     payload["ts"] = iso_utc(time.time() if t is None else t)
-    return OutgoingMessage(topics.error, encode_answer(payload), qos=1, label=f"error {code}",
-                           correlation_data=correlation_data)  # fmt: skip
+    return OutgoingMessage(
+        topics.error,
+        encode_answer(payload),
+        qos=1,
+        label=f"error {code}",
+        correlation_data=correlation_data,
+    )

@@ -47,8 +47,13 @@ def _escape_char(c: str) -> str:
 
 def _plain(c: str) -> bool:
     code = ord(c)
-    return not (c == "\\" or code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF
-                or _nonchar(code))
+    return not (
+        c == "\\"
+        or code < 0x20
+        or 0x7F <= code <= 0x9F
+        or 0xD800 <= code <= 0xDFFF
+        or _nonchar(code)
+    )
 
 
 def escape_name(name: str) -> str:

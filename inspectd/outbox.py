@@ -5,8 +5,9 @@ broker has acknowledged it, so broker outages and daemon crashes lose nothing. T
 SQLite database in WAL mode with ``synchronous=FULL``: a committed append survives a killed
 process and a power cut. ``sync="normal"`` skips the fsync per commit (the WAL is synced at
 checkpoints): a killed process still loses nothing, a power cut may lose the last verdicts; for
-disks whose fsync costs milliseconds (eMMC, SD cards) on boxes with a UPS. Several verdicts can be committed in one transaction (``append_many``):
-under load the fsync is shared, at low rates a verdict costs one.
+disks whose fsync costs milliseconds (eMMC, SD cards) on boxes with a UPS. Several verdicts can
+be committed in one transaction (``append_many``): under load the fsync is shared, at low rates
+a verdict costs one.
 
 **seq.** The outbox owns the per-station ``seq`` that consumers de-duplicate on. The number is
 allocated in the transaction that stores the verdict. The ``meta`` table holds a high-water mark
@@ -253,7 +254,15 @@ def _checked(message: MessageLike) -> _Stored:
         content_type.encode("utf-8")
     expires = _deadline(getattr(message, "expires", None))
     expires_mono = _deadline(getattr(message, "expires_mono", None))
-    return topic, bytes(payload), qos, int(bool(message.retain)), content_type, expires, expires_mono
+    return (
+        topic,
+        bytes(payload),
+        qos,
+        int(bool(message.retain)),
+        content_type,
+        expires,
+        expires_mono,
+    )
 
 
 def _deadline(value: Any) -> float | None:
@@ -460,8 +469,13 @@ class Outbox:
                     given = messages(seq) if callable(messages) else messages
                     stored = [_checked(m) for m in given]
                 except Exception as exc:  # one bad record must not cost the batch
-                    log.exception("outbox.not_storable", path=str(self.path), seq=seq,
-                                  kind=kind.value, error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                    log.exception(
+                        "outbox.not_storable",
+                        path=str(self.path),
+                        seq=seq,
+                        kind=kind.value,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
                     failed.append((seq, kind.value, NOT_STORABLE))
                     stored = []
                 built.append((seq, kind, stored))
@@ -477,9 +491,11 @@ class Outbox:
             return [seq for seq, _, _ in built]
 
     def _append_with_retry(
-        self, built: list[tuple[int, Verdict, list[_Stored]]], now: _Now,
+        self,
+        built: list[tuple[int, Verdict, list[_Stored]]],
+        now: _Now,
         receipts: Sequence[str | None],
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """A write the disk refused is tried once more if a TRUNCATE checkpoint frees the WAL's
         space (a full disk that only the WAL filled)."""
         if self._append_to_disk(built, now, receipts):
@@ -584,7 +600,9 @@ class Outbox:
                 rows = conn.execute("SELECT key, seq, kind FROM receipts ORDER BY seq").fetchall()
             except sqlite3.Error as exc:
                 raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
-        return [(bytes(k).decode("utf-8", "surrogateescape"), int(s), Verdict(v)) for k, s, v in rows]
+        return [
+            (bytes(k).decode("utf-8", "surrogateescape"), int(s), Verdict(v)) for k, s, v in rows
+        ]
 
     def forget_receipts(self, keys: Iterable[str]) -> None:
         """Delete receipts the source no longer needs. Not synced on its own, like an ack: a
@@ -599,8 +617,12 @@ class Outbox:
                 with _transaction(conn):
                     conn.executemany("DELETE FROM receipts WHERE key = ?", blobs)
             except sqlite3.Error as exc:
-                log.warning("outbox.receipts_not_forgotten", path=str(self.path),
-                            count=len(blobs), error=str(exc))  # fmt: skip
+                log.warning(
+                    "outbox.receipts_not_forgotten",
+                    path=str(self.path),
+                    count=len(blobs),
+                    error=str(exc),
+                )
             finally:
                 try:
                     conn.execute(f"PRAGMA synchronous={self.sync.upper()}")
@@ -613,8 +635,10 @@ class Outbox:
         the write error."""
         with self._lock:
             conn = self._check_open()
-            oldest = min((r.created_mono for r in self._volatile.values()
-                          if r.created_mono is not None), default=None)  # fmt: skip
+            oldest = min(
+                (r.created_mono for r in self._volatile.values() if r.created_mono is not None),
+                default=None,
+            )
             if conn is not None:
                 try:
                     (on_disk,) = conn.execute("SELECT MIN(created_mono) FROM verdicts").fetchone()
@@ -689,9 +713,11 @@ class Outbox:
         return self._conn
 
     def _append_to_disk(
-        self, built: list[tuple[int, Verdict, list[_Stored]]], now: _Now,
+        self,
+        built: list[tuple[int, Verdict, list[_Stored]]],
+        now: _Now,
         receipts: Sequence[str | None] = (),
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         conn = self._conn
         assert conn is not None
         last = built[-1][0]
@@ -708,9 +734,11 @@ class Outbox:
                 conn.executemany(
                     "INSERT INTO verdicts (seq, kind, created, created_mono, boot_id)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    [(seq, kind.value, wall, mono, self.clock.boot_id)
-                     for seq, kind, _ in with_rows],
-                )  # fmt: skip
+                    [
+                        (seq, kind.value, wall, mono, self.clock.boot_id)
+                        for seq, kind, _ in with_rows
+                    ],
+                )
                 conn.executemany(
                     "INSERT INTO messages (seq, idx, topic, payload, qos, retain, content_type,"
                     " expires, expires_mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -719,10 +747,12 @@ class Outbox:
                 if receipts:  # receipts[i] belongs to built[i] (one entry per item)
                     conn.executemany(
                         "INSERT OR REPLACE INTO receipts (key, seq, kind) VALUES (?, ?, ?)",
-                        [(_key_blob(key), seq, kind.value)
-                         for (seq, kind, _), key in zip(built, receipts, strict=False)
-                         if key is not None],
-                    )  # fmt: skip
+                        [
+                            (_key_blob(key), seq, kind.value)
+                            for (seq, kind, _), key in zip(built, receipts, strict=False)
+                            if key is not None
+                        ],
+                    )
                 reserved = self._reserved
                 if last > self._reserved - SEQ_RESERVE // 2:
                     reserved = max(last, self._reserved) + SEQ_RESERVE
@@ -760,14 +790,18 @@ class Outbox:
                 StoredMessage(seq, i, t, set_flags(p, durable=False), q, bool(r), c, e, em)
                 for i, (t, p, q, r, c, e, em) in enumerate(msgs)
             )
-            self._volatile[seq] = Row(seq, kind, now[0], False, stored, durable=False,
-                                      created_mono=now[1])  # fmt: skip
+            self._volatile[seq] = Row(
+                seq, kind, now[0], False, stored, durable=False, created_mono=now[1]
+            )
 
     def _drop_in_memory(self, count: int, now: _Now) -> list[tuple[int, str, str]]:
         """Age first, then the oldest OK, then the oldest NG/ERROR, as on disk."""
         cutoff = now[1] - self.max_age_s
-        dropped = [(s, r.kind.value, "max_age") for s, r in self._volatile.items()
-                   if r.created_mono is not None and r.created_mono < cutoff]  # fmt: skip
+        dropped = [
+            (s, r.kind.value, "max_age")
+            for s, r in self._volatile.items()
+            if r.created_mono is not None and r.created_mono < cutoff
+        ]
         for seq, _, _ in dropped:
             del self._volatile[seq]
         count -= len(dropped)
@@ -812,12 +846,19 @@ class Outbox:
             if seq in replayed_seqs:
                 payload = set_flags(payload, replayed=True)
             by_seq.setdefault(seq, []).append(
-                StoredMessage(seq, idx, topic, payload, qos, bool(retain), content_type, expires,
-                              expires_mono)  # fmt: skip
+                StoredMessage(
+                    seq, idx, topic, payload, qos, bool(retain), content_type, expires, expires_mono
+                )
             )
         return [
-            Row(seq, Verdict(kind), created, bool(replayed), tuple(by_seq.get(seq, ())),
-                created_mono=created_mono)  # fmt: skip
+            Row(
+                seq,
+                Verdict(kind),
+                created,
+                bool(replayed),
+                tuple(by_seq.get(seq, ())),
+                created_mono=created_mono,
+            )
             for seq, kind, created, replayed, created_mono in heads
         ]
 
@@ -915,10 +956,13 @@ class Outbox:
         params = {"mono": self.clock.mono(), "wall": self.clock.wall(), "boot": self.clock.boot_id}
         # created_mono > now cannot be this boot's clock (a container with its own, say)
         stale = "boot_id IS NOT :boot OR created_mono IS NULL OR created_mono > :mono"
-        new_created = (":mono - MAX(0.0, :wall - {t}.created,"
-                       " CASE WHEN {t}.boot_id != :boot THEN :mono ELSE 0.0 END)")  # fmt: skip
+        new_created = (
+            ":mono - MAX(0.0, :wall - {t}.created,"
+            " CASE WHEN {t}.boot_id != :boot THEN :mono ELSE 0.0 END)"
+        )
         conn.execute(
-            "UPDATE messages SET expires_mono = (SELECT " + new_created.format(t="v")
+            "UPDATE messages SET expires_mono = (SELECT "
+            + new_created.format(t="v")
             + " + COALESCE(messages.expires_mono - v.created_mono, messages.expires - v.created)"
             " FROM verdicts v WHERE v.seq = messages.seq)"
             " WHERE (expires IS NOT NULL OR expires_mono IS NOT NULL)"

@@ -176,8 +176,11 @@ class Pipeline:
         self.spec = self.bundle.manifest.preprocess
         self.thresholds = self.bundle.thresholds
         old.close()
-        log.info("pipeline.product_switched", product=self.bundle.name,
-                 sha256=self.bundle.model_sha256[:12])  # fmt: skip
+        log.info(
+            "pipeline.product_switched",
+            product=self.bundle.name,
+            sha256=self.bundle.model_sha256[:12],
+        )
 
     # -- capture thread ------------------------------------------------------------------
     def _capture(self, limit: int | None, stop: threading.Event) -> None:
@@ -244,8 +247,16 @@ class Pipeline:
         return self._prepare(frame, {"capture": time.monotonic() - t0})
 
     def _without_frame(self, request: TriggerRequest, error: str, t_mono: float) -> _Job:
-        frame = Frame(None, -1, request.part_id, time.time(), t_mono, self.source.camera,
-                      request=request, error=error)  # fmt: skip
+        frame = Frame(
+            None,
+            -1,
+            request.part_id,
+            time.time(),
+            t_mono,
+            self.source.camera,
+            request=request,
+            error=error,
+        )
         return _Job(frame, None, None, error, {})
 
     def _prepare(self, frame: Frame, times: dict[str, float]) -> _Job:
@@ -315,10 +326,13 @@ class Pipeline:
             try:
                 assert job.geometry is not None
                 verdict, regions = decide(
-                    score, amap,
-                    image_threshold=thr.image, pixel_threshold=thr.pixel,
-                    min_region_area=thr.min_region_area, geometry=job.geometry,
-                )  # fmt: skip
+                    score,
+                    amap,
+                    image_threshold=thr.image,
+                    pixel_threshold=thr.pixel,
+                    min_region_area=thr.min_region_area,
+                    geometry=job.geometry,
+                )
             except NonFiniteResult as exc:
                 verdict, error, score = Verdict.ERROR, str(exc), None
         now = time.monotonic()
@@ -408,8 +422,13 @@ class Pipeline:
             self.progress["publish"].tick()
         if with_receipts:  # after the sinks: moving the files must not delay trigger answers
             try:
-                self.source.recorded([(i.frame, i.record, stored and i.record.durable)
-                                      for i in batch if i.frame.extra.get(RECEIPT) is not None])  # fmt: skip
+                self.source.recorded(
+                    [
+                        (i.frame, i.record, stored and i.record.durable)
+                        for i in batch
+                        if i.frame.extra.get(RECEIPT) is not None
+                    ]
+                )
             except Exception:
                 self.stats.sink_errors += 1
                 log.exception("source.recorded_failed", part_ids=[i.record.part_id for i in batch])
@@ -424,12 +443,16 @@ class Pipeline:
                 self.stats.sink_errors += 1
                 log.exception("observer.failed")
 
-    def run(self, *, limit: int | None = None, stop: threading.Event | None = None) -> PipelineStats:
+    def run(
+        self, *, limit: int | None = None, stop: threading.Event | None = None
+    ) -> PipelineStats:
         """Inspect until the source ends, `limit` parts were captured, or `stop` is set; every
         captured part has been handed to every sink when this returns."""
         stop = stop or threading.Event()
         t0 = time.monotonic()
-        capture = threading.Thread(target=self._capture, args=(limit, stop), name="capture", daemon=True)
+        capture = threading.Thread(
+            target=self._capture, args=(limit, stop), name="capture", daemon=True
+        )
         publish = threading.Thread(target=self._publish, name="publish", daemon=True)
         self._publish_thread = publish
         capture.start()

@@ -29,7 +29,9 @@ class PreprocessSpec(StrictModel):
 
     size: tuple[int, int] = Field(description="model input (height, width) in pixels")
     roi: tuple[int, int, int, int] | None = Field(
-        None, description="crop (x, y, width, height) in frame pixels before resizing; null = whole frame"
+        None,
+        description="crop (x, y, width, height) in frame pixels before resizing; null = whole "
+        "frame",
     )
     color: Literal["rgb", "mono"] = Field(
         "rgb", description="rgb: colour model input; mono: grey replicated to 3 channels"

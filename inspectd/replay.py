@@ -69,9 +69,14 @@ class ReplayReport:
 
     def summary(self) -> dict[str, Any]:
         status = Counter(p.status for p in self.parts)
-        moves = Counter(f"{p.old_verdict}->{p.new_verdict}" for p in self.parts if p.status == "changed")
-        deltas = [abs(p.new_score - p.old_score) for p in self.parts
-                  if p.new_score is not None and p.old_score is not None]  # fmt: skip
+        moves = Counter(
+            f"{p.old_verdict}->{p.new_verdict}" for p in self.parts if p.status == "changed"
+        )
+        deltas = [
+            abs(p.new_score - p.old_score)
+            for p in self.parts
+            if p.new_score is not None and p.old_score is not None
+        ]
         maps = [p.map_diff for p in self.parts if p.map_diff is not None]
         return {
             "parts": len(self.parts),
@@ -79,14 +84,20 @@ class ReplayReport:
             "changed": status["changed"],
             "score_moved": status["score_moved"],
             "not_replayed": status["not_replayed"],
-            "transitions": {f"{a}->{b}": moves[f"{a}->{b}"] for a in VERDICTS for b in VERDICTS if a != b},
+            "transitions": {
+                f"{a}->{b}": moves[f"{a}->{b}"] for a in VERDICTS for b in VERDICTS if a != b
+            },
             "max_score_diff": max(deltas, default=None),
             "max_map_diff": max(maps, default=None),
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {"archive": str(self.archive), "products": self.products,
-                "summary": self.summary(), "parts": [asdict(p) for p in self.parts]}  # fmt: skip
+        return {
+            "archive": str(self.archive),
+            "products": self.products,
+            "summary": self.summary(),
+            "parts": [asdict(p) for p in self.parts],
+        }
 
 
 # -- reading the archive ---------------------------------------------------------------------
@@ -95,14 +106,18 @@ class ReplayReport:
 def _entries(archive: Path) -> list[ArchiveEntry]:
     if not archive.is_dir():
         what = "does not exist" if not archive.exists() else "is not a folder"
-        raise ReplayError(f"{archive}: {what}; give the archive folder (archive.dir of the station)")
+        raise ReplayError(
+            f"{archive}: {what}; give the archive folder (archive.dir of the station)"
+        )
     try:
         entries = scan(archive)
     except OSError as exc:
         raise ReplayError(f"{archive}: cannot read the archive: {exc}") from exc
     if not entries:
-        raise ReplayError(f"{archive}: no archived parts in it (expected "
-                          "<YYYY-MM-DD>/<seq>-<part_id>-<verdict>.json files)")  # fmt: skip
+        raise ReplayError(
+            f"{archive}: no archived parts in it (expected "
+            "<YYYY-MM-DD>/<seq>-<part_id>-<verdict>.json files)"
+        )
     return entries
 
 
@@ -114,8 +129,15 @@ def _part(archive: Path, entry: ArchiveEntry) -> tuple[ReplayedPart, dict[str, A
         reason = "no JSON file (an incomplete entry)" if not entry.json_path.exists() else str(exc)
         return ReplayedPart(name, None, None, None, None, None, None, note=reason), None
     v = doc["verdict"]
-    part = ReplayedPart(name, v.get("seq"), v.get("part_id"), v.get("product"), v.get("verdict"),
-                        v.get("score"), v.get("error"))  # fmt: skip
+    part = ReplayedPart(
+        name,
+        v.get("seq"),
+        v.get("part_id"),
+        v.get("product"),
+        v.get("verdict"),
+        v.get("score"),
+        v.get("error"),
+    )
     if not doc.get("frame"):
         part.note = "no frame archived (the part had none)"
         return part, None
@@ -160,8 +182,16 @@ class _ArchivedFrames(CaptureSource):
             error = f"archived frame unreadable: {exc}"
             self.unreadable[index] = error
         camera = v.get("camera") or {}
-        return Frame(image, int(camera.get("frame_id", -1)), str(v.get("part_id")), time.time(),
-                     time.monotonic(), self.camera, error=error, extra={"entry": str(index)})  # fmt: skip
+        return Frame(
+            image,
+            int(camera.get("frame_id", -1)),
+            str(v.get("part_id")),
+            time.time(),
+            time.monotonic(),
+            self.camera,
+            error=error,
+            extra={"entry": str(index)},
+        )
 
     def close(self) -> None:
         pass
@@ -199,14 +229,26 @@ def _load(products_dir: Path, name: str) -> Bundle:
         raise ReplayError(str(exc)) from exc
 
 
-def _compare(part: ReplayedPart, record: VerdictRecord, new_map: np.ndarray | None,
-             entry: ArchiveEntry, doc: dict[str, Any]) -> None:  # fmt: skip
-    part.new_verdict, part.new_score, part.new_error = record.verdict.value, record.score, record.error
+def _compare(
+    part: ReplayedPart,
+    record: VerdictRecord,
+    new_map: np.ndarray | None,
+    entry: ArchiveEntry,
+    doc: dict[str, Any],
+) -> None:
+    part.new_verdict, part.new_score, part.new_error = (
+        record.verdict.value,
+        record.score,
+        record.error,
+    )
     if part.old_verdict != part.new_verdict:
         part.status = "changed"
     elif (part.old_score is None) != (part.new_score is None) or (
         part.old_score is not None
-        and not math.isclose(part.new_score, part.old_score, rel_tol=SCORE_REL_TOL, abs_tol=SCORE_ABS_TOL)  # type: ignore[arg-type]
+        and part.new_score is not None
+        and not math.isclose(
+            part.new_score, part.old_score, rel_tol=SCORE_REL_TOL, abs_tol=SCORE_ABS_TOL
+        )
     ):
         part.status = "score_moved"
     else:
@@ -237,8 +279,12 @@ def replay(archive: Path, products_dir: Path, product: str | None = None) -> Rep
     report = ReplayReport(archive, parts)
     for name, items in groups.items():
         bundle = bundles[name]
-        old_thresholds = sorted({p.get("verdict", {}).get("threshold") for _, _, p in items}, key=str)
-        old_models = sorted({p.get("verdict", {}).get("model", {}).get("sha256") for _, _, p in items}, key=str)
+        old_thresholds = sorted(
+            {p.get("verdict", {}).get("threshold") for _, _, p in items}, key=str
+        )
+        old_models = sorted(
+            {p.get("verdict", {}).get("model", {}).get("sha256") for _, _, p in items}, key=str
+        )
         report.products[name] = {
             "bundle": str(bundle.path),
             "model_sha256": bundle.model_sha256,
@@ -269,8 +315,14 @@ def _run(bundle: Bundle, items: list[tuple[int, ArchiveEntry, dict[str, Any]]]) 
     except EngineError as exc:
         raise ReplayError(str(exc)) from exc
     source, collect = _ArchivedFrames(items), _Collect()
-    pipeline = Pipeline(source=source, engine=engine, bundle=bundle, station="replay",
-                        recorder=_NoRecorder(), sinks=[collect])  # fmt: skip
+    pipeline = Pipeline(
+        source=source,
+        engine=engine,
+        bundle=bundle,
+        station="replay",
+        recorder=_NoRecorder(),
+        sinks=[collect],
+    )
     try:
         pipeline.run()
     finally:
@@ -302,17 +354,24 @@ def format_report(report: ReplayReport) -> str:
     for name, info in report.products.items():
         old_thr = ", ".join(str(t) for t in info["archived_image_threshold"])
         old_sha = ", ".join(str(m)[:12] for m in info["archived_model_sha256"])
-        out.append(f"  {name}: model {info['model_sha256'][:12]} (archived: {old_sha}), "
-                   f"image threshold {info['image_threshold']} (archived: {old_thr})")  # fmt: skip
-    for status, title in (("changed", "verdict changed"), ("score_moved", "score moved, same verdict"),
-                          ("not_replayed", "not replayed")):  # fmt: skip
+        out.append(
+            f"  {name}: model {info['model_sha256'][:12]} (archived: {old_sha}), "
+            f"image threshold {info['image_threshold']} (archived: {old_thr})"
+        )
+    for status, title in (
+        ("changed", "verdict changed"),
+        ("score_moved", "score moved, same verdict"),
+        ("not_replayed", "not replayed"),
+    ):
         chosen = [p for p in report.parts if p.status == status]
         if chosen:
             out.append(f"{title} ({len(chosen)}):")
             out.extend(_line(p) for p in chosen)
     moves = "  ".join(f"{k} {v}" for k, v in s["transitions"].items() if v) or "none"
-    out.append(f"Summary: {s['parts']} parts  same {s['same']}  changed {s['changed']}  "
-               f"score moved {s['score_moved']}  not replayed {s['not_replayed']}")  # fmt: skip
+    out.append(
+        f"Summary: {s['parts']} parts  same {s['same']}  changed {s['changed']}  "
+        f"score moved {s['score_moved']}  not replayed {s['not_replayed']}"
+    )
     out.append(f"  verdict changes: {moves}")
     if s["max_score_diff"] is not None:
         line = f"  largest score difference {s['max_score_diff']:.6f}"

@@ -4,8 +4,10 @@ The UI (``inspectd ui``) asks over MQTT (``…/cmd/review/set``); the station an
 is the one that holds the part's frame. A review copies the archived entry (hard links where
 the file system allows: no second copy of the frame) into an archive of its own::
 
-    <archive>/reviews/false_reject/<review date>/<stem>.json|.png|.map.npy   rejected, reviewed good
-    <archive>/reviews/missed_defect/<review date>/<stem>.json|...            accepted, reviewed defective
+    <archive>/reviews/false_reject/<review date>/<stem>.json|.png|.map.npy
+        rejected, reviewed good
+    <archive>/reviews/missed_defect/<review date>/<stem>.json|...
+        accepted, reviewed defective
 
 Each is laid out like the archive itself, with a ``review`` key added to the JSON, so
 ``inspectd calibrate --images <archive>/reviews/false_reject`` takes reviewed good parts as
@@ -60,23 +62,33 @@ class ReviewDesk:
         return {"review": self.review, "reviews": self.counts}
 
     def review(self, args: dict[str, Any]) -> dict[str, Any]:
-        """``{"seq", "part_id", "label", "by"?, "note"?}`` -> where it was stored and today's counts."""
+        """``{"seq", "part_id", "label", "by"?, "note"?}`` -> where it was stored and today's
+        counts."""
         root = self._root()
         seq, part_id, label, by, note = _parse(args)
         with self._lock:
             entry, doc = _find(root, seq, part_id)
             if doc is None and label == "false_reject":
-                raise CommandError(f"seq {seq} ({part_id}) is not in the archive (not archived, "
-                                   "or dropped by archive.max_bytes): nothing to review")  # fmt: skip
+                raise CommandError(
+                    f"seq {seq} ({part_id}) is not in the archive (not archived, "
+                    "or dropped by archive.max_bytes): nothing to review"
+                )
             verdict = (doc or {}).get("verdict", {}).get("verdict", "OK")
             if verdict not in LABELS[label]:
-                raise CommandError(f"seq {seq} was {verdict}: {label} is for "
-                                   f"{' or '.join(LABELS[label])} parts")  # fmt: skip
+                raise CommandError(
+                    f"seq {seq} was {verdict}: {label} is for {' or '.join(LABELS[label])} parts"
+                )
             review = {"label": label, "by": by, "note": note, "ts": iso_utc(time.time())}
             stored, frame = self._store(root, label, seq, part_id, entry, doc, review)
             today = self._today(root)
-        return {"seq": seq, "part_id": part_id, "label": label, "stored": str(stored),
-                "frame": frame, "today": today}  # fmt: skip
+        return {
+            "seq": seq,
+            "part_id": part_id,
+            "label": label,
+            "stored": str(stored),
+            "frame": frame,
+            "today": today,
+        }
 
     def counts(self, args: dict[str, Any]) -> dict[str, Any]:
         """``{}`` -> reviews stored today (UTC), by label."""
@@ -88,12 +100,22 @@ class ReviewDesk:
 
     def _root(self) -> Path:
         if self.archive_dir is None:
-            raise CommandError("this station keeps no archive (archive.enabled: false): reviews "
-                               "are stored beside the archived frames")  # fmt: skip
+            raise CommandError(
+                "this station keeps no archive (archive.enabled: false): reviews "
+                "are stored beside the archived frames"
+            )
         return self.archive_dir
 
-    def _store(self, root: Path, label: str, seq: int, part_id: str, entry: ArchiveEntry | None,
-               doc: dict[str, Any] | None, review: dict[str, Any]) -> tuple[Path, bool]:  # fmt: skip
+    def _store(
+        self,
+        root: Path,
+        label: str,
+        seq: int,
+        part_id: str,
+        entry: ArchiveEntry | None,
+        doc: dict[str, Any] | None,
+        review: dict[str, Any],
+    ) -> tuple[Path, bool]:
         """The review as an archive entry of its own; (its JSON path, whether a frame came)."""
         stem = entry.stem if entry is not None else _stem(seq, part_id)
         folder = root / REVIEWS_DIR / label / today_utc()
@@ -102,8 +124,12 @@ class ReviewDesk:
             folder = earlier[0].parent
         folder.mkdir(parents=True, exist_ok=True)
         if doc is None:  # an accepted part that was not archived: the review alone
-            doc = {"schema": ARCHIVE_SCHEMA, "frame": None, "map": None,
-                   "verdict": {"seq": seq, "part_id": part_id, "verdict": "OK"}}  # fmt: skip
+            doc = {
+                "schema": ARCHIVE_SCHEMA,
+                "frame": None,
+                "map": None,
+                "verdict": {"seq": seq, "part_id": part_id, "verdict": "OK"},
+            }
         else:
             assert entry is not None
             for f in entry.files:
@@ -123,8 +149,9 @@ class ReviewDesk:
 
     def _today(self, root: Path) -> dict[str, int]:
         day = today_utc()
-        return {label: len(list((root / REVIEWS_DIR / label / day).glob("*.json")))
-                for label in LABELS}  # fmt: skip
+        return {
+            label: len(list((root / REVIEWS_DIR / label / day).glob("*.json"))) for label in LABELS
+        }
 
 
 def _parse(args: dict[str, Any]) -> tuple[int, str, str, str | None, str | None]:

@@ -30,8 +30,16 @@ class Region:
     peak: float  # highest anomaly value inside it
 
 
-_TEXT_FIELDS = ("station", "product", "part_id", "request_id", "model_name", "model_sha256",
-                "camera_serial", "error")  # fmt: skip
+_TEXT_FIELDS = (
+    "station",
+    "product",
+    "part_id",
+    "request_id",
+    "model_name",
+    "model_sha256",
+    "camera_serial",
+    "error",
+)
 
 
 def _encodable(text: str) -> bool:

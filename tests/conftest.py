@@ -14,7 +14,9 @@ from inspectd.mqtt.broker import LocalBroker, find_mosquitto
 def mosquitto() -> Iterator[LocalBroker]:
     """A private mosquitto on a free 127.0.0.1 port (never the system one on 1883)."""
     if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto; `make test` installs it)")
+        pytest.skip(
+            "mosquitto is not installed (apt-get install mosquitto; `make test` installs it)"
+        )
     with LocalBroker.start_mosquitto() as broker:
         yield broker
 

@@ -34,9 +34,12 @@ class Daemon:
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", LEAN_RUN, "run", "--config", str(config)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=REPO,
                 env=None if env is None else {**os.environ, **env},
-            )  # fmt: skip
+            )
 
     @property
     def running(self) -> bool:
@@ -70,8 +73,10 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while len(found := self.events(name)) < n:
             if not self.running:
-                raise AssertionError(f"daemon exited ({self.proc.returncode}) before {n}x "
-                                     f"{name!r}; log tail:\n{self.tail()}")  # fmt: skip
+                raise AssertionError(
+                    f"daemon exited ({self.proc.returncode}) before {n}x "
+                    f"{name!r}; log tail:\n{self.tail()}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {n}x {name!r} within {timeout} s; log:\n{self.tail()}")
             time.sleep(0.05)

@@ -71,8 +71,16 @@ class PartsSource(CaptureSource):
             raise EndOfStream
         part_id, image, error = self.parts[self.i]
         self.i += 1
-        return Frame(image, self.i, part_id, time.time(), time.monotonic(), self.camera,
-                     error=error, extra={"file": f"{part_id}.png"})  # fmt: skip
+        return Frame(
+            image,
+            self.i,
+            part_id,
+            time.time(),
+            time.monotonic(),
+            self.camera,
+            error=error,
+            extra={"file": f"{part_id}.png"},
+        )
 
     def close(self) -> None:
         pass
@@ -89,16 +97,23 @@ class Collect:
         pass
 
 
-def inspect(parts: list[Part], sinks: list[VerdictSink], state: Path,
-            bundle: Bundle | None = None) -> tuple[list[Inspection], PipelineStats]:  # fmt: skip
+def inspect(
+    parts: list[Part], sinks: list[VerdictSink], state: Path, bundle: Bundle | None = None
+) -> tuple[list[Inspection], PipelineStats]:
     """Every part through the pipeline with `sinks` (and a collector, last); the outbox in
     `state` gives the seqs."""
     bundle = bundle or load_bundle(BUNDLE)
     state.mkdir(parents=True, exist_ok=True)
     recorder = Delivery(Outbox(state / "outbox.db"), None, Topics("t/s"), travel_window_s=10)
     collect = Collect()
-    pipeline = Pipeline(source=PartsSource(parts), engine=load_engine(bundle.model_path),
-                        bundle=bundle, station="s", recorder=recorder, sinks=[*sinks, collect])  # fmt: skip
+    pipeline = Pipeline(
+        source=PartsSource(parts),
+        engine=load_engine(bundle.model_path),
+        bundle=bundle,
+        station="s",
+        recorder=recorder,
+        sinks=[*sinks, collect],
+    )
     try:
         stats = pipeline.run()
     finally:

@@ -110,9 +110,26 @@ def make_pki(folder: Path) -> Pki:
     def ca(name: str, subject: str) -> tuple[Path, Path]:
         cert, key = folder / f"{name}.crt", folder / f"{name}.key"
         _run(
-            [openssl, "req", "-x509", "-new", *new_key, "-keyout", str(key), "-out", str(cert),
-             "-sha256", "-days", str(CERT_DAYS), "-subj", subject,
-             "-config", str(cnf), "-extensions", "ca"]
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-new",
+                *new_key,
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-sha256",
+                "-days",
+                str(CERT_DAYS),
+                "-subj",
+                subject,
+                "-config",
+                str(cnf),
+                "-extensions",
+                "ca",
+            ]
         )
         return cert, key
 
@@ -121,13 +138,44 @@ def make_pki(folder: Path) -> Pki:
     ) -> tuple[Path, Path]:
         cert, key, csr = folder / f"{name}.crt", folder / f"{name}.key", folder / f"{name}.csr"
         _run(
-            [openssl, "req", "-new", *new_key, "-keyout", str(key), "-out", str(csr),
-             "-subj", subject, "-config", str(cnf)]
+            [
+                openssl,
+                "req",
+                "-new",
+                *new_key,
+                "-keyout",
+                str(key),
+                "-out",
+                str(csr),
+                "-subj",
+                subject,
+                "-config",
+                str(cnf),
+            ]
         )
         _run(
-            [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-             "-set_serial", str(secrets.randbits(63)), "-sha256", "-days", str(CERT_DAYS),
-             "-extfile", str(cnf), "-extensions", section, "-out", str(cert)]
+            [
+                openssl,
+                "x509",
+                "-req",
+                "-in",
+                str(csr),
+                "-CA",
+                str(ca_cert),
+                "-CAkey",
+                str(ca_key),
+                "-set_serial",
+                str(secrets.randbits(63)),
+                "-sha256",
+                "-days",
+                str(CERT_DAYS),
+                "-extfile",
+                str(cnf),
+                "-extensions",
+                section,
+                "-out",
+                str(cert),
+            ]
         )
         csr.unlink()
         return cert, key

@@ -52,7 +52,9 @@ def test_exported_graph_matches_torch_and_has_dynamic_batch(tmp_path: Path) -> N
 
 
 def test_engine_refuses_wrong_input(tmp_path: Path) -> None:
-    path = export_onnx(InspectionGraph(ConvAutoencoder(latent_dim=8)), tmp_path / "m.onnx", (128, 128))
+    path = export_onnx(
+        InspectionGraph(ConvAutoencoder(latent_dim=8)), tmp_path / "m.onnx", (128, 128)
+    )
     engine = OnnxRuntimeEngine(path)
     with pytest.raises(ValueError, match="uint8 N x 128 x 128 x 3"):
         engine.infer(np.zeros((1, 64, 64, 3), np.uint8))
@@ -78,9 +80,14 @@ def test_tiny_training_run_lowers_the_loss_on_synthetic_buttons(tmp_path: Path) 
     model = ConvAutoencoder(latent_dim=32)
     ckpt = tmp_path / "ckpt.pt"
     result = train_model(
-        model, images[:10], images[10:], TrainSettings(epochs=8, batch_size=2, lr=2e-3),
-        reconstruction_objective, checkpoint=ckpt, progress=False,
-    )  # fmt: skip
+        model,
+        images[:10],
+        images[10:],
+        TrainSettings(epochs=8, batch_size=2, lr=2e-3),
+        reconstruction_objective,
+        checkpoint=ckpt,
+        progress=False,
+    )
     first_train, _ = result.history[0]
     last_train, _ = result.history[-1]
     assert last_train < first_train * 0.95
@@ -88,18 +95,25 @@ def test_tiny_training_run_lowers_the_loss_on_synthetic_buttons(tmp_path: Path) 
     assert ckpt.is_file()
     # --resume: a second run starts from the checkpoint, not from scratch
     resumed = train_model(
-        ConvAutoencoder(latent_dim=32), images[:10], images[10:],
-        TrainSettings(epochs=10, batch_size=2, lr=2e-3), reconstruction_objective,
-        checkpoint=ckpt, progress=False,
-    )  # fmt: skip
+        ConvAutoencoder(latent_dim=32),
+        images[:10],
+        images[10:],
+        TrainSettings(epochs=10, batch_size=2, lr=2e-3),
+        reconstruction_objective,
+        checkpoint=ckpt,
+        progress=False,
+    )
     assert len(resumed.history) == 10 - (result.best_epoch + 1)
     assert (result.stopped, resumed.stopped) == ("epochs", "epochs")
     # a time budget ends the run after the epoch that passes it, and says so
     cut = train_model(
-        ConvAutoencoder(latent_dim=32), images[:10], images[10:],
-        TrainSettings(epochs=50, batch_size=2, time_budget_s=0.0), reconstruction_objective,
+        ConvAutoencoder(latent_dim=32),
+        images[:10],
+        images[10:],
+        TrainSettings(epochs=50, batch_size=2, time_budget_s=0.0),
+        reconstruction_objective,
         progress=False,
-    )  # fmt: skip
+    )
     assert (cut.stopped, cut.epochs_run) == ("time budget", 1)
 
 
@@ -113,10 +127,13 @@ def test_build_product_writes_a_bundle_the_daemon_loads(tmp_path: Path) -> None:
     write_dataset(tmp_path / "data", seed=1, n_train_good=10, n_test_good=3, n_test_per_defect=1)
     out = build_product(
         BuildRequest(
-            product="tiny", data=tmp_path / "data", out=tmp_path / "products" / "tiny",
-            params={"input_size": 128, "latent_dim": 16}, settings=TrainSettings(epochs=2, batch_size=4),
+            product="tiny",
+            data=tmp_path / "data",
+            out=tmp_path / "products" / "tiny",
+            params={"input_size": 128, "latent_dim": 16},
+            settings=TrainSettings(epochs=2, batch_size=4),
         )
-    )  # fmt: skip
+    )
     bundle = load_bundle(out)
     m = bundle.manifest
     assert m.preprocess.size == (128, 128) and m.preprocess.source_size == (256, 256)
@@ -130,10 +147,13 @@ def test_build_product_writes_a_bundle_the_daemon_loads(tmp_path: Path) -> None:
     torch.rand(100)
     again = build_product(
         BuildRequest(
-            product="tiny", data=tmp_path / "data", out=tmp_path / "again" / "tiny",
-            params={"input_size": 128, "latent_dim": 16}, settings=TrainSettings(epochs=2, batch_size=4),
+            product="tiny",
+            data=tmp_path / "data",
+            out=tmp_path / "again" / "tiny",
+            params={"input_size": 128, "latent_dim": 16},
+            settings=TrainSettings(epochs=2, batch_size=4),
         )
-    )  # fmt: skip
+    )
     first = torch.load(out / "model.pt", weights_only=True)
     second = torch.load(again / "model.pt", weights_only=True)
     assert all(torch.equal(first[k], second[k]) for k in first)

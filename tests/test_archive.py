@@ -59,8 +59,16 @@ def test_ng_and_error_parts_are_archived_with_frame_map_and_verdict_ok_parts_are
     sample.close()
     by_part = {i.record.part_id: i for i in got}
     verdicts = {p: i.record.verdict.value for p, i in by_part.items()}
-    assert verdicts == {"good0": "OK", "good1": "OK", "good2": "OK", "good3": "OK",
-                        "crack0": "NG", "missing_hole1": "NG", "small": "ERROR", "late": "ERROR"}  # fmt: skip
+    assert verdicts == {
+        "good0": "OK",
+        "good1": "OK",
+        "good2": "OK",
+        "good3": "OK",
+        "crack0": "NG",
+        "missing_hole1": "NG",
+        "small": "ERROR",
+        "late": "ERROR",
+    }
 
     entries = scan(tmp_path / "archive")
     docs = [read_entry(e) for e in entries]
@@ -133,7 +141,9 @@ def test_the_bound_holds_oldest_go_first_and_a_restart_knows_the_size(ng, tmp_pa
     again.handle(next(copies(ng, range(31, 32))))
     again.close()
     assert [int(e.stem[:10]) for e in scan(folder)] == list(range(27, 32))
-    assert again.stats()["dropped"] == 1 and disk_bytes(folder) <= bound + len("the operator's own file")
+    assert again.stats()["dropped"] == 1 and disk_bytes(folder) <= bound + len(
+        "the operator's own file"
+    )
 
     # A smaller bound at start is held at once.
     smaller = ArchiveSink(folder, int(2.5 * one))
@@ -177,12 +187,18 @@ def test_a_station_with_an_unusable_archive_runs_and_says_so_in_health(tmp_path)
     write_button_parts(frames, good=1, defect=1)
     (frames / "zz_empty.png").write_bytes(b"")
     (tmp_path / "archive").write_text("not a folder")
-    config = StationConfig.model_validate({
-        "station": {"name": "cam1"}, "product": "button", "products_dir": str(PRODUCTS),
-        "state_dir": str(tmp_path / "state"), "camera": {"source": "folder", "path": str(frames)},
-        "mqtt": {"enabled": False}, "output": {"dir": str(tmp_path / "out"), "overlays": "none"},
-        "archive": {"enabled": True, "dir": str(tmp_path / "archive")},
-    })  # fmt: skip
+    config = StationConfig.model_validate(
+        {
+            "station": {"name": "cam1"},
+            "product": "button",
+            "products_dir": str(PRODUCTS),
+            "state_dir": str(tmp_path / "state"),
+            "camera": {"source": "folder", "path": str(frames)},
+            "mqtt": {"enabled": False},
+            "output": {"dir": str(tmp_path / "out"), "overlays": "none"},
+            "archive": {"enabled": True, "dir": str(tmp_path / "archive")},
+        }
+    )
     station = Station(config)
     station.start()
     try:
@@ -192,7 +208,9 @@ def test_a_station_with_an_unusable_archive_runs_and_says_so_in_health(tmp_path)
         health, stats = station.health_snapshot(), station.stats_snapshot()
     finally:
         station.stop()
-    lines = [json.loads(line) for line in (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(line) for line in (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()
+    ]
     verdicts = {v["part_id"]: v["verdict"] for v in lines}
     assert verdicts == {"crack0": "NG", "good0": "OK", "small": "ERROR", "zz_empty": "ERROR"}
     # one error when the folder could not be opened at start, one per NG/ERROR part after

@@ -21,7 +21,9 @@ from inspectd.train.models.ae import ConvAutoencoder  # noqa: E402
 def make_bundle(root: Path) -> Path:
     out = root / "widget"
     torch.manual_seed(0)
-    onnx_path = export_onnx(InspectionGraph(ConvAutoencoder(latent_dim=8)), out / "model.onnx", (128, 128))
+    onnx_path = export_onnx(
+        InspectionGraph(ConvAutoencoder(latent_dim=8)), out / "model.onnx", (128, 128)
+    )
     images = np.random.default_rng(1).integers(0, 256, (4, 128, 128, 3), dtype=np.uint8)
     r = OnnxRuntimeEngine(onnx_path).infer(images)
     write_thresholds(out, max_of_good(r.score, r.anomaly_map, sha256_of(onnx_path)))
@@ -30,7 +32,12 @@ def make_bundle(root: Path) -> Path:
         "name": "widget",
         "created": "2026-11-23T00:00:00+00:00",
         "tool_version": "test",
-        "model": {"family": "ae", "file": "model.onnx", "opset": OPSET, "params": {"latent_dim": 8}},
+        "model": {
+            "family": "ae",
+            "file": "model.onnx",
+            "opset": OPSET,
+            "params": {"latent_dim": 8},
+        },
         "preprocess": {"size": [128, 128]},
         "scoring": {"method": "msgms_l2"},
     }
@@ -106,5 +113,7 @@ def test_manifest_typo_names_file_line_and_key(bundle_dir: Path, tmp_path: Path)
     text = (b / "manifest.yaml").read_text().replace("family: ae", "family: aee")
     (b / "manifest.yaml").write_text(text)
     line = next(i for i, s in enumerate(text.splitlines(), 1) if "family:" in s)
-    with pytest.raises(BundleError, match=rf"manifest.yaml:{line}:\d+ model.family: 'aee' is not one of"):
+    with pytest.raises(
+        BundleError, match=rf"manifest.yaml:{line}:\d+ model.family: 'aee' is not one of"
+    ):
         load_bundle(b)

@@ -57,10 +57,22 @@ def products(tmp_path) -> Path:
 def calibrate(products: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # LEAN_RUN: exit 99 if torch was imported (calibrate runs on the box, without torch)
     return subprocess.run(
-        [sys.executable, "-c", LEAN_RUN, "calibrate", "--product", "button",
-         "--products", str(products), *args],
-        capture_output=True, text=True, cwd=REPO, timeout=240,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            LEAN_RUN,
+            "calibrate",
+            "--product",
+            "button",
+            "--products",
+            str(products),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=240,
+    )
 
 
 def scores_of(bundle_dir: Path, paths: list[Path]) -> np.ndarray:
@@ -127,7 +139,9 @@ def test_images_the_model_was_trained_on_are_refused_or_left_out(good, products,
     proc = calibrate(products, "--images", str(folder), "--target-frr", str(TARGET))
     assert proc.returncode == 2
     assert f"3 of {N_GOOD + 3} images in {folder} were used to train this model" in proc.stderr
-    proc = calibrate(products, "--images", str(folder), "--target-frr", str(TARGET), "--drop-training")
+    proc = calibrate(
+        products, "--images", str(folder), "--target-frr", str(TARGET), "--drop-training"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(3 training images left out)" in proc.stdout
     assert load_bundle(products / "button").thresholds.n_good == N_GOOD
@@ -142,8 +156,9 @@ def test_defects_give_recall_f1_and_a_roc(good, products, tmp_path):
             image, mask = render_part(3, 20_000 + 100 * k + i, d)
             _write_png(data / "test" / d / f"{i:03d}.png", image)
             _write_png(data / "ground_truth" / d / f"{i:03d}_mask.png", mask)
-    proc = calibrate(products, "--images", str(good), "--target-frr", str(TARGET),
-                     "--defects", str(data))  # fmt: skip
+    proc = calibrate(
+        products, "--images", str(good), "--target-frr", str(TARGET), "--defects", str(data)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     t = load_bundle(products / "button").thresholds
     defect_scores = scores_of(products / "button", sorted((data / "test").rglob("*.png")))
@@ -162,31 +177,62 @@ def test_defects_give_recall_f1_and_a_roc(good, products, tmp_path):
 
 def test_good_parts_live_from_the_station_camera(good, products, tmp_path):
     config = tmp_path / "station.yaml"
-    config.write_text(json.dumps({
-        "station": {"name": "cam1"}, "product": "button", "products_dir": str(products),
-        "state_dir": str(tmp_path / "state"), "camera": {"source": "folder", "path": str(good)},
-        "mqtt": {"enabled": False},
-    }))  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "station": {"name": "cam1"},
+                "product": "button",
+                "products_dir": str(products),
+                "state_dir": str(tmp_path / "state"),
+                "camera": {"source": "folder", "path": str(good)},
+                "mqtt": {"enabled": False},
+            }
+        )
+    )
     proc = subprocess.run(
-        [sys.executable, "-c", LEAN_RUN, "calibrate", "--product", "button", "--config",
-         str(config), "--count", "200", "--target-frr", str(TARGET)],
-        capture_output=True, text=True, cwd=REPO, timeout=240,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            LEAN_RUN,
+            "calibrate",
+            "--product",
+            "button",
+            "--config",
+            str(config),
+            "--count",
+            "200",
+            "--target-frr",
+            str(TARGET),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     t = load_bundle(products / "button").thresholds  # the config's products_dir
     assert t.n_good == 200 and t.frr_bound <= TARGET
 
 
-def test_a_running_daemon_takes_new_thresholds_on_sighup_and_refuses_another_models(good, products, tmp_path):
+def test_a_running_daemon_takes_new_thresholds_on_sighup_and_refuses_another_models(
+    good, products, tmp_path
+):
     frames = tmp_path / "frames"
     write_good(frames, 50_000, 3)
     config = tmp_path / "station.yaml"
-    config.write_text(json.dumps({
-        "station": {"name": "cam1"}, "product": "button", "products_dir": str(products),
-        "state_dir": str(tmp_path / "state"),
-        "camera": {"source": "folder", "path": str(frames), "loop": True, "rate_hz": 5},
-        "mqtt": {"enabled": False}, "logging": {"format": "json"},
-    }))  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "station": {"name": "cam1"},
+                "product": "button",
+                "products_dir": str(products),
+                "state_dir": str(tmp_path / "state"),
+                "camera": {"source": "folder", "path": str(frames), "loop": True, "rate_hz": 5},
+                "mqtt": {"enabled": False},
+                "logging": {"format": "json"},
+            }
+        )
+    )
     with Daemon(config) as daemon:
         daemon.wait_event("station.started", timeout=60)
         proc = calibrate(products, "--images", str(good), "--target-frr", str(TARGET))
@@ -197,7 +243,9 @@ def test_a_running_daemon_takes_new_thresholds_on_sighup_and_refuses_another_mod
         assert reloaded["image"] == new
 
         # thresholds made for another model: refused, the running ones stay
-        thresholds = load_bundle(products / "button").thresholds.model_copy(update={"model_sha256": "0" * 64})
+        thresholds = load_bundle(products / "button").thresholds.model_copy(
+            update={"model_sha256": "0" * 64}
+        )
         replace_thresholds(products / "button", thresholds)
         daemon.signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
@@ -221,11 +269,17 @@ def test_drift_is_raised_when_the_good_parts_are_brightened(good, products, tmp_
     for i in range(150):  # new good parts; the light got brighter by `brighten` grey levels
         image = render_part(3, 30_000 + i, None)[0].astype(np.int16) + brighten
         _write_png(frames / f"{i:04d}.png", np.clip(image, 0, 255).astype(np.uint8))
-    config = StationConfig.model_validate({
-        "station": {"name": "cam1"}, "product": "button", "products_dir": str(products),
-        "state_dir": str(tmp_path / "state"), "camera": {"source": "folder", "path": str(frames)},
-        "mqtt": {"enabled": False}, "drift": {"window": 150, "min_parts": 100},
-    })  # fmt: skip
+    config = StationConfig.model_validate(
+        {
+            "station": {"name": "cam1"},
+            "product": "button",
+            "products_dir": str(products),
+            "state_dir": str(tmp_path / "state"),
+            "camera": {"source": "folder", "path": str(frames)},
+            "mqtt": {"enabled": False},
+            "drift": {"window": 150, "min_parts": 100},
+        }
+    )
     station = Station(config)
     station.start()
     try:
@@ -238,7 +292,9 @@ def test_drift_is_raised_when_the_good_parts_are_brightened(good, products, tmp_
     if brighten:
         assert drift["state"] == "drift", drift
         assert health["state"] == "degraded"
-        assert any(p.startswith("drift: ") and "above calibration's p50" in p for p in health["problems"])
+        assert any(
+            p.startswith("drift: ") and "above calibration's p50" in p for p in health["problems"]
+        )
     else:
         assert drift["state"] == "ok", drift
         assert not any(p.startswith("drift") for p in health["problems"])

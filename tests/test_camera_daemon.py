@@ -54,8 +54,12 @@ def the_camera_child(daemon: Daemon, timeout: float = 20.0) -> int:
 
 
 def write_config(tmp: Path, camera: dict[str, Any], port: int, **extra: Any) -> Path:
-    cfg = _station(tmp, {"roi": ROI, **camera},
-                   mqtt={"host": "127.0.0.1", "port": port, "drain_timeout_s": 2}, **extra)  # fmt: skip
+    cfg = _station(
+        tmp,
+        {"roi": ROI, **camera},
+        mqtt={"host": "127.0.0.1", "port": port, "drain_timeout_s": 2},
+        **extra,
+    )
     path = tmp / "station.yaml"
     path.write_text(json.dumps(cfg))
     return path
@@ -96,8 +100,14 @@ def test_a_killed_camera_process_gives_error_verdicts_offline_health_and_a_resta
         assert rejects[0].json()["verdict"] == "ERROR"
 
         # a new child (seen in /proc, and in health) and healthy again
-        back = req.wait(lambda m: m.topic == HEALTH and m.json()["camera"]["state"] == "ok"
-                        and m.json()["camera"]["process"]["restarts"] == 1, timeout=20)  # fmt: skip
+        back = req.wait(
+            lambda m: (
+                m.topic == HEALTH
+                and m.json()["camera"]["state"] == "ok"
+                and m.json()["camera"]["process"]["restarts"] == 1
+            ),
+            timeout=20,
+        )
         new = the_camera_child(daemon)
         assert new != old and back[-1].json()["camera"]["process"]["child_pid"] == new
         assert back[-1].json()["state"] == "ok"

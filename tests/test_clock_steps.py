@@ -39,9 +39,12 @@ class SteppedClock:
 
 
 def reject(clock: Clock, window: float) -> list[Message]:
-    return [Message("t/verdict", b"{}"),
-            Message("t/reject", b"{}", expires=clock.wall() + window,
-                    expires_mono=clock.mono() + window)]  # fmt: skip
+    return [
+        Message("t/verdict", b"{}"),
+        Message(
+            "t/reject", b"{}", expires=clock.wall() + window, expires_mono=clock.mono() + window
+        ),
+    ]
 
 
 def test_outbox_ages_ignore_wall_clock_steps(tmp_path: Path) -> None:
@@ -111,8 +114,9 @@ def test_an_outbox_file_from_before_the_monotonic_columns_opens_and_ages_by_wall
     """)
     now = time.time()
     conn.execute("INSERT INTO verdicts VALUES (7, 'NG', ?, 0)", (now - 5,))
-    conn.execute("INSERT INTO messages VALUES (7, 0, 't/reject', x'7b7d', 1, 0, NULL, ?)",
-                 (now + 5,))  # fmt: skip
+    conn.execute(
+        "INSERT INTO messages VALUES (7, 0, 't/reject', x'7b7d', 1, 0, NULL, ?)", (now + 5,)
+    )
     conn.commit()
     conn.close()
     with Outbox(path) as outbox:
@@ -132,10 +136,21 @@ def record(i: int, wall_shift: float) -> VerdictRecord:
     """An NG verdict decided now, stamped by a wall clock ``wall_shift`` away from today's."""
     wall = time.time() + wall_shift
     return VerdictRecord(
-        station="st1", product="button", part_id=f"P{i}", verdict=Verdict.NG, score=0.9,
-        threshold=0.5, model_name="m", model_sha256="ab" * 32, camera_serial="cam", frame_id=i,
-        t_capture=wall, t_verdict=wall, latency_ms=1.0, t_mono=time.monotonic(),
-    )  # fmt: skip
+        station="st1",
+        product="button",
+        part_id=f"P{i}",
+        verdict=Verdict.NG,
+        score=0.9,
+        threshold=0.5,
+        model_name="m",
+        model_sha256="ab" * 32,
+        camera_serial="cam",
+        frame_id=i,
+        t_capture=wall,
+        t_verdict=wall,
+        latency_ms=1.0,
+        t_mono=time.monotonic(),
+    )
 
 
 @pytest.mark.parametrize("step_h", [2.0, -3.0])
@@ -146,9 +161,15 @@ def test_reject_expiry_follows_the_travel_window_whatever_the_wall_clock_did(
     # the same as recording them with a wall clock -step_h away from the publisher's.
     window = 10.0
     sub = Subscriber(mosquitto.host, mosquitto.port, f"{TOPICS.base}/#")
-    pub = MqttPublisher(host=mosquitto.host, port=mosquitto.port, protocol="5",
-                        client_id=f"test-clock-{time.monotonic_ns()}", keepalive_s=10,
-                        topics=TOPICS, status_fields={})  # fmt: skip
+    pub = MqttPublisher(
+        host=mosquitto.host,
+        port=mosquitto.port,
+        protocol="5",
+        client_id=f"test-clock-{time.monotonic_ns()}",
+        keepalive_s=10,
+        topics=TOPICS,
+        status_fields={},
+    )
     delivery = Delivery(Outbox(tmp_path / "o.db"), pub, TOPICS, travel_window_s=window)
     try:
         delivery.record([record(i, -step_h * HOUR) for i in range(1, 4)])
@@ -182,17 +203,19 @@ from test_outbox_daemon import pngs as pngs  # noqa: E402, F401  (the fixture)
 
 # Loaded by the daemon's interpreter at start (sitecustomize on its PYTHONPATH): time.time()
 # is the real wall clock plus the double in the file, which the test rewrites to step it.
-SHIFTED_WALL = '''
+SHIFTED_WALL = """
 import mmap, os, struct, time
 _f = open(os.environ["TEST_WALL_OFFSET_FILE"], "r+b")
 _m = mmap.mmap(_f.fileno(), 8)
 _real = time.time
 time.time = lambda: _real() + struct.unpack_from("d", _m)[0]
-'''
+"""
 
 
-@pytest.mark.skipif(not (PRODUCTS / "button" / "manifest.yaml").is_file(),
-                    reason="products/button is missing (make demo-bundle)")  # fmt: skip
+@pytest.mark.skipif(
+    not (PRODUCTS / "button" / "manifest.yaml").is_file(),
+    reason="products/button is missing (make demo-bundle)",
+)
 def test_daemon_wall_clock_steps_during_an_outage_expire_nothing_and_drop_nothing(
     pngs, tmp_path: Path
 ) -> None:
@@ -214,12 +237,21 @@ def test_daemon_wall_clock_steps_during_an_outage_expire_nothing_and_drop_nothin
 
     window = 60.0  # covers the outage and paho's reconnect backoff: nothing really expires
     with LocalBroker.start_mosquitto(extra_conf=PERSISTENT) as broker:
-        config = station_config(tmp_path, broker.port, tmp_path / "frames",
-                                camera={"rate_hz": 20}, outbox={"max_age_s": HOUR},
-                                mqtt={"travel_window_s": window, "drain_timeout_s": 30})  # fmt: skip
+        config = station_config(
+            tmp_path,
+            broker.port,
+            tmp_path / "frames",
+            camera={"rate_hz": 20},
+            outbox={"max_age_s": HOUR},
+            mqtt={"travel_window_s": window, "drain_timeout_s": 30},
+        )
         env = {"PYTHONPATH": str(site), "TEST_WALL_OFFSET_FILE": str(offset_file)}
-        with Subscriber(broker.host, broker.port, f"{BASE}/#", client_id="clock-sub",
-                        persistent=True) as sub, Daemon(config, env=env) as daemon:  # fmt: skip
+        with (
+            Subscriber(
+                broker.host, broker.port, f"{BASE}/#", client_id="clock-sub", persistent=True
+            ) as sub,
+            Daemon(config, env=env) as daemon,
+        ):
             sub.wait_for(10, timeout=30, topic=VERDICT)
             broker.stop()
             for offset in (0.0, 2 * HOUR, -HOUR):  # as it was, then +2 h, then -3 h
@@ -229,8 +261,11 @@ def test_daemon_wall_clock_steps_during_an_outage_expire_nothing_and_drop_nothin
             assert len(jsonl(tmp_path)) < 100, "the parts ran out during the outage"
             broker.restart()
             assert daemon.wait(90) == 0, daemon.tail()
-            wait_until(lambda: len({m.json()["seq"] for m in sub.messages(VERDICT)}) >= 100,
-                       30, "100 verdicts")  # fmt: skip
+            wait_until(
+                lambda: len({m.json()["seq"] for m in sub.messages(VERDICT)}) >= 100,
+                30,
+                "100 verdicts",
+            )
             time.sleep(0.3)
             verdicts = first_arrivals(sub.messages(VERDICT))
             rejects = sub.messages(f"{BASE}/reject")

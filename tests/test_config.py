@@ -64,8 +64,10 @@ def test_minimal_config_loads_with_defaults(tmp_path):
 def test_unknown_key_top_level(tmp_path):
     path = write(tmp_path, MINIMAL + "prodcut: x\n")
     assert errors_of(path) == [
-        ":7:1 prodcut: unknown key 'prodcut' (allowed: archive, camera, drift, engine, logging, metrics, mqtt, "
-        "outbox, output, product, products_dir, service, state_dir, station); did you mean 'product'?"
+        ":7:1 prodcut: unknown key 'prodcut' (allowed: archive, camera, drift, engine, logging, "
+        "metrics, mqtt, "
+        "outbox, output, product, products_dir, service, state_dir, station); did you mean "
+        "'product'?"
     ]
 
 
@@ -73,7 +75,8 @@ def test_unknown_key_nested(tmp_path):
     path = write(tmp_path, MINIMAL + "mqtt:\n  host: broker\n  colour: red\n")
     assert errors_of(path) == [
         ":9:3 mqtt.colour: unknown key 'colour' (allowed: ack_timeout_s, base_topic, client_id, "
-        "drain_timeout_s, enabled, health_interval_s, host, keepalive_s, overlay_max_bytes, overlays, password, "
+        "drain_timeout_s, enabled, health_interval_s, host, keepalive_s, overlay_max_bytes, "
+        "overlays, password, "
         "password_file, port, protocol, stats_interval_s, tls, travel_window_s, "
         "trigger_max_bytes, username)"
     ]
@@ -82,7 +85,8 @@ def test_unknown_key_nested(tmp_path):
 def test_unknown_key_in_union_member_lists_that_members_keys(tmp_path):
     path = write(tmp_path, MINIMAL + "  device: 0\n")
     assert errors_of(path) == [
-        ":7:3 camera.device: unknown key 'device' (allowed: isolate, loop, path, pattern, rate_hz, source, trigger, watch)"
+        ":7:3 camera.device: unknown key 'device' (allowed: isolate, loop, path, pattern, "
+        "rate_hz, source, trigger, watch)"
     ]
 
 
@@ -122,12 +126,16 @@ def test_bad_discriminator(tmp_path):
           path: /x
         """,
     )
-    assert errors_of(path) == [":5:11 camera.source: 'genicm' is not one of folder, opencv, genicam"]
+    assert errors_of(path) == [
+        ":5:11 camera.source: 'genicm' is not one of folder, opencv, genicam"
+    ]
 
 
 def test_missing_discriminator(tmp_path):
     path = write(tmp_path, "station:\n  name: a\nproduct: b\ncamera:\n  path: /x\n")
-    assert errors_of(path) == [":4:1 camera.source: missing key 'source' (one of folder, opencv, genicam)"]
+    assert errors_of(path) == [
+        ":4:1 camera.source: missing key 'source' (one of folder, opencv, genicam)"
+    ]
 
 
 def test_missing_required_key(tmp_path):

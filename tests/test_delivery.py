@@ -27,19 +27,35 @@ TOPICS = Topics("t/delivery")
 def record(i: int, seq: int = 0) -> VerdictRecord:
     now = time.time()
     return VerdictRecord(
-        station="st1", product="button", part_id=f"P{i:05d}",
-        verdict=Verdict.NG if i % 3 == 0 else Verdict.OK, score=0.1, threshold=0.5,
-        model_name="m", model_sha256="ab" * 32, camera_serial="cam", frame_id=i,
-        t_capture=now, t_verdict=now, latency_ms=1.0, seq=seq,
-    )  # fmt: skip
+        station="st1",
+        product="button",
+        part_id=f"P{i:05d}",
+        verdict=Verdict.NG if i % 3 == 0 else Verdict.OK,
+        score=0.1,
+        threshold=0.5,
+        model_name="m",
+        model_sha256="ab" * 32,
+        camera_serial="cam",
+        frame_id=i,
+        t_capture=now,
+        t_verdict=now,
+        latency_ms=1.0,
+        seq=seq,
+    )
 
 
 @pytest.fixture
 def wired(mosquitto: LocalBroker) -> Iterator[tuple[Subscriber, MqttPublisher]]:
     sub = Subscriber(mosquitto.host, mosquitto.port, f"{TOPICS.base}/#")
-    pub = MqttPublisher(host=mosquitto.host, port=mosquitto.port, protocol="5",
-                        client_id=f"test-delivery-{time.monotonic_ns()}", keepalive_s=10,
-                        topics=TOPICS, status_fields={})  # fmt: skip
+    pub = MqttPublisher(
+        host=mosquitto.host,
+        port=mosquitto.port,
+        protocol="5",
+        client_id=f"test-delivery-{time.monotonic_ns()}",
+        keepalive_s=10,
+        topics=TOPICS,
+        status_fields={},
+    )
     pub.start()
     yield sub, pub
     pub.stop(timeout=0.5)
@@ -68,7 +84,9 @@ def test_the_committing_thread_takes_over_once_the_feeder_caught_up(tmp_path: Pa
     finds nothing and records that everything up to the mark is sent. With the feeder stopped
     after that pass, new verdicts still go out."""
     sub, pub = wired
-    delivery = Delivery(Outbox(tmp_path / "outbox.db", start_after=500), pub, TOPICS, travel_window_s=10)
+    delivery = Delivery(
+        Outbox(tmp_path / "outbox.db", start_after=500), pub, TOPICS, travel_window_s=10
+    )
     delivery.start()
     time.sleep(0.5)  # the first pass runs at once; it reads an empty table
     delivery.close()  # stops the feeder
@@ -115,7 +133,7 @@ def test_rows_left_by_an_earlier_process_go_first_and_nothing_twice(tmp_path: Pa
 
 def test_nagle_is_off_on_the_station_and_the_test_broker(mosquitto: LocalBroker, wired) -> None:
     """With Nagle on, the reject written right after its verdict waited for the broker's delayed
-    ACK (40 ms at p99 on loopback; bench/latency.py shows the end-to-end effect)."""
+    ACK (docs/performance.md; bench/latency.py shows the end-to-end effect)."""
     _, pub = wired
     deadline = time.monotonic() + 5
     while not pub.connected and time.monotonic() < deadline:

@@ -30,11 +30,25 @@ pytestmark = pytest.mark.skipif(
 
 
 def run_demo(out: Path, port: int) -> subprocess.CompletedProcess[str]:
-    args = ["demo", "--out", str(out), "--limit", str(LIMIT), "--mqtt-host", "127.0.0.1",
-            "--mqtt-port", str(port)]  # fmt: skip
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--limit",
+        str(LIMIT),
+        "--mqtt-host",
+        "127.0.0.1",
+        "--mqtt-port",
+        str(port),
+    ]
     # stdin not a terminal, as in a script: the demo ends with its parts (no --hold)
-    return subprocess.run([sys.executable, "-c", LEAN_DEMO, *args], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", LEAN_DEMO, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def check_output(proc: subprocess.CompletedProcess[str], out: Path) -> list[dict]:
@@ -48,7 +62,9 @@ def check_output(proc: subprocess.CompletedProcess[str], out: Path) -> list[dict
     verdicts = {r["verdict"] for r in records}
     assert {"OK", "NG", "ERROR"} <= verdicts
     counts = {v: sum(r["verdict"] == v for r in records) for v in ("OK", "NG", "ERROR")}
-    summary = f"Summary: {LIMIT} parts  OK {counts['OK']}  NG {counts['NG']}  ERROR {counts['ERROR']}"
+    summary = (
+        f"Summary: {LIMIT} parts  OK {counts['OK']}  NG {counts['NG']}  ERROR {counts['ERROR']}"
+    )
     assert summary in proc.stdout
     auroc = float(re.search(r"image AUROC on this run: ([0-9.]+)", proc.stdout).group(1))
     assert auroc > 0.7  # the bundled model tells defects from good parts
@@ -94,7 +110,12 @@ def test_demo_falls_back_to_amqtt_without_mosquitto(tmp_path):
         "import sys, inspectd.mqtt.broker as b; b.find_mosquitto = lambda: None; " + LEAN_DEMO
     )
     args = ["demo", "--out", str(out), "--limit", str(LIMIT), "--mqtt-port", str(free_port())]
-    proc = subprocess.run([sys.executable, "-c", no_mosquitto, *args], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", no_mosquitto, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert "started an embedded one" in proc.stdout and "(MQTT 3.1.1)" in proc.stdout
     check_output(proc, out)

@@ -39,9 +39,14 @@ class Demo:
     """`inspectd demo` as a child process (torch must stay out of it), its lines as they come."""
 
     def __init__(self, args: list[str], stdin: int | IO[Any], prelude: str = "") -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", prelude + LEAN_DEMO, "demo", *args],
-                                     stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, cwd=REPO)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", prelude + LEAN_DEMO, "demo", *args],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+        )
         self.lines: list[str] = []
         self.at = 0.0  # when the line expect() last matched came (monotonic)
         self._new: queue.Queue[tuple[float, str] | None] = queue.Queue()
@@ -63,13 +68,17 @@ class Demo:
             except queue.Empty:
                 break
             if item is None:
-                raise AssertionError(f"the demo ended (rc {self.proc.wait()}) before {rx.pattern!r}:\n"
-                                     + "\n".join(self.lines[-30:]))  # fmt: skip
+                raise AssertionError(
+                    f"the demo ended (rc {self.proc.wait()}) before {rx.pattern!r}:\n"
+                    + "\n".join(self.lines[-30:])
+                )
             self.at, line = item
             self.lines.append(line)
             if m := rx.search(line):
                 return m
-        raise AssertionError(f"not within {timeout} s: {rx.pattern!r}\n" + "\n".join(self.lines[-30:]))
+        raise AssertionError(
+            f"not within {timeout} s: {rx.pattern!r}\n" + "\n".join(self.lines[-30:])
+        )
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -78,8 +87,17 @@ class Demo:
 
 
 def demo_args(tmp: Path, mqtt_port: int, *extra: str) -> list[str]:
-    return ["--out", str(tmp / "demo-out"), "--limit", str(LIMIT), "--mqtt-host", "127.0.0.1",
-            "--mqtt-port", str(mqtt_port), *extra]  # fmt: skip
+    return [
+        "--out",
+        str(tmp / "demo-out"),
+        "--limit",
+        str(LIMIT),
+        "--mqtt-host",
+        "127.0.0.1",
+        "--mqtt-port",
+        str(mqtt_port),
+        *extra,
+    ]
 
 
 def counts(summary: re.Match[str]) -> dict[str, str]:
@@ -91,7 +109,9 @@ def port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_the_printed_page_shows_the_demo_station_with_its_verdicts(mosquitto: LocalBroker, tmp_path: Path) -> None:
+def test_the_printed_page_shows_the_demo_station_with_its_verdicts(
+    mosquitto: LocalBroker, tmp_path: Path
+) -> None:
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (make test installs it)")
     from playwright.sync_api import sync_playwright
@@ -106,7 +126,9 @@ def test_the_printed_page_shows_the_demo_station_with_its_verdicts(mosquitto: Lo
             url = page_line.group(1)
             if default_port_free:
                 assert page_line.group(2) == "8470"
-            assert not any(re.match(r"\s+#\d+ ", line) for line in demo.lines), "address after the parts"
+            assert not any(re.match(r"\s+#\d+ ", line) for line in demo.lines), (
+                "address after the parts"
+            )
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url)  # while the parts go through, as someone watching the demo would
             tile = page.locator(f'[data-testid=tile][data-base="{BASE}"]')
@@ -116,8 +138,13 @@ def test_the_printed_page_shows_the_demo_station_with_its_verdicts(mosquitto: Lo
             summary = demo.expect(SUMMARY, timeout=60)
             assert summary.group(1) == str(LIMIT)
             for verdict, n in counts(summary).items():  # every verdict of the run, none twice
-                wait_until(lambda v=verdict, n=n: tile.locator(f"[data-testid=count-{v}]").inner_text() == n,
-                           5, f"{verdict} {n} on the tile")  # fmt: skip
+                wait_until(
+                    lambda v=verdict, n=n: (
+                        tile.locator(f"[data-testid=count-{v}]").inner_text() == n
+                    ),
+                    5,
+                    f"{verdict} {n} on the tile",
+                )
             assert int(summary.group(4)) >= 1  # the corrupt part: the ERROR path is on the page too
             stays = demo.expect(r"^Page: http://\S+ stays up for 6 s", timeout=10)
             held_from = demo.at
@@ -127,8 +154,13 @@ def test_the_printed_page_shows_the_demo_station_with_its_verdicts(mosquitto: Lo
             page.locator("[data-testid=station-view]").wait_for(timeout=5000)
             overlay = page.locator("[data-testid=live-overlay]")
             overlay.wait_for(timeout=5000)
-            wait_until(lambda: page.evaluate("(img) => img.complete && img.naturalWidth > 0",
-                                             overlay.element_handle()), 5, "the overlay decoded")  # fmt: skip
+            wait_until(
+                lambda: page.evaluate(
+                    "(img) => img.complete && img.naturalWidth > 0", overlay.element_handle()
+                ),
+                5,
+                "the overlay decoded",
+            )
             assert page.locator("[data-testid=reject]").count() >= 1
             browser.close()
 
@@ -159,8 +191,14 @@ def test_on_a_terminal_the_page_stays_until_ctrl_c_also_over_amqtt(tmp_path: Pat
                 return next((s for s in line["stations"] if s["base"] == BASE), None)
 
             st = wait_until(station, 5, "the demo station on the page")
-            wait_until(lambda: {k: str(v) for k, v in station()["counts"].items() if k in counts(summary)}
-                       == counts(summary), 5, "the run's verdicts on the page, over MQTT 3.1.1")  # fmt: skip
+            wait_until(
+                lambda: (
+                    {k: str(v) for k, v in station()["counts"].items() if k in counts(summary)}
+                    == counts(summary)
+                ),
+                5,
+                "the run's verdicts on the page, over MQTT 3.1.1",
+            )
             assert st["product"] == "button"
             time.sleep(1.0)
             assert demo.proc.poll() is None, "the demo did not wait for Ctrl-C on a terminal"
@@ -173,20 +211,35 @@ def test_on_a_terminal_the_page_stays_until_ctrl_c_also_over_amqtt(tmp_path: Pat
         os.close(terminal)
 
 
-def test_the_demo_runs_on_without_the_page_and_with_no_ui(mosquitto: LocalBroker, tmp_path: Path) -> None:
+def test_the_demo_runs_on_without_the_page_and_with_no_ui(
+    mosquitto: LocalBroker, tmp_path: Path
+) -> None:
     # starlette missing (a venv made with `.[demo]` only): one line, and the demo as before
     without_starlette = "import sys; sys.modules['starlette'] = None; "
     demo = Demo(demo_args(tmp_path, mosquitto.port), subprocess.DEVNULL, prelude=without_starlette)
     try:
-        demo.expect(r"^Page: not started \(starlette is not installed: pip install -e '\.\[ui\]'\)$", 60)
+        demo.expect(
+            r"^Page: not started \(starlette is not installed: pip install -e '\.\[ui\]'\)$", 60
+        )
         demo.expect(SUMMARY, timeout=60)
         assert demo.proc.wait(10) == 0
     finally:
         demo.close()
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "-c", LEAN_DEMO, "demo", *demo_args(tmp_path, mosquitto.port, "--no-ui",
-                          "--hold", "60")], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                         timeout=120, cwd=REPO)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LEAN_DEMO,
+            "demo",
+            *demo_args(tmp_path, mosquitto.port, "--no-ui", "--hold", "60"),
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "Summary:" in run.stdout and "Page:" not in run.stdout
     assert time.monotonic() - started < 50  # no page, so nothing to hold

@@ -13,10 +13,21 @@ QUANTILES = {"p10": 0.1, "p50": 0.5, "p90": 0.9}  # of uniform(0, 1) scores
 
 def feed(monitor: DriftMonitor, scores, verdict: Verdict = Verdict.OK) -> None:
     for s in scores:
-        record = VerdictRecord(station="s", product="p", part_id="x", verdict=verdict,
-                               score=float(s), threshold=1.0, model_name="m", model_sha256="0",
-                               camera_serial="", frame_id=0, t_capture=0.0, t_verdict=0.0,
-                               latency_ms=0.0)  # fmt: skip
+        record = VerdictRecord(
+            station="s",
+            product="p",
+            part_id="x",
+            verdict=verdict,
+            score=float(s),
+            threshold=1.0,
+            model_name="m",
+            model_sha256="0",
+            camera_serial="",
+            frame_id=0,
+            t_capture=0.0,
+            t_verdict=0.0,
+            latency_ms=0.0,
+        )
         monitor.handle(Inspection(record=record, frame=None))  # type: ignore[arg-type]
 
 

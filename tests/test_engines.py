@@ -31,10 +31,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     root = tmp_path_factory.mktemp("engines")
     write_dataset(root / "data", seed=1, n_train_good=10, n_test_good=3, n_test_per_defect=1)
     out = build_product(
-        BuildRequest(product="tiny", data=root / "data", out=root / "products" / "tiny", model="ae",
-                     params={"input_size": 128, "latent_dim": 16},
-                     settings=TrainSettings(epochs=1, batch_size=4))
-    )  # fmt: skip
+        BuildRequest(
+            product="tiny",
+            data=root / "data",
+            out=root / "products" / "tiny",
+            model="ae",
+            params={"input_size": 128, "latent_dim": 16},
+            settings=TrainSettings(epochs=1, batch_size=4),
+        )
+    )
     return load_bundle(out)
 
 
@@ -62,7 +67,9 @@ def test_torch_engine_matches_onnxruntime_maps_and_verdicts(tiny: Bundle, parts)
     assert c.agree and c.max_map_diff <= 1e-4
 
 
-def test_torch_engine_builds_the_head_the_manifest_records(tiny: Bundle, parts, tmp_path: Path) -> None:
+def test_torch_engine_builds_the_head_the_manifest_records(
+    tiny: Bundle, parts, tmp_path: Path
+) -> None:
     """A bundle exported with a non-default scoring head (mean filter 11) scores the same on the
     torch engine: the head comes from the manifest's scoring section, not the family defaults."""
     import shutil
@@ -78,17 +85,26 @@ def test_torch_engine_builds_the_head_the_manifest_records(tiny: Bundle, parts, 
     graph = load_graph(tiny)
     graph.head = MsgmsL2Head(mean_filter=11)
     export_onnx(graph, b / "model.onnx", (128, 128))
-    write_thresholds(b, tiny.thresholds.model_copy(update={"model_sha256": sha256_of(b / "model.onnx")}))
+    write_thresholds(
+        b, tiny.thresholds.model_copy(update={"model_sha256": sha256_of(b / "model.onnx")})
+    )
     manifest = yaml.safe_load((b / MANIFEST).read_text())
     manifest["scoring"]["mean_filter"] = 11
     seal(b, manifest, list(manifest["files"]))
     bundle = load_bundle(b)
     _, images = parts
     want = run_all(load_engine(bundle.model_path, backend="onnxruntime"), images)
-    got = run_all(load_engine(bundle.model_path, backend="torch", device="cpu", bundle=bundle), images)
+    got = run_all(
+        load_engine(bundle.model_path, backend="torch", device="cpu", bundle=bundle), images
+    )
     np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, atol=1e-4, rtol=0)
-    assert np.abs(want.anomaly_map - run_all(load_engine(tiny.model_path, backend="onnxruntime"),
-                                             images).anomaly_map).max() > 1e-3  # the filter matters
+    assert (
+        np.abs(
+            want.anomaly_map
+            - run_all(load_engine(tiny.model_path, backend="onnxruntime"), images).anomaly_map
+        ).max()
+        > 1e-3
+    )  # the filter matters
 
 
 def test_torch_engine_splits_batches_larger_than_max_batch(tiny: Bundle, parts) -> None:
@@ -98,7 +114,9 @@ def test_torch_engine_splits_batches_larger_than_max_batch(tiny: Bundle, parts) 
     assert two.score.shape == (5,)
     np.testing.assert_allclose(two.anomaly_map, one.anomaly_map, atol=1e-5)
     with pytest.raises(ValueError, match="uint8 N x 128 x 128 x 3"):
-        load_engine(tiny.model_path, backend="torch", bundle=tiny).infer(images[:1].astype(np.float32))
+        load_engine(tiny.model_path, backend="torch", bundle=tiny).infer(
+            images[:1].astype(np.float32)
+        )
 
 
 def _without_checkpoint(bundle: Bundle, dest: Path) -> Bundle:
@@ -115,7 +133,9 @@ def _without_checkpoint(bundle: Bundle, dest: Path) -> Bundle:
     return load_bundle(dest)
 
 
-def test_torch_engine_refuses_a_bundle_without_weights_and_says_what_to_do(tiny: Bundle, tmp_path: Path) -> None:
+def test_torch_engine_refuses_a_bundle_without_weights_and_says_what_to_do(
+    tiny: Bundle, tmp_path: Path
+) -> None:
     old = _without_checkpoint(tiny, tmp_path / "tiny")
     with pytest.raises(EngineError, match=r"no trained weights.*inspectd train.*onnxruntime"):
         load_engine(old.model_path, backend="torch", bundle=old)
@@ -123,7 +143,9 @@ def test_torch_engine_refuses_a_bundle_without_weights_and_says_what_to_do(tiny:
         load_engine(tiny.model_path, backend="torch")
 
 
-def test_tensorrt_backend_without_tensorrt_is_unavailable_not_a_crash(tiny: Bundle, tmp_path: Path) -> None:
+def test_tensorrt_backend_without_tensorrt_is_unavailable_not_a_crash(
+    tiny: Bundle, tmp_path: Path
+) -> None:
     try:
         import tensorrt  # noqa: F401
 
@@ -169,7 +191,9 @@ def test_auto_choice(facts: Facts, backend: str, because: str) -> None:
 
 def test_configured_backend_is_taken_as_is_and_unknown_is_refused() -> None:
     nothing = Facts(False, False, None, None, False)
-    assert choose_backend("tensorrt", nothing).backend == "tensorrt"  # its loader says what is missing
+    assert (
+        choose_backend("tensorrt", nothing).backend == "tensorrt"
+    )  # its loader says what is missing
     assert choose_backend("torch", nothing).why == "configured"
     with pytest.raises(ValueError, match="allowed: auto, onnxruntime, torch, tensorrt"):
         choose_backend("trt", nothing)
@@ -201,13 +225,25 @@ def test_compare_finds_verdicts_that_cross_the_threshold_and_nan() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "inspectd", *args], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "inspectd", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_verify_engine_cli_torch_on_cpu_agrees(tiny: Bundle) -> None:
-    r = _cli("verify-engine", "--product", "tiny", "--products", str(tiny.path.parent),
-             "--backend", "torch", "--device", "cpu", "--count", "6")  # fmt: skip
+    r = _cli(
+        "verify-engine",
+        "--product",
+        "tiny",
+        "--products",
+        str(tiny.path.parent),
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--count",
+        "6",
+    )
     assert r.returncode == 0, r.stderr
     assert "torch vs onnxruntime on 6 parts" in r.stdout and "verdicts: all 6 agree" in r.stdout
 
@@ -216,8 +252,19 @@ def test_the_demo_bundle_runs_on_the_torch_engine_with_the_onnx_verdicts() -> No
     """products/button ships model.pt (recovered from its ONNX initializers): verify-engine
     on the demo parts finds the same maps and verdicts."""
     products = Path(__file__).resolve().parent.parent / "products"
-    r = _cli("verify-engine", "--product", "button", "--products", str(products),
-             "--backend", "torch", "--device", "cpu", "--count", "16")  # fmt: skip
+    r = _cli(
+        "verify-engine",
+        "--product",
+        "button",
+        "--products",
+        str(products),
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--count",
+        "16",
+    )
     assert r.returncode == 0, r.stderr
     assert "verdicts: all 16 agree" in r.stdout
 
@@ -238,7 +285,7 @@ def test_engine_commands_exit_2_where_tensorrt_or_a_gpu_is_missing(tiny: Bundle)
 
 
 def test_daemon_engine_loading_does_not_import_torch(tiny: Bundle) -> None:
-    """auto and onnxruntime, with the bundle as the station passes it: no torch, no training code."""
+    """auto and onnxruntime, with the bundle as the station passes it: no torch, no training."""
     code = (
         "import sys\n"
         "from inspectd.bundle import load_bundle\n"
@@ -261,10 +308,24 @@ def test_daemon_engine_loading_does_not_import_torch(tiny: Bundle) -> None:
 def test_cuda_fp32_matches_cpu_and_graph_replay_matches_eager(tiny: Bundle, parts) -> None:
     _, images = parts
     cpu = load_engine(tiny.model_path, backend="torch", bundle=tiny).infer(images)
-    eager = load_engine(tiny.model_path, backend="torch", device="cuda", bundle=tiny,
-                        precision="fp32", cuda_graphs=False, max_batch=4).infer(images)  # fmt: skip
-    graphed = load_engine(tiny.model_path, backend="torch", device="cuda", bundle=tiny,
-                          precision="fp32", cuda_graphs=True, max_batch=4)  # fmt: skip
+    eager = load_engine(
+        tiny.model_path,
+        backend="torch",
+        device="cuda",
+        bundle=tiny,
+        precision="fp32",
+        cuda_graphs=False,
+        max_batch=4,
+    ).infer(images)
+    graphed = load_engine(
+        tiny.model_path,
+        backend="torch",
+        device="cuda",
+        bundle=tiny,
+        precision="fp32",
+        cuda_graphs=True,
+        max_batch=4,
+    )
     graphed.warmup(1)
     a, b = graphed.infer(images), graphed.infer(images[::-1].copy())  # replays reuse static buffers
     np.testing.assert_allclose(eager.anomaly_map, cpu.anomaly_map, atol=1e-4)
@@ -276,8 +337,9 @@ def test_cuda_fp32_matches_cpu_and_graph_replay_matches_eager(tiny: Bundle, part
 def test_cuda_fp16_returns_float32_and_keeps_every_verdict(tiny: Bundle, parts) -> None:
     names, images = parts
     ref = run_all(load_engine(tiny.model_path, backend="onnxruntime"), images)
-    eng = load_engine(tiny.model_path, backend="torch", device="cuda", bundle=tiny, precision="fp16",
-                      max_batch=8)  # fmt: skip
+    eng = load_engine(
+        tiny.model_path, backend="torch", device="cuda", bundle=tiny, precision="fp16", max_batch=8
+    )
     got = run_all(eng, images)
     assert got.anomaly_map.dtype == np.float32
     c = compare(ref, got, names, tiny.thresholds.image)

@@ -166,8 +166,12 @@ def test_the_commented_example_in_station_example_yaml_is_a_valid_genicam_sectio
 
 
 def test_cameras_command():
-    out = subprocess.run([sys.executable, "-m", "inspectd", "cameras", "--cti", str(CTI)],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "inspectd", "cameras", "--cti", str(CTI)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "SERIAL" in lines[0] and "PIXEL FORMAT" in lines[0]
@@ -176,8 +180,13 @@ def test_cameras_command():
 
 def test_cameras_command_without_producer(tmp_path):
     env = {**os.environ, "GENICAM_GENTL64_PATH": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "inspectd", "cameras"],
-                         capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "inspectd", "cameras"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert out.returncode == 2 and "no GenTL producer" in out.stderr
 
 
@@ -209,8 +218,12 @@ needs_bundle = pytest.mark.skipif(
 
 @needs_bundle
 def test_daemon_free_run_to_verdicts(tmp_path):
-    cfg = _station(tmp_path, {"serial": MONO, "roi": {"width": 256, "height": 256}},
-                   mqtt={"enabled": False}, output={"dir": str(tmp_path / "out")})  # fmt: skip
+    cfg = _station(
+        tmp_path,
+        {"serial": MONO, "roi": {"width": 256, "height": 256}},
+        mqtt={"enabled": False},
+        output={"dir": str(tmp_path / "out")},
+    )
     path = tmp_path / "station.yaml"
     path.write_text(json.dumps(cfg))
     jsonl = tmp_path / "out" / "verdicts.jsonl"
@@ -228,8 +241,11 @@ def test_daemon_free_run_to_verdicts(tmp_path):
 
 @needs_bundle
 def test_daemon_software_trigger_over_mqtt(mosquitto, tmp_path):
-    cfg = _station(tmp_path, {"serial": COLOR, "roi": {"width": 256, "height": 256}, "trigger": "mqtt"},
-                   mqtt={"host": "127.0.0.1", "port": mosquitto.port, "drain_timeout_s": 2})  # fmt: skip
+    cfg = _station(
+        tmp_path,
+        {"serial": COLOR, "roi": {"width": 256, "height": 256}, "trigger": "mqtt"},
+        mqtt={"host": "127.0.0.1", "port": mosquitto.port, "drain_timeout_s": 2},
+    )
     path = tmp_path / "station.yaml"
     path.write_text(json.dumps(cfg))
     req = Requester(mosquitto.host, mosquitto.port, [f"{BASE}/#", "requester/#"])

@@ -17,8 +17,15 @@ TOPICS = Topics("inspectd/v1/t/l/health-test")
 
 
 def make_publisher(port: int) -> MqttPublisher:
-    return MqttPublisher(host="127.0.0.1", port=port, protocol="5", client_id="health-test",
-                         keepalive_s=30, topics=TOPICS, status_fields={})  # fmt: skip
+    return MqttPublisher(
+        host="127.0.0.1",
+        port=port,
+        protocol="5",
+        client_id="health-test",
+        keepalive_s=30,
+        topics=TOPICS,
+        status_fields={},
+    )
 
 
 def test_changes_are_written_counts_are_not_and_publishing_waits_for_a_connection(
@@ -26,9 +33,15 @@ def test_changes_are_written_counts_are_not_and_publishing_waits_for_a_connectio
 ) -> None:
     state = {"state": "degraded", "problems": ["outbox_dropped: 3 verdicts"], "product": "a"}
     publisher = make_publisher(free_port())  # nothing listens there: never connected
-    monitor = HealthMonitor(snapshot=lambda: dict(state), stats=dict, publisher=publisher,
-                            topics=TOPICS, path=tmp_path / "health.json", interval_s=60,
-                            stats_interval_s=60)  # fmt: skip
+    monitor = HealthMonitor(
+        snapshot=lambda: dict(state),
+        stats=dict,
+        publisher=publisher,
+        topics=TOPICS,
+        path=tmp_path / "health.json",
+        interval_s=60,
+        stats_interval_s=60,
+    )
     monitor.check(force=True)
     assert json.loads((tmp_path / "health.json").read_text())["problems"] == state["problems"]
     state["problems"] = ["outbox_dropped: 4 verdicts"]  # a count moved: not a change
@@ -72,12 +85,20 @@ def test_a_snapshot_taken_before_the_connection_came_up_is_not_published(
                 time.sleep(0.02)
         snapshots.append(True)
         first = len(snapshots) == 1
-        return {"state": "degraded" if first else "ok",
-                "problems": ["mqtt_disconnected: connecting"] if first else []}  # fmt: skip
+        return {
+            "state": "degraded" if first else "ok",
+            "problems": ["mqtt_disconnected: connecting"] if first else [],
+        }
 
-    monitor = HealthMonitor(snapshot=snapshot, stats=dict, publisher=online, topics=TOPICS,
-                            path=tmp_path / "health.json", interval_s=60,
-                            stats_interval_s=60)  # fmt: skip
+    monitor = HealthMonitor(
+        snapshot=snapshot,
+        stats=dict,
+        publisher=online,
+        topics=TOPICS,
+        path=tmp_path / "health.json",
+        interval_s=60,
+        stats_interval_s=60,
+    )
     with Subscriber(mosquitto.host, mosquitto.port, TOPICS.health) as sub:
         try:
             monitor.check(force=True)  # read "not connected", then the snapshot saw it connect

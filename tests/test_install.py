@@ -42,8 +42,11 @@ def run(script: Path, root: Path, *args: str, env=None, check=True, timeout=60):
     assert root.is_absolute() and root != Path("/"), "these tests only install into a folder"
     result = subprocess.run(
         ["bash", str(script), "--root", str(root), *args],
-        capture_output=True, text=True, timeout=timeout, env=env or clean_env(),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or clean_env(),
+    )
     if check:
         assert result.returncode == 0, f"{script.name} failed:\n{result.stdout}\n{result.stderr}"
     return result
@@ -101,8 +104,12 @@ def test_without_a_root_it_needs_to_be_root():
         # as nobody: refused before anything is written (nobody could not write anyway)
         result = subprocess.run(
             [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(script)],
-            capture_output=True, text=True, timeout=60, env=clean_env(), cwd="/",
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+            cwd="/",
+        )
         assert result.returncode != 0
         assert "run as root" in result.stderr and "--root DIR" in result.stderr, result.stderr
 
@@ -132,7 +139,13 @@ def test_second_install_changes_nothing(tmp_path):
 def test_with_a_root_nothing_is_done_to_this_machine(tmp_path):
     result = install(tmp_path / "root")
     skipped = result.stdout.split("skipped (installing into", 1)[1]
-    for step in ("systemd-sysusers", "chgrp inspectd", "sysctl -q -p", "systemd-tmpfiles", "systemctl daemon-reload"):  # fmt: skip
+    for step in (
+        "systemd-sysusers",
+        "chgrp inspectd",
+        "sysctl -q -p",
+        "systemd-tmpfiles",
+        "systemctl daemon-reload",
+    ):
         assert step in skipped, result.stdout
     assert "running " not in result.stdout, result.stdout
 
@@ -141,14 +154,20 @@ def test_destdir_is_the_same_as_root(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     install(a)
     subprocess.run(
-        ["bash", str(INSTALL)], check=True, capture_output=True, timeout=60,
+        ["bash", str(INSTALL)],
+        check=True,
+        capture_output=True,
+        timeout=60,
         env=clean_env(DESTDIR=str(b), INSPECTD_SKIP_VENV="1"),
-    )  # fmt: skip
+    )
     assert tree(a) == tree(b)
     clash = subprocess.run(
-        ["bash", str(INSTALL), "--root", str(a), "--no-venv"], capture_output=True, text=True,
-        timeout=60, env=clean_env(DESTDIR=str(b)),
-    )  # fmt: skip
+        ["bash", str(INSTALL), "--root", str(a), "--no-venv"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(DESTDIR=str(b)),
+    )
     assert clash.returncode != 0 and "disagree" in clash.stderr
 
 
@@ -296,10 +315,23 @@ def test_real_venv_from_a_wheel_of_this_tree(tmp_path):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "--no-index", "-w", str(wheels), str(src)],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(wheels),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     (wheel,) = wheels.glob("inspectd-*.whl")
 
     root = tmp_path / "root"

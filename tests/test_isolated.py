@@ -24,8 +24,12 @@ from inspectd.capture import build_source, open_source
 from inspectd.capture.isolated import IsolatedSource
 from inspectd.config.camera import FolderCamera, OpenCVCamera
 
-FAST = {"enabled": True, "heartbeat_timeout_s": 1.0, "restart_backoff_s": 0.2,
-        "restart_backoff_max_s": 1.0}  # fmt: skip
+FAST = {
+    "enabled": True,
+    "heartbeat_timeout_s": 1.0,
+    "restart_backoff_s": 0.2,
+    "restart_backoff_max_s": 1.0,
+}
 
 
 def write_folder(folder: Path, n: int = 6, shape: tuple[int, int] = (48, 64)) -> None:
@@ -89,7 +93,9 @@ def test_a_bigger_frame_gets_a_bigger_ring(tmp_path):
         time.sleep(0.5)
         frames = list(src)
         assert src.state()["dropped"] == 0
-    assert [f.image.shape for f in frames if f.image is not None] == [(32, 32, 3)] * 2 + [(300, 400, 3)]
+    assert [f.image.shape for f in frames if f.image is not None] == [(32, 32, 3)] * 2 + [
+        (300, 400, 3)
+    ]
     assert int(frames[2].image.mean()) == 7
 
 
@@ -145,8 +151,13 @@ def test_a_stalled_child_is_detected_by_the_heartbeat_killed_and_restarted(tmp_p
 
 def test_trigger_mode_answers_every_request_while_the_camera_is_offline(tmp_path):
     write_folder(tmp_path / "f")
-    cfg = FolderCamera(source="folder", path=tmp_path / "f", loop=True, trigger="mqtt",
-                       isolate={**FAST, "restart_backoff_s": 1.0})  # fmt: skip
+    cfg = FolderCamera(
+        source="folder",
+        path=tmp_path / "f",
+        loop=True,
+        trigger="mqtt",
+        isolate={**FAST, "restart_backoff_s": 1.0},
+    )
     with open_source(cfg) as src:
         assert [src.grab(2.0).part_id for _ in range(2)] == ["000_part", "001_part"]
         old = src.state()["child_pid"]
@@ -178,13 +189,23 @@ def test_a_killed_camera_process_in_a_station_gives_errors_health_and_a_restart(
 
     frames = tmp_path / "frames"
     write_button_parts(frames, good=2, defect=1)
-    config = StationConfig.model_validate({
-        "station": {"name": "cam1"}, "product": "button", "products_dir": str(PRODUCTS),
-        "state_dir": str(tmp_path / "state"),
-        "camera": {"source": "folder", "path": str(frames), "loop": True, "rate_hz": 20,
-                   "isolate": {**FAST, "restart_backoff_s": 0.5}},
-        "mqtt": {"enabled": False}, "output": {"dir": str(tmp_path / "out"), "overlays": "none"},
-    })  # fmt: skip
+    config = StationConfig.model_validate(
+        {
+            "station": {"name": "cam1"},
+            "product": "button",
+            "products_dir": str(PRODUCTS),
+            "state_dir": str(tmp_path / "state"),
+            "camera": {
+                "source": "folder",
+                "path": str(frames),
+                "loop": True,
+                "rate_hz": 20,
+                "isolate": {**FAST, "restart_backoff_s": 0.5},
+            },
+            "mqtt": {"enabled": False},
+            "output": {"dir": str(tmp_path / "out"), "overlays": "none"},
+        }
+    )
     station = Station(config)
     station.start()
     stop = threading.Event()
@@ -201,8 +222,14 @@ def test_a_killed_camera_process_in_a_station_gives_errors_health_and_a_restart(
         assert station.health_snapshot()["camera"]["state"] == "ok"
         old = station.health_snapshot()["camera"]["process"]["child_pid"]
         os.kill(old, signal.SIGKILL)
-        health = wait_for(lambda: (h := station.health_snapshot())["camera"]["state"] == "offline" and h, 3.0)
-        assert [p for p in health["problems"] if p.startswith("camera_offline: the camera process was killed by SIGKILL")]
+        health = wait_for(
+            lambda: (h := station.health_snapshot())["camera"]["state"] == "offline" and h, 3.0
+        )
+        assert [
+            p
+            for p in health["problems"]
+            if p.startswith("camera_offline: the camera process was killed by SIGKILL")
+        ]
         assert health["state"] == "degraded"
         wait_for(lambda: station.health_snapshot()["camera"]["state"] == "ok", 10.0)
         process = station.health_snapshot()["camera"]["process"]
@@ -229,12 +256,19 @@ def test_the_daemon_runs_an_isolated_camera_without_torch(tmp_path):
     frames = tmp_path / "frames"
     write_button_parts(frames, good=2, defect=1)
     config = tmp_path / "station.yaml"
-    config.write_text(json.dumps({
-        "station": {"name": "cam1"}, "product": "button", "products_dir": str(PRODUCTS),
-        "state_dir": str(tmp_path / "state"),
-        "camera": {"source": "folder", "path": str(frames), "isolate": True},
-        "mqtt": {"enabled": False}, "output": {"dir": str(tmp_path / "out"), "overlays": "none"},
-    }))  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "station": {"name": "cam1"},
+                "product": "button",
+                "products_dir": str(PRODUCTS),
+                "state_dir": str(tmp_path / "state"),
+                "camera": {"source": "folder", "path": str(frames), "isolate": True},
+                "mqtt": {"enabled": False},
+                "output": {"dir": str(tmp_path / "out"), "overlays": "none"},
+            }
+        )
+    )
     with Daemon(config) as daemon:
         rc = daemon.wait(60.0)
         assert rc == 0, daemon.tail()  # 99: torch was imported

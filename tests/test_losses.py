@@ -34,7 +34,9 @@ def test_ssim_of_bf16_inputs_is_computed_in_fp32() -> None:
     x, y = _low_contrast_pair()
     xb, yb = x.bfloat16(), y.bfloat16()
     # the inputs' own rounding moves SSIM a little; the arithmetic must not move it more
-    assert float(1 - ssim(xb, yb)) == pytest.approx(float(1 - ssim(xb.float(), yb.float())), rel=1e-5)
+    assert float(1 - ssim(xb, yb)) == pytest.approx(
+        float(1 - ssim(xb.float(), yb.float())), rel=1e-5
+    )
 
 
 def test_msgms_head_under_bf16_autocast_equals_fp32() -> None:

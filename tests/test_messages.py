@@ -34,8 +34,12 @@ from inspectd.verdict import Region, Verdict, VerdictRecord
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "mqtt.md"
 TOPICS = Topics("inspectd/v1/site/line1/st1")
-STATUS_FIELDS = {"boot_id": "b" * 32, "version": "0.1.0", "product": "button",
-                 "model_sha256": "ab" * 32}  # fmt: skip
+STATUS_FIELDS = {
+    "boot_id": "b" * 32,
+    "version": "0.1.0",
+    "product": "button",
+    "model_sha256": "ab" * 32,
+}
 
 
 # -- the table --------------------------------------------------------------------------------
@@ -136,9 +140,16 @@ def contract_table() -> dict[str, Row]:
         brace = payload.find("{")
         if brace >= 0:
             keys, is_open = parse_keys(payload[brace:])
-        rows[topic] = Row(topic, "(subscribed)" in topic_cell, int(qos.group(1)),
-                          "retained" in qos_cell, "expiry" in qos_cell, payload, keys,
-                          is_open)  # fmt: skip
+        rows[topic] = Row(
+            topic,
+            "(subscribed)" in topic_cell,
+            int(qos.group(1)),
+            "retained" in qos_cell,
+            "expiry" in qos_cell,
+            payload,
+            keys,
+            is_open,
+        )
     return rows
 
 
@@ -147,8 +158,19 @@ TABLE = contract_table()
 
 def test_the_table_parses_as_documented() -> None:
     """The parser itself, on rows whose shape is known: enumerations, optionals, nesting."""
-    assert {"status", "verdict", "reject", "overlay", "health", "stats", "trigger",
-            "trigger/response", "cmd/<name>/set", "cmd/<name>/result", "error"} <= set(TABLE)  # fmt: skip
+    assert {
+        "status",
+        "verdict",
+        "reject",
+        "overlay",
+        "health",
+        "stats",
+        "trigger",
+        "trigger/response",
+        "cmd/<name>/set",
+        "cmd/<name>/result",
+        "error",
+    } <= set(TABLE)
     status = TABLE["status"].keys
     assert status is not None and status["state"].values == {"online", "stopped", "offline"}
     verdict = TABLE["verdict"].keys
@@ -167,13 +189,24 @@ def test_the_table_parses_as_documented() -> None:
 def record(verdict: Verdict, **kw: Any) -> VerdictRecord:
     now = time.time()
     fields: dict[str, Any] = dict(
-        station="st1", product="button", part_id="P00042", verdict=verdict,
-        score=None if verdict is Verdict.ERROR else 0.3, threshold=0.2, model_name="hybrid",
-        model_sha256="ab" * 32, camera_serial="SIM-0001", frame_id=42, t_capture=now - 0.05,
-        t_verdict=now, latency_ms=50.0, seq=42, t_mono=time.monotonic(),
+        station="st1",
+        product="button",
+        part_id="P00042",
+        verdict=verdict,
+        score=None if verdict is Verdict.ERROR else 0.3,
+        threshold=0.2,
+        model_name="hybrid",
+        model_sha256="ab" * 32,
+        camera_serial="SIM-0001",
+        frame_id=42,
+        t_capture=now - 0.05,
+        t_verdict=now,
+        latency_ms=50.0,
+        seq=42,
+        t_mono=time.monotonic(),
         regions=[Region(1, 2, 3, 4, 12, 0.9)] if verdict is Verdict.NG else [],
         error="camera timeout" if verdict is Verdict.ERROR else None,
-    )  # fmt: skip
+    )
     fields.update(kw)
     return VerdictRecord(**fields)
 
@@ -183,23 +216,52 @@ def payload_of(message: OutgoingMessage) -> dict[str, Any]:
 
 
 def iso(value: Any) -> bool:
-    return isinstance(value, str) and datetime.fromisoformat(value.replace("Z", "+00:00")) is not None
+    return (
+        isinstance(value, str) and datetime.fromisoformat(value.replace("Z", "+00:00")) is not None
+    )
 
 
 # Types the table does not spell out; every documented key must have one (a new key needs a
 # line here), and every one here must be documented.
 NUMBER = (int, float)
 TYPES: dict[str, dict[str, Any]] = {
-    "status": {"state": str, "ts": iso, "boot_id": str, "version": str, "product": str,
-               "model_sha256": str},  # fmt: skip
-    "verdict": {"schema": str, "seq": int, "station": str, "product": str, "part_id": str,
-                "request_id": (str, type(None)), "verdict": str, "score": (*NUMBER, type(None)),
-                "threshold": (*NUMBER, type(None)), "regions": list, "model": dict,
-                "camera": dict, "t_capture": iso, "t_verdict": iso, "latency_ms": NUMBER,
-                "replayed": bool, "durable": bool, "error": (str, type(None))},  # fmt: skip
+    "status": {
+        "state": str,
+        "ts": iso,
+        "boot_id": str,
+        "version": str,
+        "product": str,
+        "model_sha256": str,
+    },
+    "verdict": {
+        "schema": str,
+        "seq": int,
+        "station": str,
+        "product": str,
+        "part_id": str,
+        "request_id": (str, type(None)),
+        "verdict": str,
+        "score": (*NUMBER, type(None)),
+        "threshold": (*NUMBER, type(None)),
+        "regions": list,
+        "model": dict,
+        "camera": dict,
+        "t_capture": iso,
+        "t_verdict": iso,
+        "latency_ms": NUMBER,
+        "replayed": bool,
+        "durable": bool,
+        "error": (str, type(None)),
+    },
     "reject": {"station": str, "part_id": str, "seq": int, "verdict": str, "deadline_ts": iso},
-    "error": {"error": str, "detail": str, "topic": str, "request_id": (str, type(None)),
-              "correlation_data": str, "ts": iso},  # fmt: skip
+    "error": {
+        "error": str,
+        "detail": str,
+        "topic": str,
+        "request_id": (str, type(None)),
+        "correlation_data": str,
+        "ts": iso,
+    },
 }
 
 
@@ -220,8 +282,11 @@ def check_row(topic: str, message: OutgoingMessage, *, keys: bool = True) -> dic
         assert set(types) == set(row.keys), f"TYPES[{topic!r}] and the table differ"
         for key, value in payload.items():
             want = types[key]
-            assert want(value) if callable(want) and not isinstance(want, type) else \
-                isinstance(value, want), (topic, key, value)  # fmt: skip
+            assert (
+                want(value)
+                if callable(want) and not isinstance(want, type)
+                else isinstance(value, want)
+            ), (topic, key, value)
     return payload
 
 
@@ -229,7 +294,9 @@ def check_keys(payload: dict[str, Any], keys: dict[str, Key], is_open: bool, whe
     required = {k for k, spec in keys.items() if not spec.optional}
     assert required <= set(payload), f"{where}: missing {sorted(required - set(payload))}"
     if not is_open:
-        assert set(payload) <= set(keys), f"{where}: undocumented {sorted(set(payload) - set(keys))}"
+        assert set(payload) <= set(keys), (
+            f"{where}: undocumented {sorted(set(payload) - set(keys))}"
+        )
     for name, spec in keys.items():
         if name not in payload:
             continue
@@ -275,25 +342,43 @@ def test_a_trigger_deadline_is_the_reject_deadline() -> None:
 
 
 def test_error_is_as_documented() -> None:
-    message = error_message(TOPICS, "invalid_request", "no part_id", source_topic=TOPICS.trigger,
-                            correlation_data=b"\x01\x02", request_id="r-1")  # fmt: skip
+    message = error_message(
+        TOPICS,
+        "invalid_request",
+        "no part_id",
+        source_topic=TOPICS.trigger,
+        correlation_data=b"\x01\x02",
+        request_id="r-1",
+    )
     payload = check_row("error", message)
     assert payload["correlation_data"] == "0102" and message.correlation_data == b"\x01\x02"
-    bare = check_row("error", error_message(TOPICS, "malformed_json", "not JSON",
-                                            source_topic=TOPICS.trigger, correlation_data=None))  # fmt: skip
+    bare = check_row(
+        "error",
+        error_message(
+            TOPICS, "malformed_json", "not JSON", source_topic=TOPICS.trigger, correlation_data=None
+        ),
+    )
     assert "correlation_data" not in bare and bare["error"] == "malformed_json"
 
 
 def test_an_answer_with_a_lone_surrogate_is_still_sent() -> None:
-    message = reply_message(f"{TOPICS.base}/trigger/response", {"part_id": "p\udcff"},
-                            source_topic=TOPICS.trigger, correlation_data=None)  # fmt: skip
+    message = reply_message(
+        f"{TOPICS.base}/trigger/response",
+        {"part_id": "p\udcff"},
+        source_topic=TOPICS.trigger,
+        correlation_data=None,
+    )
     assert json.loads(message.payload) == {"part_id": "p\udcff"}
 
 
 @pytest.mark.parametrize("topic", ["trigger/response", "cmd/<name>/result"])
 def test_replies_are_as_documented(topic: str) -> None:
-    message = reply_message(f"{TOPICS.base}/{topic}", {"command": "product", "ok": True},
-                            source_topic=TOPICS.trigger, correlation_data=b"c")  # fmt: skip
+    message = reply_message(
+        f"{TOPICS.base}/{topic}",
+        {"command": "product", "ok": True},
+        source_topic=TOPICS.trigger,
+        correlation_data=b"c",
+    )
     check_row(topic, message)
 
 

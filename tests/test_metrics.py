@@ -89,8 +89,12 @@ class Scrape:
         self.families = {f.name: f for f in text_string_to_metric_families(body.decode())}
 
     def value(self, sample: str, **labels: str) -> float:
-        found = [s.value for f in self.families.values() for s in f.samples
-                 if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())]  # fmt: skip
+        found = [
+            s.value
+            for f in self.families.values()
+            for s in f.samples
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
         assert len(found) == 1, f"{sample}{labels}: {found}"
         return found[0]
 
@@ -113,14 +117,21 @@ def test_counters_and_histograms_match_the_verdicts_written(tmp_path):
         written = verdict_counts(tmp_path)
         assert sum(written.values()) == parts and written["ERROR"] == 2 and written["NG"] >= 1
         for verdict in ("OK", "NG", "ERROR"):
-            assert scrape.value("inspectd_verdicts_total", product="button",
-                                verdict=verdict) == written[verdict], verdict  # fmt: skip
+            assert (
+                scrape.value("inspectd_verdicts_total", product="button", verdict=verdict)
+                == written[verdict]
+            ), verdict
         assert stats.verdicts == written
         # every part went through capture, decide and publish; only decodable ones through
         # preprocess and the engine
         inspected = written["OK"] + written["NG"]
-        expected = {"capture": parts, "preprocess": inspected, "infer": inspected,
-                    "decide": parts, "publish": parts}  # fmt: skip
+        expected = {
+            "capture": parts,
+            "preprocess": inspected,
+            "infer": inspected,
+            "decide": parts,
+            "publish": parts,
+        }
         assert set(expected) == set(STAGES)
         for stage, n in expected.items():
             assert scrape.value("inspectd_stage_seconds_count", stage=stage) == n, stage
@@ -134,7 +145,10 @@ def test_counters_and_histograms_match_the_verdicts_written(tmp_path):
         assert "inspectd_outbox_dropped" in scrape.families
         assert scrape.value("inspectd_camera_up") == 1
         assert scrape.value("inspectd_camera_fps") >= 0
-        assert scrape.value("inspectd_info", station="cam1", product="button", engine="onnxruntime") == 1
+        assert (
+            scrape.value("inspectd_info", station="cam1", product="button", engine="onnxruntime")
+            == 1
+        )
         assert scrape.value("inspectd_threshold", kind="image") > 0
         assert scrape.value("inspectd_drifting") == 0
         assert "inspectd_mqtt_connected" not in scrape.families  # MQTT is off
@@ -214,7 +228,9 @@ def test_the_daemon_serves_metrics_on_the_configured_address_only(mosquitto, tmp
         assert listening["host"] == "127.0.0.1" and listening["url"] == base + "/metrics"
         daemon.wait_event("station.ready")
         deadline = time.monotonic() + 20
-        while (scrape := Scrape(base)).value("inspectd_verdicts_total", product="button", verdict="OK") < 3:
+        while (scrape := Scrape(base)).value(
+            "inspectd_verdicts_total", product="button", verdict="OK"
+        ) < 3:
             assert time.monotonic() < deadline, daemon.tail()
             time.sleep(0.2)
         assert scrape.value("inspectd_mqtt_connected") == 1
@@ -225,8 +241,10 @@ def test_the_daemon_serves_metrics_on_the_configured_address_only(mosquitto, tmp
         health = json.loads((tmp_path / "state" / "health.json").read_text())
         assert health["metrics"]["port"] == port
         assert daemon.terminate() == 0, daemon.tail()
-    counted = sum(scrape.value("inspectd_verdicts_total", product="button", verdict=v)
-                  for v in ("OK", "NG", "ERROR"))  # fmt: skip
+    counted = sum(
+        scrape.value("inspectd_verdicts_total", product="button", verdict=v)
+        for v in ("OK", "NG", "ERROR")
+    )
     assert counted <= sum(verdict_counts(tmp_path).values())
 
 

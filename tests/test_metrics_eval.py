@@ -330,13 +330,29 @@ def test_eval_command_end_to_end_without_torch(button_set: Path, tmp_path: Path)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     report = json.loads((tmp_path / "m.json").read_text())
-    for key in ("product", "model_sha256", "image_auroc", "pixel_auroc", "aupro", "image_f1_max",
-                "image_f1_threshold", "image_threshold", "recall", "good_rejected", "per_defect",
-                "recall_at_frr"):  # fmt: skip
+    for key in (
+        "product",
+        "model_sha256",
+        "image_auroc",
+        "pixel_auroc",
+        "aupro",
+        "image_f1_max",
+        "image_f1_threshold",
+        "image_threshold",
+        "recall",
+        "good_rejected",
+        "per_defect",
+        "recall_at_frr",
+    ):
         assert key in report, key
     types = sorted(p.name for p in (button_set / "test").iterdir() if p.name != "good")
     assert sorted(report["per_defect"]) == types
-    assert set(report["per_defect"][types[0]]) >= {"image_auroc", "pixel_auroc", "aupro", "recall_at_frr"}
+    assert set(report["per_defect"][types[0]]) >= {
+        "image_auroc",
+        "pixel_auroc",
+        "aupro",
+        "recall_at_frr",
+    }
     assert "recall @ 1 % FRR" in p.stdout
     assert report["test_images"] == 4 + len(types) and 0.5 < report["pixel_auroc"] <= 1.0
     assert "| **all** |" in p.stdout and all(f"| {t} |" in p.stdout for t in types)
@@ -348,13 +364,37 @@ def test_eval_command_errors_exit_2(
 ) -> None:
     from inspectd.cli import main
 
-    assert main(["eval", "--product", "nope", "--products", str(REPO / "products"),
-                 "--data", str(button_set)]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--product",
+                "nope",
+                "--products",
+                str(REPO / "products"),
+                "--data",
+                str(button_set),
+            ]
+        )
+        == 2
+    )
     assert "not a product bundle" in capsys.readouterr().err
     empty = tmp_path / "empty"
     (empty / "test" / "good").mkdir(parents=True)
-    assert main(["eval", "--product", "button", "--products", str(REPO / "products"),
-                 "--data", str(empty)]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--product",
+                "button",
+                "--products",
+                str(REPO / "products"),
+                "--data",
+                str(empty),
+            ]
+        )
+        == 2
+    )
     assert "no test images" in capsys.readouterr().err
 
 
@@ -374,7 +414,10 @@ def test_recall_at_frr_rejects_at_most_the_allowed_good_parts() -> None:
         assert (good >= p["threshold"]).sum() == allowed
         assert (good >= np.sort(good)[::-1][allowed]).sum() == allowed + 1
         assert p["recall"] == pytest.approx((bad >= p["threshold"]).mean())
-    assert recall_at_frr(labels, scores, 0.01)["recall"] > recall_at_frr(labels, scores, 0.001)["recall"]
+    assert (
+        recall_at_frr(labels, scores, 0.01)["recall"]
+        > recall_at_frr(labels, scores, 0.001)["recall"]
+    )
 
 
 def test_recall_at_frr_with_ties_and_non_finite_scores() -> None:

@@ -21,14 +21,31 @@ from inspectd.train.models.hybrid import AttentionSkip, ImageBranch  # noqa: E40
 from inspectd.train.models.vgg import VGG19Blocks, WeightsError  # noqa: E402
 from inspectd.train.models.vivano import MixtureDensity  # noqa: E402
 
-SHARED_VGG = Path(__file__).resolve().parents[2] / "shared/weights/vgg19_blocks1-3_torchvision_norm.pth"
+SHARED_VGG = (
+    Path(__file__).resolve().parents[2] / "shared/weights/vgg19_blocks1-3_torchvision_norm.pth"
+)
 # Small configurations of the same architectures: every block present, CPU-fast.
 TINY = {
-    "hybrid": {"input_size": 64, "dim": 64, "depth": 1, "heads": 2, "image_channels": 8,
-               "skip1": [16, 1, 8], "skip2": [32, 2, 4], "dropout": 0.0},
-    "vivano": {"input_size": 64, "patch": 8, "dim": 64, "depth": 1, "heads": 2, "latent": 16,
-               "components": 2},
-}  # fmt: skip
+    "hybrid": {
+        "input_size": 64,
+        "dim": 64,
+        "depth": 1,
+        "heads": 2,
+        "image_channels": 8,
+        "skip1": [16, 1, 8],
+        "skip2": [32, 2, 4],
+        "dropout": 0.0,
+    },
+    "vivano": {
+        "input_size": 64,
+        "patch": 8,
+        "dim": 64,
+        "depth": 1,
+        "heads": 2,
+        "latent": 16,
+        "components": 2,
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +78,9 @@ def buttons(n: int, size: int) -> np.ndarray:
 # --- VGG19 weights -------------------------------------------------------------------------
 
 
-def test_vgg_loads_torchvision_layout_and_refuses_what_is_not(vgg_file: Path, tmp_path: Path) -> None:
+def test_vgg_loads_torchvision_layout_and_refuses_what_is_not(
+    vgg_file: Path, tmp_path: Path
+) -> None:
     vgg = VGG19Blocks()
     vgg.load_file(vgg_file)
     want = torch.load(vgg_file, weights_only=True)
@@ -80,7 +99,9 @@ def test_vgg_loads_torchvision_layout_and_refuses_what_is_not(vgg_file: Path, tm
         vgg.load_file(tmp_path / "junk.pth")
 
 
-@pytest.mark.skipif(not SHARED_VGG.is_file(), reason="the shared ImageNet VGG19 file is not on this machine")
+@pytest.mark.skipif(
+    not SHARED_VGG.is_file(), reason="the shared ImageNet VGG19 file is not on this machine"
+)
 def test_shared_imagenet_weights_load_and_respond_to_edges() -> None:
     """The real file: Caffe activation scale (relu3_4 mean about 70 on natural input), and
     features that tell an edge from a flat image (random weights would not be this sharp)."""
@@ -111,7 +132,9 @@ def test_hybrid_blocks_have_the_papers_shapes() -> None:
 
 
 @pytest.mark.parametrize("finetune", [False, True])
-def test_hybrid_reconstructs_in_unit_range_and_trains_what_it_should(finetune: bool, vgg_file: Path) -> None:
+def test_hybrid_reconstructs_in_unit_range_and_trains_what_it_should(
+    finetune: bool, vgg_file: Path
+) -> None:
     fam = family("hybrid")
     model = fam.create(fam.params({**TINY["hybrid"], "finetune_vgg": finetune}))
     x = torch.rand(2, 3, 64, 64)
@@ -163,16 +186,26 @@ def test_full_covariance_mixture_is_the_mixture_of_multivariate_gaussians() -> N
     """The paper's variant (embedding-conditioned, full covariance) against torch.distributions,
     with the covariance the precision factor implies."""
     torch.manual_seed(2)
-    mdn = MixtureDensity(positions=5, latent=3, components=2, hidden=16, condition="embedding",
-                         covariance="full", in_dim=6)  # fmt: skip
+    mdn = MixtureDensity(
+        positions=5,
+        latent=3,
+        components=2,
+        hidden=16,
+        condition="embedding",
+        covariance="full",
+        in_dim=6,
+    )
     with torch.no_grad():
         mdn.sigmas.weight.normal_(0, 0.3)  # off-diagonal terms that matter
     e, cond = torch.randn(2, 5, 3), torch.randn(2, 5, 6)
     h = mdn.net(cond)
     raw = mdn.sigmas(h).view(2, 5, 2, 3, 3)
-    u = raw.triu(1) + torch.diag_embed(torch.nn.functional.softplus(raw.diagonal(dim1=-2, dim2=-1)) + 1e-3)
-    comp = torch.distributions.MultivariateNormal(mdn.means(h).view(2, 5, 2, 3),
-                                                  precision_matrix=u.transpose(-2, -1) @ u)  # fmt: skip
+    u = raw.triu(1) + torch.diag_embed(
+        torch.nn.functional.softplus(raw.diagonal(dim1=-2, dim2=-1)) + 1e-3
+    )
+    comp = torch.distributions.MultivariateNormal(
+        mdn.means(h).view(2, 5, 2, 3), precision_matrix=u.transpose(-2, -1) @ u
+    )
     mix = torch.distributions.Categorical(logits=mdn.logits(h))
     want = -torch.distributions.MixtureSameFamily(mix, comp).log_prob(e) / 3
     torch.testing.assert_close(mdn.nll(e, cond), want, rtol=1e-4, atol=1e-4)
@@ -185,8 +218,18 @@ def test_vivano_paper_variant_trains_the_encoder_through_the_density() -> None:
     grads = {}
     for detach in (True, False):
         fam = family("vivano")
-        model = fam.create(fam.params({**TINY["vivano"], "density": "embedding", "covariance": "full",
-                                       "detach": detach, "rec_weight": 0.0, "kl_weight": 0.0}))  # fmt: skip
+        model = fam.create(
+            fam.params(
+                {
+                    **TINY["vivano"],
+                    "density": "embedding",
+                    "covariance": "full",
+                    "detach": detach,
+                    "rec_weight": 0.0,
+                    "kl_weight": 0.0,
+                }
+            )
+        )
         model.train()
         model.loss(x, x).backward()
         grads[detach] = model.encoder.patch_embed.weight.grad
@@ -233,8 +276,10 @@ def test_a_hybrid_bundle_from_before_the_skips_option_loads_as_it_was_built(tmp_
     params = fam.params({**TINY["hybrid"], "skips": "before_pool", "patch": 2, "attention": [1, 2]})
     torch.save(fam.create(params).state_dict(), tmp_path / "model.pt")
     old = {k: v for k, v in params.items() if k not in ("skips", "attention")}
-    manifest = SimpleNamespace(model=SimpleNamespace(family="hybrid", params=old, checkpoint="model.pt"),
-                               scoring=ScoringSpec(method="msgms_l2"))  # fmt: skip
+    manifest = SimpleNamespace(
+        model=SimpleNamespace(family="hybrid", params=old, checkpoint="model.pt"),
+        scoring=ScoringSpec(method="msgms_l2"),
+    )
     graph = load_graph(SimpleNamespace(path=tmp_path, manifest=manifest))
     assert graph.model.pooled is False
     assert graph(torch.zeros(1, 64, 64, 3, dtype=torch.uint8)).anomaly_map.shape == (1, 64, 64)
@@ -260,7 +305,9 @@ def test_vivano_density_flags_a_patch_unlike_training() -> None:
 
 
 def test_unknown_parameter_names_the_allowed_ones() -> None:
-    with pytest.raises(ValueError, match="no parameter depht .*allowed: input_size, patch, dim, depth"):
+    with pytest.raises(
+        ValueError, match="no parameter depht .*allowed: input_size, patch, dim, depth"
+    ):
         family("vivano").params({"depht": 3})
     with pytest.raises(ValueError, match="allowed: ae, hybrid, vivano"):
         family("resnet")
@@ -271,10 +318,13 @@ def test_unknown_parameter_names_the_allowed_ones() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name,amp", [("hybrid", False), ("vivano", False), ("vivano", True)],
+    "name,amp",
+    [("hybrid", False), ("vivano", False), ("vivano", True)],
     ids=["hybrid-fp32", "vivano-fp32", "vivano-bf16"],
-)  # fmt: skip
-def test_tiny_training_lowers_the_loss_on_synthetic_buttons(name: str, amp: bool, vgg_file: Path) -> None:
+)
+def test_tiny_training_lowers_the_loss_on_synthetic_buttons(
+    name: str, amp: bool, vgg_file: Path
+) -> None:
     """bf16: the autocast that training on CUDA uses by default, here on the CPU (no GPU on the
     test machines): every op of vivano's objective (VAE, mixture NLL) runs under it and the loss
     still falls. Not the hybrid: bf16 convolutions on a CPU without bf16 units took over 5
@@ -284,20 +334,33 @@ def test_tiny_training_lowers_the_loss_on_synthetic_buttons(name: str, amp: bool
     # vivano's mixture term first rises while the encoder spreads its embeddings, then falls
     epochs, lr = (6, 2e-3) if name == "hybrid" else (12, 1e-3)
     settings = TrainSettings(epochs=epochs, batch_size=4, lr=lr, mixed_precision=amp)
-    result = train_model(model, images[:8], images[8:], settings, family(name).objective, progress=False)
+    result = train_model(
+        model, images[:8], images[8:], settings, family(name).objective, progress=False
+    )
     assert result.history[-1][0] < result.history[0][0] * 0.9, result.history
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
     if amp:  # bf16 was in effect: the same seeded run in fp32 gives a close, not equal, loss
-        plain = train_model(tiny(name, vgg_file), images[:8], images[8:], replace(settings, mixed_precision=False),
-                            family(name).objective, progress=False)  # fmt: skip
+        plain = train_model(
+            tiny(name, vgg_file),
+            images[:8],
+            images[8:],
+            replace(settings, mixed_precision=False),
+            family(name).objective,
+            progress=False,
+        )
         first, ref = result.history[0][0], plain.history[0][0]
         assert first != ref and abs(first - ref) < 0.25 * abs(ref), (first, ref)
 
 
-@pytest.mark.parametrize("name, options", [
-    ("hybrid", {}), ("hybrid", {"skips": "before_pool", "patch": 2, "attention": [1, 2]}),
-    ("vivano", {}), ("vivano", {"density": "embedding", "covariance": "full", "detach": False}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("hybrid", {}),
+        ("hybrid", {"skips": "before_pool", "patch": 2, "attention": [1, 2]}),
+        ("vivano", {}),
+        ("vivano", {"density": "embedding", "covariance": "full", "detach": False}),
+    ],
+)
 def test_export_parity_torch_vs_onnxruntime(
     name: str, options: dict, vgg_file: Path, tmp_path: Path
 ) -> None:
@@ -318,7 +381,9 @@ def test_export_parity_torch_vs_onnxruntime(
     limit = float(ordered[2] + ordered[3]) / 2  # between two scores: a verdict boundary, not a tie
     np.testing.assert_array_equal(want >= limit, got >= limit)
     # dynamic batch: one image at a time gives the same scores
-    single = np.concatenate([OnnxRuntimeEngine(path).infer(images[i : i + 1]).score for i in range(5)])
+    single = np.concatenate(
+        [OnnxRuntimeEngine(path).infer(images[i : i + 1]).score for i in range(5)]
+    )
     np.testing.assert_allclose(single, got, atol=PARITY_TOLERANCE)
 
 
@@ -334,15 +399,25 @@ def test_hybrid_bundle_round_trip_and_reexport(vgg_file: Path, tmp_path: Path) -
 
     data = tmp_path / "data"
     write_dataset(data, seed=1, n_train_good=10, n_test_good=3, n_test_per_defect=1)
-    out = build_product(BuildRequest(
-        product="tiny", data=data, out=tmp_path / "products" / "tiny", model="hybrid",
-        params=TINY["hybrid"], settings=TrainSettings(epochs=1, batch_size=4), vgg_weights=vgg_file,
-    ))  # fmt: skip
+    out = build_product(
+        BuildRequest(
+            product="tiny",
+            data=data,
+            out=tmp_path / "products" / "tiny",
+            model="hybrid",
+            params=TINY["hybrid"],
+            settings=TrainSettings(epochs=1, batch_size=4),
+            vgg_weights=vgg_file,
+        )
+    )
     bundle = load_bundle(out)
     m = bundle.manifest
     assert m.model.family == "hybrid" and m.model.checkpoint == "model.pt"
     assert m.model.params["skip1"] == [16, 1, 8] and "GroupNorm" in m.model.settled
-    assert m.training["vgg_weights"] == "vgg19-dcbb9e9d.pth" and len(m.training["vgg_weights_sha256"]) == 64
+    assert (
+        m.training["vgg_weights"] == "vgg19-dcbb9e9d.pth"
+        and len(m.training["vgg_weights_sha256"]) == 64
+    )
     assert m.training["settings"]["noise_sigma"] == 0.0  # explicit settings win over the paper's
     assert "model.pt" in m.files
 

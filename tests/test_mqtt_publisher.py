@@ -32,10 +32,25 @@ from inspectd.verdict import Region, Verdict, VerdictRecord, iso_utc
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOLS = ["5", "3.1.1"]
 V1_KEYS = {
-    "schema", "seq", "station", "product", "part_id", "request_id", "verdict", "score",
-    "threshold", "regions", "model", "camera", "t_capture", "t_verdict", "latency_ms",
-    "replayed", "durable", "error",
-}  # fmt: skip
+    "schema",
+    "seq",
+    "station",
+    "product",
+    "part_id",
+    "request_id",
+    "verdict",
+    "score",
+    "threshold",
+    "regions",
+    "model",
+    "camera",
+    "t_capture",
+    "t_verdict",
+    "latency_ms",
+    "replayed",
+    "durable",
+    "error",
+}
 STATUS_FIELDS = {
     "boot_id": "0f0e0d0c-boot",
     "version": "0.1.0",
@@ -263,10 +278,15 @@ def test_fifty_verdicts_in_order_with_rejects(mosquitto, make_publisher, subscri
     time.sleep(0.1)
     rejects = sub.messages(topics.reject)
     assert [m.json() for m in rejects] == [
-        {"station": "st1", "part_id": r.part_id, "seq": r.seq, "verdict": r.verdict.value,
-         "deadline_ts": iso_utc(r.t_verdict + 60.0)}
+        {
+            "station": "st1",
+            "part_id": r.part_id,
+            "seq": r.seq,
+            "verdict": r.verdict.value,
+            "deadline_ts": iso_utc(r.t_verdict + 60.0),
+        }
         for r in bad
-    ]  # fmt: skip
+    ]
     if protocol == "5":  # expiry = what is left of the part's travel window
         assert all(55 <= m.properties.MessageExpiryInterval <= 60 for m in rejects)
     stats = pub.stats()
@@ -304,8 +324,14 @@ def test_broker_down_at_start(make_publisher, protocol):
     with persistent_mosquitto() as broker:
         # the subscriber's session exists before the publisher's broker comes up, so nothing
         # depends on who reconnects first
-        sub = Subscriber(broker.host, broker.port, f"{topics.base}/#", client_id="down-sub",
-                         protocol="3.1.1", persistent=True)  # fmt: skip
+        sub = Subscriber(
+            broker.host,
+            broker.port,
+            f"{topics.base}/#",
+            client_id="down-sub",
+            protocol="3.1.1",
+            persistent=True,
+        )
         try:
             broker.stop()
             pub = make_publisher(broker.port, protocol, topics)
@@ -338,8 +364,14 @@ def test_broker_restart_mid_stream_keeps_order(make_publisher, protocol):
         pytest.skip("mosquitto is not installed")
     topics = unique_topics("restart")
     with persistent_mosquitto() as broker:
-        sub = Subscriber(broker.host, broker.port, topics.verdict, client_id="restart-sub",
-                         protocol="3.1.1", persistent=True)  # fmt: skip
+        sub = Subscriber(
+            broker.host,
+            broker.port,
+            topics.verdict,
+            client_id="restart-sub",
+            protocol="3.1.1",
+            persistent=True,
+        )
         try:
             pub = make_publisher(broker.port, protocol, topics)
             pub.start()

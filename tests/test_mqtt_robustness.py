@@ -71,10 +71,17 @@ def broker() -> Iterator[LocalBroker]:
         yield b
 
 
-def write_config(tmp: Path, port: int, *, camera: dict[str, Any], mqtt: dict[str, Any] | None = None,
-                 **sections: Any) -> Path:  # fmt: skip
-    path = write_station_config(tmp, port, write_good_frames(tmp / "frames"), camera=camera,
-                                mqtt_extra=mqtt)  # fmt: skip
+def write_config(
+    tmp: Path,
+    port: int,
+    *,
+    camera: dict[str, Any],
+    mqtt: dict[str, Any] | None = None,
+    **sections: Any,
+) -> Path:
+    path = write_station_config(
+        tmp, port, write_good_frames(tmp / "frames"), camera=camera, mqtt_extra=mqtt
+    )
     config = json.loads(path.read_text())
     config["metrics"] = {"enabled": True, "port": 0}
     config.update(sections)
@@ -154,30 +161,56 @@ CORPUS = [
     Case("request_id object", j({"request_id": {"a": 1}, "part_id": "p"}), "invalid_request"),
     Case("request_id 129 chars", j({"request_id": "r" * 129, "part_id": "p"}), "invalid_request"),
     Case("unknown field", req("t-uf", colour="red"), "invalid_request", "t-uf", "colour"),
-    Case("duplicate key", b'{"request_id":"a","request_id":"b","part_id":"p"}', "invalid_request",
-         detail="duplicate key"),  # fmt: skip
+    Case(
+        "duplicate key",
+        b'{"request_id":"a","request_id":"b","part_id":"p"}',
+        "invalid_request",
+        detail="duplicate key",
+    ),
     # numbers
-    Case("deadline string", req("t-ds", deadline_ms="100"), "invalid_request", "t-ds", "deadline_ms"),
+    Case(
+        "deadline string", req("t-ds", deadline_ms="100"), "invalid_request", "t-ds", "deadline_ms"
+    ),
     Case("deadline bool", req("t-db", deadline_ms=True), "invalid_request", "t-db"),
     Case("deadline zero", req("t-dz", deadline_ms=0), "invalid_request", "t-dz"),
     Case("deadline negative", req("t-dn", deadline_ms=-5), "invalid_request", "t-dn"),
-    Case("deadline 400 digits", b'{"request_id":"t-d400","part_id":"p","deadline_ms":'
-         + b"9" * 400 + b"}", "invalid_request", "t-d400", "deadline_ms"),  # fmt: skip
-    Case("deadline 1e400", b'{"request_id":"t-inf","part_id":"p","deadline_ms":1e400}',
-         "invalid_request", "t-inf"),  # fmt: skip
+    Case(
+        "deadline 400 digits",
+        b'{"request_id":"t-d400","part_id":"p","deadline_ms":' + b"9" * 400 + b"}",
+        "invalid_request",
+        "t-d400",
+        "deadline_ms",
+    ),
+    Case(
+        "deadline 1e400",
+        b'{"request_id":"t-inf","part_id":"p","deadline_ms":1e400}',
+        "invalid_request",
+        "t-inf",
+    ),
     Case("deadline 1e300", req("t-e300", deadline_ms=1e300), "invalid_request", "t-e300"),
     Case("deadline over a day", req("t-day", deadline_ms=86_400_001), "invalid_request", "t-day"),
-    Case("deadline NaN", b'{"request_id":"t-nan","part_id":"p","deadline_ms":NaN}',
-         "malformed_json", detail="NaN"),  # fmt: skip
-    Case("deadline Infinity", b'{"request_id":"t-i","part_id":"p","deadline_ms":-Infinity}',
-         "malformed_json"),  # fmt: skip
+    Case(
+        "deadline NaN",
+        b'{"request_id":"t-nan","part_id":"p","deadline_ms":NaN}',
+        "malformed_json",
+        detail="NaN",
+    ),
+    Case(
+        "deadline Infinity",
+        b'{"request_id":"t-i","part_id":"p","deadline_ms":-Infinity}',
+        "malformed_json",
+    ),
     # depth
     Case("2000 deep", DEEP, "malformed_json", detail="nested too deeply"),
     Case("1500 deep in a field", DEEP_IN_FIELD, "malformed_json", detail="nested too deeply"),
     Case("600 deep parses", MODERATE, "invalid_request"),
     # encodings
-    Case("UTF-16 with BOM", '{"request_id":"u16","part_id":"p"}'.encode("utf-16"),
-         "malformed_json", detail="not UTF-8"),  # fmt: skip
+    Case(
+        "UTF-16 with BOM",
+        '{"request_id":"u16","part_id":"p"}'.encode("utf-16"),
+        "malformed_json",
+        detail="not UTF-8",
+    ),
     Case("UTF-8 BOM, valid", b"\xef\xbb\xbf" + req("t-bom"), None),
     Case("UTF-8 BOM, broken", b"\xef\xbb\xbf{", "malformed_json"),
     Case("invalid byte", b'{"request_id":"\xff","part_id":"p"}', "malformed_json", detail="UTF-8"),
@@ -186,28 +219,70 @@ CORPUS = [
     Case("NUL", b"\x00", "malformed_json"),
     Case("trailing garbage", req("t-tg") + b" x", "malformed_json"),
     Case("two objects", b"{}{}", "malformed_json"),
-    Case("lone surrogate request_id", j({"request_id": "\udcff", "part_id": "p"}),
-         "invalid_request", None, "U+DCFF"),  # fmt: skip
-    Case("lone surrogate part_id", j({"request_id": "t-ls", "part_id": "\udcff"}),
-         "invalid_request", "t-ls", "part_id"),  # fmt: skip
-    Case("lone surrogate id, invalid request", j({"request_id": "\ud800", "colour": 1}),
-         "invalid_request"),  # fmt: skip
-    Case("NUL in part_id", j({"request_id": "t-nul", "part_id": "a\u0000b"}), "invalid_request",
-         "t-nul", "U+0000"),  # fmt: skip
-    Case("newline in part_id", j({"request_id": "t-nl", "part_id": "a\nb"}), "invalid_request", "t-nl"),
-    Case("C1 control in part_id", j({"request_id": "t-c1", "part_id": "\u0085"}), "invalid_request",
-         "t-c1"),  # fmt: skip
+    Case(
+        "lone surrogate request_id",
+        j({"request_id": "\udcff", "part_id": "p"}),
+        "invalid_request",
+        None,
+        "U+DCFF",
+    ),
+    Case(
+        "lone surrogate part_id",
+        j({"request_id": "t-ls", "part_id": "\udcff"}),
+        "invalid_request",
+        "t-ls",
+        "part_id",
+    ),
+    Case(
+        "lone surrogate id, invalid request",
+        j({"request_id": "\ud800", "colour": 1}),
+        "invalid_request",
+    ),
+    Case(
+        "NUL in part_id",
+        j({"request_id": "t-nul", "part_id": "a\u0000b"}),
+        "invalid_request",
+        "t-nul",
+        "U+0000",
+    ),
+    Case(
+        "newline in part_id",
+        j({"request_id": "t-nl", "part_id": "a\nb"}),
+        "invalid_request",
+        "t-nl",
+    ),
+    Case(
+        "C1 control in part_id",
+        j({"request_id": "t-c1", "part_id": "\u0085"}),
+        "invalid_request",
+        "t-c1",
+    ),
     Case("DEL in request_id", j({"request_id": "r\u007f", "part_id": "p"}), "invalid_request"),
-    Case("noncharacter in part_id", j({"request_id": "t-nc", "part_id": "\uffff"}),
-         "invalid_request", "t-nc", "noncharacter"),  # fmt: skip
-    Case("surrogate field name", j({"request_id": "t-sf", "part_id": "p", "\udcff": 1}),
-         "invalid_request", "t-sf"),  # fmt: skip
+    Case(
+        "noncharacter in part_id",
+        j({"request_id": "t-nc", "part_id": "\uffff"}),
+        "invalid_request",
+        "t-nc",
+        "noncharacter",
+    ),
+    Case(
+        "surrogate field name",
+        j({"request_id": "t-sf", "part_id": "p", "\udcff": 1}),
+        "invalid_request",
+        "t-sf",
+    ),
     Case("emoji ids are fine", j({"request_id": "t-\U0001f600", "part_id": "ü-部品"}), None),
     # sizes
-    Case("4097 bytes", req("t-big", pad="x" * 4050)[:4096] + b"}", "payload_too_large",
-         detail="at most 4096"),  # fmt: skip
+    Case(
+        "4097 bytes",
+        req("t-big", pad="x" * 4050)[:4096] + b"}",
+        "payload_too_large",
+        detail="at most 4096",
+    ),
     Case("64 KiB", b"{" + b" " * 65534 + b"}", "payload_too_large"),
-    Case("the broker's limit", b"[" + b"0," * ((BROKER_LIMIT - 3) // 2) + b"0]", "payload_too_large"),
+    Case(
+        "the broker's limit", b"[" + b"0," * ((BROKER_LIMIT - 3) // 2) + b"0]", "payload_too_large"
+    ),
     # commands
     Case("unknown command", j({}), "unknown_command", topic="cmd/format_disk/set"),
     Case("empty command name", j({}), "unknown_command", topic="cmd//set"),
@@ -223,8 +298,12 @@ CORPUS = [
     Case("command the broker's limit", b" " * BROKER_LIMIT, "payload_too_large", topic=PRODUCT),
     Case("command bad argument", j({"force": True}), "command_failed", topic=RELOAD),
     Case("product lone surrogate", j({"product": "\udcff"}), "command_failed", topic=PRODUCT),
-    Case("product 400 digits", b'{"product": ' + b"7" * 400 + b"}", "command_failed", topic=PRODUCT),
-    Case("product duplicate key", b'{"product":"a","product":"b"}', "invalid_request", topic=PRODUCT),
+    Case(
+        "product 400 digits", b'{"product": ' + b"7" * 400 + b"}", "command_failed", topic=PRODUCT
+    ),
+    Case(
+        "product duplicate key", b'{"product":"a","product":"b"}', "invalid_request", topic=PRODUCT
+    ),
     Case("command with BOM", b"\xef\xbb\xbf{}", None, topic=RELOAD),
 ]
 
@@ -237,8 +316,10 @@ def test_the_corpus_is_big_enough():
 @pytest.fixture
 def station(broker, tmp_path) -> Iterator[Station]:
     config = write_config(tmp_path, broker.port, camera={"trigger": "mqtt"})
-    with Daemon(config) as daemon, Requester(broker.host, broker.port,
-                                             [f"{BASE}/#", "requester/#"]) as requester:  # fmt: skip
+    with (
+        Daemon(config) as daemon,
+        Requester(broker.host, broker.port, [f"{BASE}/#", "requester/#"]) as requester,
+    ):
         wait_online(requester)
         yield Station(daemon, requester, tmp_path)
 
@@ -248,8 +329,12 @@ def test_every_malformed_message_is_answered_and_the_next_trigger_too(station):
     triggers_refused = 0
     for i, case in enumerate(CORPUS):
         corr = f"case-{i}".encode()
-        st.req.publish(f"{BASE}/{case.topic}", case.payload, response_topic=st.reply_topic,
-                       correlation_data=corr)  # fmt: skip
+        st.req.publish(
+            f"{BASE}/{case.topic}",
+            case.payload,
+            response_topic=st.reply_topic,
+            correlation_data=corr,
+        )
         if case.code is None:  # accepted
             answer = strict_text(st.answer(corr))
             assert answer.get("status") == "done" or answer.get("ok") is True, (case.name, answer)
@@ -264,7 +349,10 @@ def test_every_malformed_message_is_answered_and_the_next_trigger_too(station):
             triggers_refused += case.topic == "trigger"
         # the station still answers a valid trigger
         good = st.trigger(f"good-{i}").json()
-        assert good["status"] == "done" and good["verdict"]["verdict"] in ("OK", "NG"), (case.name, good)
+        assert good["status"] == "done" and good["verdict"]["verdict"] in ("OK", "NG"), (
+            case.name,
+            good,
+        )
 
     assert st.daemon.running
     # each case was handled where it belongs, not by the last-resort guard
@@ -284,8 +372,14 @@ def test_every_malformed_message_is_answered_and_the_next_trigger_too(station):
 
 def test_a_free_running_station_answers_not_triggered_whatever_the_payload(broker, tmp_path):
     config = write_config(tmp_path, broker.port, camera={"trigger": "free_run", "rate_hz": 5})
-    odd = [DEEP, DEEP_IN_FIELD, b'{"request_id":"fr","part_id":"p","deadline_ms":' + b"9" * 400 + b"}",
-           j({"request_id": "\udcff", "colour": 1}), b"\xff\xfe", b" " * BROKER_LIMIT]  # fmt: skip
+    odd = [
+        DEEP,
+        DEEP_IN_FIELD,
+        b'{"request_id":"fr","part_id":"p","deadline_ms":' + b"9" * 400 + b"}",
+        j({"request_id": "\udcff", "colour": 1}),
+        b"\xff\xfe",
+        b" " * BROKER_LIMIT,
+    ]
     with Daemon(config) as daemon, Requester(broker.host, broker.port, [f"{BASE}/#"]) as rq:
         wait_online(rq)
         for i, payload in enumerate(odd):
@@ -309,9 +403,15 @@ def test_an_exception_out_of_a_handler_is_logged_counted_and_answered_and_paho_g
     """A handler with a bug (what the trigger desk was with deep JSON: RecursionError): without
     the guard, paho re-raises it and its network thread ends; no PUBACK is read afterwards."""
     topics = Topics("inspectd/v1/test/guard/st1")
-    publisher = MqttPublisher(host=mosquitto.host, port=mosquitto.port, protocol="5",
-                              client_id="guard-test", keepalive_s=30, topics=topics,
-                              status_fields={})  # fmt: skip
+    publisher = MqttPublisher(
+        host=mosquitto.host,
+        port=mosquitto.port,
+        protocol="5",
+        client_id="guard-test",
+        keepalive_s=30,
+        topics=topics,
+        status_fields={},
+    )
     calls: list[bytes] = []
     crashes: list[type[BaseException]] = []
 
@@ -368,20 +468,30 @@ def _stalled(health: dict[str, Any]) -> bool:
     return any(p.startswith("mqtt_stalled") for p in health.get("problems", []))
 
 
-def test_a_broker_that_stops_acknowledging_is_a_stall_health_reports_and_the_watchdog_stops(broker, tmp_path):
+def test_a_broker_that_stops_acknowledging_is_a_stall_health_reports_and_the_watchdog_stops(
+    broker, tmp_path
+):
     """SIGSTOP the broker: the TCP connection stays up (the kernel still accepts what the
     station writes), so the station looks connected, but no PUBACK comes. That is what a dead
     paho network thread looked like too. Health must say mqtt_stalled, the watchdog pings stop
     and /healthz answers 503; after SIGCONT it all clears."""
     ack_timeout = 3.0
-    config = write_config(tmp_path, broker.port, camera={"trigger": "free_run", "rate_hz": 10},
-                          mqtt={"ack_timeout_s": ack_timeout, "keepalive_s": 600},  # paho must not notice first
-                          service={"status_interval_s": 1.0}, drift={"enabled": False})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        broker.port,
+        camera={"trigger": "free_run", "rate_hz": 10},
+        mqtt={"ack_timeout_s": ack_timeout, "keepalive_s": 600},  # paho must not notice first
+        service={"status_interval_s": 1.0},
+        drift={"enabled": False},
+    )
     notify = NotifySocket()
     env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "1000000"}  # a ping every 0.5 s
     stopped = False
     try:
-        with Daemon(config, env=env) as daemon, Requester(broker.host, broker.port, [VERDICT, STATUS]) as rq:
+        with (
+            Daemon(config, env=env) as daemon,
+            Requester(broker.host, broker.port, [VERDICT, STATUS]) as rq,
+        ):
             notify.wait_for(lambda f: "READY" in f, daemon=daemon)
             rq.wait(VERDICT, n=3)
             notify.poll(1.5)
@@ -401,8 +511,12 @@ def test_a_broker_that_stops_acknowledging_is_a_stall_health_reports_and_the_wat
             notify.poll(1.0)  # a ping already on its way
             quiet = time.monotonic()
             notify.poll(4.0)  # eight ping intervals
-            assert notify.times("WATCHDOG", since=quiet) == [], "watchdog pings went on while stalled"
-            assert any("stalled" in s and "mqtt" in s for s in notify.texts("STATUS")), notify.texts("STATUS")
+            assert notify.times("WATCHDOG", since=quiet) == [], (
+                "watchdog pings went on while stalled"
+            )
+            assert any("stalled" in s and "mqtt" in s for s in notify.texts("STATUS")), (
+                notify.texts("STATUS")
+            )
             code, body = healthz(daemon)
             assert code == 503 and "mqtt" in body["stalled"], body
 
@@ -428,11 +542,17 @@ def test_a_broker_that_stops_acknowledging_is_a_stall_health_reports_and_the_wat
 
 def test_trigger_overload_is_counted_apart_and_a_health_problem_while_it_lasts(broker, tmp_path):
     n = 600
-    config = write_config(tmp_path, broker.port, camera={"trigger": "mqtt"},
-                          mqtt={"stats_interval_s": 1.0},
-                          drift={"enabled": False})  # the same 3 frames 300 times look like drift
-    with Daemon(config) as daemon, Requester(broker.host, broker.port,
-                                             [f"{BASE}/#", "requester/#"]) as rq:  # fmt: skip
+    config = write_config(
+        tmp_path,
+        broker.port,
+        camera={"trigger": "mqtt"},
+        mqtt={"stats_interval_s": 1.0},
+        drift={"enabled": False},
+    )  # the same 3 frames 300 times look like drift
+    with (
+        Daemon(config) as daemon,
+        Requester(broker.host, broker.port, [f"{BASE}/#", "requester/#"]) as rq,
+    ):
         wait_online(rq)
         st = Station(daemon, rq, tmp_path)
         assert st.trigger("warm-up").json()["status"] == "done"
@@ -441,15 +561,24 @@ def test_trigger_overload_is_counted_apart_and_a_health_problem_while_it_lasts(b
         burst = threading.Event()
 
         def send() -> None:
-            client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                 client_id="test-burst", protocol=mqtt.MQTTv5)  # fmt: skip
+            client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id="test-burst",
+                protocol=mqtt.MQTTv5,
+            )
             client.max_inflight_messages_set(n)
             client.connect(broker.host, broker.port, 30)
             client.loop_start()
             try:
-                infos = [client.publish(TRIGGER, json.dumps({"request_id": f"b-{i}", "part_id": f"p-{i}"}),
-                                        qos=1, properties=_props(st.reply_topic, f"b-{i}".encode()))
-                         for i in range(n)]  # fmt: skip
+                infos = [
+                    client.publish(
+                        TRIGGER,
+                        json.dumps({"request_id": f"b-{i}", "part_id": f"p-{i}"}),
+                        qos=1,
+                        properties=_props(st.reply_topic, f"b-{i}".encode()),
+                    )
+                    for i in range(n)
+                ]
                 for info in infos:
                     info.wait_for_publish(30)
                 burst.set()
@@ -466,16 +595,25 @@ def test_trigger_overload_is_counted_apart_and_a_health_problem_while_it_lasts(b
         rq.wait(overloaded, timeout=60)
         # while it lasts: the gauge, and health says so
         metrics = scrape(daemon)
-        assert metrics["inspectd_trigger_overload"] == [({}, 1.0)], metrics["inspectd_trigger_overload"]
-        problem = rq.wait(lambda m: m.topic == HEALTH and any(
-            p.startswith("trigger_overloaded") for p in m.json()["problems"]), timeout=30)[0].json()  # fmt: skip
+        assert metrics["inspectd_trigger_overload"] == [({}, 1.0)], metrics[
+            "inspectd_trigger_overload"
+        ]
+        problem = rq.wait(
+            lambda m: (
+                m.topic == HEALTH
+                and any(p.startswith("trigger_overloaded") for p in m.json()["problems"])
+            ),
+            timeout=30,
+        )[0].json()
         assert problem["state"] == "degraded"
         sender.join(60)
         assert burst.is_set()
 
         # every request answered once: inspected, or refused as overloaded
         def answered(m: Received) -> bool:
-            return (m.topic == st.reply_topic or overloaded(m)) and (correlation(m) or b"").startswith(b"b-")
+            return (m.topic == st.reply_topic or overloaded(m)) and (
+                correlation(m) or b""
+            ).startswith(b"b-")
 
         answers = rq.wait(answered, n=n, timeout=120)
         refused = [m for m in answers if m.topic == ERROR]
@@ -498,8 +636,11 @@ def test_trigger_overload_is_counted_apart_and_a_health_problem_while_it_lasts(b
 
         # and it clears after (10 s after the last refused request)
         def clear(m: Received) -> bool:
-            return m.topic == HEALTH and m.json()["ts"] > problem["ts"] and not any(
-                p.startswith("trigger_overloaded") for p in m.json()["problems"])  # fmt: skip
+            return (
+                m.topic == HEALTH
+                and m.json()["ts"] > problem["ts"]
+                and not any(p.startswith("trigger_overloaded") for p in m.json()["problems"])
+            )
 
         cleared = rq.wait(clear, timeout=60)[-1].json()
         assert cleared["state"] == "ok", cleared["problems"]

@@ -80,8 +80,14 @@ def wait_health(tmp: Path, daemon: Daemon, ok: Any, timeout: float = 15.0) -> di
 def test_verdicts_go_out_over_tls_with_a_password_file(tmp_path, pki, password_file):
     with start_secure_mosquitto(tmp_path / "broker", pki=pki, password_file=password_file) as b:
         config = daemon_config(tmp_path, b.port, tls={"ca_file": str(pki.ca_cert)})
-        with Requester(b.host, b.port, [f"{BASE}/#"], ca_file=pki.ca_cert,
-                       username=WATCHER, password=WATCHER_PASSWORD) as sub:  # fmt: skip
+        with Requester(
+            b.host,
+            b.port,
+            [f"{BASE}/#"],
+            ca_file=pki.ca_cert,
+            username=WATCHER,
+            password=WATCHER_PASSWORD,
+        ) as sub:
             with Daemon(config) as daemon:
                 verdicts = [m.json() for m in sub.wait(VERDICT, n=3, timeout=20)]
                 assert [v["seq"] for v in verdicts[:3]] == [1, 2, 3]
@@ -111,8 +117,9 @@ def test_a_wrong_password_keeps_the_daemon_up_retrying_and_says_why(tmp_path, pa
             assert health["mqtt"]["enabled"] is True and health["mqtt"]["connected"] is False
             assert "refused" in health["mqtt"]["error"], health["mqtt"]
             assert health["state"] == "degraded"
-            assert any(p.startswith("mqtt_disconnected: ") and "refused" in p
-                       for p in health["problems"]), health["problems"]  # fmt: skip
+            assert any(
+                p.startswith("mqtt_disconnected: ") and "refused" in p for p in health["problems"]
+            ), health["problems"]
             assert daemon.running
             assert daemon.terminate() == 0, daemon.tail()
         assert "not-the-password" not in "\n".join(daemon.lines)
@@ -147,8 +154,9 @@ def test_a_tls_or_password_file_that_is_not_there_is_a_config_error(tmp_path):
     assert "No such file" in err, err
 
     missing_pw = tmp_path / "nowhere" / "mqtt.password"
-    config = daemon_config(tmp_path / "pw", port, password=None, username=USER,
-                           password_file=str(missing_pw))  # fmt: skip
+    config = daemon_config(
+        tmp_path / "pw", port, password=None, username=USER, password_file=str(missing_pw)
+    )
     with Daemon(config) as daemon:
         assert daemon.wait(timeout=60) == 2, daemon.tail()
     err = "\n".join(daemon.lines)

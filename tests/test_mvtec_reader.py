@@ -197,12 +197,27 @@ def test_real_mtoc_lenses() -> None:
     assert not load_mask(sample, read_image(sample.path).shape[:2]).any()
 
 
-def test_train_on_a_set_without_training_images_is_a_clear_error(generated: Path, tmp_path: Path, capsys) -> None:
+def test_train_on_a_set_without_training_images_is_a_clear_error(
+    generated: Path, tmp_path: Path, capsys
+) -> None:
     from inspectd.cli import main
 
     root = _copy(generated, tmp_path / "eval-only")
     shutil.rmtree(root / "train")
-    rc = main(["train", "--product", "p", "--data", str(root), "--products", str(tmp_path / "out"),
-               "--model", "ae", "--epochs", "1"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--product",
+            "p",
+            "--data",
+            str(root),
+            "--products",
+            str(tmp_path / "out"),
+            "--model",
+            "ae",
+            "--epochs",
+            "1",
+        ]
+    )
     assert rc == 2
     assert f"missing folder {root / 'train/good'}" in capsys.readouterr().err

@@ -67,7 +67,10 @@ class NotifySocket:
             self.messages.append((time.monotonic(), fields))
 
     def wait_for(
-        self, match: Callable[[dict[str, str]], bool], timeout: float = 30.0, daemon: Daemon | None = None
+        self,
+        match: Callable[[dict[str, str]], bool],
+        timeout: float = 30.0,
+        daemon: Daemon | None = None,
     ) -> int:
         """Index of the first message that matches, waiting for it."""
         deadline = time.monotonic() + timeout
@@ -84,8 +87,11 @@ class NotifySocket:
             self.poll(0.1)
 
     def texts(self, key: str | None = None) -> list[str]:
-        return [f.get(key, "") if key else "|".join(f"{k}={v}" for k, v in f.items())
-                for _, f in self.messages if key is None or key in f]  # fmt: skip
+        return [
+            f.get(key, "") if key else "|".join(f"{k}={v}" for k, v in f.items())
+            for _, f in self.messages
+            if key is None or key in f
+        ]
 
     def times(self, key: str, since: float = 0.0) -> list[float]:
         return [t for t, f in self.messages if key in f and t >= since]
@@ -139,30 +145,50 @@ def log_index(daemon: Daemon, event: str) -> int:
 # -- readiness, reload, stop --------------------------------------------------------------------
 
 
-def test_ready_follows_warm_up_camera_and_broker_then_reload_and_stop(mosquitto, tmp_path, notify_socket):
+def test_ready_follows_warm_up_camera_and_broker_then_reload_and_stop(
+    mosquitto, tmp_path, notify_socket
+):
     write_frames(tmp_path / "frames")
     config = write_config(tmp_path, mqtt={"host": mosquitto.host, "port": mosquitto.port})
     with Daemon(config, env={"NOTIFY_SOCKET": notify_socket.address}) as daemon:
         ready = notify_socket.wait_for(lambda f: "READY" in f, daemon=daemon)
         # When READY=1 arrives, the log already shows every start step, in order.
-        steps = [log_index(daemon, e) for e in ("bundle.loaded", "engine.loaded", "engine.warmed_up",
-                                                 "capture.folder.opened", "mqtt.connected")]  # fmt: skip
+        steps = [
+            log_index(daemon, e)
+            for e in (
+                "bundle.loaded",
+                "engine.loaded",
+                "engine.warmed_up",
+                "capture.folder.opened",
+                "mqtt.connected",
+            )
+        ]
         assert steps[:4] == sorted(steps[:4]), daemon.tail()
         before = [f.get("STATUS", "") for _, f in notify_socket.messages[:ready]]
         # the engine load asks for more start time (a TensorRT build can take minutes)
         extend = [f for _, f in notify_socket.messages[:ready] if "EXTEND_TIMEOUT_USEC" in f]
         assert extend and extend[0]["STATUS"] == "loading engine for button", before
         assert int(extend[0]["EXTEND_TIMEOUT_USEC"]) == 60_000_000
-        expected = ["loading bundle button", "warming up engine onnxruntime", "opening camera",
-                    f"connecting to MQTT broker {mosquitto.host}:{mosquitto.port}"]  # fmt: skip
+        expected = [
+            "loading bundle button",
+            "warming up engine onnxruntime",
+            "opening camera",
+            f"connecting to MQTT broker {mosquitto.host}:{mosquitto.port}",
+        ]
         positions = [next(i for i, s in enumerate(before) if s.startswith(e)) for e in expected]
         assert positions == sorted(positions), before
         assert notify_socket.messages[ready][1]["STATUS"].startswith("inspecting button: ")
         assert "mqtt connected" in notify_socket.messages[ready][1]["STATUS"]
 
         # Periodic STATUS= lines count the parts.
-        notify_socket.wait_for(lambda f: "STATUS" in f and " 0 parts" not in f["STATUS"]
-                               and f["STATUS"].startswith("inspecting"), timeout=20)  # fmt: skip
+        notify_socket.wait_for(
+            lambda f: (
+                "STATUS" in f
+                and " 0 parts" not in f["STATUS"]
+                and f["STATUS"].startswith("inspecting")
+            ),
+            timeout=20,
+        )
 
         # SIGHUP: RELOADING=1 with MONOTONIC_USEC (Type=notify-reload), then READY=1 again.
         n = len(notify_socket.messages)
@@ -182,7 +208,9 @@ def test_ready_follows_warm_up_camera_and_broker_then_reload_and_stop(mosquitto,
         notify_socket.poll(0.5)
     after = [f for _, f in notify_socket.messages[n:]]
     stopping = next(i for i, f in enumerate(after) if "STOPPING" in f)
-    draining = next(i for i, f in enumerate(after) if f.get("STATUS", "").startswith("draining outbox"))
+    draining = next(
+        i for i, f in enumerate(after) if f.get("STATUS", "").startswith("draining outbox")
+    )
     assert stopping < draining, after
     assert after[-1].get("STATUS") == "stopped", after
     assert not any("READY" in f for f in after)
@@ -220,7 +248,9 @@ def test_the_daemon_runs_without_notify_socket(tmp_path, monkeypatch):
 # -- watchdog -----------------------------------------------------------------------------------
 
 
-def test_watchdog_pings_at_half_the_interval_and_an_idle_camera_is_not_stalled(tmp_path, notify_socket):
+def test_watchdog_pings_at_half_the_interval_and_an_idle_camera_is_not_stalled(
+    tmp_path, notify_socket
+):
     frames = write_frames(tmp_path / "frames")
     config = write_config(tmp_path, service={"stall_s": 1.0, "status_interval_s": 1.0})
     env = {"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "1000000"}
@@ -286,7 +316,9 @@ def test_pings_stop_while_a_stage_is_stalled_and_resume_after(tmp_path, notify_s
         assert last <= blocked + stall_s + interval + 0.3, (last - blocked, pings)
         assert time.monotonic() - last >= 1.0
         assert "publish" in station.stalled()
-        assert any(s.startswith("stalled: no progress in publish") for s in notify_socket.texts("STATUS"))
+        assert any(
+            s.startswith("stalled: no progress in publish") for s in notify_socket.texts("STATUS")
+        )
         assert any(p.startswith("stalled: publish") for p in station.health_snapshot()["problems"])
 
         # Released: the thread moves on and the pings come back.
@@ -312,7 +344,9 @@ def test_extending_asks_for_time_until_the_step_ends_or_the_limit(notify_socket)
     times = notify_socket.times("EXTEND_TIMEOUT_USEC")
     assert 3 <= len(times) <= 5, times  # at 0, 0.2, 0.4, 0.6 s; none after the step ended
     fields = [f for _, f in notify_socket.messages if "EXTEND_TIMEOUT_USEC" in f]
-    assert {(f["EXTEND_TIMEOUT_USEC"], f["STATUS"]) for f in fields} == {("400000", "building engine")}
+    assert {(f["EXTEND_TIMEOUT_USEC"], f["STATUS"]) for f in fields} == {
+        ("400000", "building engine")
+    }
 
     n = len(notify_socket.messages)
     with notifier.extending("hung step", every_s=0.1, limit_s=0.25):

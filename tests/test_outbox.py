@@ -242,7 +242,6 @@ def test_append_many_is_one_transaction_in_order(tmp_path: Path) -> None:
         assert outbox.append_many(items) == [1, 2, 3]
 
 
-
 def test_a_record_that_cannot_be_stored_costs_only_itself_and_its_seq_is_never_reused(
     tmp_path: Path,
 ) -> None:
@@ -256,9 +255,15 @@ def test_a_record_that_cannot_be_stored_costs_only_itself_and_its_seq_is_never_r
         return [Message("station/\udcff/verdict", b"{}")]  # not storable either
 
     with Outbox(tmp_path / "o.db") as outbox:
-        assert outbox.append_many([("OK", verdict_messages(1, "OK")), ("NG", broken),
-                                   ("OK", verdict_messages(3, "OK")), ("ERROR", bad_topic),
-                                   ("NG", verdict_messages(5, "NG"))]) == [1, 2, 3, 4, 5]  # fmt: skip
+        assert outbox.append_many(
+            [
+                ("OK", verdict_messages(1, "OK")),
+                ("NG", broken),
+                ("OK", verdict_messages(3, "OK")),
+                ("ERROR", bad_topic),
+                ("NG", verdict_messages(5, "NG")),
+            ]
+        ) == [1, 2, 3, 4, 5]
         assert seqs(outbox) == [1, 3, 5]  # the others were stored
         assert add(outbox, "OK") == 6  # 2 and 4 are spent
         stats = outbox.stats()

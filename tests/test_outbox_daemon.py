@@ -167,31 +167,45 @@ def test_broker_outage_mid_stream_delivers_all_500_verdicts_in_order(
     # 50 parts/s: the stream lasts ~10 s; the broker goes away after ~1 s of it for 3 s, and
     # paho's backoff (1, 2, 4 s) brings the daemon back ~7 s after the outage began: the outbox
     # holds a backlog of hundreds while parts keep coming, and the stream goes on afterwards.
-    config = station_config(tmp_path, broker.port, tmp_path / "frames",
-                            camera={"rate_hz": 50}, mqtt={"drain_timeout_s": 30})  # fmt: skip
+    config = station_config(
+        tmp_path,
+        broker.port,
+        tmp_path / "frames",
+        camera={"rate_hz": 50},
+        mqtt={"drain_timeout_s": 30},
+    )
     # Why nothing depends on who reconnects first after the restart: the subscriber's session
     # is persistent (fixed client id, no clean start) and so is the broker (PERSISTENT), so
     # its subscription, and the messages queued for it, survive the broker's restart; whatever
     # the daemon publishes after the restart is queued for the subscriber even if the daemon's
     # reconnect beats the subscriber's (both clients reconnect on their own).
-    with Subscriber(broker.host, broker.port, VERDICT, client_id="outage-sub",
-                    persistent=True) as sub, Daemon(config) as daemon:  # fmt: skip
+    with (
+        Subscriber(
+            broker.host, broker.port, VERDICT, client_id="outage-sub", persistent=True
+        ) as sub,
+        Daemon(config) as daemon,
+    ):
         sub.wait_for(50, timeout=30)
         broker.stop()
         down_at, recorded_at_stop = time.monotonic(), len(jsonl(tmp_path))
         wait_until(
-            lambda: time.monotonic() - down_at >= 3
-            and len(jsonl(tmp_path)) >= recorded_at_stop + 100,
-            20, "3 s of outage with 100 parts inspected during it",
-        )  # fmt: skip
+            lambda: (
+                time.monotonic() - down_at >= 3 and len(jsonl(tmp_path)) >= recorded_at_stop + 100
+            ),
+            20,
+            "3 s of outage with 100 parts inspected during it",
+        )
         assert daemon.running, daemon.tail()
         inspected_during_outage = len(jsonl(tmp_path)) - recorded_at_stop
         assert len(jsonl(tmp_path)) < 500, "the stream ended during the outage: no new parts after"
         broker.restart()  # same port, same mosquitto.db
 
         assert daemon.wait(60) == 0, daemon.tail()  # all 500 inspected, the outbox drained
-        wait_until(lambda: len({m.json()["seq"] for m in sub.messages()}) >= 500, 30,
-                   "500 distinct verdicts at the subscriber")  # fmt: skip
+        wait_until(
+            lambda: len({m.json()["seq"] for m in sub.messages()}) >= 500,
+            30,
+            "500 distinct verdicts at the subscriber",
+        )
         time.sleep(0.3)  # anything that would come after the 500th
         received = sub.messages()
 
@@ -220,22 +234,27 @@ def test_kill_9_replays_unacknowledged_verdicts_then_continues_above_every_seq(
     kinds = ["crack" if i % 9 == 4 else "empty" if i % 23 == 11 else "good" for i in range(400)]
     first = write_parts(tmp_path / "frames1", kinds, pngs, prefix="a")
     second = write_parts(tmp_path / "frames2", ["good", "crack", "good"] * 10, pngs, prefix="b")
-    config1 = station_config(tmp_path, broker.port, tmp_path / "frames1",
-                             camera={"rate_hz": 50}, name="run1.yaml")  # fmt: skip
+    config1 = station_config(
+        tmp_path, broker.port, tmp_path / "frames1", camera={"rate_hz": 50}, name="run1.yaml"
+    )
     # the second run: the same station and state_dir, new parts, as fast as they come
     config2 = station_config(tmp_path, broker.port, tmp_path / "frames2", name="run2.yaml")
 
     # The subscriber's session persists across the broker restart (see the outage test), so
     # verdicts the broker acknowledged just before it stopped reach it afterwards.
-    with Subscriber(broker.host, broker.port, VERDICT, client_id="kill9-sub",
-                    persistent=True) as sub:  # fmt: skip
+    with Subscriber(
+        broker.host, broker.port, VERDICT, client_id="kill9-sub", persistent=True
+    ) as sub:
         with Daemon(config1, "run1") as run1:
             sub.wait_for(40, timeout=30)
             # Broker down: nothing is acknowledged from here on, so rows pile up unacknowledged.
             broker.stop()
             recorded_at_stop = len(jsonl(tmp_path))
-            wait_until(lambda: len(jsonl(tmp_path)) >= recorded_at_stop + 60, 20,
-                       "60 parts inspected while the broker is down")  # fmt: skip
+            wait_until(
+                lambda: len(jsonl(tmp_path)) >= recorded_at_stop + 60,
+                20,
+                "60 parts inspected while the broker is down",
+            )
             run1.signal(signal.SIGKILL)
             assert run1.wait(10) == -signal.SIGKILL
         recorded1 = jsonl(tmp_path)
@@ -250,10 +269,14 @@ def test_kill_9_replays_unacknowledged_verdicts_then_continues_above_every_seq(
             assert run2.wait(60) == 0, run2.tail()
         wanted_new = set(second)
         wait_until(
-            lambda: {m.json()["part_id"] for m in sub.messages()} >= wanted_new
-            and {m.json()["seq"] for m in sub.messages() if m.json()["replayed"]} >= set(unacked),
-            20, "the replayed and the new verdicts",
-        )  # fmt: skip
+            lambda: (
+                {m.json()["part_id"] for m in sub.messages()} >= wanted_new
+                and {m.json()["seq"] for m in sub.messages() if m.json()["replayed"]}
+                >= set(unacked)
+            ),
+            20,
+            "the replayed and the new verdicts",
+        )
         time.sleep(0.3)
         received = [m.json() for m in sub.messages()]
 
@@ -297,9 +320,14 @@ def run_without_broker(tmp_path: Path, kinds: list[str], pngs, max_rows: int) ->
     """All parts inspected with no broker listening: every verdict stays in the outbox."""
     write_parts(tmp_path / "frames", kinds, pngs)
     # nothing listens on a free port; 50 parts/s keeps the sink from batching much
-    config = station_config(tmp_path, free_port(), tmp_path / "frames",
-                            camera={"rate_hz": 50}, mqtt={"drain_timeout_s": 0.5},
-                            outbox={"max_rows": max_rows})  # fmt: skip
+    config = station_config(
+        tmp_path,
+        free_port(),
+        tmp_path / "frames",
+        camera={"rate_hz": 50},
+        mqtt={"drain_timeout_s": 0.5},
+        outbox={"max_rows": max_rows},
+    )
     with Daemon(config) as daemon:
         assert daemon.wait(60) == 0, daemon.tail()
     return daemon
@@ -375,8 +403,9 @@ def test_unwritable_outbox_keeps_the_daemon_up_with_verdicts_marked_not_durable(
     # A folder where the database file should be: no chmod trick (root ignores permissions).
     (tmp_path / "state" / "outbox.db").mkdir(parents=True)
     write_parts(tmp_path / "frames", ["good", "empty", "good", "crack"], pngs)
-    config = station_config(tmp_path, mosquitto.port, tmp_path / "frames",
-                            camera={"loop": True, "rate_hz": 20})  # fmt: skip
+    config = station_config(
+        tmp_path, mosquitto.port, tmp_path / "frames", camera={"loop": True, "rate_hz": 20}
+    )
     with Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/#") as sub, Daemon(config) as daemon:
         sub.wait_for(12, timeout=30, topic=VERDICT)
         assert daemon.running, daemon.tail()
@@ -418,8 +447,9 @@ def retained_status(broker: LocalBroker) -> dict[str, Any]:
 
 def test_last_will_offline_on_kill_online_on_restart_stopped_on_sigterm(mosquitto, pngs, tmp_path):
     write_parts(tmp_path / "frames", ["good"] * 3, pngs)
-    config = station_config(tmp_path, mosquitto.port, tmp_path / "frames",
-                            camera={"loop": True, "rate_hz": 10})  # fmt: skip
+    config = station_config(
+        tmp_path, mosquitto.port, tmp_path / "frames", camera={"loop": True, "rate_hz": 10}
+    )
     with Subscriber(mosquitto.host, mosquitto.port, STATUS) as watch:
 
         def wait_state(n: int, state: str) -> dict[str, Any]:

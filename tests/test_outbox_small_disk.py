@@ -86,8 +86,10 @@ from test_outbox_daemon import (  # noqa: E402
 )
 from test_outbox_daemon import pngs as pngs  # noqa: E402, F401  (the fixture)
 
-needs_bundle = pytest.mark.skipif(not (PRODUCTS / "button" / "manifest.yaml").is_file(),
-                                  reason="products/button is missing (make demo-bundle)")  # fmt: skip
+needs_bundle = pytest.mark.skipif(
+    not (PRODUCTS / "button" / "manifest.yaml").is_file(),
+    reason="products/button is missing (make demo-bundle)",
+)
 
 
 @needs_bundle
@@ -95,8 +97,7 @@ def test_daemon_on_a_2_mib_state_folder_stays_durable(mosquitto, pngs, tmp_path,
     # 300 parts: the unbounded WAL filled the folder at seq 62
     kinds = ["crack" if i % 10 == 3 else "good" for i in range(300)]
     parts = write_parts(tmp_path / "frames", kinds, pngs)
-    config = station_config(tmp_path, mosquitto.port, tmp_path / "frames",
-                            camera={"rate_hz": 60})  # fmt: skip
+    config = station_config(tmp_path, mosquitto.port, tmp_path / "frames", camera={"rate_hz": 60})
     with Subscriber(mosquitto.host, mosquitto.port, VERDICT) as sub, Daemon(config) as daemon:
         assert daemon.wait(90) == 0, daemon.tail()
         wait_until(lambda: len(sub.messages()) >= 300, 20, "300 verdicts")
@@ -112,9 +113,13 @@ def test_daemon_recovers_from_a_full_state_folder_without_a_restart(
     mosquitto, pngs, tmp_path, state
 ) -> None:
     write_parts(tmp_path / "frames", ["good", "crack", "good", "good"], pngs)
-    config = station_config(tmp_path, mosquitto.port, tmp_path / "frames",
-                            camera={"loop": True, "rate_hz": 20},
-                            mqtt={"health_interval_s": 0.5})  # fmt: skip
+    config = station_config(
+        tmp_path,
+        mosquitto.port,
+        tmp_path / "frames",
+        camera={"loop": True, "rate_hz": 20},
+        mqtt={"health_interval_s": 0.5},
+    )
     with Subscriber(mosquitto.host, mosquitto.port, VERDICT) as sub, Daemon(config) as daemon:
         sub.wait_for(10, timeout=30)
         filler = fill(state)
@@ -125,8 +130,11 @@ def test_daemon_recovers_from_a_full_state_folder_without_a_restart(
         assert [p.name for p in state.iterdir() if p.name.endswith(".tmp")] == []
         filler.unlink()
         (ok_again,) = daemon.wait_event("outbox.disk_ok_again")
-        wait_until(lambda: '"outbox_not_durable' not in (state / "health.json").read_text(),
-                   10, "health.json without outbox_not_durable")  # fmt: skip
+        wait_until(
+            lambda: '"outbox_not_durable' not in (state / "health.json").read_text(),
+            10,
+            "health.json without outbox_not_durable",
+        )
         n_after = len(jsonl(tmp_path))
         wait_until(lambda: len(jsonl(tmp_path)) >= n_after + 10, 20, "10 more parts")
         assert daemon.terminate() == 0, daemon.tail()

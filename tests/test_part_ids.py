@@ -23,10 +23,20 @@ from inspectd.outbox import Outbox
 from inspectd.verdict import Verdict, VerdictRecord
 
 
-@pytest.mark.parametrize("raw", [b"part\xff", b"\xc3\x28-bad-utf8", b"a\\xff-literal",
-                                 b"tab\there", b"caf\xc3\xa9", b"\x80\x9f\\\\", b"plain-0001",
-                                 # noncharacters: mosquitto drops a client with one in a property
-                                 "n\uffff-\ufdd0-\U0001fffe".encode()])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"part\xff",
+        b"\xc3\x28-bad-utf8",
+        b"a\\xff-literal",
+        b"tab\there",
+        b"caf\xc3\xa9",
+        b"\x80\x9f\\\\",
+        b"plain-0001",
+        # noncharacters: mosquitto drops a client with one in a property
+        "n\uffff-\ufdd0-\U0001fffe".encode(),
+    ],
+)
 def test_file_names_escape_to_valid_text_and_back(raw: bytes) -> None:
     name = os.fsdecode(raw)  # what os.listdir gives: surrogates for bytes that are not UTF-8
     escaped = escape_name(name)
@@ -51,18 +61,35 @@ TOPICS = Topics("t/ids")
 def record(i: int, part_id: str, request_id: str | None = None) -> VerdictRecord:
     now = time.time()
     return VerdictRecord(
-        station="st1", product="button", part_id=part_id, verdict=Verdict.OK, score=0.1,
-        threshold=0.5, model_name="m", model_sha256="ab" * 32, camera_serial="cam", frame_id=i,
-        t_capture=now, t_verdict=now, latency_ms=1.0, request_id=request_id,
+        station="st1",
+        product="button",
+        part_id=part_id,
+        verdict=Verdict.OK,
+        score=0.1,
+        threshold=0.5,
+        model_name="m",
+        model_sha256="ab" * 32,
+        camera_serial="cam",
+        frame_id=i,
+        t_capture=now,
+        t_verdict=now,
+        latency_ms=1.0,
+        request_id=request_id,
         t_mono=time.monotonic(),
-    )  # fmt: skip
+    )
 
 
 def test_one_unencodable_record_costs_nothing_else_and_no_seq_repeats(mosquitto, tmp_path) -> None:
     sub = Subscriber(mosquitto.host, mosquitto.port, f"{TOPICS.base}/#")
-    pub = MqttPublisher(host=mosquitto.host, port=mosquitto.port, protocol="5",
-                        client_id=f"test-ids-{time.monotonic_ns()}", keepalive_s=10,
-                        topics=TOPICS, status_fields={})  # fmt: skip
+    pub = MqttPublisher(
+        host=mosquitto.host,
+        port=mosquitto.port,
+        protocol="5",
+        client_id=f"test-ids-{time.monotonic_ns()}",
+        keepalive_s=10,
+        topics=TOPICS,
+        status_fields={},
+    )
     pub.start()
     delivery = Delivery(Outbox(tmp_path / "o.db"), pub, TOPICS, travel_window_s=10)
     try:
@@ -86,8 +113,10 @@ def test_one_unencodable_record_costs_nothing_else_and_no_seq_repeats(mosquitto,
     assert batch[20].verdict is Verdict.ERROR  # what files and trigger answers say matches
 
 
-@pytest.mark.skipif(not (PRODUCTS / "button" / "manifest.yaml").is_file(),
-                    reason="products/button is missing (make demo-bundle)")  # fmt: skip
+@pytest.mark.skipif(
+    not (PRODUCTS / "button" / "manifest.yaml").is_file(),
+    reason="products/button is missing (make demo-bundle)",
+)
 def test_daemon_publishes_a_part_whose_file_name_is_not_utf8(mosquitto, pngs, tmp_path) -> None:
     frames = tmp_path / "frames"
     frames.mkdir()

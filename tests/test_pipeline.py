@@ -48,8 +48,9 @@ class ListSource(CaptureSource):
             raise EndOfStream
         self.i += 1
         now = time.time()
-        return Frame(self.images[self.i - 1], self.i, f"p{self.i}", now, time.monotonic(),
-                     CameraMeta("list"))  # fmt: skip
+        return Frame(
+            self.images[self.i - 1], self.i, f"p{self.i}", now, time.monotonic(), CameraMeta("list")
+        )
 
     def close(self) -> None:
         pass
@@ -100,8 +101,9 @@ def parts(n: int) -> list[np.ndarray]:
 def make_pipeline(bundle, tmp_path, source, engine, sinks):
     # MQTT off: the outbox only hands out seqs
     recorder = Delivery(Outbox(tmp_path / "outbox.db"), None, Topics("t/s"), travel_window_s=10)
-    return Pipeline(source=source, engine=engine, bundle=bundle, station="s",
-                    recorder=recorder, sinks=sinks)  # fmt: skip
+    return Pipeline(
+        source=source, engine=engine, bundle=bundle, station="s", recorder=recorder, sinks=sinks
+    )
 
 
 def test_engine_failure_and_nan_are_errors_for_those_parts_only(bundle, tmp_path):
@@ -152,7 +154,9 @@ def test_capture_time_runs_from_the_frame_not_from_the_wait_for_it(bundle, tmp_p
         cv2.imwrite(str(tmp_path / "frames" / f"{i}.png"), image[:, :, ::-1])
     source = FolderSource(tmp_path / "frames", rate_hz=8.0)
     source.open()
-    stats = make_pipeline(bundle, tmp_path, source, load_engine(bundle.model_path), [Collect()]).run()
+    stats = make_pipeline(
+        bundle, tmp_path, source, load_engine(bundle.model_path), [Collect()]
+    ).run()
     assert stats.verdicts["OK"] + stats.verdicts["NG"] == 4
     assert max(stats.stage_ms["capture"]) < 60, stats.stage_ms["capture"]  # reading and decoding
     assert stats.seconds > 0.3  # the frames did come 125 ms apart
@@ -160,7 +164,9 @@ def test_capture_time_runs_from_the_frame_not_from_the_wait_for_it(bundle, tmp_p
 
 def _inspected(bundle, tmp_path, n: int) -> list[Inspection]:
     sink = Collect()
-    make_pipeline(bundle, tmp_path, ListSource(parts(n)), load_engine(bundle.model_path), [sink]).run()
+    make_pipeline(
+        bundle, tmp_path, ListSource(parts(n)), load_engine(bundle.model_path), [sink]
+    ).run()
     return sink.got
 
 

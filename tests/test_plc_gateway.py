@@ -37,23 +37,55 @@ plc = _load_example()
 NOW = 1_750_000_000.0
 
 
-def verdict(seq: int, verdict: str = "OK", *, station: str = "st1", replayed: bool = False,
-            part_id: str | None = None) -> bytes:  # fmt: skip
-    return json.dumps({
-        "schema": "inspectd.verdict/1", "seq": seq, "station": station, "product": "button",
-        "part_id": part_id or f"p{seq}", "request_id": None, "verdict": verdict, "score": 0.5,
-        "threshold": 0.4, "regions": [], "model": {}, "camera": {},
-        "t_capture": iso_utc(NOW), "t_verdict": iso_utc(NOW), "latency_ms": 12.0,
-        "replayed": replayed, "durable": True, "error": None,
-    }).encode()  # fmt: skip
+def verdict(
+    seq: int,
+    verdict: str = "OK",
+    *,
+    station: str = "st1",
+    replayed: bool = False,
+    part_id: str | None = None,
+) -> bytes:
+    return json.dumps(
+        {
+            "schema": "inspectd.verdict/1",
+            "seq": seq,
+            "station": station,
+            "product": "button",
+            "part_id": part_id or f"p{seq}",
+            "request_id": None,
+            "verdict": verdict,
+            "score": 0.5,
+            "threshold": 0.4,
+            "regions": [],
+            "model": {},
+            "camera": {},
+            "t_capture": iso_utc(NOW),
+            "t_verdict": iso_utc(NOW),
+            "latency_ms": 12.0,
+            "replayed": replayed,
+            "durable": True,
+            "error": None,
+        }
+    ).encode()
 
 
-def reject(seq: int, verdict: str = "NG", *, station: str = "st1",
-           deadline: float | None = NOW + 10, part_id: str | None = None) -> bytes:  # fmt: skip
-    return json.dumps({
-        "station": station, "part_id": part_id or f"p{seq}", "seq": seq, "verdict": verdict,
-        "deadline_ts": None if deadline is None else iso_utc(deadline),
-    }).encode()  # fmt: skip
+def reject(
+    seq: int,
+    verdict: str = "NG",
+    *,
+    station: str = "st1",
+    deadline: float | None = NOW + 10,
+    part_id: str | None = None,
+) -> bytes:
+    return json.dumps(
+        {
+            "station": station,
+            "part_id": part_id or f"p{seq}",
+            "seq": seq,
+            "verdict": verdict,
+            "deadline_ts": None if deadline is None else iso_utc(deadline),
+        }
+    ).encode()
 
 
 class Recorder:
@@ -213,13 +245,15 @@ def _wait(predicate, timeout: float = 5.0) -> None:
 
 class Publisher:
     def __init__(self, host: str, port: int) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-daemon",
-                                  protocol=mqtt.MQTTv5)  # fmt: skip
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="test-daemon", protocol=mqtt.MQTTv5
+        )
         self.client.connect(host, port, 30)
         self.client.loop_start()
 
-    def send(self, topic: str, payload: bytes, *, retain: bool = False,
-             expiry: int | None = None) -> None:  # fmt: skip
+    def send(
+        self, topic: str, payload: bytes, *, retain: bool = False, expiry: int | None = None
+    ) -> None:
         props = None
         if expiry is not None:
             props = Properties(PacketTypes.PUBLISH)
@@ -235,8 +269,14 @@ class Publisher:
 
 def _start_gateway(broker, state: Path, rec: Recorder):
     gw = plc.Gateway(state, divert=rec)
-    client = plc.make_client(gw, host=broker.host, port=broker.port, base=f"{BASE}/+",
-                             client_id="test-plc-gateway", session_expiry_s=60)  # fmt: skip
+    client = plc.make_client(
+        gw,
+        host=broker.host,
+        port=broker.port,
+        base=f"{BASE}/+",
+        client_id="test-plc-gateway",
+        session_expiry_s=60,
+    )
     client.loop_start()
     return gw, client
 
@@ -279,8 +319,12 @@ def test_end_to_end_with_broker(mosquitto, tmp_path) -> None:
         finally:
             _stop(client)
 
-        assert rec.calls == [("st1", "p2", 2, "NG"), ("st1", "p3", 3, "ERROR"),
-                             ("st1", "p4", 4, "NG"), ("st2", "p3", 3, "NG")]  # fmt: skip
+        assert rec.calls == [
+            ("st1", "p2", 2, "NG"),
+            ("st1", "p3", 3, "ERROR"),
+            ("st1", "p4", 4, "NG"),
+            ("st2", "p3", 3, "NG"),
+        ]
         assert gw.stats["duplicate_rejects"] == 1
         assert gw.stats["replayed"] == 2
         assert gw.stats["gaps"] == 1

@@ -38,7 +38,9 @@ def test_mono_frame_is_replicated_to_three_channels() -> None:
         (np.zeros((10,), np.uint8), "unsupported channel count ndim=1"),
     ],
 )
-def test_frames_of_the_wrong_kind_are_refused_with_the_reason(image: np.ndarray, message: str) -> None:
+def test_frames_of_the_wrong_kind_are_refused_with_the_reason(
+    image: np.ndarray, message: str
+) -> None:
     with pytest.raises(PreprocessError, match=message):
         preprocess(image, PreprocessSpec(size=(8, 8)))
 
@@ -69,8 +71,14 @@ def _map_with_blobs() -> np.ndarray:
 
 def test_decision_ng_with_regions_mapped_back_to_frame_coordinates() -> None:
     geo = Geometry(x0=100, y0=50, sx=2.0, sy=2.0)
-    verdict, regions = decide(0.9, _map_with_blobs(), image_threshold=0.3, pixel_threshold=0.3,
-                              min_region_area=5, geometry=geo)  # fmt: skip
+    verdict, regions = decide(
+        0.9,
+        _map_with_blobs(),
+        image_threshold=0.3,
+        pixel_threshold=0.3,
+        min_region_area=5,
+        geometry=geo,
+    )
     assert verdict is Verdict.NG
     assert len(regions) == 1  # the 4-pixel blob is below min_region_area
     r = regions[0]
@@ -81,22 +89,42 @@ def test_decision_ng_with_regions_mapped_back_to_frame_coordinates() -> None:
 
 
 def test_decision_ok_below_threshold_has_no_regions() -> None:
-    verdict, regions = decide(0.2, _map_with_blobs(), image_threshold=0.95, pixel_threshold=0.3,
-                              min_region_area=1, geometry=Geometry(0, 0, 1, 1))  # fmt: skip
+    verdict, regions = decide(
+        0.2,
+        _map_with_blobs(),
+        image_threshold=0.95,
+        pixel_threshold=0.3,
+        min_region_area=1,
+        geometry=Geometry(0, 0, 1, 1),
+    )
     assert verdict is Verdict.OK and regions == []
 
 
 def test_score_equal_to_threshold_is_ng() -> None:
-    verdict, _ = decide(0.5, _map_with_blobs(), image_threshold=0.5, pixel_threshold=0.3,
-                        min_region_area=1, geometry=Geometry(0, 0, 1, 1))  # fmt: skip
+    verdict, _ = decide(
+        0.5,
+        _map_with_blobs(),
+        image_threshold=0.5,
+        pixel_threshold=0.3,
+        min_region_area=1,
+        geometry=Geometry(0, 0, 1, 1),
+    )
     assert verdict is Verdict.NG
 
 
-@pytest.mark.parametrize("score,poison", [(float("nan"), None), (0.1, float("nan")), (0.1, float("inf"))])
+@pytest.mark.parametrize(
+    "score,poison", [(float("nan"), None), (0.1, float("nan")), (0.1, float("inf"))]
+)
 def test_non_finite_engine_output_is_never_ok(score: float, poison: float | None) -> None:
     m = _map_with_blobs()
     if poison is not None:
         m[0, 0] = poison
     with pytest.raises(NonFiniteResult):
-        decide(score, m, image_threshold=0.5, pixel_threshold=0.3, min_region_area=1,
-               geometry=Geometry(0, 0, 1, 1))  # fmt: skip
+        decide(
+            score,
+            m,
+            image_threshold=0.5,
+            pixel_threshold=0.3,
+            min_region_area=1,
+            geometry=Geometry(0, 0, 1, 1),
+        )

@@ -50,8 +50,13 @@ def resealed(tmp_path: Path, image_threshold: float) -> Path:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """`inspectd ...` as a process; exit 99 if it imported torch."""
-    return subprocess.run([sys.executable, "-c", LEAN_RUN, *args], capture_output=True,
-                          text=True, timeout=120, cwd=REPO)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", LEAN_RUN, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
 
 
 def test_replay_with_the_same_bundle_reproduces_every_verdict_and_score(archive):
@@ -70,7 +75,13 @@ def test_replay_with_the_same_bundle_reproduces_every_verdict_and_score(archive)
         if old["score"] is not None:
             assert p.map_diff is not None and p.map_diff <= 1e-6  # the map itself, too
     s = report.summary()
-    assert (s["parts"], s["same"], s["changed"], s["score_moved"], s["not_replayed"]) == (10, 9, 0, 0, 1)
+    assert (s["parts"], s["same"], s["changed"], s["score_moved"], s["not_replayed"]) == (
+        10,
+        9,
+        0,
+        0,
+        1,
+    )
     assert set(s["transitions"].values()) == {0}
 
 
@@ -84,12 +95,21 @@ def test_replay_after_new_thresholds_reports_exactly_the_parts_that_change(archi
     proc = run_cli("replay", "--archive", str(folder), "--products-dir", str(products), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    expected = {p: ("NG" if v["score"] >= higher else "OK") for p, v in archived.items()
-                if v["score"] is not None}  # fmt: skip
-    changed = {p["part_id"]: (p["old_verdict"], p["new_verdict"])
-               for p in out["parts"] if p["status"] == "changed"}  # fmt: skip
-    assert changed == {p: (archived[p]["verdict"], new) for p, new in expected.items()
-                       if new != archived[p]["verdict"]}  # fmt: skip
+    expected = {
+        p: ("NG" if v["score"] >= higher else "OK")
+        for p, v in archived.items()
+        if v["score"] is not None
+    }
+    changed = {
+        p["part_id"]: (p["old_verdict"], p["new_verdict"])
+        for p in out["parts"]
+        if p["status"] == "changed"
+    }
+    assert changed == {
+        p: (archived[p]["verdict"], new)
+        for p, new in expected.items()
+        if new != archived[p]["verdict"]
+    }
     assert changed and set(changed.values()) == {("NG", "OK")}
     assert out["summary"]["transitions"]["NG->OK"] == len(changed)
     assert out["summary"]["same"] == 9 - len(changed)
@@ -101,7 +121,9 @@ def test_replay_after_new_thresholds_reports_exactly_the_parts_that_change(archi
     products = resealed(tmp_path / "down", lower)
     proc = run_cli("replay", "--archive", str(folder), "--products-dir", str(products))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    good_best = max((p for p, v in archived.items() if v["verdict"] == "OK"), key=lambda p: archived[p]["score"])
+    good_best = max(
+        (p for p, v in archived.items() if v["verdict"] == "OK"), key=lambda p: archived[p]["score"]
+    )
     changed_lines = [line for line in proc.stdout.splitlines() if " -> " in line]
     assert len(changed_lines) == 1 and good_best in changed_lines[0]
     assert "OK " in changed_lines[0].split("->")[0] and "NG " in changed_lines[0].split("->")[1]
@@ -119,8 +141,11 @@ def test_a_bad_archive_or_bundle_exits_2_naming_the_path(archive, tmp_path, caps
     cases = [
         (["--archive", str(tmp_path / "empty")], f"{tmp_path / 'empty'}: no archived parts"),
         (["--archive", str(tmp_path / "a-file")], f"{tmp_path / 'a-file'}: is not a folder"),
-        (["--archive", str(folder), "--product", "nosuch"], f"{PRODUCTS / 'nosuch'}: not a product bundle"),
-    ]  # fmt: skip
+        (
+            ["--archive", str(folder), "--product", "nosuch"],
+            f"{PRODUCTS / 'nosuch'}: not a product bundle",
+        ),
+    ]
     for args, message in cases:
         assert main(["replay", "--products-dir", str(PRODUCTS), *args]) == 2
         assert message in capsys.readouterr().err
@@ -170,9 +195,16 @@ def test_a_daemon_archives_its_ng_and_error_parts_and_replay_finds_them_all_the_
     proc = run_cli("run", "--config", str(tmp_path / "station.yaml"))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    verdicts = [json.loads(line) for line in (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()]
+    verdicts = [
+        json.loads(line) for line in (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()
+    ]
     rejected = [v for v in verdicts if v["verdict"] != "OK"]
-    assert sorted(v["part_id"] for v in rejected) == ["crack0", "missing_hole1", "small", "truncated"]
+    assert sorted(v["part_id"] for v in rejected) == [
+        "crack0",
+        "missing_hole1",
+        "small",
+        "truncated",
+    ]
     folder = tmp_path / "state" / "archive"
     archived = [read_entry(e)["verdict"] for e in scan(folder)]
     assert archived == sorted(rejected, key=lambda v: v["seq"])  # the very payloads, in seq order

@@ -121,8 +121,10 @@ class Requester:
         self.client.loop_start()
         if not self._subscribed.wait(timeout) or self._failure:
             self.close()
-            raise AssertionError(f"requester not subscribed to {self.filters} at {host}:{port}: "
-                                 f"{self._failure or 'no SUBACK'}")  # fmt: skip
+            raise AssertionError(
+                f"requester not subscribed to {self.filters} at {host}:{port}: "
+                f"{self._failure or 'no SUBACK'}"
+            )
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -181,8 +183,10 @@ class Requester:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     shown = [(m.topic, m.payload[:160]) for m in self._messages[-8:]]
-                    raise AssertionError(f"{len(got)} of {n} expected messages within "
-                                         f"{timeout} s; last ones: {shown}")  # fmt: skip
+                    raise AssertionError(
+                        f"{len(got)} of {n} expected messages within "
+                        f"{timeout} s; last ones: {shown}"
+                    )
                 self._cv.wait(left)
         return got
 
@@ -301,9 +305,12 @@ def start_station(
 ) -> tuple[Daemon, Requester]:
     frames = write_good_frames(tmp / "frames")
     config = write_station_config(
-        tmp, mosquitto.port, frames, products_dir=products_dir,
+        tmp,
+        mosquitto.port,
+        frames,
+        products_dir=products_dir,
         camera={"trigger": "mqtt", **camera},
-    )  # fmt: skip
+    )
     req = Requester(mosquitto.host, mosquitto.port, [f"{BASE}/#", "requester/#"])
     daemon = Daemon(config)
     return daemon, req
@@ -453,8 +460,9 @@ def test_a_mqtt311_requester_gets_its_answer_on_trigger_response(mosquitto, tmp_
     daemon, req = start_station(mosquitto, tmp_path)
     with daemon, req:
         wait_online(req)
-        with Requester(mosquitto.host, mosquitto.port, [f"{TRIGGER}/response", ERROR],
-                       protocol="3.1.1") as old:  # fmt: skip
+        with Requester(
+            mosquitto.host, mosquitto.port, [f"{TRIGGER}/response", ERROR], protocol="3.1.1"
+        ) as old:
             old.publish(TRIGGER, {"request_id": "v3-1", "part_id": "part-3"})
             answer = old.wait(f"{TRIGGER}/response")[0]
             body = answer.json()
@@ -478,8 +486,12 @@ def test_a_free_running_station_refuses_triggers_with_not_triggered(mosquitto, t
             wait_online(req)
             req.wait(VERDICT)  # it runs free
             corr = b"free-run?"
-            req.publish(TRIGGER, {"request_id": "fr-1", "part_id": "p"},
-                        response_topic="requester/x/answers", correlation_data=corr)  # fmt: skip
+            req.publish(
+                TRIGGER,
+                {"request_id": "fr-1", "part_id": "p"},
+                response_topic="requester/x/answers",
+                correlation_data=corr,
+            )
             err = req.wait(lambda m: m.topic == ERROR and correlation(m) == corr)[0].json()
             assert err["error"] == "not_triggered" and err["request_id"] == "fr-1"
             assert err["correlation_data"] == corr.hex()
@@ -613,8 +625,9 @@ def test_the_answer_does_not_wait_for_files_and_overlays(mosquitto, tmp_path, mo
         slow(self, inspection)
 
     monkeypatch.setattr(OverlaySink, "handle", handle)
-    path = write_station_config(tmp_path, mosquitto.port, write_good_frames(tmp_path / "frames"),
-                                camera={"trigger": "mqtt"})  # fmt: skip
+    path = write_station_config(
+        tmp_path, mosquitto.port, write_good_frames(tmp_path / "frames"), camera={"trigger": "mqtt"}
+    )
     config = yaml.safe_load(path.read_text())
     config["output"] = {"dir": str(tmp_path / "out"), "overlays": "all"}
     path.write_text(json.dumps(config))

@@ -17,15 +17,21 @@ def archived(root: Path, seq: int, part: str, verdict: str, frame: bool = True) 
     day = root / "2026-12-01"
     day.mkdir(parents=True, exist_ok=True)
     stem = f"{seq:010d}-{part}-{verdict}"
-    doc = {"schema": ARCHIVE_SCHEMA, "verdict": {"seq": seq, "part_id": part, "verdict": verdict},
-           "frame": f"{stem}.png" if frame else None, "map": None}  # fmt: skip
+    doc = {
+        "schema": ARCHIVE_SCHEMA,
+        "verdict": {"seq": seq, "part_id": part, "verdict": verdict},
+        "frame": f"{stem}.png" if frame else None,
+        "map": None,
+    }
     if frame:
         (day / f"{stem}.png").write_bytes(b"\x89PNG fake frame " + part.encode())
     (day / f"{stem}.json").write_text(json.dumps(doc))
     return day / stem
 
 
-def test_a_false_reject_is_stored_beside_the_archive_with_the_frame_linked_once_per_part(tmp_path: Path) -> None:
+def test_a_false_reject_is_stored_beside_the_archive_with_the_frame_linked_once_per_part(
+    tmp_path: Path,
+) -> None:
     entry = archived(tmp_path, 7, "p7", "NG")
     desk = ReviewDesk(tmp_path)
     answer = desk.review({"seq": 7, "part_id": "p7", "label": "false_reject", "by": "alice"})
@@ -37,7 +43,9 @@ def test_a_false_reject_is_stored_beside_the_archive_with_the_frame_linked_once_
     frame = stored.with_suffix(".png")
     assert frame.stat().st_ino == Path(f"{entry}.png").stat().st_ino  # a hard link, no copy
     # again: the review is replaced, the count stays
-    again = desk.review({"seq": 7, "part_id": "p7", "label": "false_reject", "note": "checked twice"})
+    again = desk.review(
+        {"seq": 7, "part_id": "p7", "label": "false_reject", "note": "checked twice"}
+    )
     assert again["today"]["false_reject"] == 1
     assert json.loads(stored.read_text())["review"]["note"] == "checked twice"
     # the archive itself does not see reviews/: its bound neither counts nor deletes them
@@ -55,17 +63,28 @@ def test_a_missed_defect_without_an_archived_frame_is_still_recorded(tmp_path: P
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ({"seq": 3, "part_id": "p3", "label": "false_reject"}, "was OK: false_reject is for NG or ERROR"),
+        (
+            {"seq": 3, "part_id": "p3", "label": "false_reject"},
+            "was OK: false_reject is for NG or ERROR",
+        ),
         ({"seq": 4, "part_id": "p4", "label": "missed_defect"}, "was NG: missed_defect is for OK"),
         ({"seq": 5, "part_id": "p5", "label": "false_reject"}, "is not in the archive"),
         ({"seq": 4, "part_id": "other", "label": "false_reject"}, "is not in the archive"),
         ({"seq": "4", "part_id": "p4", "label": "false_reject"}, "seq: '4' is not"),
-        ({"seq": 4, "part_id": "p4", "label": "good"}, "label: 'good' is not one of false_reject, missed_defect"),
-        ({"seq": 4, "part_id": "p4", "label": "false_reject", "x": 1}, "unknown review fields ['x']"),
+        (
+            {"seq": 4, "part_id": "p4", "label": "good"},
+            "label: 'good' is not one of false_reject, missed_defect",
+        ),
+        (
+            {"seq": 4, "part_id": "p4", "label": "false_reject", "x": 1},
+            "unknown review fields ['x']",
+        ),
         ({"seq": 4, "part_id": "p4", "label": "false_reject", "by": "<script>"}, "by: letters"),
     ],
 )
-def test_reviews_that_do_not_fit_the_part_are_refused(tmp_path: Path, args: dict, message: str) -> None:
+def test_reviews_that_do_not_fit_the_part_are_refused(
+    tmp_path: Path, args: dict, message: str
+) -> None:
     archived(tmp_path, 3, "p3", "OK")
     archived(tmp_path, 4, "p4", "NG")
     with pytest.raises(CommandError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -84,8 +84,11 @@ def write_config(tmp: Path, port: int, frames: Path, **camera: object) -> Path:
 def run_daemon(config: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", LEAN_RUN, "run", "--config", str(config)],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def test_every_frame_gets_one_verdict_in_order_and_bad_frames_are_errors(mosquitto, tmp_path):
@@ -170,8 +173,9 @@ def test_config_and_bundle_errors_exit_2_with_the_reason(tmp_path):
     config.write_text(text)
     proc = subprocess.run(
         [sys.executable, "-m", "inspectd", "run", "--config", str(config)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "nosuch" in proc.stderr
 
@@ -181,8 +185,9 @@ def test_check_config_prints_the_resolved_config(tmp_path):
     config = write_config(tmp_path, 1883, Path("frames"))
     proc = subprocess.run(
         [sys.executable, "-m", "inspectd", "check-config", str(config)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"path: {tmp_path / 'frames'}" in proc.stdout  # relative to the config file
     assert "client_id: inspectd-cam1" in proc.stdout  # defaults filled in
@@ -193,10 +198,15 @@ def test_under_systemd_a_state_dir_outside_the_service_state_directory_is_refuse
     env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "elsewhere")}
     proc = subprocess.run(
         [sys.executable, "-m", "inspectd", "run", "--config", str(config)],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"state_dir: {tmp_path / 'state'} is not inside this service's state directory" in proc.stderr
+    assert (
+        f"state_dir: {tmp_path / 'state'} is not inside this service's state directory"
+        in proc.stderr
+    )
     assert not (tmp_path / "state").exists()  # refused before anything was written
 
 
@@ -204,8 +214,9 @@ def test_a_camera_that_is_not_there_is_a_failure_systemd_retries(tmp_path):
     config = write_config(tmp_path, 1, tmp_path / "not-yet-mounted")
     proc = subprocess.run(
         [sys.executable, "-m", "inspectd", "run", "--config", str(config)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "not-yet-mounted" in proc.stderr
 

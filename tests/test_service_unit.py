@@ -26,7 +26,8 @@ INSTANCE = "inspectd@station1.service"
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
     ANALYZE is None,
-    reason="systemd-analyze not found; Debian's systemd package provides it (apt-get install systemd)",
+    reason="systemd-analyze not found; Debian's systemd package provides it (apt-get install "
+    "systemd)",
 )
 
 
@@ -93,8 +94,10 @@ def verify(root: Path, unit: str = INSTANCE) -> subprocess.CompletedProcess[str]
     assert ANALYZE is not None
     return subprocess.run(
         [ANALYZE, "verify", "--man=no", f"--root={root}", unit],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @needs_analyze
@@ -141,8 +144,11 @@ def test_security_exposure_stays_low(tmp_path):
     hardening line would push the score past 3."""
     result = subprocess.run(
         [ANALYZE, "security", "--offline=yes", f"--root={make_root(tmp_path)}", INSTANCE],
-        capture_output=True, text=True, timeout=30, cwd=tmp_path,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
     output = result.stdout + result.stderr
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", output)
     assert match, output
@@ -212,8 +218,11 @@ def test_hardening_is_on_and_leaves_devices_and_jit_alone():
     for key, value in expected.items():
         assert one("Service", key) == value, key
     assert set(one("Service", "RestrictAddressFamilies").split()) == {
-        "AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK",
-    }  # fmt: skip
+        "AF_UNIX",
+        "AF_INET",
+        "AF_INET6",
+        "AF_NETLINK",
+    }
     # These would break cameras, GPUs or JIT compilers (reasons in the unit's comments).
     service = dict(UNIT_SECTIONS["Service"])
     assert service.get("MemoryDenyWriteExecute", "no") == "no"

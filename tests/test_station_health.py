@@ -45,12 +45,16 @@ class Part:
 
 
 def config(tmp_path: Path, **camera: Any) -> StationConfig:
-    return StationConfig.model_validate({
-        "station": {"name": "cam1"}, "product": "button", "products_dir": str(PRODUCTS),
-        "state_dir": str(tmp_path / "state"),
-        "camera": {"source": "folder", "path": str(tmp_path / "frames"), **camera},
-        "mqtt": {"enabled": False},
-    })  # fmt: skip
+    return StationConfig.model_validate(
+        {
+            "station": {"name": "cam1"},
+            "product": "button",
+            "products_dir": str(PRODUCTS),
+            "state_dir": str(tmp_path / "state"),
+            "camera": {"source": "folder", "path": str(tmp_path / "frames"), **camera},
+            "mqtt": {"enabled": False},
+        }
+    )
 
 
 def pipeline(capture_failure: str | None = None, stalled: dict[str, float] | None = None) -> Any:
@@ -66,9 +70,16 @@ def pipeline(capture_failure: str | None = None, stalled: dict[str, float] | Non
 
 def health(tmp_path: Path, **parts: Any) -> StationHealth:
     defaults: dict[str, Any] = dict(
-        pipeline=pipeline(), source=Part({}), outbox=Part({"depth": 0}), publisher=None,
-        triggers=None, commands=None, archive=None, pictures=None, drift=None,
-    )  # fmt: skip
+        pipeline=pipeline(),
+        source=Part({}),
+        outbox=Part({"depth": 0}),
+        publisher=None,
+        triggers=None,
+        commands=None,
+        archive=None,
+        pictures=None,
+        drift=None,
+    )
     defaults.update(parts)
     return StationHealth(config(tmp_path), boot_id="b" * 32, **defaults)
 
@@ -79,8 +90,13 @@ def test_a_well_station_is_ok_with_the_documented_keys(tmp_path: Path) -> None:
     row = TABLE["health"]
     assert row.keys is not None
     check_keys(snapshot, row.keys, row.open, "health")
-    assert snapshot["camera"] == {"source": "folder", "state": "ok", "trigger": "free_run",
-                                  "fps": 0.0, "process": None}  # fmt: skip
+    assert snapshot["camera"] == {
+        "source": "folder",
+        "state": "ok",
+        "trigger": "free_run",
+        "fps": 0.0,
+        "process": None,
+    }
     assert snapshot["drift"] == {"state": "off"} and snapshot["metrics"] is None
 
 
@@ -88,14 +104,21 @@ def test_problems_come_from_the_components_in_a_fixed_order(tmp_path: Path) -> N
     snapshot = health(
         tmp_path,
         outbox=Part({"depth": 3}, ["outbox_not_durable: disk full"]),
-        source=Part({"state": "offline", "process": {"state": "offline"}}, ["camera_offline: gone"]),
+        source=Part(
+            {"state": "offline", "process": {"state": "offline"}}, ["camera_offline: gone"]
+        ),
         pipeline=pipeline(stalled={"publish": 12.0}),
         archive=Part({}, ["archive_failing: 1 errors since start, last: x"]),
         drift=Part({"state": "drift"}, ["drift: 90% of the last 100 OK parts ..."]),
     ).snapshot()
     assert snapshot["state"] == "degraded"
     assert [p.split(":")[0] for p in snapshot["problems"]] == [
-        "outbox_not_durable", "camera_offline", "stalled", "archive_failing", "drift"]  # fmt: skip
+        "outbox_not_durable",
+        "camera_offline",
+        "stalled",
+        "archive_failing",
+        "drift",
+    ]
     assert snapshot["problems"][2] == "stalled: publish thread, no progress for 12 s"
     # a source's stats join the camera section; its "state" replaces "ok"
     assert snapshot["camera"]["state"] == "offline"
@@ -119,8 +142,13 @@ def test_the_watched_folder_reports_its_counters_under_camera(tmp_path: Path) ->
     source = WatchedFolderSource(folder, settle_s=0.0, poll_s=0.05)
     assert isinstance(source, Reporting)
     snapshot = health(tmp_path, source=source).snapshot()
-    assert snapshot["camera"]["watch"] == {"inspected": 0, "moved": 0, "move_failed": 0,
-                                           "resumed": 0, "changed": 0}  # fmt: skip
+    assert snapshot["camera"]["watch"] == {
+        "inspected": 0,
+        "moved": 0,
+        "move_failed": 0,
+        "resumed": 0,
+        "changed": 0,
+    }
     assert snapshot["camera"]["process"] is None and snapshot["problems"] == []
 
 
@@ -133,9 +161,18 @@ def test_every_reporting_component_fits_the_protocol() -> None:
     from inspectd.outbox import Outbox
     from inspectd.outputs.archive import ArchiveSink
 
-    for kind in (ArchiveSink, CaptureSource, IsolatedSource, DriftMonitor, MqttPublisher,
-                 TriggerDesk, Outbox):  # fmt: skip
-        assert callable(getattr(kind, "stats", None)) and callable(getattr(kind, "problems", None)), kind
+    for kind in (
+        ArchiveSink,
+        CaptureSource,
+        IsolatedSource,
+        DriftMonitor,
+        MqttPublisher,
+        TriggerDesk,
+        Outbox,
+    ):
+        assert callable(getattr(kind, "stats", None)) and callable(
+            getattr(kind, "problems", None)
+        ), kind
 
 
 class Recorder(Notifier):

@@ -44,7 +44,8 @@ H100 = Target("NVIDIA H100 80GB HBM3", (9, 0), "10.3.0.26")
 ORIN = Target("Orin (nvgpu)", (8, 7), "10.3.0")
 NEEDS_TRT = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt") is None,
-    reason="needs TensorRT (the builder cannot be installed on our machines; runs on a Jetson or GPU box)",
+    reason="needs TensorRT (the builder cannot be installed on our machines; runs on a Jetson or "
+    "GPU box)",
 )
 
 
@@ -68,7 +69,11 @@ def test_engine_name_round_trips_and_binds_gpu_cc_and_version() -> None:
     assert name == "model.nvidia-h100-80gb-hbm3-sm90-trt10.3.0.engine"
     parsed = parse_engine_file_name(name)
     assert parsed is not None and (parsed.stem, parsed.gpu, parsed.sm, parsed.trt) == (
-        "model", "nvidia-h100-80gb-hbm3", "90", "10.3.0")  # fmt: skip
+        "model",
+        "nvidia-h100-80gb-hbm3",
+        "90",
+        "10.3.0",
+    )
     assert engine_file_name(ORIN) == "model.orin-nvgpu-sm87-trt10.3.0.engine"
     assert parse_engine_file_name("model.onnx") is None
     assert parse_engine_file_name("model.h100.engine") is None  # no sm/trt parts: not ours
@@ -78,7 +83,8 @@ def test_mismatches_name_each_difference() -> None:
     name = engine_file_name(H100)
     assert mismatches(name, Target("NVIDIA H100 80GB HBM3", (9, 0), "10.3.0.1")) == []  # build part
     assert mismatches(name, Target("NVIDIA H100 80GB HBM3", (9, 0), "10.4.0")) == [
-        "built with TensorRT 10.3.0, this is TensorRT 10.4.0"]  # fmt: skip
+        "built with TensorRT 10.3.0, this is TensorRT 10.4.0"
+    ]
     why = mismatches(name, ORIN)
     assert any("GPU nvidia-h100-80gb-hbm3, this is orin-nvgpu" in w for w in why)
     assert any("sm90, this GPU is sm87" in w for w in why)
@@ -89,25 +95,47 @@ def test_cache_keys_change_with_everything_that_makes_engines_differ() -> None:
     base = cache_key("a" * 64, H100, "fp16", 8)
     assert base.endswith(".nvidia-h100-80gb-hbm3-sm90-trt10.3.0.engine")
     assert parse_engine_file_name(base) is not None  # the runtime's name check applies to it too
-    others = {cache_key("b" * 64, H100, "fp16", 8), cache_key("a" * 64, ORIN, "fp16", 8),
-              cache_key("a" * 64, H100, "fp32", 8), cache_key("a" * 64, H100, "fp16", 4)}  # fmt: skip
+    others = {
+        cache_key("b" * 64, H100, "fp16", 8),
+        cache_key("a" * 64, ORIN, "fp16", 8),
+        cache_key("a" * 64, H100, "fp32", 8),
+        cache_key("a" * 64, H100, "fp16", 4),
+    }
     assert base not in others and len(others) == 4
     assert cache_key("a" * 64, H100, "fp16", 8) == base
     assert timing_cache_name(H100) != timing_cache_name(ORIN)
 
 
-def _engine(folder: Path, target: Target, onnx_sha: str, batch_max: int = 8, sidecar: bool = True) -> Path:
+def _engine(
+    folder: Path, target: Target, onnx_sha: str, batch_max: int = 8, sidecar: bool = True
+) -> Path:
     path = folder / engine_file_name(target)
     path.write_bytes(b"plan")
     if sidecar:
-        sidecar_of(path).write_text(EngineInfo(onnx_sha, "fp16", 1, batch_max, batch_max, target.gpu_name,
-                                               "9.0", target.trt_version, "2026-01-01T00:00:00+00:00").to_json())  # fmt: skip
+        sidecar_of(path).write_text(
+            EngineInfo(
+                onnx_sha,
+                "fp16",
+                1,
+                batch_max,
+                batch_max,
+                target.gpu_name,
+                "9.0",
+                target.trt_version,
+                "2026-01-01T00:00:00+00:00",
+            ).to_json()
+        )
     return path
 
 
 def test_usable_engine_checks_target_model_and_batch(tmp_path: Path) -> None:
     sha = "c" * 64
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir(), (tmp_path / "d").mkdir()
+    (
+        (tmp_path / "a").mkdir(),
+        (tmp_path / "b").mkdir(),
+        (tmp_path / "c").mkdir(),
+        (tmp_path / "d").mkdir(),
+    )
     orin = _engine(tmp_path / "a", ORIN, sha)
     stale = _engine(tmp_path / "b", H100, "d" * 64)
     bare = _engine(tmp_path / "c", H100, sha, sidecar=False)
@@ -154,12 +182,29 @@ def _bundle(root: Path) -> Path:
     b.mkdir(parents=True)
     (b / "model.onnx").write_bytes(b"onnx graph bytes")
     sha = sha256_of(b / "model.onnx")
-    (b / THRESHOLDS).write_text(yaml.safe_dump({
-        "schema": "inspectd.thresholds/1", "image": 0.5, "pixel": 0.4, "model_sha256": sha,
-        "method": "test", "n_good": 1, "created": "2026-01-01T00:00:00+00:00", "tool_version": "0"}))  # fmt: skip
-    manifest = {"schema": "inspectd.bundle/1", "name": "tiny", "created": "2026-01-01T00:00:00+00:00",
-                "tool_version": "0", "model": {"family": "ae", "file": "model.onnx", "opset": 17},
-                "preprocess": {"size": [128, 128]}, "scoring": {"method": "msgms_l2"}}  # fmt: skip
+    (b / THRESHOLDS).write_text(
+        yaml.safe_dump(
+            {
+                "schema": "inspectd.thresholds/1",
+                "image": 0.5,
+                "pixel": 0.4,
+                "model_sha256": sha,
+                "method": "test",
+                "n_good": 1,
+                "created": "2026-01-01T00:00:00+00:00",
+                "tool_version": "0",
+            }
+        )
+    )
+    manifest = {
+        "schema": "inspectd.bundle/1",
+        "name": "tiny",
+        "created": "2026-01-01T00:00:00+00:00",
+        "tool_version": "0",
+        "model": {"family": "ae", "file": "model.onnx", "opset": 17},
+        "preprocess": {"size": [128, 128]},
+        "scoring": {"method": "msgms_l2"},
+    }
     seal(b, manifest, ["model.onnx", THRESHOLDS])
     load_bundle(b)
     return b
@@ -171,7 +216,9 @@ def test_files_with_engine_replaces_the_same_target_and_keeps_others() -> None:
     assert files_with_engine(files, h100) == sorted(files)
     newer = engine_file_name(Target(H100.gpu_name, (9, 0), "10.4.0"))
     got = files_with_engine(files, newer)
-    assert newer in got and newer + ".json" in got and orin in got and h100 in got  # other TRT stays
+    assert (
+        newer in got and newer + ".json" in got and orin in got and h100 in got
+    )  # other TRT stays
     with pytest.raises(ValueError):
         files_with_engine(files, "model.onnx")
 
@@ -294,10 +341,14 @@ class _FakeTrt:
         self.module = types.ModuleType("tensorrt")
         self.module.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
         self.module.__version__ = version
-        for k, v in {"Logger": Logger, "Builder": Builder, "OnnxParser": OnnxParser,
-                     "IProgressMonitor": IProgressMonitor,
-                     "MemoryPoolType": types.SimpleNamespace(WORKSPACE="workspace"),
-                     "BuilderFlag": types.SimpleNamespace(FP16="FP16", INT8="INT8")}.items():  # fmt: skip
+        for k, v in {
+            "Logger": Logger,
+            "Builder": Builder,
+            "OnnxParser": OnnxParser,
+            "IProgressMonitor": IProgressMonitor,
+            "MemoryPoolType": types.SimpleNamespace(WORKSPACE="workspace"),
+            "BuilderFlag": types.SimpleNamespace(FP16="FP16", INT8="INT8"),
+        }.items():
             setattr(self.module, k, v)
 
 
@@ -308,17 +359,25 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> _FakeTrt:
     return fake
 
 
-def test_build_writes_engine_and_sidecar_seals_them_and_keeps_the_timing_cache(tmp_path: Path, fake_trt: _FakeTrt) -> None:
+def test_build_writes_engine_and_sidecar_seals_them_and_keeps_the_timing_cache(
+    tmp_path: Path, fake_trt: _FakeTrt
+) -> None:
     b = _bundle(tmp_path / "products")
     state, out = tmp_path / "state", io.StringIO()
     path = build_engine(b, precision="fp16", batch=8, state_dir=state, target=H100, progress=out)
     assert path == b / "model.nvidia-h100-80gb-hbm3-sm90-trt10.3.0.engine"
     assert path.read_bytes() == b"serialized plan"
     assert fake_trt.calls["flags"] == ["FP16"]
-    assert fake_trt.calls["profile"] == ("image", ((1, 128, 128, 3), (8, 128, 128, 3), (8, 128, 128, 3)))
+    assert fake_trt.calls["profile"] == (
+        "image",
+        ((1, 128, 128, 3), (8, 128, 128, 3), (8, 128, 128, 3)),
+    )
     info = EngineInfo.read(sidecar_of(path))
     bundle = load_bundle(b)  # sealed: the loader verifies the engine and its sidecar
-    assert info.onnx_sha256 == bundle.model_sha256 and (info.precision, info.batch_max) == ("fp16", 8)
+    assert info.onnx_sha256 == bundle.model_sha256 and (info.precision, info.batch_max) == (
+        "fp16",
+        8,
+    )
     assert path.name in bundle.manifest.files and path.name + ".json" in bundle.manifest.files
     assert usable_engine([path], H100, bundle.model_sha256, 8)[0] == path
     assert "Building engine (2 steps)" in out.getvalue() and "step 1/2" in out.getvalue()
@@ -330,7 +389,9 @@ def test_build_writes_engine_and_sidecar_seals_them_and_keeps_the_timing_cache(t
     assert sorted(load_bundle(b).manifest.files).count(path.name) == 1
 
 
-def test_build_reports_parser_errors_and_refuses_int8_without_images(tmp_path: Path, monkeypatch) -> None:
+def test_build_reports_parser_errors_and_refuses_int8_without_images(
+    tmp_path: Path, monkeypatch
+) -> None:
     b = _bundle(tmp_path / "products")
     bad = _FakeTrt(parse_ok=False)
     monkeypatch.setitem(sys.modules, "tensorrt", bad.module)
@@ -366,7 +427,9 @@ def test_real_engine_matches_onnxruntime(tmp_path: Path, precision: str) -> None
     th["model_sha256"] = sha256_of(b / "model.onnx")
     (b / THRESHOLDS).write_text(yaml.safe_dump(th))
     seal(b, manifest, list(manifest["files"]))
-    path = build_engine(b, precision=precision, batch=4, state_dir=tmp_path / "state", progress=None)
+    path = build_engine(
+        b, precision=precision, batch=4, state_dir=tmp_path / "state", progress=None
+    )
     images = np.random.default_rng(0).integers(0, 256, (6, 128, 128, 3), dtype=np.uint8)
     want = OnnxRuntimeEngine(b / "model.onnx").infer(images)
     for graphs in (False, True):

@@ -19,8 +19,14 @@ def test_patience_counts_from_the_early_stop_start() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (6, 128, 128, 3), dtype=np.uint8)
     settings = TrainSettings(epochs=40, batch_size=2, lr=0.0, early_stop_start=5, patience=3)
-    result = train_model(ConvAutoencoder(latent_dim=8), images[:4], images[4:],
-                         settings, reconstruction_objective, progress=False)  # fmt: skip
+    result = train_model(
+        ConvAutoencoder(latent_dim=8),
+        images[:4],
+        images[4:],
+        settings,
+        reconstruction_objective,
+        progress=False,
+    )
     assert (result.best_epoch, result.stopped, result.epochs_run) == (0, "early stop", 8)
 
 

@@ -37,16 +37,23 @@ OPERATOR = ("alice", "correct horse battery")
 VIEWER_TOKEN = "wall-display-token-0123456789"
 
 pytestmark = [
-    pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed (make test installs it)"),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test installs it)"),
-    pytest.mark.skipif(not (REPO / "products" / "button" / "manifest.yaml").is_file(), reason="products/button missing"),
+    pytest.mark.skipif(
+        find_mosquitto() is None, reason="mosquitto is not installed (make test installs it)"
+    ),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test installs it)"
+    ),
+    pytest.mark.skipif(
+        not (REPO / "products" / "button" / "manifest.yaml").is_file(),
+        reason="products/button missing",
+    ),
 ]
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (value := check()):
+        if value := check():
             return value
         time.sleep(0.02)
     raise AssertionError(f"not within {timeout} s: {what}")
@@ -55,8 +62,15 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
 class Line:
     """The running parts and how to feed the station."""
 
-    def __init__(self, tmp: Path, broker: LocalBroker, station: Daemon, ui: subprocess.Popen[bytes],
-                 url: str, verdicts: Subscriber) -> None:  # fmt: skip
+    def __init__(
+        self,
+        tmp: Path,
+        broker: LocalBroker,
+        station: Daemon,
+        ui: subprocess.Popen[bytes],
+        url: str,
+        verdicts: Subscriber,
+    ) -> None:
         self.tmp, self.broker, self.station, self.ui, self.url = tmp, broker, station, ui, url
         self.verdicts = verdicts
         self.frames = tmp / "frames"
@@ -89,15 +103,25 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
     with LocalBroker.start_mosquitto() as broker:
         station_cfg = {
             "station": {"site": "plant", "line": "l1", "name": "cam1"},
-            "product": "button", "products_dir": str(REPO / "products"), "state_dir": str(tmp / "state"),
-            "camera": {"source": "folder", "path": str(tmp / "frames"),
-                       "watch": {"enabled": True, "settle_s": 0, "poll_s": 0.05}},
-            "mqtt": {"host": "127.0.0.1", "port": broker.port, "overlays": "all",
-                     "health_interval_s": 1, "stats_interval_s": 1},
+            "product": "button",
+            "products_dir": str(REPO / "products"),
+            "state_dir": str(tmp / "state"),
+            "camera": {
+                "source": "folder",
+                "path": str(tmp / "frames"),
+                "watch": {"enabled": True, "settle_s": 0, "poll_s": 0.05},
+            },
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": broker.port,
+                "overlays": "all",
+                "health_interval_s": 1,
+                "stats_interval_s": 1,
+            },
             "archive": {"enabled": True, "dir": str(tmp / "archive"), "ok_every": 1},
             "output": {"dir": None},
             "logging": {"level": "info", "format": "json"},
-        }  # fmt: skip
+        }
         (tmp / "station.yaml").write_text(json.dumps(station_cfg))
         port = free_port()
         ui_cfg = {
@@ -105,16 +129,30 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
             "mqtt": {"host": "127.0.0.1", "port": broker.port},
             "stations": ["inspectd/v1/plant/l1/+"],
             "access": {
-                "users": [{"name": OPERATOR[0], "role": "operator", "password_hash": hash_password(OPERATOR[1])}],
-                "tokens": [{"name": "wall", "role": "viewer", "token_file": str(tmp / "viewer.token")}],
+                "users": [
+                    {
+                        "name": OPERATOR[0],
+                        "role": "operator",
+                        "password_hash": hash_password(OPERATOR[1]),
+                    }
+                ],
+                "tokens": [
+                    {"name": "wall", "role": "viewer", "token_file": str(tmp / "viewer.token")}
+                ],
             },
         }
         (tmp / "ui.yaml").write_text(json.dumps(ui_cfg))
-        with Subscriber(broker.host, broker.port, f"{BASE}/verdict") as verdicts, \
-                Daemon(tmp / "station.yaml", "station") as station, \
-                open(tmp / "ui.log", "wb") as log:  # fmt: skip
-            ui = subprocess.Popen([sys.executable, "-m", "inspectd", "ui", "--config", str(tmp / "ui.yaml")],
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=REPO)  # fmt: skip
+        with (
+            Subscriber(broker.host, broker.port, f"{BASE}/verdict") as verdicts,
+            Daemon(tmp / "station.yaml", "station") as station,
+            open(tmp / "ui.log", "wb") as log,
+        ):
+            ui = subprocess.Popen(
+                [sys.executable, "-m", "inspectd", "ui", "--config", str(tmp / "ui.yaml")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
             try:
                 url = f"http://127.0.0.1:{port}"
 
@@ -151,8 +189,10 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def operator(browser: Any, line: Line) -> Iterator[Any]:
     """A tablet-sized page logged in as the operator (HTTP Basic)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900},
-                                  http_credentials={"username": OPERATOR[0], "password": OPERATOR[1]})  # fmt: skip
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900},
+        http_credentials={"username": OPERATOR[0], "password": OPERATOR[1]},
+    )
     page = context.new_page()
     page.goto(line.url + "/")
     yield page
@@ -163,7 +203,9 @@ def tile(page: Any) -> Any:
     return page.locator(f'[data-testid=tile][data-base="{BASE}"]')
 
 
-def test_line_view_shows_the_station_online_and_a_new_ng_part_within_a_second(line: Line, operator: Any) -> None:
+def test_line_view_shows_the_station_online_and_a_new_ng_part_within_a_second(
+    line: Line, operator: Any
+) -> None:
     page = operator
     line.drop("good")
     t = tile(page)
@@ -176,23 +218,35 @@ def test_line_view_shows_the_station_online_and_a_new_ng_part_within_a_second(li
     v = line.drop("crack")
     seen = time.monotonic()  # the verdict is out of the broker: the page has a second
     assert v["verdict"] == "NG", v
-    wait_until(lambda: t.locator("[data-testid=count-NG]").inner_text() == str(ng_before + 1), 1.0,
-               "the NG count on the tile within 1 s of the verdict")  # fmt: skip
-    wait_until(lambda: t.locator("[data-testid=last-verdict]").inner_text() == "NG", 1.0, "NG shown")
+    wait_until(
+        lambda: t.locator("[data-testid=count-NG]").inner_text() == str(ng_before + 1),
+        1.0,
+        "the NG count on the tile within 1 s of the verdict",
+    )
+    wait_until(
+        lambda: t.locator("[data-testid=last-verdict]").inner_text() == "NG", 1.0, "NG shown"
+    )
     assert time.monotonic() - seen < 1.0
     assert v["part_id"] in t.inner_text()
     page.screenshot(path=str(line.tmp / "line.png"))
 
 
-def test_station_view_shows_the_overlay_the_reject_strip_histogram_and_calibration(line: Line, operator: Any) -> None:
+def test_station_view_shows_the_overlay_the_reject_strip_histogram_and_calibration(
+    line: Line, operator: Any
+) -> None:
     page = operator
     tile(page).click()
     page.locator("[data-testid=station-view]").wait_for()
     overlay = page.locator("[data-testid=live-overlay]")
     overlay.wait_for(timeout=5000)
     # the JPEG the station sent on …/overlay, decoded by the browser
-    wait_until(lambda: page.evaluate("(img) => img.complete && img.naturalWidth > 0", overlay.element_handle()),
-               5, "the overlay image loaded")  # fmt: skip
+    wait_until(
+        lambda: page.evaluate(
+            "(img) => img.complete && img.naturalWidth > 0", overlay.element_handle()
+        ),
+        5,
+        "the overlay image loaded",
+    )
     assert page.locator("[data-testid=reject]").count() >= 1
     assert "crack" in page.locator("[data-testid=rejects]").inner_text()
     calibration = page.locator("[data-testid=calibration]").inner_text()
@@ -212,8 +266,13 @@ def test_a_false_reject_review_is_stored_by_the_station_where_calibrate_and_repl
     seq = int(strip.get_attribute("data-seq"))
     strip.locator("[data-testid=review-false_reject]").click()
     page.locator("[data-testid=reviewed]").first.wait_for(timeout=5000)
-    wait_until(lambda: page.locator("[data-testid=reviews-today]").inner_text().startswith("1 false reject"),
-               5, "today's review count on the page")  # fmt: skip
+    wait_until(
+        lambda: (
+            page.locator("[data-testid=reviews-today]").inner_text().startswith("1 false reject")
+        ),
+        5,
+        "today's review count on the page",
+    )
 
     stored = list((line.archive / "reviews" / "false_reject").glob(f"*/{seq:010d}-*.json"))
     assert len(stored) == 1, stored
@@ -232,16 +291,22 @@ def test_a_false_reject_review_is_stored_by_the_station_where_calibrate_and_repl
     assert [p.seq for p in report.parts] == [seq]
 
 
-def test_reload_thresholds_from_the_page_shows_the_station_answer(line: Line, operator: Any) -> None:
+def test_reload_thresholds_from_the_page_shows_the_station_answer(
+    line: Line, operator: Any
+) -> None:
     page = operator
     page.locator("[data-testid=reload]").click()
     answers = page.locator("[data-testid=answers]")
-    wait_until(lambda: "reload_thresholds: done" in answers.inner_text(), 5, "the answer on the page")
+    wait_until(
+        lambda: "reload_thresholds: done" in answers.inner_text(), 5, "the answer on the page"
+    )
     assert "image 0.152345" in answers.inner_text()
     line.station.wait_event("thresholds.reloaded")
 
 
-def test_viewers_see_but_cannot_act_and_no_credentials_get_nothing(line: Line, browser: Any) -> None:
+def test_viewers_see_but_cannot_act_and_no_credentials_get_nothing(
+    line: Line, browser: Any
+) -> None:
     context = browser.new_context(viewport={"width": 1024, "height": 768})
     page = context.new_page()
     page.goto(f"{line.url}/?token={VIEWER_TOKEN}")  # a wall display's link: then a cookie
@@ -250,15 +315,20 @@ def test_viewers_see_but_cannot_act_and_no_credentials_get_nothing(line: Line, b
     page.locator("[data-testid=reject]").first.wait_for(timeout=5000)
     assert page.locator("[data-testid^=review-]").count() == 0
     assert page.locator("[data-testid=reload]").count() == 0
-    status = page.evaluate("""(base) => fetch('/api/command', {method: 'POST',
+    status = page.evaluate(
+        """(base) => fetch('/api/command', {method: 'POST',
         headers: {'Content-Type': 'application/json'},
-        body: JSON.stringify({base, command: 'reload_thresholds'})}).then(r => r.status)""", BASE)
+        body: JSON.stringify({base, command: 'reload_thresholds'})}).then(r => r.status)""",
+        BASE,
+    )
     assert status == 403
     context.close()
 
     body = json.dumps({"base": BASE, "command": "reload_thresholds"}).encode()
     for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"alice:wrong").decode()}):
-        req = urllib.request.Request(f"{line.url}/api/command", body, {"Content-Type": "application/json", **headers})
+        req = urllib.request.Request(
+            f"{line.url}/api/command", body, {"Content-Type": "application/json", **headers}
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(req, timeout=5)
         assert refused.value.code == 401
@@ -267,8 +337,15 @@ def test_viewers_see_but_cannot_act_and_no_credentials_get_nothing(line: Line, b
     assert refused.value.code == 401
     # a cross-site form post carries the browser's Basic credentials: refused
     auth = "Basic " + base64.b64encode(":".join(OPERATOR).encode()).decode()
-    req = urllib.request.Request(f"{line.url}/api/command", body, {"Content-Type": "application/json",
-                                 "Authorization": auth, "Origin": "https://evil.example"})  # fmt: skip
+    req = urllib.request.Request(
+        f"{line.url}/api/command",
+        body,
+        {
+            "Content-Type": "application/json",
+            "Authorization": auth,
+            "Origin": "https://evil.example",
+        },
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(req, timeout=5)
     assert refused.value.code == 403
@@ -282,7 +359,9 @@ def test_a_killed_station_turns_its_tile_offline(line: Line, operator: Any) -> N
     assert t.get_attribute("data-state") == "online"
     line.station.signal(signal.SIGKILL)
     line.station.wait(10)
-    wait_until(lambda: t.get_attribute("data-state") == "offline", 5, "the tile offline (Last Will)")
+    wait_until(
+        lambda: t.get_attribute("data-state") == "offline", 5, "the tile offline (Last Will)"
+    )
     assert t.locator("[data-testid=state]").inner_text() == "OFFLINE"
     assert t.locator("[data-testid=banner]").inner_text().startswith("OFFLINE — noticed")
     color = page.evaluate("(el) => getComputedStyle(el).backgroundColor", t.element_handle())
@@ -291,17 +370,31 @@ def test_a_killed_station_turns_its_tile_offline(line: Line, operator: Any) -> N
 
 
 def test_ui_refuses_to_start_on_a_public_address_without_credentials(tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, "-m", "inspectd", "ui", "--listen", "0.0.0.0", "--port", "1"],
-                         capture_output=True, text=True, timeout=30, cwd=REPO)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "inspectd", "ui", "--listen", "0.0.0.0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
     assert run.returncode == 2, run.stderr
     assert "0.0.0.0 is not a loopback address" in run.stderr and "access.users" in run.stderr
     config = tmp_path / "ui.yaml"
-    config.write_text("listen:\n  host: 192.0.2.10\naccess:\n  users:\n    - name: bob\n      role: admin\n"
-                      "      password_hash: x\n")  # fmt: skip
-    run = subprocess.run([sys.executable, "-m", "inspectd", "ui", "--config", str(config)],
-                         capture_output=True, text=True, timeout=30, cwd=REPO)  # fmt: skip
+    config.write_text(
+        "listen:\n  host: 192.0.2.10\naccess:\n  users:\n    - name: bob\n      role: admin\n"
+        "      password_hash: x\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "inspectd", "ui", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
     assert run.returncode == 2
-    assert f"{config}:6:13 access.users[0].role: 'admin' is not one of viewer, operator" in run.stderr
+    assert (
+        f"{config}:6:13 access.users[0].role: 'admin' is not one of viewer, operator" in run.stderr
+    )
 
 
 def test_the_unit_runs_the_ui_config_and_the_example_config_loads() -> None:

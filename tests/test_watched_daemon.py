@@ -59,8 +59,13 @@ def kinds_for(n: int) -> list[str]:
     return ["crack" if i % 17 == 5 else "corrupt" if i % 61 == 30 else "good" for i in range(n)]
 
 
-def drop(folder: Path, names: list[str], kinds: list[str], pngs: dict[str, list[bytes]],
-         mtime0: int = 1_700_000_000 * 10**9) -> None:  # fmt: skip
+def drop(
+    folder: Path,
+    names: list[str],
+    kinds: list[str],
+    pngs: dict[str, list[bytes]],
+    mtime0: int = 1_700_000_000 * 10**9,
+) -> None:
     """Each file written as `name.tmp` and renamed (how a careful writer hands over), with
     mtimes one ms apart in list order: the order the station must inspect them in."""
     for i, (name, kind) in enumerate(zip(names, kinds, strict=True)):
@@ -72,19 +77,23 @@ def drop(folder: Path, names: list[str], kinds: list[str], pngs: dict[str, list[
         os.rename(tmp, folder / name)
 
 
-def station_config(tmp: Path, port: int, incoming: Path, *, settle_s: float = 0.2,
-                   name: str = "station.yaml") -> Path:  # fmt: skip
+def station_config(
+    tmp: Path, port: int, incoming: Path, *, settle_s: float = 0.2, name: str = "station.yaml"
+) -> Path:
     config = {
         "station": {"site": "plant", "line": "l1", "name": "cam1"},
         "product": "button",
         "products_dir": str(PRODUCTS),
         "state_dir": str(tmp / "state"),
-        "camera": {"source": "folder", "path": str(incoming),
-                   "watch": {"enabled": True, "settle_s": settle_s, "poll_s": 0.1}},
+        "camera": {
+            "source": "folder",
+            "path": str(incoming),
+            "watch": {"enabled": True, "settle_s": settle_s, "poll_s": 0.1},
+        },
         "mqtt": {"host": "127.0.0.1", "port": port, "overlays": "none", "drain_timeout_s": 10},
         "output": {"dir": str(tmp / "out"), "overlays": "none"},
         "logging": {"level": "info", "format": "json"},
-    }  # fmt: skip
+    }
     path = tmp / name
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
@@ -167,8 +176,9 @@ def test_a_stop_in_the_middle_of_a_burst_loses_no_file_and_inspects_none_twice(
     parts = [Path(n).stem for n in names]
     drop(incoming, names, kinds, pngs)  # before the start: one listing finds them all
     config = station_config(tmp_path, mosquitto.port, incoming)
-    with Subscriber(mosquitto.host, mosquitto.port, VERDICT, client_id=f"watch-{how}",
-                    persistent=True) as sub:  # fmt: skip
+    with Subscriber(
+        mosquitto.host, mosquitto.port, VERDICT, client_id=f"watch-{how}", persistent=True
+    ) as sub:
         with Daemon(config, "run1") as run1:
             wait_until(lambda: len(part_ids(sub)) >= 40, 60, "40 verdicts from run 1")
             if how == "kill_9":
@@ -193,8 +203,10 @@ def test_a_stop_in_the_middle_of_a_burst_loses_no_file_and_inspects_none_twice(
     resumed = run2.events("capture.watch.resumed")
     for e in resumed:
         assert e["file"] in left and verdicts[e["seq"]]["part_id"] + ".png" == e["file"]
-    print(f"\n{how}: {n - len(left)} moved by run 1, {len(resumed)} finished by run 2, "
-          f"{len(replayed)} replayed")
+    print(
+        f"\n{how}: {n - len(left)} moved by run 1, {len(resumed)} finished by run 2, "
+        f"{len(replayed)} replayed"
+    )
 
 
 def test_a_file_still_being_written_is_read_only_once_it_is_complete(mosquitto, pngs, tmp_path):

@@ -32,10 +32,22 @@ def png(seed: int) -> bytes:
 
 
 def record(frame: Frame, verdict: Verdict, seq: int) -> VerdictRecord:
-    return VerdictRecord(station="s", product="p", part_id=frame.part_id, verdict=verdict,
-                         score=None, threshold=None, model_name="m", model_sha256="0",
-                         camera_serial="", frame_id=frame.frame_id, t_capture=0.0,
-                         t_verdict=0.0, latency_ms=0.0, seq=seq)  # fmt: skip
+    return VerdictRecord(
+        station="s",
+        product="p",
+        part_id=frame.part_id,
+        verdict=verdict,
+        score=None,
+        threshold=None,
+        model_name="m",
+        model_sha256="0",
+        camera_serial="",
+        frame_id=frame.frame_id,
+        t_capture=0.0,
+        t_verdict=0.0,
+        latency_ms=0.0,
+        seq=seq,
+    )
 
 
 def drain(src: WatchedFolderSource, idle_s: float = 0.3) -> list[Frame]:
@@ -50,8 +62,9 @@ def drain(src: WatchedFolderSource, idle_s: float = 0.3) -> list[Frame]:
 
 def commit(outbox: Outbox, frames: list[Frame], verdicts: list[Verdict]) -> list[int]:
     """What the pipeline does: the verdicts with their receipts, in one transaction."""
-    return outbox.append_many([(v, []) for v in verdicts],
-                              receipts=[f.extra[RECEIPT] for f in frames])  # fmt: skip
+    return outbox.append_many(
+        [(v, []) for v in verdicts], receipts=[f.extra[RECEIPT] for f in frames]
+    )
 
 
 # -- a burst --------------------------------------------------------------------------------
@@ -143,8 +156,16 @@ def test_a_file_is_not_read_before_its_size_and_mtime_settled(tmp_path):
 
 
 def test_ignored_names():
-    for name in [".a.png", "a.png.tmp", "a.png.part", "a.PNG.TMP", "a.png~", "a.png.partial",
-                 "a.png.filepart", "a.png.crdownload"]:  # fmt: skip
+    for name in [
+        ".a.png",
+        "a.png.tmp",
+        "a.png.part",
+        "a.PNG.TMP",
+        "a.png~",
+        "a.png.partial",
+        "a.png.filepart",
+        "a.png.crdownload",
+    ]:
         assert ignored(name), name
     assert not ignored("a.png") and not ignored("tmp.png")
 
@@ -161,7 +182,9 @@ def test_an_undecodable_file_is_an_error_frame_moved_to_failed_and_not_read_agai
     bad, good = drain(src)
     assert bad.image is None and "cannot decode image file bad.png" in (bad.error or "")
     assert good.error is None
-    src.recorded([(bad, record(bad, Verdict.ERROR, 1), True), (good, record(good, Verdict.OK, 2), True)])
+    src.recorded(
+        [(bad, record(bad, Verdict.ERROR, 1), True), (good, record(good, Verdict.OK, 2), True)]
+    )
     assert os.listdir(incoming / "failed") == ["bad.png"]
     assert os.listdir(incoming / "done") == ["good.png"]
     assert drain(src) == []
@@ -187,7 +210,9 @@ def test_after_a_crash_between_commit_and_move_the_file_is_moved_and_not_inspect
 
     outbox = Outbox(state / "outbox.db")
     assert [(k, s, v) for k, s, v in outbox.receipts()] == [
-        (p0.extra[RECEIPT], 1, Verdict.OK), (p1.extra[RECEIPT], 2, Verdict.ERROR)]  # fmt: skip
+        (p0.extra[RECEIPT], 1, Verdict.OK),
+        (p1.extra[RECEIPT], 2, Verdict.ERROR),
+    ]
     src = WatchedFolderSource(incoming, settle_s=0.0, poll_s=0.05, ledger=outbox)
     src.open()
     assert os.listdir(incoming / "done") == ["p0.png"]
@@ -270,8 +295,10 @@ def test_an_unmovable_file_is_not_inspected_again_and_its_receipt_is_kept(tmp_pa
 
 def config(tmp_path: Path, camera: str) -> Path:
     path = tmp_path / "station.yaml"
-    path.write_text("station:\n  name: s1\nproduct: button\ncamera:\n  source: folder\n"
-                    "  path: /data/in\n" + camera)  # fmt: skip
+    path.write_text(
+        "station:\n  name: s1\nproduct: button\ncamera:\n  source: folder\n"
+        "  path: /data/in\n" + camera
+    )
     return path
 
 
@@ -286,8 +313,9 @@ def test_watch_config_defaults_and_shorthand(tmp_path):
     w = cfg.camera.watch
     assert (w.enabled, w.settle_s, w.poll_s) == (True, 1.0, 0.5)
     assert (w.done_dir, w.failed_dir) == (Path("/data/in/done"), Path("/data/in/failed"))
-    cfg = load_station_config(config(tmp_path, "  watch:\n    enabled: true\n    settle_s: 0\n"
-                                     "    done_dir: ok\n"))  # fmt: skip
+    cfg = load_station_config(
+        config(tmp_path, "  watch:\n    enabled: true\n    settle_s: 0\n    done_dir: ok\n")
+    )
     assert cfg.camera.watch.settle_s == 0 and cfg.camera.watch.done_dir == tmp_path / "ok"
     assert not load_station_config(config(tmp_path, "")).camera.watch.enabled
 
@@ -346,8 +374,9 @@ def test_failing_moves_are_a_health_problem_until_a_move_works(tmp_path):
     src.recorded([(frame, record(frame, Verdict.OK, 1), True)])
     (problem,) = src.problems()
     assert problem.startswith("camera_move_failed: 1 files not moved since start, last: a.png to ")
-    assert src.stats() == {"watch": {"inspected": 1, "moved": 0, "move_failed": 1, "resumed": 0,
-                                     "changed": 0}}  # fmt: skip
+    assert src.stats() == {
+        "watch": {"inspected": 1, "moved": 0, "move_failed": 1, "resumed": 0, "changed": 0}
+    }
     (incoming / "done").unlink()
     (incoming / "done").mkdir()
     (incoming / "b.png").write_bytes(png(2))

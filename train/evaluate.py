@@ -26,22 +26,34 @@ AUPRO_FPR_LIMIT = 0.3
 
 
 def score_samples(
-    engine: Engine, samples: Sequence[Sample], spec: PreprocessSpec, batch: int = 16,
+    engine: Engine,
+    samples: Sequence[Sample],
+    spec: PreprocessSpec,
+    batch: int = 16,
     progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores N, maps N x H x W float32) of `samples`, read and scored batch by batch."""
     from tqdm import tqdm
 
-    starts = tqdm(range(0, len(samples), batch), desc="eval", unit="batch", disable=not progress, leave=False)
-    r = infer_batches(engine, (load_inputs([s.path for s in samples[i : i + batch]], spec) for i in starts),
-                      total=len(samples))  # fmt: skip
+    starts = tqdm(
+        range(0, len(samples), batch), desc="eval", unit="batch", disable=not progress, leave=False
+    )
+    r = infer_batches(
+        engine,
+        (load_inputs([s.path for s in samples[i : i + batch]], spec) for i in starts),
+        total=len(samples),
+    )
     return r.score, r.anomaly_map
 
 
 def evaluate(
-    engine: Engine, dataset: MVTecSet, spec: PreprocessSpec, image_threshold: float,
-    batch: int = 16, progress: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    engine: Engine,
+    dataset: MVTecSet,
+    spec: PreprocessSpec,
+    image_threshold: float,
+    batch: int = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Score dataset.test() with `engine` and compute the metrics (see `compute_metrics`).
     ValueError when there are no test images or a mask cannot be read."""
     samples = dataset.test()
@@ -55,9 +67,13 @@ def evaluate(
 
 
 def compute_metrics(
-    defects: Sequence[str], scores: np.ndarray, maps: np.ndarray, masks: np.ndarray,
-    image_threshold: float, has_mask: np.ndarray | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    defects: Sequence[str],
+    scores: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    image_threshold: float,
+    has_mask: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Metrics of a scored test set. defects[i] is "good" or the defect type of image i;
     masks are bool N x H x W like maps; has_mask[i] False marks a defect image without ground
     truth (pixel metrics of any subset holding one are None).
@@ -141,21 +157,27 @@ def to_markdown(result: dict[str, Any], title: str | None = None) -> str:
     ]
     for d, m in result["per_defect"].items():
         at = m.get("recall_at_frr", {})
-        lines.append(f"| {d} | {m['images']} | {_pct(at.get('0.01'))} | {_pct(at.get('0.001'))} "
-                     f"| {_f(m['image_auroc'])} | {_f(m['pixel_auroc'])} "
-                     f"| {_f(m['aupro'])} | {m['defects_found']}/{m['images']} |")  # fmt: skip
+        lines.append(
+            f"| {d} | {m['images']} | {_pct(at.get('0.01'))} | {_pct(at.get('0.001'))} "
+            f"| {_f(m['image_auroc'])} | {_f(m['pixel_auroc'])} "
+            f"| {_f(m['aupro'])} | {m['defects_found']}/{m['images']} |"
+        )
     r = result
     at = r.get("recall_at_frr", {})
-    lines.append(f"| **all** | {r['defects']} + {r['good_images']} good "
-                 f"| {_pct((at.get('0.01') or {}).get('recall'))} "
-                 f"| {_pct((at.get('0.001') or {}).get('recall'))} | {_f(r['image_auroc'])} "
-                 f"| {_f(r['pixel_auroc'])} | {_f(r['aupro'])} | {r['defects_found']}/{r['defects']} |")  # fmt: skip
+    lines.append(
+        f"| **all** | {r['defects']} + {r['good_images']} good "
+        f"| {_pct((at.get('0.01') or {}).get('recall'))} "
+        f"| {_pct((at.get('0.001') or {}).get('recall'))} | {_f(r['image_auroc'])} "
+        f"| {_f(r['pixel_auroc'])} | {_f(r['aupro'])} | {r['defects_found']}/{r['defects']} |"
+    )
     lines.append("")
     for rate, p in at.items():
         if p.get("recall") is not None:
-            lines.append(f"Recall @ {float(rate):.1%} FRR: threshold {p['threshold']:.6g} rejects "
-                         f"{p['good_rejected']} of {p['good']} good test parts"
-                         + (f" ({p['note']})." if p.get("note") else "."))  # fmt: skip
+            lines.append(
+                f"Recall @ {float(rate):.1%} FRR: threshold {p['threshold']:.6g} rejects "
+                f"{p['good_rejected']} of {p['good']} good test parts"
+                + (f" ({p['note']})." if p.get("note") else ".")
+            )
         else:
             lines.append(f"Recall @ {float(rate):.1%} FRR: {p['note']}.")
     if r["image_f1_max"] is not None:
@@ -169,15 +191,21 @@ def to_markdown(result: dict[str, Any], title: str | None = None) -> str:
     )
     lines.append(f"AUPRO integrated to {r['aupro_fpr_limit']:.0%} FPR and normalised.")
     if r["empty_masks"]:
-        lines.append(f"{r['empty_masks']} defect image(s) have an empty mask: their pixels count "
-                     f"as good, they add no region.")  # fmt: skip
+        lines.append(
+            f"{r['empty_masks']} defect image(s) have an empty mask: their pixels count "
+            f"as good, they add no region."
+        )
     if r["missing_masks"]:
-        lines.append(f"{r['missing_masks']} defect image(s) have no mask: pixel metrics that "
-                     f"include them are not given.")  # fmt: skip
+        lines.append(
+            f"{r['missing_masks']} defect image(s) have no mask: pixel metrics that "
+            f"include them are not given."
+        )
     return "\n".join(lines) + "\n"
 
 
-def test_masks(samples: Sequence[Sample], spec: PreprocessSpec, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def test_masks(
+    samples: Sequence[Sample], spec: PreprocessSpec, hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """(masks bool N x H x W, has_mask N) of `samples` at map size `hw`. Masks are read at frame
     size, cropped like the frames and resized (nearest); good images and defect images without
     a mask file get an empty one, the latter marked has_mask False (counted as missing)."""

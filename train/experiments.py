@@ -32,28 +32,49 @@ from inspectd.train.train_bundle import BuildRequest, build_product, training_se
 PROFILES: dict[str, dict[str, tuple[dict[str, Any], dict[str, Any], int | None]]] = {
     # vivano: the paper's 512 px, patch 64, 200 epochs, batch 16, lr 1e-5 (the family's training
     # settings); D 512, depth 6, 8 heads from its ancestor VT-ADL (the paper gives none)
-    "paper": {"ae": ({}, {}, None), "hybrid": ({}, {}, None),
-              "vivano": ({"input_size": 512, "patch": 64, "dim": 512, "depth": 6, "heads": 8}, {}, None)},
+    "paper": {
+        "ae": ({}, {}, None),
+        "hybrid": ({}, {}, None),
+        "vivano": ({"input_size": 512, "patch": 64, "dim": 512, "depth": 6, "heads": 8}, {}, None),
+    },
     "cpu": {
         "ae": ({"input_size": 128}, {"epochs": 40, "patience": 10, "lr": 1e-3}, 150),
-        "hybrid": ({"input_size": 128, "dim": 256, "depth": 2},
-                   {"epochs": 30, "early_stop_start": 0, "patience": 10, "lr": 3e-4}, 100),
-        "vivano": ({"input_size": 256, "patch": 32},
-                   {"epochs": 30, "patience": 10, "lr": 3e-4}, 100),
+        "hybrid": (
+            {"input_size": 128, "dim": 256, "depth": 2},
+            {"epochs": 30, "early_stop_start": 0, "patience": 10, "lr": 3e-4},
+            100,
+        ),
+        "vivano": (
+            {"input_size": 256, "patch": 32},
+            {"epochs": 30, "patience": 10, "lr": 3e-4},
+            100,
+        ),
     },
-}  # fmt: skip
+}
 
 
-def run(data: Path, sets: list[str], models: list[str], out: Path, profile: str,
-        vgg_weights: Path | None, device: str, extra: dict[str, Any] | None = None,
-        time_budget_s: float | None = None, jobs: int = 1,
-        settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run(
+    data: Path,
+    sets: list[str],
+    models: list[str],
+    out: Path,
+    profile: str,
+    vgg_weights: Path | None,
+    device: str,
+    extra: dict[str, Any] | None = None,
+    time_budget_s: float | None = None,
+    jobs: int = 1,
+    settings: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """`extra`: constructor settings on top of the profile's (an option being measured);
     `settings`: TrainSettings values on top of the profile's (e.g. noise="fixed");
     `time_budget_s`: training time per run, for a GPU slot of fixed length; `jobs`: runs at
     once, each in its own process."""
-    tasks = [(data, name, model, out, profile, vgg_weights, device, extra, time_budget_s, settings)
-             for name in sets for model in models]  # fmt: skip
+    tasks = [
+        (data, name, model, out, profile, vgg_weights, device, extra, time_budget_s, settings)
+        for name in sets
+        for model in models
+    ]
     rows: list[dict[str, Any]] = []
 
     def done(row: dict[str, Any]) -> None:
@@ -77,35 +98,67 @@ def run(data: Path, sets: list[str], models: list[str], out: Path, profile: str,
     return rows
 
 
-def run_one(data: Path, name: str, model: str, out: Path, profile: str, vgg_weights: Path | None,
-            device: str, extra: dict[str, Any] | None, time_budget_s: float | None,
-            settings: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_one(
+    data: Path,
+    name: str,
+    model: str,
+    out: Path,
+    profile: str,
+    vgg_weights: Path | None,
+    device: str,
+    extra: dict[str, Any] | None,
+    time_budget_s: float | None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train, export, evaluate one (set, model) and return its results row."""
     params, overrides, max_train = PROFILES[profile][model]
     params = {**params, **(extra or {})}
-    train_settings = training_settings(family(model), name, device=device, time_budget_s=time_budget_s,
-                                       **{**overrides, **(settings or {})})  # fmt: skip
+    train_settings = training_settings(
+        family(model),
+        name,
+        device=device,
+        time_budget_s=time_budget_s,
+        **{**overrides, **(settings or {})},
+    )
     t0 = time.monotonic()
-    bundle = build_product(BuildRequest(
-        product=f"{name}-{model}", data=data / name, out=out / f"{name}-{model}",
-        model=model, params=params, settings=train_settings, vgg_weights=vgg_weights,
-        max_train=max_train,
-    ))  # fmt: skip
+    bundle = build_product(
+        BuildRequest(
+            product=f"{name}-{model}",
+            data=data / name,
+            out=out / f"{name}-{model}",
+            model=model,
+            params=params,
+            settings=train_settings,
+            vgg_weights=vgg_weights,
+            max_train=max_train,
+        )
+    )
     manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
     t = manifest["training"]
     row = {
-        "set": name, "model": model, "profile": profile, "device": device,
-        "params": manifest["model"]["params"], "images": t["images"],
-        "epochs_run": t["epochs_run"], "stopped": t["stopped"], "best_epoch": t["best_epoch"],
-        "train_seconds": t["train_seconds"], "total_seconds": round(time.monotonic() - t0, 1),
-        "threads": torch.get_num_threads(), "settings": t["settings"], "metrics": manifest["metrics"],
-    }  # fmt: skip
+        "set": name,
+        "model": model,
+        "profile": profile,
+        "device": device,
+        "params": manifest["model"]["params"],
+        "images": t["images"],
+        "epochs_run": t["epochs_run"],
+        "stopped": t["stopped"],
+        "best_epoch": t["best_epoch"],
+        "train_seconds": t["train_seconds"],
+        "total_seconds": round(time.monotonic() - t0, 1),
+        "threads": torch.get_num_threads(),
+        "settings": t["settings"],
+        "metrics": manifest["metrics"],
+    }
     if model == "vivano":
         row["reconstruction_score"], row["latent"] = vivano_extras(bundle, data / name, device)
     return row
 
 
-def vivano_extras(bundle_dir: Path, data: Path, device: str) -> tuple[dict[str, Any], dict[str, float]]:
+def vivano_extras(
+    bundle_dir: Path, data: Path, device: str
+) -> tuple[dict[str, Any], dict[str, float]]:
     """The reconstruction-error score the ViV-Ano paper also reports (map = per-pixel squared
     error of the decoder's image, score = its mean over the image, metrics as for the NLL map),
     and latent_diagnostics on the test images' good parts (posterior collapse)."""
@@ -134,13 +187,21 @@ def vivano_extras(bundle_dir: Path, data: Path, device: str) -> tuple[dict[str, 
     amaps = np.concatenate(maps)
     masks, has_mask = test_masks(samples, m.preprocess, amaps.shape[1:])
     scores = amaps.reshape(len(amaps), -1).mean(1)
-    metrics = compute_metrics([s.defect for s in samples], scores, amaps, masks, float("inf"), has_mask)
+    metrics = compute_metrics(
+        [s.defect for s in samples], scores, amaps, masks, float("inf"), has_mask
+    )
     keep = ("image_auroc", "pixel_auroc", "aupro", "recall_at_frr")
-    latent = {k: round(float(np.mean([d[k] for d in latents])), 5) for k in latents[0]} if latents else {}
+    latent = (
+        {k: round(float(np.mean([d[k] for d in latents])), 5) for k in latents[0]}
+        if latents
+        else {}
+    )
     return {k: metrics[k] for k in keep}, latent
 
 
-def metrics_with_test_noise(bundle_dir: Path, data: Path, sigma: float, seed: int = 0) -> dict[str, Any]:
+def metrics_with_test_noise(
+    bundle_dir: Path, data: Path, sigma: float, seed: int = 0
+) -> dict[str, Any]:
     """Image and pixel AUROC of a trained bundle when the model reconstructs x + N(0, sigma^2)
     (one draw, fixed seed) and the head compares against the clean x: input noise at test time."""
     import numpy as np
@@ -169,8 +230,12 @@ def metrics_with_test_noise(bundle_dir: Path, data: Path, sigma: float, seed: in
     masks, _ = test_masks(samples, m.preprocess, amaps.shape[1:])
     labels = np.array([s.is_anomalous for s in samples])
     image_auroc = auroc(labels, np.concatenate(scores))
-    return {"sigma": sigma, "seed": seed, "image_auroc": round(image_auroc, 4),
-            "pixel_auroc": round(auroc(masks, amaps), 4)}  # fmt: skip
+    return {
+        "sigma": sigma,
+        "seed": seed,
+        "image_auroc": round(image_auroc, 4),
+        "pixel_auroc": round(auroc(masks, amaps), 4),
+    }
 
 
 def _f(v: float | None) -> str:
@@ -187,17 +252,26 @@ def _cut(row: dict[str, Any]) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Per set and model: image AUROC / pixel AUROC / AUPRO (in %), then per defect type."""
-    lines = ["| set | model | profile | recall @ 1 % FRR | image AUROC | pixel AUROC | AUPRO "
-             "| epochs | images | train time |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| set | model | profile | recall @ 1 % FRR | image AUROC | pixel AUROC | AUPRO "
+        "| epochs | images | train time |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         m = r["metrics"]
-        lines.append(f"| {r['set']} | {r['model']} | {r['profile']} | {_f(_recall(m))} "
-                     f"| {_f(m['image_auroc'])} "
-                     f"| {_f(m['pixel_auroc'])} | {_f(m['aupro'])} | {r['epochs_run']}{_cut(r)} | {r['images']} "
-                     f"| {r['train_seconds'] / 60:.1f} min |")  # fmt: skip
-    lines += ["", "Per defect type (recall @ 1 % FRR / image AUROC / pixel AUROC / AUPRO, %):", "",
-              "| set | defect | " + " | ".join(sorted({r["model"] for r in rows})) + " |"]  # fmt: skip
+        lines.append(
+            f"| {r['set']} | {r['model']} | {r['profile']} | {_f(_recall(m))} "
+            f"| {_f(m['image_auroc'])} "
+            f"| {_f(m['pixel_auroc'])} | {_f(m['aupro'])} | {r['epochs_run']}{_cut(r)} | "
+            f"{r['images']} "
+            f"| {r['train_seconds'] / 60:.1f} min |"
+        )
+    lines += [
+        "",
+        "Per defect type (recall @ 1 % FRR / image AUROC / pixel AUROC / AUPRO, %):",
+        "",
+        "| set | defect | " + " | ".join(sorted({r["model"] for r in rows})) + " |",
+    ]
     models = sorted({r["model"] for r in rows})
     lines.append("|---|---|" + "---|" * len(models))
     by = {(r["set"], r["model"]): r["metrics"]["per_defect"] for r in rows}
@@ -207,14 +281,20 @@ def table(rows: list[dict[str, Any]]) -> str:
             cells = []
             for mo in models:
                 m = by.get((s, mo), {}).get(d)
-                cells.append("" if m is None else f"{_f(m.get('recall_at_frr', {}).get('0.01'))} / "
-                             f"{_f(m['image_auroc'])} / {_f(m['pixel_auroc'])} / {_f(m['aupro'])}")
+                cells.append(
+                    ""
+                    if m is None
+                    else f"{_f(m.get('recall_at_frr', {}).get('0.01'))} / "
+                    f"{_f(m['image_auroc'])} / {_f(m['pixel_auroc'])} / {_f(m['aupro'])}"
+                )
             lines.append(f"| {s} | {d} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", type=Path, required=True, help="folder of MVTec-layout sets")
     p.add_argument("--sets", nargs="+", default=None, help="default: every set under --data")
     p.add_argument("--models", nargs="+", default=["ae", "hybrid", "vivano"])
@@ -222,30 +302,65 @@ def main() -> None:
     p.add_argument("--profile", choices=list(PROFILES), default="cpu")
     p.add_argument("--vgg-weights", type=Path, default=None)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="training time per run; a run stopped by it says so (stopped: time budget)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="model setting on top of the profile's, to measure an open point")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="training time per run; a run stopped by it says so (stopped: time budget)",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model setting on top of the profile's, to measure an open point",
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
-    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
-                   help="training setting on top of the profile's (TrainSettings, e.g. noise=fixed)")
-    p.add_argument("--test-noise", type=float, default=None, metavar="SIGMA",
-                   help="no training: metrics of the bundles under --out, test-time noise SIGMA")
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training setting on top of the profile's (TrainSettings, e.g. noise=fixed)",
+    )
+    p.add_argument(
+        "--test-noise",
+        type=float,
+        default=None,
+        metavar="SIGMA",
+        help="no training: metrics of the bundles under --out, test-time noise SIGMA",
+    )
     a = p.parse_args()
     sets = a.sets or sorted(d.name for d in a.data.iterdir() if (d / "train" / "good").is_dir())
     if a.test_noise is not None:
         for s in sets:
             for model in a.models:
-                print(s, model, metrics_with_test_noise(a.out / f"{s}-{model}", a.data / s, a.test_noise))
+                print(
+                    s,
+                    model,
+                    metrics_with_test_noise(a.out / f"{s}-{model}", a.data / s, a.test_noise),
+                )
         return
     extra = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in a.param)}
     budget = a.max_minutes * 60.0 if a.max_minutes else None
     settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in a.setting)}
-    rows = run(a.data, sets, a.models, a.out, a.profile, a.vgg_weights, a.device, extra, budget,
-               a.jobs, settings)  # fmt: skip
+    rows = run(
+        a.data,
+        sets,
+        a.models,
+        a.out,
+        a.profile,
+        a.vgg_weights,
+        a.device,
+        extra,
+        budget,
+        a.jobs,
+        settings,
+    )
     text = table(rows)
     (a.out / "results.md").write_text(
-        f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads\n\n{text}"
+        f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} "
+        f"threads\n\n{text}"
     )
     print(text)
 

@@ -17,7 +17,6 @@ from tqdm import tqdm
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 200
@@ -120,8 +119,12 @@ def train_model(
     device = settings.device
     cuda = torch.device(device).type == "cuda"
     amp = settings.mixed_precision
-    autocast = partial(torch.autocast, torch.device(device).type, dtype=torch.bfloat16,
-                       enabled=cuda if amp is None else amp)  # fmt: skip
+    autocast = partial(
+        torch.autocast,
+        torch.device(device).type,
+        dtype=torch.bfloat16,
+        enabled=cuda if amp is None else amp,
+    )
     model.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)
@@ -147,13 +150,17 @@ def train_model(
         if checkpoint is None or best_epoch == saved_epoch or best_opt is None:
             return
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": best_state, "optimizer": best_opt, "epoch": best_epoch, "best": best},
-                   checkpoint)  # fmt: skip
+        torch.save(
+            {"model": best_state, "optimizer": best_opt, "epoch": best_epoch, "best": best},
+            checkpoint,
+        )
         saved_epoch, saved_at = best_epoch, time.monotonic()
 
     t0 = time.monotonic()
     stopped = "epochs"
-    bar = tqdm(range(start_epoch, settings.epochs), desc="train", unit="epoch", disable=not progress)
+    bar = tqdm(
+        range(start_epoch, settings.epochs), desc="train", unit="epoch", disable=not progress
+    )
     epoch = start_epoch - 1
     for epoch in bar:
         model.train()
@@ -178,7 +185,9 @@ def train_model(
                 best_opt = _clone_state(opt.state_dict())
         if time.monotonic() - saved_at >= CHECKPOINT_EVERY_S:
             save()
-        bar.set_postfix(loss=f"{history[-1][0]:.4f}", val=f"{val:.4f}", best=f"{best:.4f}@{best_epoch}")
+        bar.set_postfix(
+            loss=f"{history[-1][0]:.4f}", val=f"{val:.4f}", best=f"{best:.4f}@{best_epoch}"
+        )
         if epoch >= settings.early_stop_start and _stale(epoch, best_epoch, settings):
             stopped = "early stop"
             break

@@ -34,7 +34,13 @@ def ssim(
 
 
 def _ssim(
-    x: torch.Tensor, y: torch.Tensor, window: int, sigma: float, k1: float, k2: float, data_range: float
+    x: torch.Tensor,
+    y: torch.Tensor,
+    window: int,
+    sigma: float,
+    k1: float,
+    k2: float,
+    data_range: float,
 ) -> torch.Tensor:
     c = x.shape[1]
     w = _gaussian_window(window, sigma, c, x.device)
@@ -44,7 +50,9 @@ def _ssim(
     var_x = F.conv2d(x * x, w, groups=c) - mu_x**2
     var_y = F.conv2d(y * y, w, groups=c) - mu_y**2
     cov = F.conv2d(x * y, w, groups=c) - mu_x * mu_y
-    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
     return s.mean()
 
 

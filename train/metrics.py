@@ -125,22 +125,34 @@ def operating_points(labels: np.ndarray, scores: np.ndarray) -> dict[str, dict[s
         note = None
         if p["good"] * frr < 1 - 1e-9:
             if frr < FRR_POINTS[0]:
-                out[f"{frr:g}"] = {"recall": None, "good": p["good"],
-                                   "note": f"n too small ({p['good']} good < {round(1 / frr)})"}  # fmt: skip
+                out[f"{frr:g}"] = {
+                    "recall": None,
+                    "good": p["good"],
+                    "note": f"n too small ({p['good']} good < {round(1 / frr)})",
+                }
                 continue
             note = f"{p['good']} good < {round(1 / frr)}: no false reject allowed"
-        out[f"{frr:g}"] = {"recall": rounded(p["recall"]), "threshold": p["threshold"],
-                           "good_rejected": p["good_rejected"], "good": p["good"], "note": note}  # fmt: skip
+        out[f"{frr:g}"] = {
+            "recall": rounded(p["recall"]),
+            "threshold": p["threshold"],
+            "good_rejected": p["good_rejected"],
+            "good": p["good"],
+            "note": note,
+        }
     return out
 
 
-def recall_at_points(points: dict[str, dict[str, Any]], scores: np.ndarray) -> dict[str, float | None]:
+def recall_at_points(
+    points: dict[str, dict[str, Any]], scores: np.ndarray
+) -> dict[str, float | None]:
     """The share of `scores` (one defect type's) rejected at each threshold of `points` (from
     operating_points over the whole set, as a line runs); None where the point has none."""
     from inspectd.decide import rejects
 
-    return {k: None if p["recall"] is None else float(rejects(scores, p["threshold"]).mean())
-            for k, p in points.items()}  # fmt: skip
+    return {
+        k: None if p["recall"] is None else float(rejects(scores, p["threshold"]).mean())
+        for k, p in points.items()
+    }
 
 
 def rounded(x: float | None, digits: int = 4) -> float | None:

@@ -95,5 +95,7 @@ class LikelihoodHead(nn.Module):
 
     def forward(self, x: torch.Tensor, nll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(nll.device.type, enabled=False):  # fp32, as MsgmsL2Head
-            amap = F.interpolate(nll.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            amap = F.interpolate(
+                nll.float(), size=x.shape[-2:], mode="bilinear", align_corners=False
+            )[:, 0]
             return amap, amap.amax(dim=(1, 2))

@@ -89,7 +89,9 @@ def vgg_provenance(path: Path | None) -> dict[str, Any]:
     return {} if path is None else {"vgg_weights": path.name, "vgg_weights_sha256": sha256_of(path)}
 
 
-def evaluation_engine(graph: torch.nn.Module, onnx_path: Path, size: tuple[int, int], device: str) -> Engine:
+def evaluation_engine(
+    graph: torch.nn.Module, onnx_path: Path, size: tuple[int, int], device: str
+) -> Engine:
     """The engine that scores thresholds and the test set: on a GPU the trained graph itself
     (torch, fp32), so the held-out evaluation does not leave the GPU idle behind a CPU ONNX
     Runtime (parity has just shown the two agree); on the CPU the daemon's ONNX Runtime."""
@@ -98,8 +100,14 @@ def evaluation_engine(graph: torch.nn.Module, onnx_path: Path, size: tuple[int, 
 
         from inspectd.engine.torch import TorchEngine
 
-        return TorchEngine(copy.deepcopy(graph), size, device=device, precision="fp32",
-                           cuda_graphs=False, max_batch=16)  # fmt: skip
+        return TorchEngine(
+            copy.deepcopy(graph),
+            size,
+            device=device,
+            precision="fp32",
+            cuda_graphs=False,
+            max_batch=16,
+        )
     return OnnxRuntimeEngine(onnx_path)
 
 
@@ -124,8 +132,14 @@ def build_product(req: BuildRequest) -> Path:
     )
     images = load_inputs(good, spec)
     train_idx, val_idx = split_indices(len(images), 0.2, settings.seed)
-    log.info("train.data", images=len(images), train=len(train_idx), validation=len(val_idx),
-             model=fam.name, parameters=sum(p.numel() for p in model.parameters()))
+    log.info(
+        "train.data",
+        images=len(images),
+        train=len(train_idx),
+        validation=len(val_idx),
+        model=fam.name,
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
     req.out.mkdir(parents=True, exist_ok=True)
     ckpt = req.out.parent / f".{req.product}.checkpoint.pt"
     if not req.resume and ckpt.exists():
@@ -133,8 +147,14 @@ def build_product(req: BuildRequest) -> Path:
     result = train_model(
         model, images[train_idx], images[val_idx], settings, fam.objective, checkpoint=ckpt
     )
-    log.info("train.done", epochs=result.epochs_run, stopped=result.stopped, best_epoch=result.best_epoch,
-             best_val_loss=round(result.best_val_loss, 5), seconds=round(result.seconds, 1))
+    log.info(
+        "train.done",
+        epochs=result.epochs_run,
+        stopped=result.stopped,
+        best_epoch=result.best_epoch,
+        best_val_loss=round(result.best_val_loss, 5),
+        seconds=round(result.seconds, 1),
+    )
 
     model = model.cpu().eval()
     torch.save(model.state_dict(), req.out / CHECKPOINT)
@@ -158,8 +178,14 @@ def build_product(req: BuildRequest) -> Path:
         "name": req.product,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tool_version": __version__,
-        "model": {"family": fam.name, "file": "model.onnx", "opset": OPSET, "params": params,
-                  "checkpoint": CHECKPOINT, "settled": fam.settled},
+        "model": {
+            "family": fam.name,
+            "file": "model.onnx",
+            "opset": OPSET,
+            "params": params,
+            "checkpoint": CHECKPOINT,
+            "settled": fam.settled,
+        },
         "preprocess": spec.model_dump(mode="json"),
         "scoring": fam.scoring,
         "training": {
@@ -184,6 +210,10 @@ def build_product(req: BuildRequest) -> Path:
     }
     seal(req.out, manifest, ["model.onnx", CHECKPOINT, THRESHOLDS, TRAIN_IMAGES])
     load_bundle(req.out)  # prove the bundle we wrote is one the daemon accepts
-    log.info("bundle.written", path=str(req.out), seconds=round(time.monotonic() - t0, 1),
-             **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    log.info(
+        "bundle.written",
+        path=str(req.out),
+        seconds=round(time.monotonic() - t0, 1),
+        **{k: v for k, v in metrics.items() if not isinstance(v, dict)},
+    )
     return req.out

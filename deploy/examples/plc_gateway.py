@@ -105,8 +105,19 @@ class Gateway:
         self.status: dict[str, str] = {}  # last daemon state per station
         self.boot_ids: dict[str, str] = {}
         self.stats = dict.fromkeys(
-            ("messages", "diverted", "expired", "duplicate_rejects", "duplicate_verdicts",
-             "replayed", "gaps", "malformed", "divert_failed"), 0)  # fmt: skip
+            (
+                "messages",
+                "diverted",
+                "expired",
+                "duplicate_rejects",
+                "duplicate_verdicts",
+                "replayed",
+                "gaps",
+                "malformed",
+                "divert_failed",
+            ),
+            0,
+        )
         self._load()
 
     # -- state --------------------------------------------------------------------------------
@@ -122,8 +133,9 @@ class Gateway:
             self.rejects = {str(k): int(v) for k, v in state["rejects"].items()}
             self.verdicts = {str(k): int(v) for k, v in state["verdicts"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise RuntimeError(f"state file {self.state_path} is unreadable ({e}): "
-                               "fix or delete it") from e  # fmt: skip
+            raise RuntimeError(
+                f"state file {self.state_path} is unreadable ({e}): fix or delete it"
+            ) from e
         log.info("state loaded from %s: %d station(s)", self.state_path, len(self.rejects))
 
     def _save(self) -> None:
@@ -149,8 +161,11 @@ class Gateway:
         """One MQTT message. Never raises for a bad payload: it is logged and skipped."""
         self.stats["messages"] += 1
         station, _, kind = topic.rpartition("/")
-        handler = {"reject": self._on_reject, "verdict": self._on_verdict,
-                   "status": self._on_status}.get(kind)  # fmt: skip
+        handler = {
+            "reject": self._on_reject,
+            "verdict": self._on_verdict,
+            "status": self._on_status,
+        }.get(kind)
         if handler is None:
             log.debug("ignoring %s", topic)
             return
@@ -186,16 +201,26 @@ class Gateway:
                 log.warning("reject %s seq=%d: bad deadline_ts %r, diverting", name, seq, deadline)
         if late_by is not None and late_by > 0:
             self.stats["expired"] += 1
-            log.warning("reject %s seq=%d part_id=%s came %.1f s after its deadline: the part "
-                        "already passed the diverter", name, seq, part_id, late_by)  # fmt: skip
+            log.warning(
+                "reject %s seq=%d part_id=%s came %.1f s after its deadline: the part "
+                "already passed the diverter",
+                name,
+                seq,
+                part_id,
+                late_by,
+            )
         else:
             try:
                 self.divert(name, part_id, seq, verdict)
             except Exception:
                 # No retry here (the message is acknowledged once handle returns): raise an alarm.
                 self.stats["divert_failed"] += 1
-                log.exception("DIVERT FAILED %s part_id=%s seq=%d: handle the part by hand",
-                              name, part_id, seq)  # fmt: skip
+                log.exception(
+                    "DIVERT FAILED %s part_id=%s seq=%d: handle the part by hand",
+                    name,
+                    part_id,
+                    seq,
+                )
                 return
             self.stats["diverted"] += 1
         self.rejects[station] = seq
@@ -216,8 +241,9 @@ class Gateway:
             # verdict: check them by hand if it matters.
             self.stats["gaps"] += 1
             missing = f"{last + 1}" if seq == last + 2 else f"{last + 1}..{seq - 1}"
-            log.warning("seq gap on %s: seq %s missing (got %d after %d)",
-                        station, missing, seq, last)  # fmt: skip
+            log.warning(
+                "seq gap on %s: seq %s missing (got %d after %d)", station, missing, seq, last
+            )
         self.verdicts[station] = seq
         self._save()
 
@@ -229,8 +255,12 @@ class Gateway:
             old_boot = self.boot_ids.get(station)
             self.boot_ids[station] = boot_id
             if old_boot is not None and old_boot != boot_id:
-                log.warning("daemon %s restarted (boot_id %s): expect replayed messages and "
-                            "maybe a seq gap", station, boot_id)  # fmt: skip
+                log.warning(
+                    "daemon %s restarted (boot_id %s): expect replayed messages and "
+                    "maybe a seq gap",
+                    station,
+                    boot_id,
+                )
         if state == previous:
             return
         self.status[station] = state
@@ -242,8 +272,9 @@ class Gateway:
             # The broker published the daemon's Last Will: it died or lost the network. Parts
             # passing now are NOT inspected; a real gateway must tell the PLC to stop the line or
             # divert everything until the status is back to "online".
-            log.error("daemon %s OFFLINE: parts are not inspected; stop the line or divert all",
-                      station)  # fmt: skip
+            log.error(
+                "daemon %s OFFLINE: parts are not inspected; stop the line or divert all", station
+            )
         else:
             log.warning("daemon %s in unknown state %r", station, state)
 
@@ -277,7 +308,9 @@ def make_client(
     client.reconnect_delay_set(1, 30)
     # Nagle off: paho leaves it on, and a PUBACK held back by it holds the broker's next message
     # to us until the delayed ACK (up to 40 ms). The broker needs `set_tcp_nodelay true` too.
-    client.on_socket_open = lambda c, u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.on_socket_open = lambda c, u, sock: sock.setsockopt(
+        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+    )
     topics = [(f"{base}/{kind}", 1) for kind in ("reject", "verdict", "status")]
 
     def on_connect(client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
@@ -310,27 +343,49 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="localhost")
     p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--base", required=True,
-                   help="topic base, e.g. inspectd/v1/plant/line1/st1 or inspectd/v1/plant/line1/+")
-    p.add_argument("--state", default="plc_gateway_state.json",
-                   help="JSON file with the highest seq acted on per station")
-    p.add_argument("--client-id", default=f"inspectd-plc-gateway-{socket.gethostname()}",
-                   help="must stay the same across restarts (persistent session)")
-    p.add_argument("--session-expiry", type=int, default=3600,
-                   help="seconds the broker queues messages while the gateway is away")
+    p.add_argument(
+        "--base",
+        required=True,
+        help="topic base, e.g. inspectd/v1/plant/line1/st1 or inspectd/v1/plant/line1/+",
+    )
+    p.add_argument(
+        "--state",
+        default="plc_gateway_state.json",
+        help="JSON file with the highest seq acted on per station",
+    )
+    p.add_argument(
+        "--client-id",
+        default=f"inspectd-plc-gateway-{socket.gethostname()}",
+        help="must stay the same across restarts (persistent session)",
+    )
+    p.add_argument(
+        "--session-expiry",
+        type=int,
+        default=3600,
+        help="seconds the broker queues messages while the gateway is away",
+    )
     p.add_argument("--username")
-    p.add_argument("--password", default=os.environ.get("PLC_GATEWAY_PASSWORD"),
-                   help="or set PLC_GATEWAY_PASSWORD")
+    p.add_argument(
+        "--password",
+        default=os.environ.get("PLC_GATEWAY_PASSWORD"),
+        help="or set PLC_GATEWAY_PASSWORD",
+    )
     p.add_argument("--tls-ca", help="CA file: connect with TLS")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     gateway = Gateway(args.state)
     client = make_client(
-        gateway, host=args.host, port=args.port, base=args.base, client_id=args.client_id,
-        session_expiry_s=args.session_expiry, username=args.username, password=args.password,
+        gateway,
+        host=args.host,
+        port=args.port,
+        base=args.base,
+        client_id=args.client_id,
+        session_expiry_s=args.session_expiry,
+        username=args.username,
+        password=args.password,
         tls_ca=args.tls_ca,
-    )  # fmt: skip
+    )
     signal.signal(signal.SIGTERM, lambda *_: client.disconnect())
     try:
         client.loop_forever(retry_first_connection=True)

@@ -208,19 +208,36 @@ class Child:
             assert self.ring is not None
             np.ndarray(image.shape, image.dtype, self.ring.buf, slot * self.slot_bytes)[...] = image
             self.h.fill(slot, self.seq)
-        self.conn.send(FrameReady(
-            ring=self.ring_number, slot=slot, seq=self.seq, shape=shape, dtype=dtype,
-            frame_id=frame.frame_id, part_id=frame.part_id, t_capture=frame.t_capture,
-            t_mono=frame.t_mono, camera=frame.camera, error=frame.error, extra=frame.extra,
-            req_id=req_id,
-        ))  # fmt: skip
+        self.conn.send(
+            FrameReady(
+                ring=self.ring_number,
+                slot=slot,
+                seq=self.seq,
+                shape=shape,
+                dtype=dtype,
+                frame_id=frame.frame_id,
+                part_id=frame.part_id,
+                t_capture=frame.t_capture,
+                t_mono=frame.t_mono,
+                camera=frame.camera,
+                error=frame.error,
+                extra=frame.extra,
+                req_id=req_id,
+            )
+        )
         return True
 
 
 def child_main(
-    factory: SourceFactory, conn: Any, header_name: str, slots: int, lock: Any,
-    triggered: bool, parent: int, log_settings: tuple[str, str] | None = None,
-) -> None:  # fmt: skip
+    factory: SourceFactory,
+    conn: Any,
+    header_name: str,
+    slots: int,
+    lock: Any,
+    triggered: bool,
+    parent: int,
+    log_settings: tuple[str, str] | None = None,
+) -> None:
     """The child process's entry point (multiprocessing "spawn")."""
     import sys
 

@@ -19,6 +19,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_PATTERN = "*.png,*.jpg,*.jpeg,*.bmp,*.tif,*.tiff"
 _POLL_S = 0.1  # how often an emptied looping folder is looked at again
 
+
 class FolderSource(CaptureSource):
     """Image files from one folder (not recursive), in file-name order.
 

@@ -53,8 +53,10 @@ class DeviceInfo:
     user_id: str
 
     def describe(self) -> str:
-        return (f"#{self.index} vendor={self.vendor!r} model={self.model!r} "
-                f"serial={self.serial!r} user_id={self.user_id!r}")  # fmt: skip
+        return (
+            f"#{self.index} vendor={self.vendor!r} model={self.model!r} "
+            f"serial={self.serial!r} user_id={self.user_id!r}"
+        )
 
 
 def find_producers(cti: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -102,7 +104,7 @@ def _device_infos(harvester: Any) -> list[DeviceInfo]:
             _attr(d, "model"),
             _attr(d, "serial_number"),
             _attr(d, "user_defined_name"),
-        )  # fmt: skip
+        )
         for i, d in enumerate(harvester.device_info_list)
     ]
 
@@ -112,7 +114,8 @@ def _new_harvester(producers: list[Path]) -> Any:
         from harvesters.core import Harvester
     except ImportError as exc:
         raise CaptureError(
-            f"camera.source genicam needs harvesters and genicam: pip install 'inspectd[genicam]' ({exc})"
+            f"camera.source genicam needs harvesters and genicam: pip install 'inspectd[genicam]' "
+            f"({exc})"
         ) from None
     harvester = Harvester()
     try:
@@ -242,7 +245,8 @@ class GenICamSource(CaptureSource):
             raise CaptureError(f"no GenICam camera with {wanted}; cameras found: {listing}")
         if len(matches) > 1:
             raise CaptureError(
-                f"{len(matches)} GenICam cameras have {wanted}; pick one by serial. Cameras found: {listing}"
+                f"{len(matches)} GenICam cameras have {wanted}; pick one by serial. Cameras "
+                f"found: {listing}"
             )
         return matches[0]
 
@@ -273,7 +277,8 @@ class GenICamSource(CaptureSource):
                 symbolics = tuple(node.symbolics)
                 if str(value) not in symbolics:
                     raise CaptureError(
-                        f"GenICam node {name!r} cannot be {value!r}; allowed: {', '.join(symbolics)}"
+                        f"GenICam node {name!r} cannot be {value!r}; "
+                        f"allowed: {', '.join(symbolics)}"
                     )
                 node.value = str(value)
             else:
@@ -356,10 +361,12 @@ class GenICamSource(CaptureSource):
             self._configure()
             pixel_format = str(self._nm.PixelFormat.value) if self._has("PixelFormat") else ""
             self.camera = CameraMeta(
-                source="genicam", serial=escape_name(self.device.serial),
-                pixel_format=escape_name(pixel_format), vendor=escape_name(self.device.vendor),
+                source="genicam",
+                serial=escape_name(self.device.serial),
+                pixel_format=escape_name(pixel_format),
+                vendor=escape_name(self.device.vendor),
                 model=escape_name(self.device.model),  # driver strings, escaped as file names are
-            )  # fmt: skip
+            )
             self._ia.start()
         except BaseException:
             self.close()
@@ -406,8 +413,12 @@ class GenICamSource(CaptureSource):
             error = None
             try:
                 component = buffer.payload.components[0]
-                image = to_frame_image(component.data, int(component.width), int(component.height),
-                                       str(component.data_format))  # fmt: skip
+                image = to_frame_image(
+                    component.data,
+                    int(component.width),
+                    int(component.height),
+                    str(component.data_format),
+                )
             except PixelFormatError as exc:
                 error = f"bad frame from the camera: {exc}"
             except Exception as exc:  # a buffer without an image part, a short payload

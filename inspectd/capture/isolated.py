@@ -83,7 +83,9 @@ class IsolatedSource(CaptureSource):
         if slots < 2:
             raise ValueError(f"slots must be >= 2, got {slots}")
         if heartbeat_timeout_s <= CHILD_GRAB_S:
-            raise ValueError(f"heartbeat_timeout_s must be > {CHILD_GRAB_S}, got {heartbeat_timeout_s}")
+            raise ValueError(
+                f"heartbeat_timeout_s must be > {CHILD_GRAB_S}, got {heartbeat_timeout_s}"
+            )
         self.factory = factory
         self.triggered = triggered
         self._sup = Supervisor(
@@ -159,8 +161,15 @@ class IsolatedSource(CaptureSource):
 
     def _offline_frame(self) -> Frame:
         n = next(self._offline_ids)
-        return Frame(None, -1, f"{OFFLINE}-{n:06d}", time.time(), time.monotonic(), self.camera,
-                     error=f"{OFFLINE}: {self._sup.reason or 'camera process not running'}")  # fmt: skip
+        return Frame(
+            None,
+            -1,
+            f"{OFFLINE}-{n:06d}",
+            time.time(),
+            time.monotonic(),
+            self.camera,
+            error=f"{OFFLINE}: {self._sup.reason or 'camera process not running'}",
+        )
 
     def grab(self, timeout: float) -> Frame:
         if not self._sup.running:
@@ -253,9 +262,16 @@ class IsolatedSource(CaptureSource):
                 return None  # overwritten before it was read: counted as dropped
         if req_id is not None and msg.req_id != req_id:
             return None  # the answer to a request that was given up on
-        return Frame(image=image, frame_id=msg.frame_id, part_id=msg.part_id,
-                     t_capture=msg.t_capture, t_mono=msg.t_mono, camera=msg.camera,
-                     error=msg.error, extra=msg.extra)  # fmt: skip
+        return Frame(
+            image=image,
+            frame_id=msg.frame_id,
+            part_id=msg.part_id,
+            t_capture=msg.t_capture,
+            t_mono=msg.t_mono,
+            camera=msg.camera,
+            error=msg.error,
+            extra=msg.extra,
+        )
 
     def _copy_slot(self, gen: Generation, msg: FrameReady) -> np.ndarray | None:
         if msg.ring not in gen.rings or msg.slot is None or msg.shape is None or msg.dtype is None:

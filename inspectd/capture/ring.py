@@ -151,8 +151,11 @@ class Header:
         if self.closed or not self.lock.acquire(timeout=lock_timeout):
             return False
         try:
-            if (self.ring_number != ring or self.seqs[slot] != seq
-                    or self.states[slot] != SlotState.READY):  # fmt: skip
+            if (
+                self.ring_number != ring
+                or self.seqs[slot] != seq
+                or self.states[slot] != SlotState.READY
+            ):
                 return False
             self.states[slot] = SlotState.READING
             return True

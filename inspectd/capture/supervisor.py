@@ -167,9 +167,15 @@ class Supervisor:
         proc = self._ctx.Process(
             target=child_main,
             args=(
-                self.factory, child_conn, shm.name, self.slots, lock, self.triggered,
-                os.getpid(), logging_settings(),
-            ),  # fmt: skip
+                self.factory,
+                child_conn,
+                shm.name,
+                self.slots,
+                lock,
+                self.triggered,
+                os.getpid(),
+                logging_settings(),
+            ),
             name=f"inspectd-camera-{self.camera.source}",
             daemon=True,
         )
@@ -199,8 +205,10 @@ class Supervisor:
             except (EOFError, OSError):
                 pass
             if not gen.proc.is_alive():
-                raise CaptureError(f"the camera process ended before the camera opened "
-                                   f"({exit_reason(gen.proc.exitcode)})")  # fmt: skip
+                raise CaptureError(
+                    f"the camera process ended before the camera opened "
+                    f"({exit_reason(gen.proc.exitcode)})"
+                )
             if time.monotonic() > deadline:
                 raise CaptureError(f"the camera did not open within {self.open_timeout_s:g} s")
             if self.closing.is_set():
@@ -235,8 +243,13 @@ class Supervisor:
     def _went_online(self, gen: Generation) -> None:
         self.gen = gen
         self.state, self.reason = "online", None
-        log.info("camera.online", pid=gen.pid, source=self.camera.source,
-                 serial=self.camera.serial, isolated=True)  # fmt: skip
+        log.info(
+            "camera.online",
+            pid=gen.pid,
+            source=self.camera.source,
+            serial=self.camera.serial,
+            isolated=True,
+        )
 
     def start(self) -> None:
         """The first child, then the watchdog; CaptureError when the source cannot open."""
@@ -304,16 +317,30 @@ class Supervisor:
                 new = self._start_child()
             except CaptureError as exc:
                 self.state = "offline"
-                log.error("camera.restart_failed", error=str(exc), reason=reason,
-                          restart_in_s=self.backoff.wait_s)  # fmt: skip
+                log.error(
+                    "camera.restart_failed",
+                    error=str(exc),
+                    reason=reason,
+                    restart_in_s=self.backoff.wait_s,
+                )
                 continue
             self.restarts += 1
             self.gen = new
             self.state, self.reason = "online", None
-            log.warning("camera.restarted", pid=new.pid, restarts=self.restarts,
-                        offline_s=round(time.monotonic() - t_offline, 2), reason=reason)  # fmt: skip
-            log.info("camera.online", pid=new.pid, source=self.camera.source,
-                     serial=self.camera.serial, isolated=True)  # fmt: skip
+            log.warning(
+                "camera.restarted",
+                pid=new.pid,
+                restarts=self.restarts,
+                offline_s=round(time.monotonic() - t_offline, 2),
+                reason=reason,
+            )
+            log.info(
+                "camera.online",
+                pid=new.pid,
+                source=self.camera.source,
+                serial=self.camera.serial,
+                isolated=True,
+            )
             return
 
     def reap(self) -> None:

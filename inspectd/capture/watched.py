@@ -130,8 +130,9 @@ class WatchedFolderSource(CaptureSource):
         ledger: Ledger | None = None,
     ) -> None:
         if settle_s < 0 or poll_s <= 0 or rate_hz < 0:
-            raise ValueError(f"need settle_s >= 0, poll_s > 0, rate_hz >= 0; got "
-                             f"{settle_s}, {poll_s}, {rate_hz}")  # fmt: skip
+            raise ValueError(
+                f"need settle_s >= 0, poll_s > 0, rate_hz >= 0; got {settle_s}, {poll_s}, {rate_hz}"
+            )
         self.path = Path(path)
         self.pattern = pattern
         self.settle_s = settle_s
@@ -167,15 +168,24 @@ class WatchedFolderSource(CaptureSource):
             for folder in (self.done_dir, self.failed_dir):
                 folder.mkdir(parents=True, exist_ok=True)
                 if folder.stat().st_dev != device:
-                    raise CaptureError(f"{folder} is on another file system than the watched "
-                                       f"folder {self.path}: files are moved by renaming")  # fmt: skip
+                    raise CaptureError(
+                        f"{folder} is on another file system than the watched "
+                        f"folder {self.path}: files are moved by renaming"
+                    )
         except OSError as exc:
             raise CaptureError(f"watched folder {self.path}: {exc.strerror or exc}") from exc
         self._opened = True
         self._resume()
-        log.info("capture.watch.opened", folder=str(self.path), pattern=self.pattern,
-                 settle_s=self.settle_s, poll_s=self.poll_s, done_dir=str(self.done_dir),
-                 failed_dir=str(self.failed_dir), durable=self.ledger is not None)  # fmt: skip
+        log.info(
+            "capture.watch.opened",
+            folder=str(self.path),
+            pattern=self.pattern,
+            settle_s=self.settle_s,
+            poll_s=self.poll_s,
+            done_dir=str(self.done_dir),
+            failed_dir=str(self.failed_dir),
+            durable=self.ledger is not None,
+        )
 
     def grab(self, timeout: float) -> Frame:
         if not self._opened:
@@ -219,8 +229,12 @@ class WatchedFolderSource(CaptureSource):
             if moved:
                 forget.append(key)
             elif not durable:
-                log.warning("capture.watch.kept_not_durable", file=escape_name(name), seq=record.seq,
-                            detail="verdict not on disk; the file is inspected again after a restart")  # fmt: skip
+                log.warning(
+                    "capture.watch.kept_not_durable",
+                    file=escape_name(name),
+                    seq=record.seq,
+                    detail="verdict not on disk; the file is inspected again after a restart",
+                )
         if forget and self.ledger is not None:
             self.ledger.forget_receipts(forget)
 
@@ -236,8 +250,10 @@ class WatchedFolderSource(CaptureSource):
         error = self._move_error
         if error is None:
             return []
-        return [f"camera_move_failed: {self.counts['move_failed']} files not moved since start, "
-                f"last: {error}"]  # fmt: skip
+        return [
+            f"camera_move_failed: {self.counts['move_failed']} files not moved since start, "
+            f"last: {error}"
+        ]
 
     # -- internals -------------------------------------------------------------------------
 
@@ -264,8 +280,13 @@ class WatchedFolderSource(CaptureSource):
                 forget.append(key)
                 continue
             self.counts["resumed"] += 1
-            log.info("capture.watch.resumed", file=escape_name(name), seq=seq, verdict=kind.value,
-                     detail="inspected before the last stop; moved now, not inspected again")  # fmt: skip
+            log.info(
+                "capture.watch.resumed",
+                file=escape_name(name),
+                seq=seq,
+                verdict=kind.value,
+                detail="inspected before the last stop; moved now, not inspected again",
+            )
             if self._move(name, stamp, kind, seq):
                 forget.append(key)
             else:
@@ -296,8 +317,12 @@ class WatchedFolderSource(CaptureSource):
         except OSError as exc:
             reason = exc.strerror or str(exc)
             if self._listing_error is None:
-                log.error("capture.watch.listing_failed", folder=str(self.path), error=reason,
-                          detail="no new files are seen until the folder can be listed again")  # fmt: skip
+                log.error(
+                    "capture.watch.listing_failed",
+                    folder=str(self.path),
+                    error=reason,
+                    detail="no new files are seen until the folder can be listed again",
+                )
             self._listing_error = reason
             return
         if self._listing_error is not None:
@@ -348,7 +373,11 @@ class WatchedFolderSource(CaptureSource):
         if after is not None and after != stamp:
             # still being written after all (a writer that paused longer than settle_s)
             self.counts["changed"] += 1
-            log.info("capture.watch.changed_while_read", file=escape_name(name), detail="read again once settled")
+            log.info(
+                "capture.watch.changed_while_read",
+                file=escape_name(name),
+                detail="read again once settled",
+            )
             with self._lock:
                 self._inflight.pop(name, None)
                 self._seen[name] = _Seen(after, time.monotonic())
@@ -366,8 +395,11 @@ class WatchedFolderSource(CaptureSource):
             camera=self.camera,
             error=error,
             # the receipt keeps the name's exact bytes (surrogate escapes); the rest is for people
-            extra={"path": escape_name(str(file)), "file": escape_name(name),
-                   RECEIPT: receipt_key(name, stamp)},  # fmt: skip
+            extra={
+                "path": escape_name(str(file)),
+                "file": escape_name(name),
+                RECEIPT: receipt_key(name, stamp),
+            },
         )
 
     def _move(self, name: str, stamp: Stamp, verdict: Verdict, seq: int) -> bool:
@@ -387,9 +419,14 @@ class WatchedFolderSource(CaptureSource):
         except OSError as exc:
             self.counts["move_failed"] += 1
             self._move_error = f"{escape_name(name)} to {folder}: {exc.strerror or exc}"
-            log.error("capture.watch.move_failed", file=escape_name(name), to=str(folder), seq=seq,
-                      error=exc.strerror or str(exc),
-                      detail="left in place and not inspected again")  # fmt: skip
+            log.error(
+                "capture.watch.move_failed",
+                file=escape_name(name),
+                to=str(folder),
+                seq=seq,
+                error=exc.strerror or str(exc),
+                detail="left in place and not inspected again",
+            )
             return False
         self.counts["moved"] += 1
         self._move_error = None

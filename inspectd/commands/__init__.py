@@ -31,4 +31,6 @@ def load_config(path: Path) -> StationConfig | None:
 def add_bundle_args(parser: argparse.ArgumentParser) -> None:
     """--product and --products, for the commands that work on one bundle."""
     parser.add_argument("--product", required=True)
-    parser.add_argument("--products", type=Path, default=Path("products"), help="folder holding the bundles")
+    parser.add_argument(
+        "--products", type=Path, default=Path("products"), help="folder holding the bundles"
+    )

@@ -19,28 +19,56 @@ def add_parser(sub: Subparsers) -> None:
         "daemon picks the thresholds up on SIGHUP or the reload command.",
     )
     cal.add_argument("--product", required=True)
-    cal.add_argument("--products", type=Path, default=None,
-                     help="products folder (default: the station config's, else ./products)")  # fmt: skip
+    cal.add_argument(
+        "--products",
+        type=Path,
+        default=None,
+        help="products folder (default: the station config's, else ./products)",
+    )
     good = cal.add_mutually_exclusive_group(required=True)
-    good.add_argument("--images", type=Path, help="folder of known-good part images (searched recursively)")
+    good.add_argument(
+        "--images", type=Path, help="folder of known-good part images (searched recursively)"
+    )
     good.add_argument("--config", type=Path, help="station YAML: grab good parts from its camera")
     cal.add_argument("--count", type=int, default=0, help="with --config: good parts to grab")
-    cal.add_argument("--defects", type=Path, default=None,
-                     help="defect images: <dir>/<defect type>/*, masks from an MVTec ground_truth/")  # fmt: skip
+    cal.add_argument(
+        "--defects",
+        type=Path,
+        default=None,
+        help="defect images: <dir>/<defect type>/*, masks from an MVTec ground_truth/",
+    )
     cal.add_argument("--target-frr", type=float, default=0.001, help="false-reject rate aimed at")
     cal.add_argument("--confidence", type=float, default=0.95, help="confidence of the bound")
-    cal.add_argument("--method", choices=["order", "tail"], default="order",
-                     help="order: distribution-free order statistic (default); tail: "
-                          "generalised Pareto fit, bootstrap upper bound")  # fmt: skip
-    cal.add_argument("--force", action="store_true",
-                     help="too few parts for the target: use the highest good score and say the bound")  # fmt: skip
-    cal.add_argument("--drop-training", action="store_true",
-                     help="leave out images the model was trained on instead of refusing")  # fmt: skip
-    cal.add_argument("--pixel-quantile", type=float, default=0.999,
-                     help="pixel threshold: this quantile of good-part map pixels")  # fmt: skip
-    cal.add_argument("--min-region-area", type=int, default=None,
-                     help="smallest defect region in map pixels (default: keep the bundle's); "
-                          "a product specification, reported beside the regions good parts show")  # fmt: skip
+    cal.add_argument(
+        "--method",
+        choices=["order", "tail"],
+        default="order",
+        help="order: distribution-free order statistic (default); tail: "
+        "generalised Pareto fit, bootstrap upper bound",
+    )
+    cal.add_argument(
+        "--force",
+        action="store_true",
+        help="too few parts for the target: use the highest good score and say the bound",
+    )
+    cal.add_argument(
+        "--drop-training",
+        action="store_true",
+        help="leave out images the model was trained on instead of refusing",
+    )
+    cal.add_argument(
+        "--pixel-quantile",
+        type=float,
+        default=0.999,
+        help="pixel threshold: this quantile of good-part map pixels",
+    )
+    cal.add_argument(
+        "--min-region-area",
+        type=int,
+        default=None,
+        help="smallest defect region in map pixels (default: keep the bundle's); "
+        "a product specification, reported beside the regions good parts show",
+    )
     cal.set_defaults(func=run)
 
 
@@ -53,18 +81,29 @@ def run(args: argparse.Namespace) -> int:
     products, camera = args.products, None
     if args.config is not None:
         if args.count < 1:
-            print("inspectd calibrate: --config needs --count N (good parts to grab)", file=sys.stderr)
+            print(
+                "inspectd calibrate: --config needs --count N (good parts to grab)", file=sys.stderr
+            )
             return EXIT_CONFIG
         config = load_config(args.config)
         if config is None:
             return EXIT_CONFIG
         products, camera = products or config.products_dir, config.camera
-    req = Request(bundle_dir=(products or Path("products")) / args.product, images=args.images,
-                  camera=camera, count=args.count, defects=args.defects,
-                  target_frr=args.target_frr, confidence=args.confidence, method=args.method,
-                  force=args.force, drop_training=args.drop_training,
-                  pixel_quantile=args.pixel_quantile, min_area=args.min_region_area,
-                  progress=sys.stderr.isatty())  # fmt: skip
+    req = Request(
+        bundle_dir=(products or Path("products")) / args.product,
+        images=args.images,
+        camera=camera,
+        count=args.count,
+        defects=args.defects,
+        target_frr=args.target_frr,
+        confidence=args.confidence,
+        method=args.method,
+        force=args.force,
+        drop_training=args.drop_training,
+        pixel_quantile=args.pixel_quantile,
+        min_area=args.min_region_area,
+        progress=sys.stderr.isatty(),
+    )
     try:
         result = calibrate(req)
         files = write(result, req)
@@ -76,5 +115,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(summary(result, req))
     print("wrote " + ", ".join(str(f) for f in files))
-    print("a running daemon takes them on SIGHUP (systemctl reload) or the reload_thresholds command")
+    print(
+        "a running daemon takes them on SIGHUP (systemctl reload) or the reload_thresholds command"
+    )
     return 0

@@ -17,10 +17,15 @@ def add_parser(sub: Subparsers) -> None:
         "camera the GenTL producer (--cti, else the .cti files in GENICAM_GENTL64_PATH) sees. "
         "Exit status 2 when no producer is found.",
     )
-    cams.add_argument("--cti", type=Path, default=None,
-                      help="GenTL producer file (default: the .cti files in GENICAM_GENTL64_PATH)")  # fmt: skip
-    cams.add_argument("--no-open", action="store_true",
-                      help="do not open the cameras to read their pixel format")  # fmt: skip
+    cams.add_argument(
+        "--cti",
+        type=Path,
+        default=None,
+        help="GenTL producer file (default: the .cti files in GENICAM_GENTL64_PATH)",
+    )
+    cams.add_argument(
+        "--no-open", action="store_true", help="do not open the cameras to read their pixel format"
+    )
     cams.set_defaults(func=run)
 
 

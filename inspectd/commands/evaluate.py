@@ -19,7 +19,9 @@ def add_parser(sub: Subparsers) -> None:
         "Exit status 2 when the bundle or the data set cannot be used.",
     )
     add_bundle_args(ev)
-    ev.add_argument("--data", type=Path, required=True, help="MVTec-layout data set (its test/ split)")
+    ev.add_argument(
+        "--data", type=Path, required=True, help="MVTec-layout data set (its test/ split)"
+    )
     ev.add_argument("--json", type=Path, default=None, help="write the metrics as JSON here")
     ev.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
     ev.add_argument("--batch-size", type=int, default=16)
@@ -44,16 +46,28 @@ def run(args: argparse.Namespace) -> int:
         if not dataset.test():
             raise ValueError(f"{args.data}: no test images (test/good/*, test/<defect>/*)")
         engine = load_engine(bundle.model_path)
-        result = evaluate(engine, dataset, bundle.manifest.preprocess, bundle.thresholds.image,
-                          batch=args.batch_size, progress=True)  # fmt: skip
+        result = evaluate(
+            engine,
+            dataset,
+            bundle.manifest.preprocess,
+            bundle.thresholds.image,
+            batch=args.batch_size,
+            progress=True,
+        )
     except (BundleError, EngineError, FileNotFoundError, PreprocessError, ValueError) as exc:
         print(f"inspectd eval: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    table = to_markdown(result, title=f"{bundle.name} ({bundle.manifest.model.family}) on {args.data}")
+    table = to_markdown(
+        result, title=f"{bundle.name} ({bundle.manifest.model.family}) on {args.data}"
+    )
     print(table, end="")
     if args.json is not None:
-        report = {"product": bundle.name, "model_sha256": bundle.model_sha256,
-                  "data": str(args.data), **result}  # fmt: skip
+        report = {
+            "product": bundle.name,
+            "model_sha256": bundle.model_sha256,
+            "data": str(args.data),
+            **result,
+        }
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     if args.md is not None:
         args.md.write_text(table)

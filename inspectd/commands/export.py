@@ -12,10 +12,17 @@ from inspectd.commands import EXIT_CONFIG, Subparsers, add_bundle_args
 def add_parser(sub: Subparsers) -> None:
     exp = sub.add_parser("export", help="re-export a bundle's model.onnx from its model.pt")
     add_bundle_args(exp)
-    exp.add_argument("--fp16-weights", action="store_true",
-                     help="store weights as fp16 (half the file; maps change, so recalibrate)")
-    exp.add_argument("--images", type=Path, default=None,
-                     help="folder of frames for the parity check (default: synthetic inputs)")
+    exp.add_argument(
+        "--fp16-weights",
+        action="store_true",
+        help="store weights as fp16 (half the file; maps change, so recalibrate)",
+    )
+    exp.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of frames for the parity check (default: synthetic inputs)",
+    )
     exp.set_defaults(func=run)
 
 
@@ -26,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging("info", "console")
     try:
-        print(reexport(args.products / args.product, fp16_weights=args.fp16_weights, images=args.images))
+        print(
+            reexport(
+                args.products / args.product, fp16_weights=args.fp16_weights, images=args.images
+            )
+        )
     except (BundleError, ExportError) as exc:
         print(f"inspectd export: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -18,11 +18,19 @@ def add_parser(sub: Subparsers) -> None:
         "part's verdict and score with the archived ones.",
     )
     rep.add_argument("--archive", type=Path, required=True, help="the archive folder")
-    rep.add_argument("--product", default=None,
-                     help="bundle to inspect with (default: the product each part was inspected with)")  # fmt: skip
-    rep.add_argument("--products-dir", "--products", dest="products_dir", type=Path,
-                     default=Path("/etc/inspectd/products"),
-                     help="folder holding the bundles (default: /etc/inspectd/products)")  # fmt: skip
+    rep.add_argument(
+        "--product",
+        default=None,
+        help="bundle to inspect with (default: the product each part was inspected with)",
+    )
+    rep.add_argument(
+        "--products-dir",
+        "--products",
+        dest="products_dir",
+        type=Path,
+        default=Path("/etc/inspectd/products"),
+        help="folder holding the bundles (default: /etc/inspectd/products)",
+    )
     rep.add_argument("--json", action="store_true", help="print every part and the summary as JSON")
     rep.set_defaults(func=run)
 

@@ -33,10 +33,14 @@ def run(args: argparse.Namespace) -> int:
     # Under systemd only StateDirectory= is writable: a state_dir elsewhere would leave the
     # outbox in memory, not durable, for as long as the station runs. Refuse it instead.
     service_state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if service_state and not config.state_dir.resolve().is_relative_to(Path(service_state).resolve()):
-        print(f"{args.config}: state_dir: {config.state_dir} is not inside this service's state "
-              f"directory {service_state} (StateDirectory=); set state_dir: {service_state}",
-              file=sys.stderr)  # fmt: skip
+    if service_state and not config.state_dir.resolve().is_relative_to(
+        Path(service_state).resolve()
+    ):
+        print(
+            f"{args.config}: state_dir: {config.state_dir} is not inside this service's state "
+            f"directory {service_state} (StateDirectory=); set state_dir: {service_state}",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     configure_logging(config.logging.level, config.logging.format)
     notifier = Notifier.from_env()  # systemd's $NOTIFY_SOCKET; silent without it
@@ -81,4 +85,3 @@ def run(args: argparse.Namespace) -> int:
         station.stop()
     # A camera that broke is a failure: systemd restarts the service (Restart=on-failure).
     return 1 if stats.capture_failure else 0
-

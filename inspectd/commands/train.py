@@ -15,8 +15,13 @@ def add_parser(sub: Subparsers) -> None:
     train.add_argument("--data", type=Path, required=True, help="MVTec-layout data set")
     train.add_argument("--model", choices=["ae", "hybrid", "vivano"], default="ae")
     train.add_argument("--products", type=Path, default=Path("products"), help="where bundles go")
-    train.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                       help="model constructor setting, e.g. depth=6 (repeatable; see docs/models.md)")
+    train.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model constructor setting, e.g. depth=6 (repeatable; see docs/models.md)",
+    )
     train.add_argument("--input-size", type=int, default=None, help="default: the model's own")
     # None: the paper's value for the chosen model (docs/models.md)
     train.add_argument("--epochs", type=int, default=None)
@@ -24,11 +29,21 @@ def add_parser(sub: Subparsers) -> None:
     train.add_argument("--lr", type=float, default=None)
     train.add_argument("--patience", type=int, default=None)
     train.add_argument("--early-stop-start", type=int, default=None)
-    train.add_argument("--noise-sigma", type=float, default=None,
-                       help="training input noise (hybrid default: the paper's per-class value)")
-    train.add_argument("--vgg-weights", type=Path, default=None,
-                       help="hybrid: torchvision-layout VGG19 weights file")
-    train.add_argument("--finetune-vgg", action="store_true", help="hybrid: train the VGG blocks too")
+    train.add_argument(
+        "--noise-sigma",
+        type=float,
+        default=None,
+        help="training input noise (hybrid default: the paper's per-class value)",
+    )
+    train.add_argument(
+        "--vgg-weights",
+        type=Path,
+        default=None,
+        help="hybrid: torchvision-layout VGG19 weights file",
+    )
+    train.add_argument(
+        "--finetune-vgg", action="store_true", help="hybrid: train the VGG blocks too"
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--roi", default=None, help="x,y,width,height crop in frame pixels")
     train.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -63,17 +78,30 @@ def run(args: argparse.Namespace) -> int:
     fam = family(args.model)
     try:
         settings = training_settings(
-            fam, args.product, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            patience=args.patience, early_stop_start=args.early_stop_start,
-            noise_sigma=args.noise_sigma, seed=args.seed, device=args.device,
-        )  # fmt: skip
+            fam,
+            args.product,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            patience=args.patience,
+            early_stop_start=args.early_stop_start,
+            noise_sigma=args.noise_sigma,
+            seed=args.seed,
+            device=args.device,
+        )
         build_product(
             BuildRequest(
-                product=args.product, data=args.data, out=args.products / args.product,
-                model=args.model, params=params, roi=roi,  # type: ignore[arg-type]
-                settings=settings, vgg_weights=args.vgg_weights, resume=args.resume,
+                product=args.product,
+                data=args.data,
+                out=args.products / args.product,
+                model=args.model,
+                params=params,
+                roi=roi,  # type: ignore[arg-type]
+                settings=settings,
+                vgg_weights=args.vgg_weights,
+                resume=args.resume,
             )
-        )  # fmt: skip
+        )
     except (FileNotFoundError, ValueError, WeightsError) as exc:
         print(f"inspectd train: {exc}", file=sys.stderr)
         return EXIT_CONFIG

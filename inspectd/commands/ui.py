@@ -25,17 +25,29 @@ def add_parser(sub: Subparsers) -> None:
     ui.add_argument("--port", type=int, default=None, help="TCP port (listen.port)")
     ui.add_argument("--mqtt-host", default=None, help="broker (mqtt.host)")
     ui.add_argument("--mqtt-port", type=int, default=None, help="broker port (mqtt.port)")
-    ui.add_argument("--station", action="append", default=None, metavar="BASE_TOPIC",
-                    help="a station base topic, '+' for one level (repeatable; stations)")  # fmt: skip
-    ui.add_argument("--hash-password", action="store_true",
-                    help="read a password (stdin or prompt), print its hash for access.users")  # fmt: skip
+    ui.add_argument(
+        "--station",
+        action="append",
+        default=None,
+        metavar="BASE_TOPIC",
+        help="a station base topic, '+' for one level (repeatable; stations)",
+    )
+    ui.add_argument(
+        "--hash-password",
+        action="store_true",
+        help="read a password (stdin or prompt), print its hash for access.users",
+    )
     ui.set_defaults(func=run)
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    pairs = (("listen", "host", args.listen), ("listen", "port", args.port),
-             ("mqtt", "host", args.mqtt_host), ("mqtt", "port", args.mqtt_port))  # fmt: skip
+    pairs = (
+        ("listen", "host", args.listen),
+        ("listen", "port", args.port),
+        ("mqtt", "host", args.mqtt_host),
+        ("mqtt", "port", args.mqtt_port),
+    )
     for section, key, value in pairs:
         if value is not None:
             out.setdefault(section, {})[key] = value

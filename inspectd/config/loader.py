@@ -243,7 +243,10 @@ def _require_mapping(doc: _Document, name: str) -> None:
         )
     if not isinstance(doc.data, dict):
         line, col = doc.root
-        msg = f"{name}:{line}:{col}: the top level must be a mapping of 'key: value' lines, not {_kind(doc.data)}"
+        msg = (
+            f"{name}:{line}:{col}: the top level must be a mapping of 'key: value' lines, "
+            f"not {_kind(doc.data)}"
+        )
         raise ConfigError(name, [msg])
 
 

@@ -12,7 +12,9 @@ from inspectd.config.base import StrictModel
 class LoggingConfig(StrictModel):
     """Log output."""
 
-    # fmt: off
-    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level that is logged.")
-    format: Literal["auto", "json", "console"] = Field("auto", description="auto = console on a terminal, JSON lines otherwise.")
-    # fmt: on
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe level that is logged."
+    )
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto = console on a terminal, JSON lines otherwise."
+    )

@@ -15,11 +15,15 @@ TOPIC_PLACEHOLDERS = ("site", "line", "station")
 class MqttTls(StrictModel):
     """TLS to the broker: on when this section is given."""
 
-    # fmt: off
-    ca_file: ConfigPath = Field(description="PEM file of the CA(s) that signed the broker's certificate.")
-    cert_file: ConfigPath | None = Field(None, description="Client certificate (PEM), for brokers that require one; needs key_file.")
-    key_file: ConfigPath | None = Field(None, description="Private key of cert_file (PEM, unencrypted).")
-    # fmt: on
+    ca_file: ConfigPath = Field(
+        description="PEM file of the CA(s) that signed the broker's certificate."
+    )
+    cert_file: ConfigPath | None = Field(
+        None, description="Client certificate (PEM), for brokers that require one; needs key_file."
+    )
+    key_file: ConfigPath | None = Field(
+        None, description="Private key of cert_file (PEM, unencrypted)."
+    )
 
     @model_validator(mode="after")
     def _cert_and_key(self) -> MqttTls:
@@ -31,27 +35,68 @@ class MqttTls(StrictModel):
 class MqttConfig(StrictModel):
     """The MQTT connection verdicts and status are published on."""
 
-    # fmt: off
     enabled: bool = Field(True, description="Publish over MQTT at all.")
     host: str = Field("localhost", min_length=1, description="Broker host name or address.")
     port: int = Field(1883, ge=1, le=65535, description="Broker TCP port.")
-    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version; a bare 5 in YAML counts as \"5\".")
-    client_id: str | None = Field(None, min_length=1, description="MQTT client id; null = inspectd-<station name>.")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5", description='MQTT protocol version; a bare 5 in YAML counts as "5".'
+    )
+    client_id: str | None = Field(
+        None, min_length=1, description="MQTT client id; null = inspectd-<station name>."
+    )
     keepalive_s: int = Field(30, ge=5, le=3600, description="Seconds between keep-alive pings.")
-    base_topic: str = Field("inspectd/v1/{site}/{line}/{station}", min_length=1, description="Topic prefix; placeholders {site}, {line}, {station}.")
-    username: str | None = Field(None, min_length=1, description="User name for the broker; null = anonymous.")
-    password: str | None = Field(None, description="Password (prefer password_file: configs get copied around).")
-    password_file: ConfigPath | None = Field(None, description="File whose first line is the password.")
+    base_topic: str = Field(
+        "inspectd/v1/{site}/{line}/{station}",
+        min_length=1,
+        description="Topic prefix; placeholders {site}, {line}, {station}.",
+    )
+    username: str | None = Field(
+        None, min_length=1, description="User name for the broker; null = anonymous."
+    )
+    password: str | None = Field(
+        None, description="Password (prefer password_file: configs get copied around)."
+    )
+    password_file: ConfigPath | None = Field(
+        None, description="File whose first line is the password."
+    )
     tls: MqttTls | None = Field(None, description="TLS settings; null = plain TCP.")
-    travel_window_s: float = Field(10.0, gt=0, description="Seconds from verdict until the part has passed the diverter: the reject's message expiry.")
-    overlays: Literal["none", "ng", "all"] = Field("ng", description="Which parts get an overlay JPEG on …/overlay (QoS 0).")
-    overlay_max_bytes: int = Field(262_144, ge=4096, description="Overlay JPEGs are scaled down until they fit; bigger ones are not sent.")
-    health_interval_s: float = Field(30.0, gt=0, description="Seconds between …/health messages (also sent on every change).")
+    travel_window_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds from verdict until the part has passed the diverter: the reject's "
+        "message expiry.",
+    )
+    overlays: Literal["none", "ng", "all"] = Field(
+        "ng", description="Which parts get an overlay JPEG on …/overlay (QoS 0)."
+    )
+    overlay_max_bytes: int = Field(
+        262_144,
+        ge=4096,
+        description="Overlay JPEGs are scaled down until they fit; bigger ones are not sent.",
+    )
+    health_interval_s: float = Field(
+        30.0, gt=0, description="Seconds between …/health messages (also sent on every change)."
+    )
     stats_interval_s: float = Field(10.0, gt=0, description="Seconds between …/stats messages.")
-    drain_timeout_s: float = Field(10.0, ge=0, description="On stop, seconds to wait for the broker to acknowledge stored verdicts.")
-    trigger_max_bytes: int = Field(4096, ge=64, description="Largest …/trigger or …/cmd payload accepted; bigger ones are answered on …/error.")
-    ack_timeout_s: float = Field(30.0, ge=1, le=3600, description="Connected, QoS 1 messages waiting and no PUBACK for this many seconds: the publisher is stuck (health problem mqtt_stalled, systemd watchdog pings stop, /healthz 503). A broker that is only gone is a disconnection, not this.")
-    # fmt: on
+    drain_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="On stop, seconds to wait for the broker to acknowledge stored verdicts.",
+    )
+    trigger_max_bytes: int = Field(
+        4096,
+        ge=64,
+        description="Largest …/trigger or …/cmd payload accepted; bigger ones are answered on "
+        "…/error.",
+    )
+    ack_timeout_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="Connected, QoS 1 messages waiting and no PUBACK for this many seconds: the "
+        "publisher is stuck (health problem mqtt_stalled, systemd watchdog pings "
+        "stop, /healthz 503). A broker that is only gone is a disconnection, not this.",
+    )
 
     @model_validator(mode="after")
     def _one_password(self) -> MqttConfig:

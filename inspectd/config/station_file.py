@@ -28,37 +28,63 @@ from inspectd.config.service import MetricsConfig, ServiceConfig
 class StationId(StrictModel):
     """Where the station is; the three names make up its MQTT topics."""
 
-    # fmt: off
-    site: str = Field("site", pattern=NAME_PATTERN, description="Site (plant) name; letters, digits, _ and - only.")
-    line: str = Field("line1", pattern=NAME_PATTERN, description="Production line name; letters, digits, _ and - only.")
-    name: str = Field(pattern=NAME_PATTERN, description="Station name, unique on its line; letters, digits, _ and - only.")
-    # fmt: on
+    site: str = Field(
+        "site",
+        pattern=NAME_PATTERN,
+        description="Site (plant) name; letters, digits, _ and - only.",
+    )
+    line: str = Field(
+        "line1",
+        pattern=NAME_PATTERN,
+        description="Production line name; letters, digits, _ and - only.",
+    )
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="Station name, unique on its line; letters, digits, _ and - only.",
+    )
 
 
 class StationConfig(StrictModel):
     """One camera station: what it inspects, with which camera, and where results go."""
 
-    # fmt: off
     station: StationId = Field(description="Site, line and name of this station.")
-    product: str = Field(pattern=NAME_PATTERN, description="Name of the product bundle to inspect with (a folder in products_dir).")
-    products_dir: ConfigPath = Field(Path("/etc/inspectd/products"), description="Folder holding the product bundles.")
-    state_dir: ConfigPath = Field(Path("/var/lib/inspectd"), description="Folder for the daemon's own state.")
+    product: str = Field(
+        pattern=NAME_PATTERN,
+        description="Name of the product bundle to inspect with (a folder in products_dir).",
+    )
+    products_dir: ConfigPath = Field(
+        Path("/etc/inspectd/products"), description="Folder holding the product bundles."
+    )
+    state_dir: ConfigPath = Field(
+        Path("/var/lib/inspectd"), description="Folder for the daemon's own state."
+    )
     camera: CameraConfig = Field(description="Where frames come from; 'source' picks the kind.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Inference runtime.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT connection.")
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Durable outbox of verdicts.")
-    output: OutputConfig = Field(default_factory=OutputConfig, description="Files written by the station.")
-    archive: ArchiveConfig = Field(default_factory=ArchiveConfig, description="Archive of NG and ERROR frames.")
+    outbox: OutboxConfig = Field(
+        default_factory=OutboxConfig, description="Durable outbox of verdicts."
+    )
+    output: OutputConfig = Field(
+        default_factory=OutputConfig, description="Files written by the station."
+    )
+    archive: ArchiveConfig = Field(
+        default_factory=ArchiveConfig, description="Archive of NG and ERROR frames."
+    )
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift warning in health.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log output.")
-    service: ServiceConfig = Field(default_factory=ServiceConfig, description="systemd readiness, status and watchdog.")
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics and /healthz over HTTP.")
-    # fmt: on
+    service: ServiceConfig = Field(
+        default_factory=ServiceConfig, description="systemd readiness, status and watchdog."
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus metrics and /healthz over HTTP."
+    )
 
     @model_validator(mode="after")
     def _trigger_needs_mqtt(self) -> StationConfig:
         if self.camera.trigger == "mqtt" and not self.mqtt.enabled:
-            raise ValueError("camera.trigger: mqtt needs mqtt.enabled: true (requests arrive on …/trigger)")
+            raise ValueError(
+                "camera.trigger: mqtt needs mqtt.enabled: true (requests arrive on …/trigger)"
+            )
         return self
 
     @model_validator(mode="after")

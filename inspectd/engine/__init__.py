@@ -52,13 +52,24 @@ def load_engine(
     if choice.backend == "torch":
         from inspectd.engine.torch import load_torch_engine
 
-        return load_torch_engine(bundle, device=device, precision=precision,
-                                 cuda_graphs=cuda_graphs, threads=threads, max_batch=max_batch)  # fmt: skip
+        return load_torch_engine(
+            bundle,
+            device=device,
+            precision=precision,
+            cuda_graphs=cuda_graphs,
+            threads=threads,
+            max_batch=max_batch,
+        )
     if choice.backend == "tensorrt":
         from inspectd.engine.tensorrt import load_tensorrt_engine
 
-        return load_tensorrt_engine(bundle, max_batch=max_batch, state_dir=state_dir,
-                                    precision=precision, cuda_graphs=cuda_graphs)  # fmt: skip
+        return load_tensorrt_engine(
+            bundle,
+            max_batch=max_batch,
+            state_dir=state_dir,
+            precision=precision,
+            cuda_graphs=cuda_graphs,
+        )
     from inspectd.engine.onnxruntime import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(model_path, device=device, threads=threads)

@@ -49,7 +49,9 @@ class Engine(abc.ABC):
         pass
 
 
-def infer_batches(engine: Engine, batches: Iterable[np.ndarray], total: int | None = None) -> InferenceResult:
+def infer_batches(
+    engine: Engine, batches: Iterable[np.ndarray], total: int | None = None
+) -> InferenceResult:
     """Every batch through `engine`, concatenated: the one batch-scoring loop of the offline
     paths (evaluation, calibration, verification). With `total` (images to come) the maps are
     written into one array allocated at the first batch, not held twice by a concatenation

@@ -46,7 +46,9 @@ class OnnxRuntimeEngine(Engine):
             raise EngineError(f"{model_path}: expected input N x H x W x 3, graph has {shape}")
         self.input_hw = (shape[1], shape[2])
         self.providers = self.session.get_providers()
-        log.info("engine.loaded", backend=self.name, providers=self.providers, model=str(model_path))
+        log.info(
+            "engine.loaded", backend=self.name, providers=self.providers, model=str(model_path)
+        )
 
     def infer(self, batch: np.ndarray) -> InferenceResult:
         self.check_batch(batch)

@@ -44,10 +44,16 @@ def choose_backend(configured: str, facts: Facts) -> Choice:
     if facts.engine is not None:
         return Choice("tensorrt", f"auto: TensorRT with engine {facts.engine} on {facts.gpu}")
     if facts.can_build:
-        return Choice("tensorrt", f"auto: TensorRT on {facts.gpu}; no engine for this GPU yet, "
-                                  "building one (minutes, once)")  # fmt: skip
-    return Choice("onnxruntime", f"auto: no TensorRT engine for {facts.gpu} in the bundle and no "
-                                 "TensorRT builder here (run inspectd build-engine)")  # fmt: skip
+        return Choice(
+            "tensorrt",
+            f"auto: TensorRT on {facts.gpu}; no engine for this GPU yet, "
+            "building one (minutes, once)",
+        )
+    return Choice(
+        "onnxruntime",
+        f"auto: no TensorRT engine for {facts.gpu} in the bundle and no "
+        "TensorRT builder here (run inspectd build-engine)",
+    )
 
 
 def gather_facts(bundle: Any = None, state_dir: Path | None = None, max_batch: int = 1) -> Facts:

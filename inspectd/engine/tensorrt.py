@@ -24,6 +24,7 @@ from inspectd.engine.trt_files import cache_key, engine_candidates, usable_engin
 
 log = structlog.get_logger(__name__)
 
+
 class _Pinned:
     """Page-locked host memory seen as a numpy array (fast, async copies)."""
 
@@ -78,8 +79,10 @@ class TensorRTEngine(Engine):
         self._runtime = trt.Runtime(self._trt_logger)  # must outlive the engine
         engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if engine is None:
-            raise EngineError(f"{engine_path}: TensorRT could not deserialise the engine (see the "
-                              f"TensorRT log above); rebuild it with inspectd build-engine")  # fmt: skip
+            raise EngineError(
+                f"{engine_path}: TensorRT could not deserialise the engine (see the "
+                f"TensorRT log above); rebuild it with inspectd build-engine"
+            )
         self.engine = engine
         self.context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -105,8 +108,13 @@ class TensorRTEngine(Engine):
             self._tensors.append(_Tensor(name, dtype, shape, device, _Pinned(rt, nbytes)))
             self.context.set_tensor_address(name, int(device))
         self._batch = self.max_batch  # the input shape the context is set to
-        log.info("engine.loaded", backend=self.name, engine=str(engine_path),
-                 max_batch=self.max_batch, cuda_graphs=cuda_graphs)  # fmt: skip
+        log.info(
+            "engine.loaded",
+            backend=self.name,
+            engine=str(engine_path),
+            max_batch=self.max_batch,
+            cuda_graphs=cuda_graphs,
+        )
 
     def _set_batch(self, n: int) -> None:
         if n != self._batch:
@@ -152,13 +160,21 @@ class TensorRTEngine(Engine):
             outs.append(shape)
         checked(rt, rt.cudaStreamSynchronize(self._stream))
         # copies: the pinned buffers are overwritten by the next batch
-        return [t.host_view(s).astype(np.float32) for t, s in zip(self._tensors[1:], outs, strict=True)]
+        return [
+            t.host_view(s).astype(np.float32) for t, s in zip(self._tensors[1:], outs, strict=True)
+        ]
 
     def infer(self, batch: np.ndarray) -> InferenceResult:
         self.check_batch(batch)
         maps, scores = [], []
         for i in range(0, batch.shape[0], self.max_batch):
-            got = dict(zip(self.output_names, self._run(np.ascontiguousarray(batch[i : i + self.max_batch])), strict=True))
+            got = dict(
+                zip(
+                    self.output_names,
+                    self._run(np.ascontiguousarray(batch[i : i + self.max_batch])),
+                    strict=True,
+                )
+            )
             maps.append(got["anomaly_map"])
             scores.append(got["score"])
         return InferenceResult(np.concatenate(maps), np.concatenate(scores))
@@ -183,8 +199,14 @@ class TensorRTEngine(Engine):
             self._stream = None
 
 
-def load_tensorrt_engine(bundle: Any, *, max_batch: int = 1, state_dir: Path | None = None,
-                         precision: str = "fp16", cuda_graphs: bool = True) -> TensorRTEngine:  # fmt: skip
+def load_tensorrt_engine(
+    bundle: Any,
+    *,
+    max_batch: int = 1,
+    state_dir: Path | None = None,
+    precision: str = "fp16",
+    cuda_graphs: bool = True,
+) -> TensorRTEngine:
     """The engine for this GPU and TensorRT from the bundle (or the state directory); built
     into <state_dir>/engines where none fits and the builder is installed; refused otherwise."""
     target = current_target()
@@ -204,8 +226,16 @@ def load_tensorrt_engine(bundle: Any, *, max_batch: int = 1, state_dir: Path | N
         log.warning("engine.rebuilding", backend="tensorrt", target=target.tag, why=detail)
         out = state_dir / "engines" / cache_key(onnx_sha, target, precision, max_batch)
         try:
-            path = build_engine(bundle.path, precision=precision, batch=max_batch, out=out,
-                                state_dir=state_dir, seal_into_bundle=False)  # fmt: skip
+            path = build_engine(
+                bundle.path,
+                precision=precision,
+                batch=max_batch,
+                out=out,
+                state_dir=state_dir,
+                seal_into_bundle=False,
+            )
         except BuildError as exc:
-            raise EngineError(f"{bundle.path}: rebuilding the TensorRT engine failed: {exc}") from exc
+            raise EngineError(
+                f"{bundle.path}: rebuilding the TensorRT engine failed: {exc}"
+            ) from exc
     return TensorRTEngine(path, max_batch=max_batch, cuda_graphs=cuda_graphs)

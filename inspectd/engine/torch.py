@@ -62,8 +62,10 @@ class TorchEngine(Engine):
         max_batch: int = 1,
     ) -> None:
         if device == "cuda" and not torch.cuda.is_available():
-            raise EngineUnavailable("engine.device is cuda but torch sees no CUDA GPU "
-                                    f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")  # fmt: skip
+            raise EngineUnavailable(
+                "engine.device is cuda but torch sees no CUDA GPU "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda})"
+            )
         if precision not in ("fp16", "fp32"):
             raise EngineError(f"unknown precision {precision!r} (allowed: fp16, fp32)")
         self.input_hw = input_hw
@@ -88,8 +90,14 @@ class TorchEngine(Engine):
         self.graph = graph
         self._captured: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
         self._pinned: dict[int, torch.Tensor] = {}
-        log.info("engine.loaded", backend=self.name, device=device, fp16=self.fp16,
-                 cuda_graphs=self.cuda_graphs, torch=torch.__version__)  # fmt: skip
+        log.info(
+            "engine.loaded",
+            backend=self.name,
+            device=device,
+            fp16=self.fp16,
+            cuda_graphs=self.cuda_graphs,
+            torch=torch.__version__,
+        )
 
     # -- running -------------------------------------------------------------------------------
 
@@ -99,7 +107,9 @@ class TorchEngine(Engine):
             return t
         pinned = self._pinned.get(batch.shape[0])
         if pinned is None:  # page-locked, so the copy to the GPU is asynchronous
-            pinned = self._pinned[batch.shape[0]] = torch.empty(batch.shape, dtype=torch.uint8).pin_memory()
+            pinned = self._pinned[batch.shape[0]] = torch.empty(
+                batch.shape, dtype=torch.uint8
+            ).pin_memory()
         pinned.copy_(t)
         return pinned
 
@@ -154,8 +164,15 @@ class TorchEngine(Engine):
         self._pinned.clear()
 
 
-def load_torch_engine(bundle: Any, *, device: str = "cpu", precision: str = "fp16",
-                      cuda_graphs: bool = True, threads: int = 0, max_batch: int = 1) -> TorchEngine:  # fmt: skip
+def load_torch_engine(
+    bundle: Any,
+    *,
+    device: str = "cpu",
+    precision: str = "fp16",
+    cuda_graphs: bool = True,
+    threads: int = 0,
+    max_batch: int = 1,
+) -> TorchEngine:
     """The torch engine of a bundle: its model.pt through the model registry."""
     m = bundle.manifest.model
     if m.checkpoint is None:
@@ -172,5 +189,12 @@ def load_torch_engine(bundle: Any, *, device: str = "cpu", precision: str = "fp1
     except (OSError, RuntimeError, ValueError, TypeError) as exc:
         raise EngineError(f"{checkpoint}: cannot load the {m.family} model: {exc}") from exc
     size = bundle.manifest.preprocess.size
-    return TorchEngine(graph, (int(size[0]), int(size[1])), device=device, precision=precision,
-                       cuda_graphs=cuda_graphs, threads=threads, max_batch=max_batch)  # fmt: skip
+    return TorchEngine(
+        graph,
+        (int(size[0]), int(size[1])),
+        device=device,
+        precision=precision,
+        cuda_graphs=cuda_graphs,
+        threads=threads,
+        max_batch=max_batch,
+    )

@@ -23,8 +23,9 @@ SIDECAR_SUFFIX = ".json"  # engine file name + ".json"
 ENGINE_SCHEMA = "inspectd.trt-engine/1"
 _NAME = re.compile(
     r"^(?P<stem>[^.]+)\.(?P<gpu>[a-z0-9]+(?:-[a-z0-9]+)*?)-sm(?P<cc>\d+)-trt(?P<trt>\d+(?:\.\d+)*)"
-    + re.escape(ENGINE_SUFFIX) + "$"
-)  # fmt: skip
+    + re.escape(ENGINE_SUFFIX)
+    + "$"
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def short_version(version: str) -> str:
 
 
 def engine_file_name(target: Target, onnx_file: str = "model.onnx") -> str:
-    """`model.<gpu-slug>-sm<cc>-trt<version>.engine`, named after the ONNX file it was built from."""
+    """`model.<gpu-slug>-sm<cc>-trt<version>.engine`, named after the ONNX file it comes from."""
     return f"{Path(onnx_file).stem}.{target.tag}{ENGINE_SUFFIX}"
 
 
@@ -160,7 +161,9 @@ def usable_engine(
             else:
                 info = EngineInfo.read(side)
                 if info.onnx_sha256 != onnx_sha256:
-                    reasons = ["built from another model.onnx (the model was retrained or re-exported)"]
+                    reasons = [
+                        "built from another model.onnx (the model was retrained or re-exported)"
+                    ]
                 elif info.batch_max < batch:
                     reasons = [f"takes batches up to {info.batch_max}, engine.max_batch is {batch}"]
         if not reasons:

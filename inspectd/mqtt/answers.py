@@ -38,11 +38,18 @@ class ReplyTo:
         return cls(msg.topic, response, bytes(correlation) if correlation is not None else None)
 
 
-def reply(publisher: MqttPublisher, to: ReplyTo, fallback_topic: str, payload: dict[str, Any]) -> None:
+def reply(
+    publisher: MqttPublisher, to: ReplyTo, fallback_topic: str, payload: dict[str, Any]
+) -> None:
     """The answer to a request, on its response topic (else ``fallback_topic``), QoS 1."""
-    publisher.enqueue(reply_message(to.response_topic or fallback_topic, payload,
-                                    source_topic=to.source_topic,
-                                    correlation_data=to.correlation_data))  # fmt: skip
+    publisher.enqueue(
+        reply_message(
+            to.response_topic or fallback_topic,
+            payload,
+            source_topic=to.source_topic,
+            correlation_data=to.correlation_data,
+        )
+    )
 
 
 def publish_error(
@@ -55,5 +62,13 @@ def publish_error(
 ) -> None:
     """A refused request, on …/error with the correlation data echoed; logged too."""
     log.warning("mqtt.request_refused", topic=to.source_topic, code=code, detail=detail, **fields)
-    publisher.enqueue(error_message(topics, code, detail, source_topic=to.source_topic,
-                                    correlation_data=to.correlation_data, **fields))  # fmt: skip
+    publisher.enqueue(
+        error_message(
+            topics,
+            code,
+            detail,
+            source_topic=to.source_topic,
+            correlation_data=to.correlation_data,
+            **fields,
+        )
+    )

@@ -71,8 +71,11 @@ class CommandDesk:
 
     def on_crash(self, msg: mqtt.MQTTMessage, exc: BaseException) -> None:
         """The publisher's last-resort guard caught ``exc`` from ``on_message``: answered."""
-        self._refuse(ReplyTo.of(msg), "internal_error", f"the station failed on this command "
-                     f"({type(exc).__name__}); it was not run")  # fmt: skip
+        self._refuse(
+            ReplyTo.of(msg),
+            "internal_error",
+            f"the station failed on this command ({type(exc).__name__}); it was not run",
+        )
 
     def _worker(self) -> None:
         while (item := self._work.get()) is not None:

@@ -112,7 +112,10 @@ def id_problem(key: str, value: Any) -> str | None:
         return f"{key} must be a non-empty string of at most {MAX_ID_CHARS} characters"
     bad = unsafe_char(value)
     if bad is not None:
-        return f"{key}: {bad}; ids must be text without control characters, surrogates or noncharacters"
+        return (
+            f"{key}: {bad}; ids must be text without control characters, surrogates "
+            "or noncharacters"
+        )
     return None
 
 

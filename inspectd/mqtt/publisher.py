@@ -54,7 +54,7 @@ _MAX_PAYLOAD = 268_435_455
 def set_no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     """paho's ``on_socket_open``: turn Nagle's algorithm off. paho leaves it on, so a small
     PUBLISH written while the previous one is unacknowledged at the TCP level (the reject right
-    after its verdict) waited for the broker's delayed ACK: measured 40 ms at p99 on loopback."""
+    after its verdict) waited for the broker's delayed ACK (docs/performance.md)."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # TLS sockets take it too
     except OSError:
@@ -206,7 +206,7 @@ class MqttPublisher:
         return self._attempted.is_set()
 
     def wait_connect_attempt(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the first connection attempt to end; ``connect_attempted``."""
+        """Wait up to ``timeout`` s for the first connection attempt to end; its result."""
         return self._attempted.wait(timeout)
 
     def start(self) -> None:
@@ -264,8 +264,13 @@ class MqttPublisher:
         topic = getattr(msg, "_topic", b"")  # bytes: .topic decodes, which may be what failed
         where = topic.decode("utf-8", "replace") if isinstance(topic, bytes) else str(topic)
         try:
-            log.error("mqtt.handler_failed", topic=where, error=type(exc).__name__,
-                      payload_bytes=len(msg.payload or b""), exc_info=exc)  # fmt: skip
+            log.error(
+                "mqtt.handler_failed",
+                topic=where,
+                error=type(exc).__name__,
+                payload_bytes=len(msg.payload or b""),
+                exc_info=exc,
+            )
             if on_crash is not None:
                 on_crash(msg, exc)
         except Exception:  # the answer failed too: still nothing may reach paho
@@ -296,9 +301,11 @@ class MqttPublisher:
         stalled = self.stalled_s()
         if stalled is None:
             return []
-        return [f"mqtt_stalled: {awaiting} messages wait for the broker's PUBACK, none for "
-                f"{stalled:.0f} s (mqtt.ack_timeout_s {self.ack_timeout_s:g}); watchdog pings "
-                "withheld"]  # fmt: skip
+        return [
+            f"mqtt_stalled: {awaiting} messages wait for the broker's PUBACK, none for "
+            f"{stalled:.0f} s (mqtt.ack_timeout_s {self.ack_timeout_s:g}); watchdog pings "
+            "withheld"
+        ]
 
     def set_status_fields(self, **fields: Any) -> None:
         """Change fields of the status message (the product after a switch) and publish
@@ -374,7 +381,8 @@ class MqttPublisher:
                 "mqtt.stop_unacknowledged",
                 count=len(lost),
                 labels=[e.message.label for e in lost[:50]],
-                detail="not acknowledged before stop; verdicts stay in the outbox and go out at the next start",
+                detail="not acknowledged before stop; verdicts stay in the outbox and go out at "
+                "the next start",
             )
         self._client.disconnect()
         self._client.loop_stop()
@@ -421,11 +429,7 @@ class MqttPublisher:
         if not self._v5:
             return None
         left = remaining_s(message)
-        plain = (
-            left is None
-            and not message.user_properties
-            and message.correlation_data is None
-        )
+        plain = left is None and not message.user_properties and message.correlation_data is None
         if plain:  # shared, by content type; only the sender thread gets here
             if message.content_type is None:
                 return None

@@ -70,8 +70,13 @@ class TriggerDesk:
         self._answered: OrderedDict[str, dict[str, Any]] = OrderedDict()
         # requests: accepted for inspection; refused: answered on …/error for what the request
         # was (malformed, invalid, …); overloaded: refused for a full queue; errors: by code
-        self.counts: dict[str, Any] = {"requests": 0, "duplicates": 0, "refused": 0,
-                                       "overloaded": 0, "errors": {}}  # fmt: skip
+        self.counts: dict[str, Any] = {
+            "requests": 0,
+            "duplicates": 0,
+            "refused": 0,
+            "overloaded": 0,
+            "errors": {},
+        }
         self.overload_hold_s = OVERLOAD_HOLD_S
         self._overload: tuple[float, float, int] | None = None  # first, last, refused: the episode
 
@@ -83,9 +88,13 @@ class TriggerDesk:
     def on_message(self, msg: mqtt.MQTTMessage) -> None:
         to = ReplyTo.of(msg)
         if not self.accepting:  # before parsing: nothing in the payload matters then
-            self._refuse(to, "not_triggered", "this station's camera runs free (camera.trigger: "
-                         "free_run); it inspects every frame without requests",
-                         request_id=self._request_id_of(msg.payload))  # fmt: skip
+            self._refuse(
+                to,
+                "not_triggered",
+                "this station's camera runs free (camera.trigger: "
+                "free_run); it inspects every frame without requests",
+                request_id=self._request_id_of(msg.payload),
+            )
             return
         request = self._parse(msg.payload, to)
         if request is None:
@@ -109,16 +118,23 @@ class TriggerDesk:
         except queue.Full:
             with self._lock:
                 self._waiting.pop(request_id, None)
-            self._refuse(to, "overloaded", f"{self.queue.maxsize} requests already wait for "
-                         "the camera", request_id=request_id)  # fmt: skip
+            self._refuse(
+                to,
+                "overloaded",
+                f"{self.queue.maxsize} requests already wait for the camera",
+                request_id=request_id,
+            )
             return
         self.counts["requests"] += 1
 
     def on_crash(self, msg: mqtt.MQTTMessage, exc: BaseException) -> None:
         """The publisher's last-resort guard caught ``exc`` from ``on_message``: a bug, answered
         so the requester is not left waiting (the log has the traceback)."""
-        self._refuse(ReplyTo.of(msg), "internal_error", f"the station failed on this request "
-                     f"({type(exc).__name__}); it was not inspected")  # fmt: skip
+        self._refuse(
+            ReplyTo.of(msg),
+            "internal_error",
+            f"the station failed on this request ({type(exc).__name__}); it was not inspected",
+        )
 
     def _request_id_of(self, payload: bytes | bytearray) -> str | None:
         try:
@@ -143,8 +159,10 @@ class TriggerDesk:
                 or not isinstance(deadline_ms, int | float)
                 or not 0 < deadline_ms <= MAX_DEADLINE_MS  # NaN fails this too
             ):
-                problem = (f"deadline_ms must be a positive number of milliseconds, at most "
-                           f"{MAX_DEADLINE_MS}")  # fmt: skip
+                problem = (
+                    f"deadline_ms must be a positive number of milliseconds, at most "
+                    f"{MAX_DEADLINE_MS}"
+                )
         unknown = sorted(set(body) - {"request_id", "part_id", "deadline_ms"})
         if problem is None and unknown:
             shown = [k[:40] for k in unknown[:10]]  # repr escapes what cannot be encoded
@@ -174,16 +192,22 @@ class TriggerDesk:
         """The counters, the queue and the overload episode (for …/stats, health, /metrics)."""
         with self._lock:
             counts = {**self.counts, "errors": dict(self.counts["errors"])}
-        return {**counts, "queued": self.queue.qsize(), "queue_max": self.queue.maxsize,
-                "overload": self.overload()}  # fmt: skip
+        return {
+            **counts,
+            "queued": self.queue.qsize(),
+            "queue_max": self.queue.maxsize,
+            "overload": self.overload(),
+        }
 
     def problems(self) -> list[str]:
         """``trigger_overloaded`` during an overload episode (see ``overload``)."""
         o = self.overload()
         if o is None:
             return []
-        return [f"trigger_overloaded: {o['refused']} requests refused in {o['since_s']:.0f} s, "
-                f"{self.queue.maxsize} already waiting for the camera"]  # fmt: skip
+        return [
+            f"trigger_overloaded: {o['refused']} requests refused in {o['since_s']:.0f} s, "
+            f"{self.queue.maxsize} already waiting for the camera"
+        ]
 
     def overload(self) -> dict[str, Any] | None:
         """While requests are refused for a full queue, and ``overload_hold_s`` after the last:
@@ -216,8 +240,12 @@ class TriggerDesk:
             while len(self._answered) > self.cache_size:
                 self._answered.popitem(last=False)
         for to, duplicate in waiting:
-            reply(self.publisher, to, self.response_topic,
-                  {**answer, "duplicate": True} if duplicate else answer)  # fmt: skip
+            reply(
+                self.publisher,
+                to,
+                self.response_topic,
+                {**answer, "duplicate": True} if duplicate else answer,
+            )
 
     def close(self) -> None:
         """At stop: requests that were never inspected are answered on …/error, not dropped."""
@@ -225,5 +253,9 @@ class TriggerDesk:
             waiting, self._waiting = self._waiting, {}
         for request_id, tos in waiting.items():
             for to, _ in tos:
-                self._refuse(to, "not_inspected", "the station stopped before this request's "
-                             "frame was taken", request_id=request_id)  # fmt: skip
+                self._refuse(
+                    to,
+                    "not_inspected",
+                    "the station stopped before this request's frame was taken",
+                    request_id=request_id,
+                )

@@ -2,10 +2,11 @@
 
 Layout (one set of files per part, named so that they sort in time order and by seq)::
 
-    <dir>/<YYYY-MM-DD>/<seq:010d>-<part_id>-<VERDICT>.json      the verdict and what was kept
-                                                    .png       the frame, lossless, as the camera gave it
-                                                    .map.npy   the anomaly map, float32 at model-input size
-                                                    .frame.npy the frame, when PNG cannot hold it
+    <dir>/<YYYY-MM-DD>/<seq:010d>-<part_id>-<VERDICT>.json   the verdict and what was kept
+                                                    .png    the frame, lossless, as grabbed
+                                                    .map.npy     the anomaly map, float32,
+                                                                 at model-input size
+                                                    .frame.npy   the frame, when PNG cannot hold it
 
 The date is the capture date (UTC). The ``.json`` file is written last (atomically), so an entry
 with a JSON file is complete; an ERROR without a frame (camera timeout, expired trigger,
@@ -145,8 +146,8 @@ class ArchiveSink:
     under `directory`, holding its files to `max_bytes` by deleting the oldest entries.
 
     Files are written by the archive's own thread: encoding a large frame as PNG takes a
-    camera's frame time or more (about 0.25 s for 1920x1200 colour on the 2-core box), and the
-    verdicts behind it must not wait. A part that finds that thread `queue_depth` parts behind
+    camera's frame time or more (docs/performance.md), and the verdicts behind it must not
+    wait. A part that finds that thread `queue_depth` parts behind
     is not archived; it is counted (``skipped``) and logged.
     """
 
@@ -160,7 +161,9 @@ class ArchiveSink:
         queue_depth: int = 8,
     ) -> None:
         if max_bytes <= 0 or ok_every < 0:
-            raise ValueError(f"max_bytes must be > 0 and ok_every >= 0, got {max_bytes}, {ok_every}")
+            raise ValueError(
+                f"max_bytes must be > 0 and ok_every >= 0, got {max_bytes}, {ok_every}"
+            )
         self.directory, self.max_bytes, self.ok_every = Path(directory), max_bytes, ok_every
         self.verdicts = frozenset(Verdict(v) for v in verdicts)
         self._entries: deque[ArchiveEntry] = deque()
@@ -191,8 +194,13 @@ class ArchiveSink:
             self._entries.extend(entries)
             self._bytes += sum(e.size for e in entries)
         self._scanned = True
-        log.info("archive.opened", dir=str(self.directory), entries=len(entries),
-                 bytes=self._bytes, max_bytes=self.max_bytes)  # fmt: skip
+        log.info(
+            "archive.opened",
+            dir=str(self.directory),
+            entries=len(entries),
+            bytes=self._bytes,
+            max_bytes=self.max_bytes,
+        )
         self._enforce_bound()
 
     # -- the sink ----------------------------------------------------------------------------
@@ -219,9 +227,15 @@ class ArchiveSink:
                 return
         try:
             entry = self._write(inspection)
-        except Exception as exc:  # a full disk, a folder that went away: never the verdict's problem
-            self._failed(exc, "archive.write_failed", seq=inspection.record.seq,
-                         part_id=inspection.record.part_id)  # fmt: skip
+        except (
+            Exception
+        ) as exc:  # a full disk, a folder that went away: never the verdict's problem
+            self._failed(
+                exc,
+                "archive.write_failed",
+                seq=inspection.record.seq,
+                part_id=inspection.record.part_id,
+            )
             return
         with self._lock:
             self._entries.append(entry)
@@ -286,8 +300,11 @@ class ArchiveSink:
             "frame_dtype": None,
             "map": None,
             "geometry": None,
-            "source": {"camera": frame.camera.source, "serial": frame.camera.serial,
-                       "file": frame.extra.get("file")},  # fmt: skip
+            "source": {
+                "camera": frame.camera.source,
+                "serial": frame.camera.serial,
+                "file": frame.extra.get("file"),
+            },
             "archived": iso_utc(time.time()),
         }
         try:
@@ -332,15 +349,22 @@ class ArchiveSink:
                 self.dropped += 1
             dropped, freed = dropped + 1, freed + entry.size
             if not all([_unlink(f) for f in entry.files]):
-                self._failed(OSError(f"could not delete every file of {entry.json_path}"),
-                             "archive.delete_failed")  # fmt: skip
+                self._failed(
+                    OSError(f"could not delete every file of {entry.json_path}"),
+                    "archive.delete_failed",
+                )
             try:
                 entry.folder.rmdir()  # only succeeds once the day is empty
             except OSError:
                 pass
         if dropped:
-            log.info("archive.dropped_oldest", entries=dropped, bytes=freed,
-                     kept_bytes=self._bytes, max_bytes=self.max_bytes)  # fmt: skip
+            log.info(
+                "archive.dropped_oldest",
+                entries=dropped,
+                bytes=freed,
+                kept_bytes=self._bytes,
+                max_bytes=self.max_bytes,
+            )
 
     def _failed(self, exc: BaseException, event: str, **fields: Any) -> None:
         """Count and log a failure; while failures go on, log at most every _QUIET_S seconds."""
@@ -351,7 +375,13 @@ class ArchiveSink:
         self._failed_in_streak += 1
         now = time.monotonic()
         if not self._failing or now - self._last_log >= _QUIET_S:
-            log.error(event, dir=str(self.directory), error=reason, errors=self.errors,
-                      failed_in_a_row=self._failed_in_streak, **fields)  # fmt: skip
+            log.error(
+                event,
+                dir=str(self.directory),
+                error=reason,
+                errors=self.errors,
+                failed_in_a_row=self._failed_in_streak,
+                **fields,
+            )
             self._last_log = now
         self._failing = True

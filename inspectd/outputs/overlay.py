@@ -41,8 +41,16 @@ def render(
     if record.error:
         label += f" ({record.error[:40]})"
     cv2.rectangle(canvas, (0, 0), (canvas.shape[1], 22), (0, 0, 0), -1)
-    cv2.putText(canvas, f"{record.part_id}  {label}", (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                colour, 1, cv2.LINE_AA)  # fmt: skip
+    cv2.putText(
+        canvas,
+        f"{record.part_id}  {label}",
+        (6, 16),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.45,
+        colour,
+        1,
+        cv2.LINE_AA,
+    )
     return canvas
 
 
@@ -57,7 +65,9 @@ def blend_heatmap(
     heat = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
     heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
     roi = canvas[y0 : y0 + h, x0 : x0 + w]
-    canvas[y0 : y0 + h, x0 : x0 + w] = cv2.addWeighted(roi, 0.6, heat[: roi.shape[0], : roi.shape[1]], 0.4, 0)
+    canvas[y0 : y0 + h, x0 : x0 + w] = cv2.addWeighted(
+        roi, 0.6, heat[: roi.shape[0], : roi.shape[1]], 0.4, 0
+    )
 
 
 def to_jpeg(image: np.ndarray, quality: int = 85) -> bytes:

@@ -63,9 +63,13 @@ class MqttOverlaySink:
     verdict ride along as MQTT 5 user properties. Scaled down until it fits ``max_bytes``."""
 
     def __init__(
-        self, publisher: MqttPublisher, topic: str, mode: Literal["ng", "all"], max_bytes: int,
+        self,
+        publisher: MqttPublisher,
+        topic: str,
+        mode: Literal["ng", "all"],
+        max_bytes: int,
         quality: int = 80,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.publisher, self.topic, self.mode = publisher, topic, mode
         self.max_bytes, self.quality = max_bytes, quality
         self.too_big = 0
@@ -92,8 +96,8 @@ class MqttOverlaySink:
 class Pictures:
     """The overlay sinks on their own thread. The publish thread commits a part's verdict and
     then runs its sinks before it takes the next part: drawing and encoding an NG part's
-    overlay (2-4 ms on the 2-core box, far more for a large frame) would hold back the next
-    verdict. Best effort, like the archive: when the thread is ``depth`` parts behind, a part's
+    overlay (milliseconds, far more for a large frame: docs/performance.md) would hold back the
+    next verdict. Best effort, like the archive: when the thread is ``depth`` parts behind, a part's
     pictures are skipped, counted (``stats()``) and logged."""
 
     def __init__(self, sinks: list[VerdictSink], depth: int = 8) -> None:
@@ -108,7 +112,9 @@ class Pictures:
             try:
                 sink.handle(inspection)
             except Exception:  # a full disk for the files must not stop the MQTT overlay
-                log.exception("pictures.failed", sink=type(sink).__name__, seq=inspection.record.seq)
+                log.exception(
+                    "pictures.failed", sink=type(sink).__name__, seq=inspection.record.seq
+                )
 
     def stats(self) -> dict[str, int]:
         return {"skipped": self._worker.skipped}

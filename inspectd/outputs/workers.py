@@ -42,8 +42,12 @@ class BackgroundWorker(Generic[T]):
             self.skipped += 1
             if time.monotonic() - self._last_log >= _QUIET_S:
                 self._last_log = time.monotonic()
-                log.warning(f"{self.name}.skipped_busy", skipped=self.skipped,
-                            queue_depth=self._queue.maxsize, **about)  # fmt: skip
+                log.warning(
+                    f"{self.name}.skipped_busy",
+                    skipped=self.skipped,
+                    queue_depth=self._queue.maxsize,
+                    **about,
+                )
             return False
         return True
 

@@ -154,7 +154,12 @@ class StationHealth:
         drift: DriftMonitor | None,
     ) -> None:
         self.config, self.boot_id, self.pipeline, self.source = config, boot_id, pipeline, source
-        self.outbox, self.publisher, self.triggers, self.commands = outbox, publisher, triggers, commands
+        self.outbox, self.publisher, self.triggers, self.commands = (
+            outbox,
+            publisher,
+            triggers,
+            commands,
+        )
         self.archive, self.pictures, self.drift = archive, pictures, drift
         self.metrics_server: MetricsServer | None = None
         self._fps = (time.monotonic(), 0, 0.0)  # (when, frames then, fps)
@@ -176,17 +181,23 @@ class StationHealth:
         mqtt: dict[str, Any] = {"enabled": self.publisher is not None}
         if self.publisher is not None:
             p = self.publisher.stats()
-            mqtt.update(connected=p["connected"], error=p["error"],
-                        stalled=self.publisher.stalled_s() is not None,
-                        awaiting_ack=p["awaiting_ack"], handler_errors=p["handler_errors"])  # fmt: skip
+            mqtt.update(
+                connected=p["connected"],
+                error=p["error"],
+                stalled=self.publisher.stalled_s() is not None,
+                awaiting_ack=p["awaiting_ack"],
+                handler_errors=p["handler_errors"],
+            )
             problems += self.publisher.problems()
         triggers = self.triggers.stats() if self.triggers is not None else None
         if self.triggers is not None:
             problems += self.triggers.problems()
         camera, camera_problems = self._camera()
         problems += camera_problems
-        problems += [f"stalled: {t} thread, no progress for {s:.0f} s"
-                     for t, s in self.pipeline.stalled(self.config.service.stall_s).items()]  # fmt: skip
+        problems += [
+            f"stalled: {t} thread, no progress for {s:.0f} s"
+            for t, s in self.pipeline.stalled(self.config.service.stall_s).items()
+        ]
         if self.archive is not None:
             problems += self.archive.problems()
         drift = self.drift.stats() if self.drift is not None else {"state": "off"}
@@ -204,8 +215,11 @@ class StationHealth:
             "model_sha256": bundle.model_sha256,
             "engine": self.pipeline.engine.name,
             "camera": camera,
-            "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel,
-                           "calibration": thresholds.facts()},  # fmt: skip
+            "thresholds": {
+                "image": thresholds.image,
+                "pixel": thresholds.pixel,
+                "calibration": thresholds.facts(),
+            },
             "mqtt": mqtt,
             "triggers": triggers,
             "outbox": outbox,
@@ -217,8 +231,14 @@ class StationHealth:
         """health's ``camera``: the config's facts, the fps, and what the source reports
         (an isolated source its child process and "offline", a watched folder its counters)."""
         cfg = self.config.camera
-        camera = {"source": cfg.source, "state": "ok", "trigger": cfg.trigger,
-                  "fps": self._camera_fps(), "process": None, **self.source.stats()}  # fmt: skip
+        camera = {
+            "source": cfg.source,
+            "state": "ok",
+            "trigger": cfg.trigger,
+            "fps": self._camera_fps(),
+            "process": None,
+            **self.source.stats(),
+        }
         failure = self.pipeline.stats.capture_failure
         if failure:  # the camera failed for good (the run ends): that says it all
             camera["state"] = "failed"
@@ -241,7 +261,9 @@ class StationHealth:
             "station": self.config.station.name,
             "verdicts": dict(stats.verdicts),
             "latency_ms": {"p50": round(p50, 2), "p99": round(p99, 2)},
-            "stage_ms_p50": {s: round(stats.percentiles(v)[0], 3) for s, v in stats.stage_ms.items() if v},
+            "stage_ms_p50": {
+                s: round(stats.percentiles(v)[0], 3) for s, v in stats.stage_ms.items() if v
+            },
             "sink_errors": stats.sink_errors,
             "outbox": self.outbox.stats(),
             "mqtt": self.publisher.stats() if self.publisher else None,

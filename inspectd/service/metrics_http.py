@@ -55,17 +55,25 @@ class StationMetrics:
     ) -> None:
         """``product``: the one inspected first, whose verdict counters show from the start."""
         self.registry = CollectorRegistry(auto_describe=False)
-        self.verdicts = Counter("inspectd_verdicts", "Verdicts recorded, by product and verdict.",
-                                ["product", "verdict"], registry=self.registry)  # fmt: skip
+        self.verdicts = Counter(
+            "inspectd_verdicts",
+            "Verdicts recorded, by product and verdict.",
+            ["product", "verdict"],
+            registry=self.registry,
+        )
         self.stage_seconds = Histogram(
             "inspectd_stage_seconds",
             "Seconds one part spent in each pipeline stage (publish: recording and sinks).",
-            ["stage"], buckets=STAGE_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
         self.latency_seconds = Histogram(
-            "inspectd_latency_seconds", "Seconds from capture to verdict, per part.",
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "inspectd_latency_seconds",
+            "Seconds from capture to verdict, per part.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._stages = {s: self.stage_seconds.labels(s) for s in STAGES}
         self._products: dict[str, dict[str, Any]] = {}
         if product is not None:
@@ -114,62 +122,110 @@ class _ScrapeCollector(Collector):
     def _pipeline(self) -> Iterator[Metric]:
         stats = self.stats
         stalled = self.stalled()
-        yield _gauge("inspectd_live", "1 while no pipeline thread is stalled (as /healthz).",
-                     not stalled)  # fmt: skip
-        family = GaugeMetricFamily("inspectd_thread_stalled",
-                                   "1 when the pipeline thread holds work without progress.",
-                                   labels=["thread"])  # fmt: skip
+        yield _gauge(
+            "inspectd_live", "1 while no pipeline thread is stalled (as /healthz).", not stalled
+        )
+        family = GaugeMetricFamily(
+            "inspectd_thread_stalled",
+            "1 when the pipeline thread holds work without progress.",
+            labels=["thread"],
+        )
         for thread in THREADS:
             family.add_metric([thread], 1.0 if thread in stalled else 0.0)
         yield family
-        yield CounterMetricFamily("inspectd_frames", "Frames captured (or triggers answered "
-                                  "without one).", value=stats.frames)  # fmt: skip
-        yield CounterMetricFamily("inspectd_sink_errors", "Sink and recording failures (the "
-                                  "part still got its verdict).", value=stats.sink_errors)  # fmt: skip
+        yield CounterMetricFamily(
+            "inspectd_frames",
+            "Frames captured (or triggers answered without one).",
+            value=stats.frames,
+        )
+        yield CounterMetricFamily(
+            "inspectd_sink_errors",
+            "Sink and recording failures (the part still got its verdict).",
+            value=stats.sink_errors,
+        )
 
     def _health(self, h: dict[str, Any]) -> Iterator[Metric]:
-        info = GaugeMetricFamily("inspectd_info", "The station, its product, model and engine.",
-                                 labels=["station", "product", "model_sha256", "engine", "version"])  # fmt: skip
-        info.add_metric([str(h.get(k, "")) for k in ("station", "product", "model_sha256",
-                                                      "engine", "version")], 1.0)  # fmt: skip
+        info = GaugeMetricFamily(
+            "inspectd_info",
+            "The station, its product, model and engine.",
+            labels=["station", "product", "model_sha256", "engine", "version"],
+        )
+        info.add_metric(
+            [
+                str(h.get(k, ""))
+                for k in ("station", "product", "model_sha256", "engine", "version")
+            ],
+            1.0,
+        )
         yield info
-        yield _gauge("inspectd_health_ok", "1 when health.state is ok, 0 when degraded.",
-                     h.get("state") == "ok")  # fmt: skip
+        yield _gauge(
+            "inspectd_health_ok",
+            "1 when health.state is ok, 0 when degraded.",
+            h.get("state") == "ok",
+        )
         camera = h.get("camera") or {}
-        yield _gauge("inspectd_camera_up", "1 while the camera works, 0 once it failed.",
-                     camera.get("state") == "ok")  # fmt: skip
-        yield GaugeMetricFamily("inspectd_camera_fps", "Frames per second over the last second "
-                                "or more.", value=float(camera.get("fps") or 0.0))  # fmt: skip
+        yield _gauge(
+            "inspectd_camera_up",
+            "1 while the camera works, 0 once it failed.",
+            camera.get("state") == "ok",
+        )
+        yield GaugeMetricFamily(
+            "inspectd_camera_fps",
+            "Frames per second over the last second or more.",
+            value=float(camera.get("fps") or 0.0),
+        )
         thresholds = h.get("thresholds") or {}
-        family = GaugeMetricFamily("inspectd_threshold", "Thresholds in use (image score, pixel).",
-                                   labels=["kind"])  # fmt: skip
+        family = GaugeMetricFamily(
+            "inspectd_threshold", "Thresholds in use (image score, pixel).", labels=["kind"]
+        )
         for kind in ("image", "pixel"):
             if isinstance(thresholds.get(kind), int | float):
                 family.add_metric([kind], float(thresholds[kind]))
         yield family
         mqtt = h.get("mqtt") or {}
         if mqtt.get("enabled"):
-            yield _gauge("inspectd_mqtt_connected", "1 while connected to the broker.",
-                         bool(mqtt.get("connected")))  # fmt: skip
-            yield _gauge("inspectd_mqtt_stalled", "1 while connected with messages waiting and no "
-                         "PUBACK for mqtt.ack_timeout_s.", bool(mqtt.get("stalled")))  # fmt: skip
-            yield CounterMetricFamily("inspectd_mqtt_handler_errors", "Exceptions caught from "
-                                      "request handlers (a bug; each was answered internal_error).",
-                                      value=float(mqtt.get("handler_errors") or 0))  # fmt: skip
+            yield _gauge(
+                "inspectd_mqtt_connected",
+                "1 while connected to the broker.",
+                bool(mqtt.get("connected")),
+            )
+            yield _gauge(
+                "inspectd_mqtt_stalled",
+                "1 while connected with messages waiting and no PUBACK for mqtt.ack_timeout_s.",
+                bool(mqtt.get("stalled")),
+            )
+            yield CounterMetricFamily(
+                "inspectd_mqtt_handler_errors",
+                "Exceptions caught from "
+                "request handlers (a bug; each was answered internal_error).",
+                value=float(mqtt.get("handler_errors") or 0),
+            )
         yield from _triggers(h.get("triggers"))
         yield from _outbox(h.get("outbox") or {})
         yield from _drift(h.get("drift"))
 
 
 def _outbox(outbox: dict[str, Any]) -> Iterator[Metric]:
-    yield GaugeMetricFamily("inspectd_outbox_depth", "Verdicts held in the outbox, not yet "
-                            "acknowledged by the broker.", value=float(outbox.get("depth") or 0))  # fmt: skip
-    yield GaugeMetricFamily("inspectd_outbox_oldest_age_seconds", "Age of the oldest verdict "
-                            "held (0 when empty).", value=float(outbox.get("oldest_age_s") or 0.0))  # fmt: skip
-    yield _gauge("inspectd_outbox_durable", "1 while verdicts are committed to disk.",
-                 bool(outbox.get("durable")))  # fmt: skip
-    dropped = CounterMetricFamily("inspectd_outbox_dropped", "Verdicts the bounded outbox "
-                                  "dropped, by kind, since its file was created.", labels=["kind"])  # fmt: skip
+    yield GaugeMetricFamily(
+        "inspectd_outbox_depth",
+        "Verdicts held in the outbox, not yet acknowledged by the broker.",
+        value=float(outbox.get("depth") or 0),
+    )
+    yield GaugeMetricFamily(
+        "inspectd_outbox_oldest_age_seconds",
+        "Age of the oldest verdict held (0 when empty).",
+        value=float(outbox.get("oldest_age_s") or 0.0),
+    )
+    yield _gauge(
+        "inspectd_outbox_durable",
+        "1 while verdicts are committed to disk.",
+        bool(outbox.get("durable")),
+    )
+    dropped = CounterMetricFamily(
+        "inspectd_outbox_dropped",
+        "Verdicts the bounded outbox dropped, by kind, since its file was created.",
+        labels=["kind"],
+    )
     for kind, count in sorted((outbox.get("dropped") or {}).items()):
         dropped.add_metric([str(kind)], float(count))
     yield dropped
@@ -179,22 +235,40 @@ def _triggers(triggers: Any) -> Iterator[Metric]:
     """From health's ``triggers`` entry (a station with MQTT): overload apart from refusals."""
     if not isinstance(triggers, dict):
         return
-    yield CounterMetricFamily("inspectd_trigger_requests", "Trigger requests accepted for "
-                              "inspection.", value=float(triggers.get("requests") or 0))  # fmt: skip
-    yield CounterMetricFamily("inspectd_trigger_duplicates", "Trigger requests answered from the "
-                              "cache (request_id seen before).", value=float(triggers.get("duplicates") or 0))  # fmt: skip
-    yield CounterMetricFamily("inspectd_trigger_overloaded", "Trigger requests refused because "
-                              "the queue was full (overloaded).", value=float(triggers.get("overloaded") or 0))  # fmt: skip
-    refused = CounterMetricFamily("inspectd_trigger_refused", "Trigger requests refused for what "
-                                  "they were, by error code (overloaded not included).", labels=["code"])  # fmt: skip
+    yield CounterMetricFamily(
+        "inspectd_trigger_requests",
+        "Trigger requests accepted for inspection.",
+        value=float(triggers.get("requests") or 0),
+    )
+    yield CounterMetricFamily(
+        "inspectd_trigger_duplicates",
+        "Trigger requests answered from the cache (request_id seen before).",
+        value=float(triggers.get("duplicates") or 0),
+    )
+    yield CounterMetricFamily(
+        "inspectd_trigger_overloaded",
+        "Trigger requests refused because the queue was full (overloaded).",
+        value=float(triggers.get("overloaded") or 0),
+    )
+    refused = CounterMetricFamily(
+        "inspectd_trigger_refused",
+        "Trigger requests refused for what they were, by error code (overloaded not included).",
+        labels=["code"],
+    )
     for code, count in sorted((triggers.get("errors") or {}).items()):
         if code != "overloaded":
             refused.add_metric([str(code)], float(count))
     yield refused
-    yield GaugeMetricFamily("inspectd_trigger_queue", "Trigger requests waiting for the camera.",
-                            value=float(triggers.get("queued") or 0))  # fmt: skip
-    yield _gauge("inspectd_trigger_overload", "1 while requests are refused for a full queue "
-                 "(and 10 s after the last).", triggers.get("overload") is not None)  # fmt: skip
+    yield GaugeMetricFamily(
+        "inspectd_trigger_queue",
+        "Trigger requests waiting for the camera.",
+        value=float(triggers.get("queued") or 0),
+    )
+    yield _gauge(
+        "inspectd_trigger_overload",
+        "1 while requests are refused for a full queue (and 10 s after the last).",
+        triggers.get("overload") is not None,
+    )
 
 
 def _drift(drift: Any) -> Iterator[Metric]:
@@ -202,10 +276,14 @@ def _drift(drift: Any) -> Iterator[Metric]:
     state = drift.get("state") if isinstance(drift, dict) else None
     if not isinstance(state, str):
         return
-    yield _gauge("inspectd_drifting", "1 when the score distribution has drifted from "
-                 "calibration.", state in DRIFTING)  # fmt: skip
-    family = GaugeMetricFamily("inspectd_drift_state", "The drift monitor's state (value 1).",
-                               labels=["state"])  # fmt: skip
+    yield _gauge(
+        "inspectd_drifting",
+        "1 when the score distribution has drifted from calibration.",
+        state in DRIFTING,
+    )
+    family = GaugeMetricFamily(
+        "inspectd_drift_state", "The drift monitor's state (value 1).", labels=["state"]
+    )
     family.add_metric([state], 1.0)
     yield family
 
@@ -235,8 +313,12 @@ class MetricsServer:
         self._server.daemon_threads = True
         self.host = host
         self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
-                                        kwargs={"poll_interval": 0.5}, daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            name="metrics",
+            kwargs={"poll_interval": 0.5},
+            daemon=True,
+        )
 
     @property
     def url(self) -> str:
@@ -261,8 +343,11 @@ class _V6Server(ThreadingHTTPServer):
 def liveness(stalled: dict[str, float]) -> tuple[int, dict[str, Any]]:
     """/healthz: (HTTP status, JSON body)."""
     if stalled:
-        return 503, {"status": "stalled", "stalled": stalled,
-                     "detail": "these pipeline threads hold work and made no progress"}  # fmt: skip
+        return 503, {
+            "status": "stalled",
+            "stalled": stalled,
+            "detail": "these pipeline threads hold work and made no progress",
+        }
     return 200, {"status": "live", "stalled": {}}
 
 

@@ -43,8 +43,11 @@ class Notifier:
         self.address = address  # as in $NOTIFY_SOCKET
         self._target = _socket_address(address) if address else None
         if address and self._target is None:
-            log.warning("notify.unsupported_socket", address=address,
-                        detail="only absolute paths and @abstract names are supported")  # fmt: skip
+            log.warning(
+                "notify.unsupported_socket",
+                address=address,
+                detail="only absolute paths and @abstract names are supported",
+            )
         self.watchdog_usec = watchdog_usec if watchdog_usec and watchdog_usec > 0 else None
         self._sock: socket.socket | None = None
         self._failed: set[int] = set()  # errnos already logged
@@ -127,8 +130,9 @@ class Notifier:
         return self.send("WATCHDOG=1")
 
     @contextmanager
-    def extending(self, status: str, *, every_s: float = EXTEND_EVERY_S,
-                  limit_s: float = EXTEND_LIMIT_S) -> Iterator[None]:  # fmt: skip
+    def extending(
+        self, status: str, *, every_s: float = EXTEND_EVERY_S, limit_s: float = EXTEND_LIMIT_S
+    ) -> Iterator[None]:
         """Keep asking systemd for more time (``EXTEND_TIMEOUT_USEC``) while a slow step runs:
         building a TensorRT engine at the first start on a new GPU takes minutes, longer than
         ``TimeoutStartSec=``. Each message grants ``2 * every_s``; they stop after ``limit_s``,
@@ -229,8 +233,11 @@ class ServiceWatch:
     def _check(self, now: float, ping: bool, status: bool) -> None:
         stalls = self._stalled()
         if stalls and not self.stalls:
-            log.error("pipeline.stalled", threads=stalls,
-                      detail="holding work without progress; systemd watchdog pings withheld")  # fmt: skip
+            log.error(
+                "pipeline.stalled",
+                threads=stalls,
+                detail="holding work without progress; systemd watchdog pings withheld",
+            )
         elif self.stalls and not stalls:
             log.warning("pipeline.resumed", was=self.stalls)
         changed = bool(stalls) != bool(self.stalls)

@@ -129,24 +129,45 @@ class Station:
             self.sinks.append(self.drift)
         self.sinks.extend(self.extra_sinks)
         self.pipeline = self._make_pipeline(bundle, engine, self.source, self.delivery)
-        self.report = StationHealth(cfg, boot_id=self.boot_id, pipeline=self.pipeline,
-                                    source=self.source, outbox=self.outbox,
-                                    publisher=self.publisher, triggers=self.triggers,
-                                    commands=self.commands, archive=self.archive,
-                                    pictures=self.pictures, drift=self.drift)  # fmt: skip
+        self.report = StationHealth(
+            cfg,
+            boot_id=self.boot_id,
+            pipeline=self.pipeline,
+            source=self.source,
+            outbox=self.outbox,
+            publisher=self.publisher,
+            triggers=self.triggers,
+            commands=self.commands,
+            archive=self.archive,
+            pictures=self.pictures,
+            drift=self.drift,
+        )
         # before health: health.json names the port
-        self.metrics_server = self.report.metrics_server = self._serve_metrics(self.pipeline, self.report)
+        self.metrics_server = self.report.metrics_server = self._serve_metrics(
+            self.pipeline, self.report
+        )
         self.health = self._start_health(self.report)
-        log.info("station.started", station=cfg.station.name, camera=cfg.camera.source,
-                 engine=engine.name, mqtt=cfg.mqtt.enabled, trigger=cfg.camera.trigger)  # fmt: skip
+        log.info(
+            "station.started",
+            station=cfg.station.name,
+            camera=cfg.camera.source,
+            engine=engine.name,
+            mqtt=cfg.mqtt.enabled,
+            trigger=cfg.camera.trigger,
+        )
         self.watch = self._ready()
 
     def _load_bundle(self) -> Bundle:
         cfg = self.config
         self.notifier.status(f"loading bundle {cfg.product}")
         bundle = load_bundle(cfg.products_dir / cfg.product)
-        log.info("bundle.loaded", product=bundle.name, model=bundle.manifest.model.family,
-                 sha256=bundle.model_sha256[:12], threshold=bundle.thresholds.image)  # fmt: skip
+        log.info(
+            "bundle.loaded",
+            product=bundle.name,
+            model=bundle.manifest.model.family,
+            sha256=bundle.model_sha256[:12],
+            threshold=bundle.thresholds.image,
+        )
         return bundle
 
     def _start_engine(self, bundle: Bundle) -> Engine:
@@ -162,7 +183,10 @@ class Station:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         path = cfg.state_dir / "outbox.db"
-        bounds: dict[str, Any] = {"max_rows": cfg.outbox.max_rows, "max_age_s": cfg.outbox.max_age_s}
+        bounds: dict[str, Any] = {
+            "max_rows": cfg.outbox.max_rows,
+            "max_age_s": cfg.outbox.max_age_s,
+        }
         try:
             outbox = Outbox(path, sync=cfg.outbox.sync, **bounds)
         except OutboxError as exc:
@@ -188,8 +212,10 @@ class Station:
             try:
                 password = m.password_file.read_text(encoding="utf-8").splitlines()[0]
             except (OSError, UnicodeDecodeError, IndexError) as exc:
-                raise StartupError(f"mqtt.password_file {m.password_file}: cannot read a password "
-                                   f"from it ({exc or 'empty file'})") from exc  # fmt: skip
+                raise StartupError(
+                    f"mqtt.password_file {m.password_file}: cannot read a password "
+                    f"from it ({exc or 'empty file'})"
+                ) from exc
         tls = m.tls
         credentials = Credentials(
             username=m.username,
@@ -223,8 +249,13 @@ class Station:
 
     def _make_delivery(self, outbox: Outbox, publisher: MqttPublisher | None) -> Delivery:
         cfg = self.config
-        delivery = Delivery(outbox, publisher, self.topics, travel_window_s=cfg.mqtt.travel_window_s,
-                            window=cfg.outbox.in_flight)  # fmt: skip
+        delivery = Delivery(
+            outbox,
+            publisher,
+            self.topics,
+            travel_window_s=cfg.mqtt.travel_window_s,
+            window=cfg.outbox.in_flight,
+        )
         self._core.callback(self._drain, delivery, outbox, publisher)
         return delivery
 
@@ -233,11 +264,16 @@ class Station:
         timeout = self._drain_timeout
         if publisher is not None:
             depth = outbox.stats()["depth"]
-            self.notifier.status(f"draining outbox: {depth} verdicts to the broker "
-                                 f"(at most {timeout:g} s)")  # fmt: skip
+            self.notifier.status(
+                f"draining outbox: {depth} verdicts to the broker (at most {timeout:g} s)"
+            )
             if not delivery.drain(timeout):
-                log.error("outbox.not_drained_at_stop", timeout_s=timeout,
-                          detail="published again at the next start", **outbox.stats())  # fmt: skip
+                log.error(
+                    "outbox.not_drained_at_stop",
+                    timeout_s=timeout,
+                    detail="published again at the next start",
+                    **outbox.stats(),
+                )
         delivery.close()
 
     def _close_sinks_at_stop(self) -> None:
@@ -255,8 +291,12 @@ class Station:
 
     def _open_triggers(self, publisher: MqttPublisher) -> TriggerDesk:
         cfg = self.config
-        triggers = TriggerDesk(publisher, self.topics, accepting=cfg.camera.trigger == "mqtt",
-                               max_bytes=cfg.mqtt.trigger_max_bytes)  # fmt: skip
+        triggers = TriggerDesk(
+            publisher,
+            self.topics,
+            accepting=cfg.camera.trigger == "mqtt",
+            max_bytes=cfg.mqtt.trigger_max_bytes,
+        )
         # only this station's own request topics; closed with the sinks
         publisher.subscribe(self.topics.trigger, triggers.on_message, triggers.on_crash)
         return triggers
@@ -266,15 +306,20 @@ class Station:
         commands = CommandDesk(
             publisher,
             self.topics,
-            {"reload_thresholds": self._cmd_reload, "product": self._cmd_product,
-             **ReviewDesk(cfg.archive.dir if cfg.archive.enabled else None).handlers()},
+            {
+                "reload_thresholds": self._cmd_reload,
+                "product": self._cmd_product,
+                **ReviewDesk(cfg.archive.dir if cfg.archive.enabled else None).handlers(),
+            },
             max_bytes=cfg.mqtt.trigger_max_bytes,
-        )  # fmt: skip
+        )
         publisher.subscribe(self.topics.cmd_filter, commands.on_message, commands.on_crash)
         self._line.callback(commands.close)  # first of all at stop: no product switch midway
         return commands
 
-    def _make_outputs(self, publisher: MqttPublisher | None) -> tuple[JsonlSink | None, Pictures | None]:
+    def _make_outputs(
+        self, publisher: MqttPublisher | None
+    ) -> tuple[JsonlSink | None, Pictures | None]:
         """verdicts.jsonl, and the overlay sinks on their own thread (closed with the sinks)."""
         cfg = self.config
         jsonl = None
@@ -283,11 +328,17 @@ class Station:
             if cfg.output.verdicts_jsonl:
                 jsonl = JsonlSink(cfg.output.dir / "verdicts.jsonl")
             if cfg.output.overlays != "none":
-                pictures.append(OverlaySink(cfg.output.dir / "overlays", cfg.output.overlays,
-                                            cfg.output.jpeg_quality))  # fmt: skip
+                pictures.append(
+                    OverlaySink(
+                        cfg.output.dir / "overlays", cfg.output.overlays, cfg.output.jpeg_quality
+                    )
+                )
         if publisher is not None and cfg.mqtt.overlays != "none":
-            pictures.append(MqttOverlaySink(publisher, self.topics.overlay, cfg.mqtt.overlays,
-                                            cfg.mqtt.overlay_max_bytes))  # fmt: skip
+            pictures.append(
+                MqttOverlaySink(
+                    publisher, self.topics.overlay, cfg.mqtt.overlays, cfg.mqtt.overlay_max_bytes
+                )
+            )
         return jsonl, Pictures(pictures) if pictures else None
 
     def _connect(self, publisher: MqttPublisher | None, delivery: Delivery) -> None:
@@ -307,11 +358,13 @@ class Station:
         d = self.config.drift
         if not d.enabled:
             return None
-        return DriftMonitor(bundle.thresholds.quantiles, window=d.window, min_parts=d.min_parts,
-                            alpha=d.alpha)  # fmt: skip
+        return DriftMonitor(
+            bundle.thresholds.quantiles, window=d.window, min_parts=d.min_parts, alpha=d.alpha
+        )
 
-    def _make_pipeline(self, bundle: Bundle, engine: Engine, source: CaptureSource,
-                       delivery: Delivery) -> Pipeline:  # fmt: skip
+    def _make_pipeline(
+        self, bundle: Bundle, engine: Engine, source: CaptureSource, delivery: Delivery
+    ) -> Pipeline:
         """Its engine closes with the engine step; its threads run only inside ``run()``."""
         cfg = self.config
         return Pipeline(
@@ -322,7 +375,9 @@ class Station:
             recorder=delivery,
             sinks=self.sinks,
             max_batch=cfg.engine.max_batch,
-            triggers=self.triggers.queue if self.triggers and cfg.camera.trigger == "mqtt" else None,
+            triggers=self.triggers.queue
+            if self.triggers and cfg.camera.trigger == "mqtt"
+            else None,
             grab_timeout_s=getattr(cfg.camera, "timeout_s", 5.0),
         )
 
@@ -350,15 +405,26 @@ class Station:
         cfg = self.config.engine
         # A TensorRT engine built here (first start on a new GPU) takes minutes
         with self.notifier.extending(f"loading engine for {bundle.name}"):
-            engine = load_engine(bundle.model_path, backend=cfg.backend, device=cfg.device,
-                                 threads=cfg.threads, bundle=bundle, max_batch=cfg.max_batch,
-                                 precision=cfg.precision, cuda_graphs=cfg.cuda_graphs,
-                                 state_dir=self.config.state_dir)  # fmt: skip
+            engine = load_engine(
+                bundle.model_path,
+                backend=cfg.backend,
+                device=cfg.device,
+                threads=cfg.threads,
+                bundle=bundle,
+                max_batch=cfg.max_batch,
+                precision=cfg.precision,
+                cuda_graphs=cfg.cuda_graphs,
+                state_dir=self.config.state_dir,
+            )
         self.notifier.status(f"warming up engine {engine.name} for {bundle.name}")
         t0 = time.monotonic()
         engine.warmup()
-        log.info("engine.warmed_up", engine=engine.name, product=bundle.name,
-                 ms=round((time.monotonic() - t0) * 1000.0, 1))  # fmt: skip
+        log.info(
+            "engine.warmed_up",
+            engine=engine.name,
+            product=bundle.name,
+            ms=round((time.monotonic() - t0) * 1000.0, 1),
+        )
         return engine
 
     # -- service: metrics, readiness, watchdog --------------------------------------------------
@@ -373,14 +439,19 @@ class Station:
             StationMetrics,
         )
 
-        self.metrics = StationMetrics(health=report.snapshot, stats=pipeline.stats,
-                                      stalled=self.stalled, product=pipeline.bundle.name)  # fmt: skip
+        self.metrics = StationMetrics(
+            health=report.snapshot,
+            stats=pipeline.stats,
+            stalled=self.stalled,
+            product=pipeline.bundle.name,
+        )
         pipeline.observer = self.metrics.observe  # every part from the first one on
         try:
             server = MetricsServer(self.metrics, host=m.listen, port=m.port, stalled=self.stalled)
         except OSError as exc:
-            raise StartupError(f"metrics: cannot listen on {m.listen} port {m.port}: "
-                               f"{exc.strerror or exc}") from exc  # fmt: skip
+            raise StartupError(
+                f"metrics: cannot listen on {m.listen} port {m.port}: {exc.strerror or exc}"
+            ) from exc
         server.start()
         self._service.callback(server.stop)
         return server
@@ -392,15 +463,27 @@ class Station:
             m = self.config.mqtt
             self.notifier.status(f"connecting to MQTT broker {m.host}:{m.port}")
             if not self.publisher.wait_connect_attempt(FIRST_CONNECT_WAIT_S):
-                log.warning("mqtt.first_attempt_pending", host=m.host, port=m.port,
-                            waited_s=FIRST_CONNECT_WAIT_S, detail="ready anyway; verdicts wait in the outbox")  # fmt: skip
+                log.warning(
+                    "mqtt.first_attempt_pending",
+                    host=m.host,
+                    port=m.port,
+                    waited_s=FIRST_CONNECT_WAIT_S,
+                    detail="ready anyway; verdicts wait in the outbox",
+                )
         self.notifier.ready(self.service_status())
-        watch = ServiceWatch(self.notifier, stalled=self.stalled, status=self.service_status,
-                             status_interval_s=self.config.service.status_interval_s)  # fmt: skip
+        watch = ServiceWatch(
+            self.notifier,
+            stalled=self.stalled,
+            status=self.service_status,
+            status_interval_s=self.config.service.status_interval_s,
+        )
         watch.start()
         self._service.callback(watch.stop)
-        log.info("station.ready", notify=self.notifier.enabled,
-                 watchdog_interval_s=self.notifier.watchdog_interval_s)  # fmt: skip
+        log.info(
+            "station.ready",
+            notify=self.notifier.enabled,
+            watchdog_interval_s=self.notifier.watchdog_interval_s,
+        )
         return watch
 
     def stalled(self) -> dict[str, float]:
@@ -412,16 +495,23 @@ class Station:
         """The STATUS= line systemctl status shows while inspecting."""
         h = self.health_snapshot()
         v = self._started().pipeline.stats.verdicts
-        mqtt = "mqtt off" if not h["mqtt"]["enabled"] else (
-            "mqtt connected" if h["mqtt"].get("connected") else "mqtt disconnected")  # fmt: skip
-        line = (f"inspecting {h['product']}: {sum(v.values())} parts (OK {v['OK']}, NG {v['NG']}, "
-                f"ERROR {v['ERROR']}), {h['camera']['fps']:.1f} fps, {mqtt}, "
-                f"outbox {h['outbox']['depth']}")  # fmt: skip
+        mqtt = (
+            "mqtt off"
+            if not h["mqtt"]["enabled"]
+            else ("mqtt connected" if h["mqtt"].get("connected") else "mqtt disconnected")
+        )
+        line = (
+            f"inspecting {h['product']}: {sum(v.values())} parts (OK {v['OK']}, NG {v['NG']}, "
+            f"ERROR {v['ERROR']}), {h['camera']['fps']:.1f} fps, {mqtt}, "
+            f"outbox {h['outbox']['depth']}"
+        )
         if h["problems"]:
             line += f"; {h['problems'][0]}"
         return line
 
-    def run(self, *, limit: int | None = None, stop: threading.Event | None = None) -> PipelineStats:
+    def run(
+        self, *, limit: int | None = None, stop: threading.Event | None = None
+    ) -> PipelineStats:
         return self._started().pipeline.run(limit=limit, stop=stop)
 
     def _started(self) -> StationHealth:
@@ -452,8 +542,12 @@ class Station:
             pipeline.thresholds = fresh.thresholds
             if self.drift is not None:
                 self.drift.reset(fresh.thresholds.quantiles)
-        result = {"product": current.name, "image": fresh.thresholds.image,
-                  "previous_image": old.image, "pixel": fresh.thresholds.pixel}  # fmt: skip
+        result = {
+            "product": current.name,
+            "image": fresh.thresholds.image,
+            "previous_image": old.image,
+            "pixel": fresh.thresholds.pixel,
+        }
         log.info("thresholds.reloaded", **result)
         return result
 
@@ -464,7 +558,11 @@ class Station:
 
     def _cmd_product(self, args: dict[str, Any]) -> dict[str, Any]:
         name = args.get("product")
-        if set(args) != {"product"} or not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+        if (
+            set(args) != {"product"}
+            or not isinstance(name, str)
+            or not re.match(NAME_PATTERN, name)
+        ):
             raise CommandError('expected {"product": "<bundle name>"} (letters, digits, _ and -)')
         pipeline = self._started().pipeline
         with self._switch_lock:
@@ -499,7 +597,9 @@ class Station:
     def stop(self, drain_timeout: float | None = None) -> None:
         """Close in reverse order of start, in three phases (the module docstring): the line,
         then the core (MQTT last, after the outbox drained), then the service endpoints."""
-        self._drain_timeout = self.config.mqtt.drain_timeout_s if drain_timeout is None else drain_timeout
+        self._drain_timeout = (
+            self.config.mqtt.drain_timeout_s if drain_timeout is None else drain_timeout
+        )
         self.notifier.stopping("stopping: closing sinks and camera")
         with self._service, self._core:  # each phase closes, even if one before it raised
             self._line.close()

@@ -83,8 +83,11 @@ class Hub:
 
 
 def _unauthorized(conn: HTTPConnection, exc: Exception | None = None) -> Response:
-    return PlainTextResponse(f"credentials needed{f': {exc}' if exc else ''}", status_code=401,
-                             headers={"WWW-Authenticate": 'Basic realm="inspectd", charset="UTF-8"'})  # fmt: skip
+    return PlainTextResponse(
+        f"credentials needed{f': {exc}' if exc else ''}",
+        status_code=401,
+        headers={"WWW-Authenticate": 'Basic realm="inspectd", charset="UTF-8"'},
+    )
 
 
 def _need(request: Request, scope: str) -> Response | None:
@@ -93,8 +96,14 @@ def _need(request: Request, scope: str) -> Response | None:
     if "viewer" not in request.auth.scopes:
         return _unauthorized(request)
     if scope not in request.auth.scopes:
-        return JSONResponse({"ok": False, "error": f"{request.user.display_name} is a viewer: "
-                             "operators review parts and send commands"}, status_code=403)  # fmt: skip
+        return JSONResponse(
+            {
+                "ok": False,
+                "error": f"{request.user.display_name} is a viewer: "
+                "operators review parts and send commands",
+            },
+            status_code=403,
+        )
     return None
 
 
@@ -105,12 +114,15 @@ def _same_origin(request: Request) -> Response | None:
         return JSONResponse({"ok": False, "error": "send JSON"}, status_code=415)
     origin = request.headers.get("origin")
     if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
-        return JSONResponse({"ok": False, "error": f"cross-origin request from {origin}"}, status_code=403)
+        return JSONResponse(
+            {"ok": False, "error": f"cross-origin request from {origin}"}, status_code=403
+        )
     return None
 
 
-def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
-              link: MqttLink | None = None) -> Starlette:  # fmt: skip
+def build_app(
+    cfg: UiConfig, credentials: Credentials, line: Line | None = None, link: MqttLink | None = None
+) -> Starlette:
     line = line or Line(cfg.stations, cfg.recent_rejects, cfg.score_window)
     hub = Hub(line)
 
@@ -121,8 +133,13 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
         base = line.on_message(topic, payload, props)
         hub.changed(base)
         st = line.stations.get(base) if base else None
-        if (base is not None and st is not None and st.state == "online"
-                and st.reviews_today is None and base not in asking):  # fmt: skip
+        if (
+            base is not None
+            and st is not None
+            and st.state == "online"
+            and st.reviews_today is None
+            and base not in asking
+        ):
             asking.add(base)  # today's review counts, once a station is there to answer
             asyncio.get_running_loop().create_task(count_reviews(st.base))
 
@@ -162,14 +179,23 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
         token = request.query_params.get("token")
         if token and "viewer" in request.auth.scopes:  # a wall display's link: keep it as a cookie
             response: Response = RedirectResponse("/", status_code=303)
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict",
-                                secure=request.url.scheme == "https", max_age=400 * 86400)  # fmt: skip
+            response.set_cookie(
+                TOKEN_COOKIE,
+                token,
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+                max_age=400 * 86400,
+            )
             return response
-        return _need(request, "viewer") or FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return _need(request, "viewer") or FileResponse(
+            STATIC / "index.html", headers={"Cache-Control": "no-cache"}
+        )
 
     async def me(request: Request) -> Response:
         return _need(request, "viewer") or JSONResponse(
-            {"name": request.user.display_name, "operator": "operator" in request.auth.scopes})
+            {"name": request.user.display_name, "operator": "operator" in request.auth.scopes}
+        )
 
     async def snapshot(request: Request) -> Response:
         return _need(request, "viewer") or JSONResponse(line.snapshot())
@@ -196,9 +222,13 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
             seq = -1
         jpeg = st.overlays.get(seq) if st is not None else None
         if jpeg is None:
-            return PlainTextResponse("no such overlay (kept for the recent parts only)", status_code=404)
+            return PlainTextResponse(
+                "no such overlay (kept for the recent parts only)", status_code=404
+            )
         # one seq's overlay never changes: the browser may keep it
-        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        return Response(
+            jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+        )
 
     async def events(request: Request) -> Response:
         if (refused := _need(request, "viewer")) is not None:
@@ -221,8 +251,11 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
             finally:
                 hub.clients.discard(queue)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     async def _body(request: Request) -> dict[str, Any] | Response:
         if (refused := _need(request, "operator") or _same_origin(request)) is not None:
@@ -241,7 +274,12 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
         try:
             answer = await mqtt_link.request(base, command, args, cfg.review_timeout_s)
         except CommandTimeout as exc:
-            answer = {"command": command, "base": base, "ok": False, "refusal": {"detail": str(exc)}}
+            answer = {
+                "command": command,
+                "base": base,
+                "ok": False,
+                "refusal": {"detail": str(exc)},
+            }
         answer = {**answer, "by": who, "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         line.stations[base].on_answer(answer)
         hub.changed(base)
@@ -253,8 +291,10 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
             return body
         seq, part_id, label = body.get("seq"), body.get("part_id"), body.get("label")
         if not isinstance(seq, int) or not isinstance(part_id, str) or label not in LABELS:
-            return JSONResponse({"ok": False, "error": f"expected seq, part_id and label ({', '.join(LABELS)})"},
-                                status_code=400)  # fmt: skip
+            return JSONResponse(
+                {"ok": False, "error": f"expected seq, part_id and label ({', '.join(LABELS)})"},
+                status_code=400,
+            )
         args = {"seq": seq, "part_id": part_id, "label": label, "by": request.user.display_name}
         return await _ask(request, body["base"], "review", args)
 
@@ -264,7 +304,9 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
             return body
         name, args = body.get("command"), body.get("args") or {}
         if name not in COMMANDS or not isinstance(args, dict):
-            return JSONResponse({"ok": False, "error": f"command: one of {', '.join(COMMANDS)}"}, status_code=400)
+            return JSONResponse(
+                {"ok": False, "error": f"command: one of {', '.join(COMMANDS)}"}, status_code=400
+            )
         return await _ask(request, body["base"], name, args)
 
     async def healthz(request: Request) -> Response:
@@ -285,8 +327,11 @@ def build_app(cfg: UiConfig, credentials: Credentials, line: Line | None = None,
         Route("/api/command", command, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),  # no data in it: open
     ]
-    middleware = [Middleware(AuthenticationMiddleware, backend=UiAuthBackend(credentials),
-                             on_error=on_auth_error)]  # fmt: skip
+    middleware = [
+        Middleware(
+            AuthenticationMiddleware, backend=UiAuthBackend(credentials), on_error=on_auth_error
+        )
+    ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.line, app.state.hub, app.state.link = line, hub, mqtt_link
     return app

@@ -28,17 +28,25 @@ from starlette.requests import HTTPConnection
 
 from inspectd.ui.config import AccessConfig, credential_path
 
-__all__ = ["Credentials", "TOKEN_COOKIE", "UiAuthBackend", "UiUser", "check_password", "hash_password"]
+__all__ = [
+    "Credentials",
+    "TOKEN_COOKIE",
+    "UiAuthBackend",
+    "UiUser",
+    "check_password",
+    "hash_password",
+]
 
 TOKEN_COOKIE = "inspectd_ui_token"
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # ~50 ms and 16 MiB a check: slow to guess, fine to log in
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # 16 MiB a check: slow to guess, fine to log in
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
     salt = salt or secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, dklen=32, **_SCRYPT)
     b64 = base64.b64encode
-    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${b64(salt).decode()}${b64(digest).decode()}"
+    params = f"{_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}"
+    return f"scrypt${params}${b64(salt).decode()}${b64(digest).decode()}"
 
 
 def check_password(password: str, stored: str) -> bool:
@@ -47,8 +55,15 @@ def check_password(password: str, stored: str) -> bool:
         if kind != "scrypt":
             return False
         want = base64.b64decode(digest, validate=True)
-        got = hashlib.scrypt(password.encode("utf-8"), salt=base64.b64decode(salt, validate=True),
-                             n=int(n), r=int(r), p=int(p), dklen=len(want), maxmem=2**26)  # fmt: skip
+        got = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(want),
+            maxmem=2**26,
+        )
     except (ValueError, binascii.Error):
         return False
     return hmac.compare_digest(got, want)
@@ -92,13 +107,19 @@ class Credentials:
                 stored = _read(credential_path(u.password_hash_credential) or Path("/nonexistent"))
             assert stored is not None
             if not valid_hash(stored):
-                raise ValueError(f"access.users {u.name}: the password hash is not one "
-                                 "`inspectd ui --hash-password` makes (scrypt$…)")  # fmt: skip
+                raise ValueError(
+                    f"access.users {u.name}: the password hash is not one "
+                    "`inspectd ui --hash-password` makes (scrypt$…)"
+                )
             self.users[u.name] = (stored, u.role)
         for t in access.tokens:
             digest = t.token_sha256
             if digest is None:
-                path = t.token_file or credential_path(t.token_credential or "") or Path("/nonexistent")
+                path = (
+                    t.token_file
+                    or credential_path(t.token_credential or "")
+                    or Path("/nonexistent")
+                )
                 digest = hashlib.sha256(_read(path).encode("utf-8")).hexdigest()
             self.tokens[digest] = (t.name, t.role)
         self.open = not self.users and not self.tokens  # loopback without credentials
@@ -166,5 +187,3 @@ def hash_from_stdin_or_prompt() -> str:
     if len(first) < 8:
         raise ValueError("use at least 8 characters")
     return hash_password(first)
-
-

@@ -23,12 +23,19 @@ Role = Literal["viewer", "operator"]
 class ListenConfig(StrictModel):
     """Where the page is served."""
 
-    # fmt: off
-    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; anything but a loopback address needs access.users or access.tokens.")
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address to bind; anything but a loopback address needs access.users or "
+        "access.tokens.",
+    )
     port: int = Field(8480, ge=1, le=65535, description="TCP port.")
-    tls_cert_file: ConfigPath | None = Field(None, description="HTTPS directly: certificate chain (PEM); needs tls_key_file. Else plain HTTP, behind a TLS reverse proxy (docs/ui.md).")
+    tls_cert_file: ConfigPath | None = Field(
+        None,
+        description="HTTPS directly: certificate chain (PEM); needs tls_key_file. Else plain "
+        "HTTP, behind a TLS reverse proxy (docs/ui.md).",
+    )
     tls_key_file: ConfigPath | None = Field(None, description="Private key of tls_cert_file (PEM).")
-    # fmt: on
 
     @model_validator(mode="after")
     def _cert_and_key(self) -> ListenConfig:
@@ -54,15 +61,23 @@ def is_loopback(host: str) -> bool:
 class UiMqtt(StrictModel):
     """The broker the stations publish to; the UI subscribes there and sends commands."""
 
-    # fmt: off
     host: str = Field("localhost", min_length=1, description="Broker host name or address.")
     port: int = Field(1883, ge=1, le=65535, description="Broker TCP port.")
-    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT 5 gives overlays their part ids and command answers their own topic; 3.1.1 works with less.")
-    client_id: str | None = Field(None, min_length=1, description="MQTT client id; null = inspectd-ui-<random>.")
-    username: str | None = Field(None, min_length=1, description="User name for the broker; null = anonymous.")
-    password_file: ConfigPath | None = Field(None, description="File whose first line is the broker password.")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT 5 gives overlays their part ids and command answers their own topic; "
+        "3.1.1 works with less.",
+    )
+    client_id: str | None = Field(
+        None, min_length=1, description="MQTT client id; null = inspectd-ui-<random>."
+    )
+    username: str | None = Field(
+        None, min_length=1, description="User name for the broker; null = anonymous."
+    )
+    password_file: ConfigPath | None = Field(
+        None, description="File whose first line is the broker password."
+    )
     tls: MqttTls | None = Field(None, description="TLS to the broker; null = plain TCP.")
-    # fmt: on
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -73,13 +88,17 @@ class UiMqtt(StrictModel):
 class UserEntry(StrictModel):
     """A person, logging in with HTTP Basic (the browser's own prompt)."""
 
-    # fmt: off
     name: str = Field(pattern=NAME_PATTERN, description="Login name.")
-    role: Role = Field(description="viewer = sees everything; operator = also reviews parts and sends commands.")
+    role: Role = Field(
+        description="viewer = sees everything; operator = also reviews parts and sends commands."
+    )
     password_hash: str | None = Field(None, description="From `inspectd ui --hash-password`.")
     password_hash_file: ConfigPath | None = Field(None, description="File holding the hash.")
-    password_hash_credential: str | None = Field(None, pattern=NAME_PATTERN, description="systemd credential ($CREDENTIALS_DIRECTORY/<name>) holding the hash.")
-    # fmt: on
+    password_hash_credential: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="systemd credential ($CREDENTIALS_DIRECTORY/<name>) holding the hash.",
+    )
 
     @model_validator(mode="after")
     def _one_secret(self) -> UserEntry:
@@ -90,13 +109,17 @@ class UserEntry(StrictModel):
 class TokenEntry(StrictModel):
     """A bearer token, for a wall display (``/?token=…`` once: kept as a cookie) or scripts."""
 
-    # fmt: off
     name: str = Field(pattern=NAME_PATTERN, description="What the token is for (shown in the log).")
     role: Role = Field(description="viewer or operator.")
-    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="sha256 (hex) of the token.")
+    token_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="sha256 (hex) of the token."
+    )
     token_file: ConfigPath | None = Field(None, description="File holding the token itself.")
-    token_credential: str | None = Field(None, pattern=NAME_PATTERN, description="systemd credential ($CREDENTIALS_DIRECTORY/<name>) holding the token.")
-    # fmt: on
+    token_credential: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="systemd credential ($CREDENTIALS_DIRECTORY/<name>) holding the token.",
+    )
 
     @model_validator(mode="after")
     def _one_secret(self) -> TokenEntry:
@@ -107,16 +130,17 @@ class TokenEntry(StrictModel):
 def _exactly_one(model: StrictModel, keys: tuple[str, ...]) -> None:
     given = [k for k in keys if getattr(model, k) is not None]
     if len(given) != 1:
-        raise ValueError(f"give exactly one of {', '.join(keys)}" + (f" (got {', '.join(given)})" if given else ""))
+        raise ValueError(
+            f"give exactly one of {', '.join(keys)}"
+            + (f" (got {', '.join(given)})" if given else "")
+        )
 
 
 class AccessConfig(StrictModel):
     """Who may look and who may act. Empty on 127.0.0.1: whoever reaches the port is an operator."""
 
-    # fmt: off
     users: tuple[UserEntry, ...] = Field((), description="People (HTTP Basic).")
     tokens: tuple[TokenEntry, ...] = Field((), description="Bearer tokens.")
-    # fmt: on
 
     @property
     def empty(self) -> bool:
@@ -126,16 +150,32 @@ class AccessConfig(StrictModel):
 class UiConfig(StrictModel):
     """`inspectd ui`: one page for the stations of a line."""
 
-    # fmt: off
     # access before listen: listen's check reads it
     access: AccessConfig = Field(AccessConfig(), description="Credentials; required off loopback.")
-    listen: ListenConfig = Field(ListenConfig(), validate_default=True, description="Where the page is served.")
+    listen: ListenConfig = Field(
+        ListenConfig(), validate_default=True, description="Where the page is served."
+    )
     mqtt: UiMqtt = Field(UiMqtt(), description="The stations' broker.")
-    stations: tuple[str, ...] = Field(("inspectd/v1/+/+/+",), min_length=1, description="Station base topics (mqtt.base_topic of each station); '+' matches one level.")
-    recent_rejects: int = Field(12, ge=1, le=100, description="NG and ERROR parts kept per station for the strip (with their overlays).")
-    score_window: int = Field(500, ge=10, le=10000, description="Recent scores per station in the histogram.")
-    review_timeout_s: float = Field(5.0, gt=0, le=60, description="How long to wait for a station's answer to a review or command.")
-    # fmt: on
+    stations: tuple[str, ...] = Field(
+        ("inspectd/v1/+/+/+",),
+        min_length=1,
+        description="Station base topics (mqtt.base_topic of each station); '+' matches one level.",
+    )
+    recent_rejects: int = Field(
+        12,
+        ge=1,
+        le=100,
+        description="NG and ERROR parts kept per station for the strip (with their overlays).",
+    )
+    score_window: int = Field(
+        500, ge=10, le=10000, description="Recent scores per station in the histogram."
+    )
+    review_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="How long to wait for a station's answer to a review or command.",
+    )
 
     @field_validator("stations")
     @classmethod
@@ -162,7 +202,9 @@ class UiConfig(StrictModel):
         return value
 
 
-def load_ui_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> UiConfig:
+def load_ui_config(
+    path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None
+) -> UiConfig:
     """The config file (defaults without one) with command-line ``overrides`` (section -> keys)
     on top, validated, and its secret files checked readable. Raises ConfigError."""
     name = os.fspath(path) if path is not None else "inspectd ui"
@@ -176,15 +218,20 @@ def load_ui_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any
         try:
             cfg = UiConfig.model_validate(data, context={"base_dir": Path.cwd()})
         except ValidationError as exc:  # from a command-line option: no file position to give
-            raise ConfigError(name, [f"{name}: {'.'.join(str(p) for p in e['loc'])}: "
-                                     f"{e['msg'].removeprefix('Value error, ')}"
-                                     for e in exc.errors(include_url=False)]) from None  # fmt: skip
+            raise ConfigError(
+                name,
+                [
+                    f"{name}: {'.'.join(str(p) for p in e['loc'])}: "
+                    f"{e['msg'].removeprefix('Value error, ')}"
+                    for e in exc.errors(include_url=False)
+                ],
+            ) from None
     check_secret_files(cfg, name)
     return cfg
 
 
 def credential_path(name: str) -> Path | None:
-    """$CREDENTIALS_DIRECTORY/<name>, where systemd's LoadCredential= puts it; None outside systemd."""
+    """$CREDENTIALS_DIRECTORY/<name>, where systemd's LoadCredential= puts it; None without it."""
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     return Path(directory) / name if directory else None
 
@@ -192,8 +239,10 @@ def credential_path(name: str) -> Path | None:
 def check_secret_files(cfg: UiConfig, name: str) -> None:
     """Every secret file and credential readable now, not at the first login."""
     problems = []
-    for kind, entries, fields in (("users", cfg.access.users, ("password_hash_file", "password_hash_credential")),
-                                  ("tokens", cfg.access.tokens, ("token_file", "token_credential"))):  # fmt: skip
+    for kind, entries, fields in (
+        ("users", cfg.access.users, ("password_hash_file", "password_hash_credential")),
+        ("tokens", cfg.access.tokens, ("token_file", "token_credential")),
+    ):
         for i, entry in enumerate(entries):
             for field in fields:
                 value = getattr(entry, field)
@@ -202,11 +251,15 @@ def check_secret_files(cfg: UiConfig, name: str) -> None:
                 target = credential_path(value) if field.endswith("credential") else Path(value)
                 where = f"{name}: access.{kind}[{i}].{field}"
                 if target is None:
-                    problems.append(f"{where}: {value!r}: $CREDENTIALS_DIRECTORY is not set "
-                                    "(LoadCredential= in the unit)")  # fmt: skip
+                    problems.append(
+                        f"{where}: {value!r}: $CREDENTIALS_DIRECTORY is not set "
+                        "(LoadCredential= in the unit)"
+                    )
                 elif not os.access(target, os.R_OK) or not target.is_file():
                     problems.append(f"{where}: {target}: not a readable file")
     if cfg.mqtt.password_file is not None and not os.access(cfg.mqtt.password_file, os.R_OK):
-        problems.append(f"{name}: mqtt.password_file: {cfg.mqtt.password_file}: not a readable file")
+        problems.append(
+            f"{name}: mqtt.password_file: {cfg.mqtt.password_file}: not a readable file"
+        )
     if problems:
         raise ConfigError(name, problems)

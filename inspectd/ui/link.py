@@ -35,8 +35,13 @@ class CommandTimeout(Exception):
 
 
 class MqttLink:
-    def __init__(self, cfg: UiMqtt, patterns: tuple[str, ...], deliver: Deliver,
-                 on_connection: Callable[[bool, str | None], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: UiMqtt,
+        patterns: tuple[str, ...],
+        deliver: Deliver,
+        on_connection: Callable[[bool, str | None], None],
+    ) -> None:
         self.cfg = cfg
         self.patterns = patterns
         self.deliver = deliver
@@ -47,9 +52,11 @@ class MqttLink:
         self.loop: asyncio.AbstractEventLoop | None = None
         # correlation id -> (future, base, command); touched on the loop only
         self._pending: dict[str, tuple[asyncio.Future[dict[str, Any]], str, str]] = {}
-        self._client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                   client_id=self.client_id,
-                                   protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)  # fmt: skip
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+        )
         self._client.reconnect_delay_set(1, 30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -57,7 +64,11 @@ class MqttLink:
         if cfg.username is not None:
             password = None
             if cfg.password_file is not None:
-                password = cfg.password_file.read_text().splitlines()[0] if cfg.password_file.stat().st_size else ""
+                password = (
+                    cfg.password_file.read_text().splitlines()[0]
+                    if cfg.password_file.stat().st_size
+                    else ""
+                )
             self._client.username_pw_set(cfg.username, password)
         if cfg.tls is not None:
             context = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
@@ -77,16 +88,22 @@ class MqttLink:
 
     # -- paho's thread ---------------------------------------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         if reason.is_failure:
             self._to_loop(self.on_connection, False, f"refused: {reason}")
             return
         subs = [(f"{p}/#", 1) for p in self.patterns] + [(self.reply_topic, 1)]
         client.subscribe(subs)
-        log.info("ui.mqtt_connected", host=self.cfg.host, port=self.cfg.port, stations=self.patterns)
+        log.info(
+            "ui.mqtt_connected", host=self.cfg.host, port=self.cfg.port, stations=self.patterns
+        )
         self._to_loop(self.on_connection, True, None)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         self._to_loop(self.on_connection, False, f"disconnected: {reason}")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -103,8 +120,15 @@ class MqttLink:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def _arrived(self, topic: str, payload: bytes, props: dict[str, str], correlation: bytes | None) -> None:
-        if topic == self.reply_topic or topic.endswith("/error") or "/cmd/" in topic and topic.endswith("/result"):
+    def _arrived(
+        self, topic: str, payload: bytes, props: dict[str, str], correlation: bytes | None
+    ) -> None:
+        if (
+            topic == self.reply_topic
+            or topic.endswith("/error")
+            or "/cmd/" in topic
+            and topic.endswith("/result")
+        ):
             if self._answer(topic, payload, correlation):
                 return
         if topic != self.reply_topic:
@@ -120,22 +144,31 @@ class MqttLink:
             return False
         key = correlation.decode("ascii", "replace") if correlation else None
         if key is None and isinstance(doc.get("correlation_data"), str):
-            key = bytes.fromhex(doc["correlation_data"]).decode("ascii", "replace") if _hex(doc["correlation_data"]) else None
+            key = (
+                bytes.fromhex(doc["correlation_data"]).decode("ascii", "replace")
+                if _hex(doc["correlation_data"])
+                else None
+            )
         if key is None and topic.endswith("/result"):  # 3.1.1: the oldest waiting for it
             base, _, rest = topic.partition("/cmd/")
             command = rest.removesuffix("/result")
-            key = next((k for k, (_, b, c) in self._pending.items() if b == base and c == command), None)
+            key = next(
+                (k for k, (_, b, c) in self._pending.items() if b == base and c == command), None
+            )
         found = self._pending.pop(key, None) if key else None
         if found is None:
             return False
         future, base, command = found
         if not future.done():
             ok = "error" not in doc
-            future.set_result({"command": command, "base": base, "ok": ok,
-                               "result" if ok else "refusal": doc})  # fmt: skip
+            future.set_result(
+                {"command": command, "base": base, "ok": ok, "result" if ok else "refusal": doc}
+            )
         return True
 
-    async def request(self, base: str, command: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def request(
+        self, base: str, command: str, args: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
         """Send a command to a station and wait for its answer: {"command", "base", "ok",
         "result" | "refusal"}. Raises CommandTimeout."""
         assert self.loop is not None
@@ -147,14 +180,20 @@ class MqttLink:
             properties = Properties(PacketTypes.PUBLISH)
             properties.ResponseTopic = self.reply_topic
             properties.CorrelationData = key.encode("ascii")
-        info = self._client.publish(f"{base}/cmd/{command}/set", json.dumps(args), qos=1, properties=properties)
+        info = self._client.publish(
+            f"{base}/cmd/{command}/set", json.dumps(args), qos=1, properties=properties
+        )
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self._pending.pop(key, None)
-            raise CommandTimeout(f"not sent: the UI is not connected to the broker ({mqtt.error_string(info.rc)})")
+            raise CommandTimeout(
+                f"not sent: the UI is not connected to the broker ({mqtt.error_string(info.rc)})"
+            )
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            raise CommandTimeout(f"no answer from {base} within {timeout:g} s (offline or busy?)") from None
+            raise CommandTimeout(
+                f"no answer from {base} within {timeout:g} s (offline or busy?)"
+            ) from None
         finally:
             self._pending.pop(key, None)
 

@@ -23,17 +23,24 @@ def serve(cfg: UiConfig, credentials: Credentials) -> int:
     app = build_app(cfg, credentials)
     tls = cfg.listen.tls_cert_file is not None
     config = uvicorn.Config(
-        app, host=cfg.listen.host, port=cfg.listen.port, log_config=None, access_log=False,
+        app,
+        host=cfg.listen.host,
+        port=cfg.listen.port,
+        log_config=None,
+        access_log=False,
         ssl_certfile=str(cfg.listen.tls_cert_file) if tls else None,
         ssl_keyfile=str(cfg.listen.tls_key_file) if tls else None,
         timeout_graceful_shutdown=1,  # open event streams never end by themselves
-        lifespan="on", proxy_headers=True,
-    )  # fmt: skip
+        lifespan="on",
+        proxy_headers=True,
+    )
     server = uvicorn.Server(config)
     host = f"[{cfg.listen.host}]" if ":" in cfg.listen.host else cfg.listen.host
-    print(f"inspectd ui: http{'s' if tls else ''}://{host}:{cfg.listen.port}/ "
-          f"(broker {cfg.mqtt.host}:{cfg.mqtt.port}, stations {', '.join(cfg.stations)})",
-          flush=True)  # fmt: skip
+    print(
+        f"inspectd ui: http{'s' if tls else ''}://{host}:{cfg.listen.port}/ "
+        f"(broker {cfg.mqtt.host}:{cfg.mqtt.port}, stations {', '.join(cfg.stations)})",
+        flush=True,
+    )
     server.run()
     return 0 if server.started else 1
 
@@ -63,8 +70,9 @@ class BackgroundUi:
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}/"
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=1)  # fmt: skip
+        config = uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=1
+        )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="inspectd-ui", daemon=True)
         self._error: BaseException | None = None
@@ -76,14 +84,17 @@ class BackgroundUi:
             self._error = exc
 
     def start(self, timeout: float = 10.0) -> None:
-        """Serving when it returns; RuntimeError (with uvicorn's reason where it gave one) if not."""
+        """Serving when it returns; else RuntimeError, with uvicorn's reason where it gave one."""
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the web server did not start ({self._error!r})" if self._error
-                                   else "the web server did not start")  # fmt: skip
+                raise RuntimeError(
+                    f"the web server did not start ({self._error!r})"
+                    if self._error
+                    else "the web server did not start"
+                )
             time.sleep(0.02)
 
     def broker_connected(self, timeout: float) -> bool:

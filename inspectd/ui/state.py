@@ -68,7 +68,11 @@ class StationState:
 
     @property
     def name(self) -> str:
-        return self.status.get("station", self.base.rsplit("/", 1)[-1]) if self.status else self.base.rsplit("/", 1)[-1]
+        return (
+            self.status.get("station", self.base.rsplit("/", 1)[-1])
+            if self.status
+            else self.base.rsplit("/", 1)[-1]
+        )
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -134,7 +138,11 @@ class StationState:
             del self.overlays[old]
         while len(self.overlays) > self._overlay_room + _LIVE_OVERLAYS:
             self.overlays.popitem(last=False)
-        self.last_overlay = {"seq": seq, "part_id": props.get("part_id"), "verdict": props.get("verdict")}
+        self.last_overlay = {
+            "seq": seq,
+            "part_id": props.get("part_id"),
+            "verdict": props.get("verdict"),
+        }
         return True
 
     def on_answer(self, answer: dict[str, Any]) -> None:
@@ -142,7 +150,10 @@ class StationState:
         self.answers.appendleft(answer)
         result = answer.get("result") or {}
         if answer.get("ok") and isinstance(result.get("today"), dict):
-            self.reviews_today = {"date": time.strftime("%Y-%m-%d", time.gmtime()), **result["today"]}
+            self.reviews_today = {
+                "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                **result["today"],
+            }
             if answer.get("command") == "review" and isinstance(result.get("seq"), int):
                 self.reviewed[result["seq"]] = str(result.get("label"))
 
@@ -164,9 +175,12 @@ class StationState:
         total = sum(counts.values())
         span = min(HOUR_S, now - self._hour[0][0]) if self._hour else 0.0
         # no rate from less than a minute of parts: two parts 3 s apart are not 40 parts/min
-        return {**counts, "total": total,
-                "reject_rate": (counts["NG"] + counts["ERROR"]) / total if total else None,
-                "per_min": total / (span / 60) if span >= 60 else None}  # fmt: skip
+        return {
+            **counts,
+            "total": total,
+            "reject_rate": (counts["NG"] + counts["ERROR"]) / total if total else None,
+            "per_min": total / (span / 60) if span >= 60 else None,
+        }
 
     def problems(self) -> list[str]:
         problems = list((self.health or {}).get("problems") or [])
@@ -194,12 +208,32 @@ class StationState:
             "attention": self.state != "online" or health_state == "degraded",
             "product": s.get("product") or last.get("product"),
             "model": (last.get("model") or {}).get("name"),
-            "model_sha256": (s.get("model_sha256") or (last.get("model") or {}).get("sha256") or "")[:12],
-            "last": {k: last.get(k) for k in ("seq", "part_id", "verdict", "score", "threshold",
-                                                "t_verdict", "error", "latency_ms")} if last else None,  # fmt: skip
+            "model_sha256": (
+                s.get("model_sha256") or (last.get("model") or {}).get("sha256") or ""
+            )[:12],
+            "last": {
+                k: last.get(k)
+                for k in (
+                    "seq",
+                    "part_id",
+                    "verdict",
+                    "score",
+                    "threshold",
+                    "t_verdict",
+                    "error",
+                    "latency_ms",
+                )
+            }
+            if last
+            else None,
             "overlay": self._tile_overlay(),
             "counts": self.counts(now),
-            "latency_ms": {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))]} if lat else None,
+            "latency_ms": {
+                "p50": lat[len(lat) // 2],
+                "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+            }
+            if lat
+            else None,
             "problems": self.problems(),
             "reviews_today": self.reviews_today,
             "noticed": self.changed_at,
@@ -208,9 +242,10 @@ class StationState:
     def _tile_overlay(self) -> dict[str, Any] | None:
         """The last part's overlay once it is there (it follows its verdict by a few ms), else
         the newest one; the page captions it with its own seq."""
-        seq = (self.last or {}).get("seq")
+        last = self.last or {}
+        seq = last.get("seq")
         if seq in self.overlays and seq != (self.last_overlay or {}).get("seq"):
-            return {"seq": seq, "part_id": self.last.get("part_id"), "verdict": self.last.get("verdict")}  # type: ignore[union-attr]
+            return {"seq": seq, "part_id": last.get("part_id"), "verdict": last.get("verdict")}
         return self.last_overlay
 
     def detail(self, now: float | None = None) -> dict[str, Any]:
@@ -220,9 +255,23 @@ class StationState:
         return {
             **self.summary(now),
             "rejects": [
-                {k: v.get(k) for k in ("seq", "part_id", "verdict", "score", "threshold", "error",
-                                       "t_verdict", "regions")}  # fmt: skip
-                | {"overlay": v.get("seq") in self.overlays, "reviewed": self.reviewed.get(v.get("seq", -1))}
+                {
+                    k: v.get(k)
+                    for k in (
+                        "seq",
+                        "part_id",
+                        "verdict",
+                        "score",
+                        "threshold",
+                        "error",
+                        "t_verdict",
+                        "regions",
+                    )
+                }
+                | {
+                    "overlay": v.get("seq") in self.overlays,
+                    "reviewed": self.reviewed.get(v.get("seq", -1)),
+                }
                 for v in self.rejects
             ],
             "last_reviewed": self.reviewed.get((self.last or {}).get("seq", -1)),
@@ -248,14 +297,23 @@ class StationState:
         for score, verdict in self.scores:
             i = min(_BINS - 1, max(0, int(score / width)))
             (ok if verdict == "OK" else ng)[i] += 1
-        return {"bin_width": width, "max": top, "ok": ok, "ng": ng, "n": len(scores),
-                "threshold": threshold, "quantiles": quantiles}  # fmt: skip
+        return {
+            "bin_width": width,
+            "max": top,
+            "ok": ok,
+            "ng": ng,
+            "n": len(scores),
+            "threshold": threshold,
+            "quantiles": quantiles,
+        }
 
 
 class Line:
     """Every station under the configured base-topic patterns, created on its first message."""
 
-    def __init__(self, patterns: tuple[str, ...], recent_rejects: int = 12, score_window: int = 500) -> None:
+    def __init__(
+        self, patterns: tuple[str, ...], recent_rejects: int = 12, score_window: int = 500
+    ) -> None:
         self.patterns = patterns
         self.stations: dict[str, StationState] = {}
         self.broker: dict[str, Any] = {"connected": False, "error": "connecting"}
@@ -286,5 +344,7 @@ class Line:
         return base if self.station(base).on_message(suffix, payload, props) else None
 
     def snapshot(self) -> dict[str, Any]:
-        return {"broker": self.broker,
-                "stations": [self.stations[b].summary() for b in sorted(self.stations)]}  # fmt: skip
+        return {
+            "broker": self.broker,
+            "stations": [self.stations[b].summary() for b in sorted(self.stations)],
+        }

@@ -56,9 +56,11 @@ def _images(folder: Path) -> list[Path]:
 
 def image_files(folder: Path) -> list[Path]:
     """Image files anywhere under `folder`, sorted by path; hidden files are skipped."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))  # fmt: skip
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 def _find_mask(root: Path, defect: str, stem: str) -> Path | None:
@@ -74,8 +76,10 @@ def _find_mask(root: Path, defect: str, stem: str) -> Path | None:
 
 
 def _layout(missing: Path) -> str:
-    return (f"MVTec layout: missing folder {missing} (expected <root>/train/good, "
-            f"<root>/test/good, <root>/test/<defect>, <root>/ground_truth/<defect>)")  # fmt: skip
+    return (
+        f"MVTec layout: missing folder {missing} (expected <root>/train/good, "
+        f"<root>/test/good, <root>/test/<defect>, <root>/ground_truth/<defect>)"
+    )
 
 
 class MVTecSet:

@@ -27,7 +27,9 @@ from inspectd.train.scoring import scoring_head
 MSGMS_L2 = ScoringSpec(method="msgms_l2").model_dump()  # ScoringSpec holds the defaults
 
 
-def reconstruction_objective(model: nn.Module, x: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+def reconstruction_objective(
+    model: nn.Module, x: torch.Tensor, noisy: torch.Tensor
+) -> torch.Tensor:
     """L2 + (1 - SSIM) of the clean image and the reconstruction of its noisy copy."""
     return l2_ssim_loss(x, model(noisy))
 
@@ -49,13 +51,13 @@ class Family:
 
     def params(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Every constructor argument with its value: defaults updated by `overrides`."""
-        defaults = {
-            name: p.default for name, p in inspect.signature(self.model).parameters.items()
-        }
+        defaults = {name: p.default for name, p in inspect.signature(self.model).parameters.items()}
         unknown = sorted(set(overrides or {}) - set(defaults))
         if unknown:
-            raise ValueError(f"{self.name} has no parameter {', '.join(unknown)} "
-                             f"(allowed: {', '.join(defaults)})")
+            raise ValueError(
+                f"{self.name} has no parameter {', '.join(unknown)} "
+                f"(allowed: {', '.join(defaults)})"
+            )
         params = {**defaults, **(overrides or {})}
         # tuples become lists so the manifest (YAML) round-trips to equal values
         return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
@@ -72,19 +74,34 @@ class Family:
 
 
 FAMILIES = {
-    "ae": Family("ae", ae.ConvAutoencoder, reconstruction_objective, MSGMS_L2,
-                 "sigmoid output; L2 + (1 - SSIM); RGB",
-                 {"epochs": 200, "batch_size": 16, "lr": 2e-4, "patience": 50}),
+    "ae": Family(
+        "ae",
+        ae.ConvAutoencoder,
+        reconstruction_objective,
+        MSGMS_L2,
+        "sigmoid output; L2 + (1 - SSIM); RGB",
+        {"epochs": 200, "batch_size": 16, "lr": 2e-4, "patience": 50},
+    ),
     # Adam lr 1e-4, batch 8, up to 2000 epochs, early stopping from epoch 800, patience 300
-    "hybrid": Family("hybrid", hybrid.HybridAE, reconstruction_objective, MSGMS_L2,
-                     hybrid.SETTLED,
-                     {"epochs": 2000, "batch_size": 8, "lr": 1e-4, "early_stop_start": 800,
-                      "patience": 300}, hybrid.LEGACY_PARAMS),
+    "hybrid": Family(
+        "hybrid",
+        hybrid.HybridAE,
+        reconstruction_objective,
+        MSGMS_L2,
+        hybrid.SETTLED,
+        {"epochs": 2000, "batch_size": 8, "lr": 1e-4, "early_stop_start": 800, "patience": 300},
+        hybrid.LEGACY_PARAMS,
+    ),
     # 200 epochs, batch 16, lr 1e-5; the paper names no early stopping
-    "vivano": Family("vivano", vivano.ViVAno, own_objective, {"method": "nll"},
-                     vivano.SETTLED,
-                     {"epochs": 200, "batch_size": 16, "lr": 1e-5, "patience": 200}),
-}  # fmt: skip
+    "vivano": Family(
+        "vivano",
+        vivano.ViVAno,
+        own_objective,
+        {"method": "nll"},
+        vivano.SETTLED,
+        {"epochs": 200, "batch_size": 16, "lr": 1e-5, "patience": 200},
+    ),
+}
 
 
 def family(name: str) -> Family:

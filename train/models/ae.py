@@ -40,8 +40,16 @@ class ConvAutoencoder(nn.Module):
         for _ in range(extra):
             enc += [nn.Conv2d(cin, 32, 4, 2, 1), _act()]
             cin = 32
-        for cout, k, s in [(32, 4, 2), (32, 4, 2), (32, 3, 1), (64, 4, 2), (64, 3, 1),
-                           (128, 4, 2), (64, 3, 1), (32, 3, 1)]:  # fmt: skip
+        for cout, k, s in [
+            (32, 4, 2),
+            (32, 4, 2),
+            (32, 3, 1),
+            (64, 4, 2),
+            (64, 3, 1),
+            (128, 4, 2),
+            (64, 3, 1),
+            (32, 3, 1),
+        ]:
             enc += [nn.Conv2d(cin, cout, k, s, 1 if k == 4 else k // 2), _act()]
             cin = cout
         enc += [nn.Conv2d(32, latent_dim, 8, 1, 0)]
@@ -49,9 +57,20 @@ class ConvAutoencoder(nn.Module):
 
         dec: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, 32, 8, 1, 0), _act()]
         cin = 32
-        for cout, k, s in [(64, 3, 1), (128, 3, 1), (64, 4, 2), (64, 3, 1), (32, 4, 2),
-                           (32, 3, 1), (32, 4, 2)]:  # fmt: skip
-            conv = nn.ConvTranspose2d(cin, cout, 4, 2, 1) if s == 2 else nn.Conv2d(cin, cout, k, 1, k // 2)
+        for cout, k, s in [
+            (64, 3, 1),
+            (128, 3, 1),
+            (64, 4, 2),
+            (64, 3, 1),
+            (32, 4, 2),
+            (32, 3, 1),
+            (32, 4, 2),
+        ]:
+            conv = (
+                nn.ConvTranspose2d(cin, cout, 4, 2, 1)
+                if s == 2
+                else nn.Conv2d(cin, cout, k, 1, k // 2)
+            )
             dec += [conv, _act()]
             cin = cout
         for _ in range(extra):

@@ -6,8 +6,8 @@ a ViT (pre-norm, D = 512, 4 heads, dropout 0.25) on the joined block-3 map. Deco
 to a map, a 1x1 conv to block 3's channels, then (upsample x2, conv 3x3, ReLU) stages to the
 input size with U-Net skips from the three blocks; in the paper skips 1 and 2 pass through
 PVT-style spatial-reduction attention (dim 64 / 1 head / R 8 and dim 128 / 2 heads / R 4) and
-conv 3x3 + ReLU (here skip 2 by default, see below); sigmoid output. Trained with Gaussian input noise and L2 + (1 - SSIM); scored by the
-MSGMS + L2 head (inspectd.train.scoring).
+conv 3x3 + ReLU (here skip 2 by default, see below); sigmoid output. Trained with Gaussian input
+noise and L2 + (1 - SSIM); scored by the MSGMS + L2 head (inspectd.train.scoring).
 
 Open points settled here (also written to the bundle manifest as `params` and `settled`;
 measurements in docs/models.md):
@@ -42,10 +42,23 @@ from inspectd.train.models.vit import Attention, ViTEncoder, tokens_to_map
 
 # The paper's per-class maximum training noise sigma (images in [0, 1]).
 NOISE_SIGMA = {
-    "bottle": 0.1, "cable": 0.25, "capsule": 0.2, "hazelnut": 0.2, "metal_nut": 0.3, "pill": 0.09,
-    "screw": 0.2, "toothbrush": 0.3, "transistor": 0.3, "zipper": 0.1, "carpet": 0.4, "grid": 0.16,
-    "leather": 0.1, "tile": 0.11, "wood": 0.09, "button": 0.09,
-}  # fmt: skip
+    "bottle": 0.1,
+    "cable": 0.25,
+    "capsule": 0.2,
+    "hazelnut": 0.2,
+    "metal_nut": 0.3,
+    "pill": 0.09,
+    "screw": 0.2,
+    "toothbrush": 0.3,
+    "transistor": 0.3,
+    "zipper": 0.1,
+    "carpet": 0.4,
+    "grid": 0.16,
+    "leather": 0.1,
+    "tile": 0.11,
+    "wood": 0.09,
+    "button": 0.09,
+}
 DEFAULT_NOISE_SIGMA = 0.1  # products the paper did not train on
 
 SETTLED = (
@@ -154,11 +167,15 @@ class HybridAE(nn.Module):
         first = 2 if self.pooled else 1  # the block-1 skip's downscale factor
         grid = input_size // (4 * first) // patch
         if input_size % (4 * first * patch) or grid < 1 or patch & (patch - 1):
-            raise ValueError(f"input_size {input_size} must be a multiple of {4 * first} x patch "
-                             f"({patch}, a power of 2)")  # fmt: skip
+            raise ValueError(
+                f"input_size {input_size} must be a multiple of {4 * first} x patch "
+                f"({patch}, a power of 2)"
+            )
         for n, (_, _, r), scale in ((1, skip1, first), (2, skip2, 2 * first)):
             if n in attention and (input_size // scale) % r:
-                raise ValueError(f"skip{n} reduction {r} must divide its map size {input_size // scale}")
+                raise ValueError(
+                    f"skip{n} reduction {r} must divide its map size {input_size // scale}"
+                )
         self.grid = (grid, grid)
         self.vgg = VGG19Blocks()
         self.vgg.requires_grad_(finetune_vgg)
@@ -191,7 +208,9 @@ class HybridAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [
             torch.cat([norm(f), branch(x)], dim=1)
-            for f, norm, branch in zip(self.vgg(x, self.pooled), self.norms, self.branches, strict=True)
+            for f, norm, branch in zip(
+                self.vgg(x, self.pooled), self.norms, self.branches, strict=True
+            )
         ]
         d = self.from_tokens(tokens_to_map(self.vit(feats[2]), self.grid))
         for stage in self.to_block3:

@@ -28,7 +28,9 @@ BLOCKS = (
     ((10, 128, 256), (12, 256, 256), (14, 256, 256), (16, 256, 256)),
 )
 BLOCK_CHANNELS = tuple(block[-1][2] for block in BLOCKS)  # 64, 128, 256
-WEIGHT_KEYS = tuple(f"features.{i}.{p}" for block in BLOCKS for i, _, _ in block for p in ("weight", "bias"))
+WEIGHT_KEYS = tuple(
+    f"features.{i}.{p}" for block in BLOCKS for i, _, _ in block for p in ("weight", "bias")
+)
 
 
 class WeightsError(RuntimeError):
@@ -76,18 +78,25 @@ class VGG19Blocks(nn.Module):
             raise WeightsError(f"{path}: not a readable torch state dict ({exc})") from exc
         missing = [k for k in WEIGHT_KEYS if k not in state]
         if missing:
-            raise WeightsError(f"{path}: not a torchvision VGG19 state dict (missing {missing[:3]} …)")
+            raise WeightsError(
+                f"{path}: not a torchvision VGG19 state dict (missing {missing[:3]} …)"
+            )
         for block in BLOCKS:
             for index, cin, cout in block:
                 conv = self.features[str(index)]
                 w, b = state[f"features.{index}.weight"], state[f"features.{index}.bias"]
                 if tuple(w.shape) != (cout, cin, 3, 3):
-                    raise WeightsError(f"{path}: features.{index}.weight is {tuple(w.shape)}, "
-                                       f"VGG19 has {(cout, cin, 3, 3)}")
+                    raise WeightsError(
+                        f"{path}: features.{index}.weight is {tuple(w.shape)}, "
+                        f"VGG19 has {(cout, cin, 3, 3)}"
+                    )
                 conv.weight.data.copy_(w.float())
                 conv.bias.data.copy_(b.float())
 
     def state_dict_torchvision(self) -> dict[str, torch.Tensor]:
         """The weights under torchvision's keys (tests write weight files with it)."""
-        return {f"features.{k}.{p}": getattr(conv, p).detach().clone()
-                for k, conv in self.features.items() for p in ("weight", "bias")}
+        return {
+            f"features.{k}.{p}": getattr(conv, p).detach().clone()
+            for k, conv in self.features.items()
+            for p in ("weight", "bias")
+        }

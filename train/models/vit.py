@@ -71,7 +71,11 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +108,9 @@ class ViTEncoder(nn.Module):
         self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
+        self.blocks = nn.Sequential(
+            *[TransformerBlock(dim, heads, mlp_ratio, dropout) for _ in range(depth)]
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -72,12 +72,16 @@ class MixtureDensity(nn.Module):
     ) -> None:
         super().__init__()
         if condition not in CONDITIONS or covariance not in COVARIANCES:
-            raise ValueError(f"density condition must be one of {CONDITIONS} and covariance one of "
-                             f"{COVARIANCES}, got {condition!r}, {covariance!r}")  # fmt: skip
+            raise ValueError(
+                f"density condition must be one of {CONDITIONS} and covariance one of "
+                f"{COVARIANCES}, got {condition!r}, {covariance!r}"
+            )
         if condition == "embedding" and in_dim is None:
             raise ValueError("an embedding-conditioned density needs in_dim")
         self.k, self.latent, self.full = components, latent, covariance == "full"
-        self.code = nn.Parameter(torch.randn(positions, hidden) * 0.02) if condition == "position" else None
+        self.code = (
+            nn.Parameter(torch.randn(positions, hidden) * 0.02) if condition == "position" else None
+        )
         first = nn.Linear(hidden if in_dim is None or self.code is not None else in_dim, hidden)
         self.net = nn.Sequential(first, nn.ReLU(inplace=True))
         self.logits = nn.Linear(hidden, components)
@@ -89,7 +93,9 @@ class MixtureDensity(nn.Module):
             self.register_buffer("upper", torch.ones(latent, latent).triu(1), persistent=False)
             with torch.no_grad():  # start near the identity precision
                 self.sigmas.weight.mul_(0.01)
-                self.sigmas.bias.copy_((eye * 0.5413).flatten().repeat(components))  # softplus^-1(1)
+                self.sigmas.bias.copy_(
+                    (eye * 0.5413).flatten().repeat(components)
+                )  # softplus^-1(1)
 
     def nll(self, e: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """e: N x L x latent (cond: N x L x in_dim for "embedding") -> negative log-likelihood per
@@ -139,23 +145,32 @@ class ViVAno(nn.Module):
     ) -> None:
         super().__init__()
         if input_size % patch or patch & (patch - 1) or patch < 2:
-            raise ValueError(f"input_size {input_size} must be a multiple of patch {patch} (a power of 2 >= 2)")
+            raise ValueError(
+                f"input_size {input_size} must be a multiple of patch {patch} (a power of 2 >= 2)"
+            )
         g = input_size // patch
         self.grid = (g, g)
         self.weights = (rec_weight, kl_weight, nll_weight)
-        self.encoder = ViTEncoder(3, self.grid, patch, dim, depth, heads, mlp_ratio, dropout, class_token=True)
+        self.encoder = ViTEncoder(
+            3, self.grid, patch, dim, depth, heads, mlp_ratio, dropout, class_token=True
+        )
         self.vae = nn.Linear(dim, 2 * latent)
         stages: list[nn.Module] = []
         cin = max(32, min(256, dim))
         stages += [nn.Conv2d(latent, cin, 1)]
         for _ in range(int(math.log2(patch))):
             cout = max(16, cin // 2)
-            stages += [nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            stages += [
+                nn.ConvTranspose2d(cin, cout, 4, 2, 1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
             cin = cout
         stages += [nn.Conv2d(cin, 3, 3, padding=1), nn.Tanh()]
         self.decoder = nn.Sequential(*stages)
-        self.density = MixtureDensity(g * g, latent, components, condition=density,
-                                      covariance=covariance, in_dim=dim)  # fmt: skip
+        self.density = MixtureDensity(
+            g * g, latent, components, condition=density, covariance=covariance, in_dim=dim
+        )
         self.detach = detach
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -173,7 +188,9 @@ class ViVAno(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, mu, _ = self.encode(x)
-        return self._nll(tokens, mu).reshape(-1, 1, *self.grid)  # -1: the batch stays dynamic in ONNX
+        return self._nll(tokens, mu).reshape(
+            -1, 1, *self.grid
+        )  # -1: the batch stays dynamic in ONNX
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return (self._decode(self.encode(x)[1]) + 1) / 2
@@ -197,7 +214,9 @@ class ViVAno(nn.Module):
         _, mu, logvar = self.encode(x)
         kl = (0.5 * (mu**2 + logvar.exp() - 1 - logvar)).flatten(0, 1).mean(0)  # per dimension
         var = mu.flatten(0, 1).var(0)
-        return {"kl_per_dim": round(float(kl.mean()), 5),
-                "kl_active_share": round(float((kl > 0.01).float().mean()), 4),
-                "mu_var": round(float(var.mean()), 5),
-                "active_units_share": round(float((var > 0.01).float().mean()), 4)}  # fmt: skip
+        return {
+            "kl_per_dim": round(float(kl.mean()), 5),
+            "kl_active_share": round(float((kl > 0.01).float().mean()), 4),
+            "mu_var": round(float(var.mean()), 5),
+            "active_units_share": round(float((var > 0.01).float().mean()), 4),
+        }
