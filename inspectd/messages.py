@@ -3,7 +3,7 @@
 Pure: topics, payload bytes, QoS, retain and expiry, no transport (no paho). The outbox stores
 what ``verdict_messages`` builds and ``inspectd.delivery`` hands it to the client; status,
 health, stats, overlays and answers are built here too and enqueued directly.
-tests/test_messages.py checks every builder against the contract table of docs/mqtt.md.
+tests/unit/test_messages.py checks every builder against the contract table of docs/mqtt.md.
 """
 
 from __future__ import annotations

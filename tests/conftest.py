@@ -1,13 +1,42 @@
-"""Shared fixtures. tests/ is not a package: pytest puts this folder on sys.path (rootdir
-conftest, default "prepend" import mode), so helpers such as mqtt_client import directly."""
+"""Shared fixtures, and the marker of each test's folder.
+
+tests/ is not a package: pytest puts this folder on sys.path (rootdir conftest, default
+"prepend" import mode), so the helpers in tests/support import as ``support.<module>`` from
+every folder. The folders say what a test exercises:
+
+    unit/       in-process units: no broker, no child processes; runs in seconds
+    component/  one real part: mosquitto, the SQLite outbox, camera child processes, the GenTL
+                simulator, ONNX Runtime and torch models
+    daemon/     `inspectd run` (or the UI server) as its own process, as systemd starts it
+    system/     the installer, the systemd unit, the demo, the PLC gateway end to end
+
+Each test gets its folder's marker (``pytest -m unit`` selects what ``pytest tests/unit``
+runs).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from inspectd.mqtt.broker import LocalBroker, find_mosquitto
+
+TESTS = Path(__file__).resolve().parent
+FOLDER_MARKERS = ("unit", "component", "daemon", "system")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test gets the marker of the folder under tests/ it lives in."""
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:  # not under tests/
+            continue
+        if folder in FOLDER_MARKERS:
+            item.add_marker(getattr(pytest.mark, folder))
 
 
 @pytest.fixture
@@ -19,6 +48,30 @@ def mosquitto() -> Iterator[LocalBroker]:
         )
     with LocalBroker.start_mosquitto() as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def pngs() -> dict[str, list[bytes]]:
+    """Rendered button parts as PNG bytes, rendered once: tests write copies under new names
+    (support.station.write_parts). "good" renders score far below the shipped threshold,
+    "crack" ones far above it (checked against the verdicts where a test depends on it);
+    "empty" is a zero-byte file and "corrupt" a PNG cut in half (both ERROR)."""
+    import cv2
+
+    from inspectd.train.datasets.button import render_part
+
+    def png(image: Any) -> bytes:
+        ok, data = cv2.imencode(".png", image)
+        assert ok
+        return data.tobytes()
+
+    good = [png(render_part(11, i, None)[0]) for i in (2, 3, 4, 8)]
+    return {
+        "good": good,
+        "crack": [png(render_part(11, i, "crack")[0]) for i in (107, 110)],
+        "empty": [b""],
+        "corrupt": [good[0][: len(good[0]) // 2]],
+    }
 
 
 @pytest.fixture(autouse=True)

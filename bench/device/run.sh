@@ -28,7 +28,7 @@ shift
 case $stage in
 bench)
     nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
-    "$PY" -m pytest -q -p no:cacheprovider "$REPO/tests/test_engines.py" -k cuda 2>&1 | tail -20 | tee "$OUT/cuda-tests.txt"
+    "$PY" -m pytest -q -p no:cacheprovider "$REPO/tests/component/test_engines.py" -k cuda 2>&1 | tail -20 | tee "$OUT/cuda-tests.txt"
     "$PY" "$REPO/bench/gpu.py" 2>&1 | grep -v Warning | tee "$OUT/gpu.md"
     "$PY" "$REPO/bench/engines.py" --device cuda --models hybrid vivano 2>&1 | grep -v Warning | tee "$OUT/engines-cuda.txt"
     "$PY" "$REPO/bench/train_speed.py" --device cuda --steps 20 2>&1 | grep -v Warning | tee "$OUT/train-speed.txt"

@@ -1,0 +1,402 @@
+"""`inspectd ui` end to end: a real mosquitto, a real station (`inspectd run`, watched folder,
+archive on) inspecting rendered buttons, the real UI server as its own process, and the page in
+Debian's chromium driven by Playwright (never a downloaded browser).
+
+The module shares one broker, station, UI and browser (starting them costs most of the time);
+the tests run in file order and the last one kills the station.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+
+from inspectd.mqtt.broker import LocalBroker, find_mosquitto, free_port
+from inspectd.train.datasets.button import render_part
+from inspectd.train.datasets.mvtec import image_files
+from inspectd.ui.auth import hash_password
+
+from support import waiting
+from support.browser import CHROMIUM
+from support.daemon_process import Daemon
+from support.mqtt_client import Subscriber
+from support.paths import PRODUCTS, REPO, needs_bundle
+from support.station import BASE
+
+OPERATOR = ("alice", "correct horse battery")
+VIEWER_TOKEN = "wall-display-token-0123456789"
+
+pytestmark = [
+    pytest.mark.skipif(
+        find_mosquitto() is None, reason="mosquitto is not installed (make test installs it)"
+    ),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test installs it)"
+    ),
+    needs_bundle,
+]
+
+# The page is asked every 20 ms: some checks time how soon it shows a verdict.
+wait_until = functools.partial(waiting.wait_until, every=0.02)
+
+
+class Line:
+    """The running parts and how to feed the station."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        broker: LocalBroker,
+        station: Daemon,
+        ui: subprocess.Popen[bytes],
+        url: str,
+        verdicts: Subscriber,
+    ) -> None:
+        self.tmp, self.broker, self.station, self.ui, self.url = tmp, broker, station, ui, url
+        self.verdicts = verdicts
+        self.frames = tmp / "frames"
+        self.archive = tmp / "archive"
+        self.n = 0
+
+    def drop(self, kind: str) -> dict[str, Any]:
+        """One rendered part into the watched folder; its verdict, once the station sent it."""
+        defect = None if kind == "good" else kind
+        image = render_part(11, 2 + self.n if defect is None else 107, defect)[0]
+        self.n += 1
+        part = f"p{self.n:03d}_{kind}"
+        ok, data = cv2.imencode(".png", image)
+        assert ok
+        tmp = self.frames / f"{part}.tmp"  # not matched by the camera's pattern: rename is atomic
+        tmp.write_bytes(data.tobytes())
+        os.replace(tmp, self.frames / f"{part}.png")
+        before = len(self.verdicts.messages())
+        got = self.verdicts.wait_for(before + 1, timeout=20)
+        v = got[before].json()
+        assert v["part_id"] == part, v
+        return v
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
+    tmp = tmp_path_factory.mktemp("ui")
+    (tmp / "frames").mkdir()
+    (tmp / "viewer.token").write_text(VIEWER_TOKEN + "\n")
+    with LocalBroker.start_mosquitto() as broker:
+        station_cfg = {
+            "station": {"site": "plant", "line": "l1", "name": "cam1"},
+            "product": "button",
+            "products_dir": str(PRODUCTS),
+            "state_dir": str(tmp / "state"),
+            "camera": {
+                "source": "folder",
+                "path": str(tmp / "frames"),
+                "watch": {"enabled": True, "settle_s": 0, "poll_s": 0.05},
+            },
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": broker.port,
+                "overlays": "all",
+                "health_interval_s": 1,
+                "stats_interval_s": 1,
+            },
+            "archive": {"enabled": True, "dir": str(tmp / "archive"), "ok_every": 1},
+            "output": {"dir": None},
+            "logging": {"level": "info", "format": "json"},
+        }
+        (tmp / "station.yaml").write_text(json.dumps(station_cfg))
+        port = free_port()
+        ui_cfg = {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "stations": ["inspectd/v1/plant/l1/+"],
+            "access": {
+                "users": [
+                    {
+                        "name": OPERATOR[0],
+                        "role": "operator",
+                        "password_hash": hash_password(OPERATOR[1]),
+                    }
+                ],
+                "tokens": [
+                    {"name": "wall", "role": "viewer", "token_file": str(tmp / "viewer.token")}
+                ],
+            },
+        }
+        (tmp / "ui.yaml").write_text(json.dumps(ui_cfg))
+        with (
+            Subscriber(broker.host, broker.port, f"{BASE}/verdict") as verdicts,
+            Daemon(tmp / "station.yaml", "station") as station,
+            open(tmp / "ui.log", "wb") as log,
+        ):
+            ui = subprocess.Popen(
+                [sys.executable, "-m", "inspectd", "ui", "--config", str(tmp / "ui.yaml")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+            try:
+                url = f"http://127.0.0.1:{port}"
+
+                def ready() -> bool:
+                    assert ui.poll() is None, (tmp / "ui.log").read_text()
+                    try:
+                        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:
+                            return json.load(r)["broker"]["connected"]
+                    except OSError:
+                        return False
+
+                wait_until(ready, 20, "the UI serving and connected to the broker")
+                station.wait_event("station.ready", timeout=30)
+                yield Line(tmp, broker, station, ui, url, verdicts)
+            finally:
+                ui.send_signal(signal.SIGTERM)
+                try:
+                    ui.wait(10)
+                except subprocess.TimeoutExpired:
+                    ui.kill()
+                    raise AssertionError("the UI did not stop on SIGTERM within 10 s") from None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def operator(browser: Any, line: Line) -> Iterator[Any]:
+    """A tablet-sized page logged in as the operator (HTTP Basic)."""
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900},
+        http_credentials={"username": OPERATOR[0], "password": OPERATOR[1]},
+    )
+    page = context.new_page()
+    page.goto(line.url + "/")
+    yield page
+    context.close()
+
+
+def tile(page: Any) -> Any:
+    return page.locator(f'[data-testid=tile][data-base="{BASE}"]')
+
+
+def test_line_view_shows_the_station_online_and_a_new_ng_part_within_a_second(
+    line: Line, operator: Any
+) -> None:
+    page = operator
+    line.drop("good")
+    t = tile(page)
+    t.wait_for(timeout=10_000)
+    wait_until(lambda: t.get_attribute("data-state") == "online", 10, "the tile online")
+    assert "button" in t.inner_text()
+    wait_until(lambda: t.locator("[data-testid=count-OK]").inner_text() == "1", 5, "OK count 1")
+    ng_before = int(t.locator("[data-testid=count-NG]").inner_text())
+
+    v = line.drop("crack")
+    seen = time.monotonic()  # the verdict is out of the broker: the page has a second
+    assert v["verdict"] == "NG", v
+    wait_until(
+        lambda: t.locator("[data-testid=count-NG]").inner_text() == str(ng_before + 1),
+        1.0,
+        "the NG count on the tile within 1 s of the verdict",
+    )
+    wait_until(
+        lambda: t.locator("[data-testid=last-verdict]").inner_text() == "NG", 1.0, "NG shown"
+    )
+    assert time.monotonic() - seen < 1.0
+    assert v["part_id"] in t.inner_text()
+    page.screenshot(path=str(line.tmp / "line.png"))
+
+
+def test_station_view_shows_the_overlay_the_reject_strip_histogram_and_calibration(
+    line: Line, operator: Any
+) -> None:
+    page = operator
+    tile(page).click()
+    page.locator("[data-testid=station-view]").wait_for()
+    overlay = page.locator("[data-testid=live-overlay]")
+    overlay.wait_for(timeout=5000)
+    # the JPEG the station sent on …/overlay, decoded by the browser
+    wait_until(
+        lambda: page.evaluate(
+            "(img) => img.complete && img.naturalWidth > 0", overlay.element_handle()
+        ),
+        5,
+        "the overlay image loaded",
+    )
+    assert page.locator("[data-testid=reject]").count() >= 1
+    assert "crack" in page.locator("[data-testid=rejects]").inner_text()
+    calibration = page.locator("[data-testid=calibration]").inner_text()
+    assert "max_of_good" in calibration and "50" in calibration  # the bundle's method and n_good
+    drawn = page.evaluate("""() => { const c = document.querySelector('[data-testid=histogram]');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; }""")
+    assert drawn > 500, "the histogram canvas is empty"
+    page.screenshot(path=str(line.tmp / "station.png"), full_page=True)
+
+
+def test_a_false_reject_review_is_stored_by_the_station_where_calibrate_and_replay_read_it(
+    line: Line, operator: Any
+) -> None:
+    page = operator
+    strip = page.locator("[data-testid=reject]").first
+    seq = int(strip.get_attribute("data-seq"))
+    strip.locator("[data-testid=review-false_reject]").click()
+    page.locator("[data-testid=reviewed]").first.wait_for(timeout=5000)
+    wait_until(
+        lambda: (
+            page.locator("[data-testid=reviews-today]").inner_text().startswith("1 false reject")
+        ),
+        5,
+        "today's review count on the page",
+    )
+
+    stored = list((line.archive / "reviews" / "false_reject").glob(f"*/{seq:010d}-*.json"))
+    assert len(stored) == 1, stored
+    doc = json.loads(stored[0].read_text())
+    assert doc["review"]["label"] == "false_reject" and doc["review"]["by"] == OPERATOR[0]
+    assert doc["verdict"]["seq"] == seq and doc["verdict"]["verdict"] == "NG"
+    # calibrate --images takes the folder: the frame is there, exactly the archived one
+    frames = image_files(line.archive / "reviews" / "false_reject")
+    assert [f.name for f in frames] == [doc["frame"]]
+    original = next(line.archive.glob(f"20*/{doc['frame']}"))
+    assert frames[0].read_bytes() == original.read_bytes()
+    # replay --archive takes it as an archive
+    from inspectd.replay import replay
+
+    report = replay(line.archive / "reviews" / "false_reject", PRODUCTS)
+    assert [p.seq for p in report.parts] == [seq]
+
+
+def test_reload_thresholds_from_the_page_shows_the_station_answer(
+    line: Line, operator: Any
+) -> None:
+    page = operator
+    page.locator("[data-testid=reload]").click()
+    answers = page.locator("[data-testid=answers]")
+    wait_until(
+        lambda: "reload_thresholds: done" in answers.inner_text(), 5, "the answer on the page"
+    )
+    assert "image 0.152345" in answers.inner_text()
+    line.station.wait_event("thresholds.reloaded")
+
+
+def test_viewers_see_but_cannot_act_and_no_credentials_get_nothing(
+    line: Line, browser: Any
+) -> None:
+    context = browser.new_context(viewport={"width": 1024, "height": 768})
+    page = context.new_page()
+    page.goto(f"{line.url}/?token={VIEWER_TOKEN}")  # a wall display's link: then a cookie
+    tile(page).wait_for(timeout=5000)
+    tile(page).click()
+    page.locator("[data-testid=reject]").first.wait_for(timeout=5000)
+    assert page.locator("[data-testid^=review-]").count() == 0
+    assert page.locator("[data-testid=reload]").count() == 0
+    status = page.evaluate(
+        """(base) => fetch('/api/command', {method: 'POST',
+        headers: {'Content-Type': 'application/json'},
+        body: JSON.stringify({base, command: 'reload_thresholds'})}).then(r => r.status)""",
+        BASE,
+    )
+    assert status == 403
+    context.close()
+
+    body = json.dumps({"base": BASE, "command": "reload_thresholds"}).encode()
+    for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"alice:wrong").decode()}):
+        req = urllib.request.Request(
+            f"{line.url}/api/command", body, {"Content-Type": "application/json", **headers}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=5)
+        assert refused.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{line.url}/api/line", timeout=5)
+    assert refused.value.code == 401
+    # a cross-site form post carries the browser's Basic credentials: refused
+    auth = "Basic " + base64.b64encode(":".join(OPERATOR).encode()).decode()
+    req = urllib.request.Request(
+        f"{line.url}/api/command",
+        body,
+        {
+            "Content-Type": "application/json",
+            "Authorization": auth,
+            "Origin": "https://evil.example",
+        },
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=5)
+    assert refused.value.code == 403
+
+
+def test_a_killed_station_turns_its_tile_offline(line: Line, operator: Any) -> None:
+    page = operator
+    page.goto(line.url + "/#/")
+    t = tile(page)
+    t.wait_for()
+    assert t.get_attribute("data-state") == "online"
+    line.station.signal(signal.SIGKILL)
+    line.station.wait(10)
+    wait_until(
+        lambda: t.get_attribute("data-state") == "offline", 5, "the tile offline (Last Will)"
+    )
+    assert t.locator("[data-testid=state]").inner_text() == "OFFLINE"
+    assert t.locator("[data-testid=banner]").inner_text().startswith("OFFLINE — noticed")
+    color = page.evaluate("(el) => getComputedStyle(el).backgroundColor", t.element_handle())
+    assert color == "rgb(253, 232, 232)", color  # the red of an offline tile
+    page.screenshot(path=str(line.tmp / "offline.png"))
+
+
+def test_ui_refuses_to_start_on_a_public_address_without_credentials(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "inspectd", "ui", "--listen", "0.0.0.0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "0.0.0.0 is not a loopback address" in run.stderr and "access.users" in run.stderr
+    config = tmp_path / "ui.yaml"
+    config.write_text(
+        "listen:\n  host: 192.0.2.10\naccess:\n  users:\n    - name: bob\n      role: admin\n"
+        "      password_hash: x\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "inspectd", "ui", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert run.returncode == 2
+    assert (
+        f"{config}:6:13 access.users[0].role: 'admin' is not one of viewer, operator" in run.stderr
+    )
+
+
+def test_the_unit_runs_the_ui_config_and_the_example_config_loads() -> None:
+    unit = (REPO / "systemd" / "inspectd-ui.service").read_text()
+    assert "ExecStart=/opt/inspectd/venv/bin/inspectd ui --config /etc/inspectd/ui.yaml" in unit
+    assert "RestartPreventExitStatus=2" in unit  # a config error must not restart-loop
+    from inspectd.ui.config import load_ui_config
+
+    cfg = load_ui_config(REPO / "systemd" / "ui.example.yaml")
+    assert cfg.listen.host == "127.0.0.1" and cfg.access.empty

@@ -1,0 +1,239 @@
+"""The station's health combined from its components' stats() and problems(), and the station's
+stop as the reverse of its start, also after a start that failed half-way.
+
+StationHealth gets stand-ins for the components (anything with stats() and problems() will do:
+inspectd.reporting.Reporting); the start/stop test runs a real Station on the button bundle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from inspectd.capture.base import CaptureError
+from inspectd.capture.folder import FolderSource
+from inspectd.capture.watched import WatchedFolderSource
+from inspectd.config import StationConfig
+from inspectd.outbox import Outbox
+from inspectd.pipeline import Pipeline
+from inspectd.reporting import Reporting
+from inspectd.service.health import HealthMonitor, StationHealth
+from inspectd.service.sd_notify import Notifier
+from inspectd.service.station import Station
+
+from support.contract import TABLE, check_keys
+from support.paths import PRODUCTS
+
+
+class Part:
+    """A component that reports what it is told to."""
+
+    def __init__(self, stats: dict[str, Any], problems: list[str] | None = None) -> None:
+        self._stats, self._problems = stats, problems or []
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._stats)
+
+    def problems(self) -> list[str]:
+        return list(self._problems)
+
+
+def config(tmp_path: Path, **camera: Any) -> StationConfig:
+    return StationConfig.model_validate(
+        {
+            "station": {"name": "cam1"},
+            "product": "button",
+            "products_dir": str(PRODUCTS),
+            "state_dir": str(tmp_path / "state"),
+            "camera": {"source": "folder", "path": str(tmp_path / "frames"), **camera},
+            "mqtt": {"enabled": False},
+        }
+    )
+
+
+def pipeline(capture_failure: str | None = None, stalled: dict[str, float] | None = None) -> Any:
+    thresholds = SimpleNamespace(image=0.2, pixel=0.3, facts=lambda: {"parts": 10})
+    return SimpleNamespace(
+        bundle=SimpleNamespace(name="button", model_sha256="ab" * 32),
+        engine=SimpleNamespace(name="onnxruntime-cpu"),
+        thresholds=thresholds,
+        stats=SimpleNamespace(capture_failure=capture_failure, frames=0),
+        stalled=lambda stall_s: dict(stalled or {}),
+    )
+
+
+def health(tmp_path: Path, **parts: Any) -> StationHealth:
+    defaults: dict[str, Any] = dict(
+        pipeline=pipeline(),
+        source=Part({}),
+        outbox=Part({"depth": 0}),
+        publisher=None,
+        triggers=None,
+        commands=None,
+        archive=None,
+        pictures=None,
+        drift=None,
+    )
+    defaults.update(parts)
+    return StationHealth(config(tmp_path), boot_id="b" * 32, **defaults)
+
+
+def test_a_well_station_is_ok_with_the_documented_keys(tmp_path: Path) -> None:
+    snapshot = health(tmp_path).snapshot()
+    assert snapshot["state"] == "ok" and snapshot["problems"] == []
+    row = TABLE["health"]
+    assert row.keys is not None
+    check_keys(snapshot, row.keys, row.open, "health")
+    assert snapshot["camera"] == {
+        "source": "folder",
+        "state": "ok",
+        "trigger": "free_run",
+        "fps": 0.0,
+        "process": None,
+    }
+    assert snapshot["drift"] == {"state": "off"} and snapshot["metrics"] is None
+
+
+def test_problems_come_from_the_components_in_a_fixed_order(tmp_path: Path) -> None:
+    snapshot = health(
+        tmp_path,
+        outbox=Part({"depth": 3}, ["outbox_not_durable: disk full"]),
+        source=Part(
+            {"state": "offline", "process": {"state": "offline"}}, ["camera_offline: gone"]
+        ),
+        pipeline=pipeline(stalled={"publish": 12.0}),
+        archive=Part({}, ["archive_failing: 1 errors since start, last: x"]),
+        drift=Part({"state": "drift"}, ["drift: 90% of the last 100 OK parts ..."]),
+    ).snapshot()
+    assert snapshot["state"] == "degraded"
+    assert [p.split(":")[0] for p in snapshot["problems"]] == [
+        "outbox_not_durable",
+        "camera_offline",
+        "stalled",
+        "archive_failing",
+        "drift",
+    ]
+    assert snapshot["problems"][2] == "stalled: publish thread, no progress for 12 s"
+    # a source's stats join the camera section; its "state" replaces "ok"
+    assert snapshot["camera"]["state"] == "offline"
+    assert snapshot["camera"]["process"] == {"state": "offline"}
+    assert snapshot["outbox"] == {"depth": 3} and snapshot["drift"] == {"state": "drift"}
+
+
+def test_a_camera_that_failed_says_only_that(tmp_path: Path) -> None:
+    snapshot = health(
+        tmp_path,
+        source=Part({"state": "offline"}, ["camera_offline: gone"]),
+        pipeline=pipeline(capture_failure="device lost"),
+    ).snapshot()
+    assert snapshot["camera"]["state"] == "failed"
+    assert snapshot["problems"] == ["camera_failed: device lost"]
+
+
+def test_the_watched_folder_reports_its_counters_under_camera(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = WatchedFolderSource(folder, settle_s=0.0, poll_s=0.05)
+    assert isinstance(source, Reporting)
+    snapshot = health(tmp_path, source=source).snapshot()
+    assert snapshot["camera"]["watch"] == {
+        "inspected": 0,
+        "moved": 0,
+        "move_failed": 0,
+        "resumed": 0,
+        "changed": 0,
+    }
+    assert snapshot["camera"]["process"] is None and snapshot["problems"] == []
+
+
+def test_every_reporting_component_fits_the_protocol() -> None:
+    from inspectd.capture.base import CaptureSource
+    from inspectd.capture.isolated import IsolatedSource
+    from inspectd.drift import DriftMonitor
+    from inspectd.mqtt.publisher import MqttPublisher
+    from inspectd.mqtt.triggers import TriggerDesk
+    from inspectd.outbox import Outbox
+    from inspectd.outputs.archive import ArchiveSink
+
+    for kind in (
+        ArchiveSink,
+        CaptureSource,
+        IsolatedSource,
+        DriftMonitor,
+        MqttPublisher,
+        TriggerDesk,
+        Outbox,
+    ):
+        assert callable(getattr(kind, "stats", None)) and callable(
+            getattr(kind, "problems", None)
+        ), kind
+
+
+class Recorder(Notifier):
+    """What the station told systemd, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: list[str] = []
+
+    def status(self, text: str) -> bool:
+        self.said.append(text)
+        return True
+
+    def stopping(self, status: str = "stopping") -> bool:
+        self.said.append(f"STOPPING {status}")
+        return True
+
+
+def test_a_start_that_failed_half_way_closes_what_it_opened(tmp_path: Path) -> None:
+    """The camera folder is missing: start raises after the engine and the outbox opened;
+    stop closes those two (the outbox's seq reservation shrinks: no gap) and says stopped."""
+    notifier = Recorder()
+    station = Station(config(tmp_path), notifier=notifier)
+    with pytest.raises(CaptureError):
+        station.start()
+    assert station.outbox is not None and station.source is None
+    station.stop()
+    assert station.outbox._closed  # noqa: SLF001
+    assert notifier.said[-2:] == ["STOPPING stopping: closing sinks and camera", "stopped"]
+    with pytest.raises(RuntimeError, match="start"):
+        station.health_snapshot()
+
+
+def test_stop_is_the_reverse_of_start_in_its_phases(tmp_path: Path, monkeypatch: Any) -> None:
+    """The line (camera) first, then the core in reverse: the last health word, the outbox,
+    the engine (through the pipeline); then the service, and "stopped"."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        cv2.imwrite(str(frames / f"{i}.png"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    order: list[str] = []
+
+    def spy(cls: type, method: str, name: str, only: Any = None) -> None:
+        real = getattr(cls, method)
+
+        def wrapper(self: Any, *a: Any, **kw: Any) -> Any:
+            if only is None or only(kw):
+                order.append(name)
+            return real(self, *a, **kw)
+
+        monkeypatch.setattr(cls, method, wrapper)
+
+    spy(FolderSource, "close", "camera")
+    spy(HealthMonitor, "check", "last health", only=lambda kw: kw.get("force"))
+    spy(Outbox, "close", "outbox")
+    spy(Pipeline, "close", "engine")
+    notifier = Recorder()
+    station = Station(config(tmp_path), notifier=notifier)
+    station.start()
+    station.run(limit=2)
+    order.clear()  # the first health message at start
+    station.stop()
+    assert order == ["camera", "last health", "outbox", "engine"]
+    assert notifier.said[-1] == "stopped"
