@@ -23,6 +23,8 @@ _LIVE_OVERLAYS = 4  # overlays kept besides the strip's: the newest parts
 _BINS = 30
 # topics a station publishes that the page does not show
 _IGNORED = {"reject", "trigger", "trigger/response"}
+# the verdict fields the page shows, for the last part and for each reject of the strip
+_VERDICT_FIELDS = ("seq", "part_id", "verdict", "score", "threshold", "t_verdict", "error")
 
 
 def _epoch(ts: Any) -> float | None:
@@ -211,21 +213,7 @@ class StationState:
             "model_sha256": (
                 s.get("model_sha256") or (last.get("model") or {}).get("sha256") or ""
             )[:12],
-            "last": {
-                k: last.get(k)
-                for k in (
-                    "seq",
-                    "part_id",
-                    "verdict",
-                    "score",
-                    "threshold",
-                    "t_verdict",
-                    "error",
-                    "latency_ms",
-                )
-            }
-            if last
-            else None,
+            "last": {k: last.get(k) for k in (*_VERDICT_FIELDS, "latency_ms")} if last else None,
             "overlay": self._tile_overlay(),
             "counts": self.counts(now),
             "latency_ms": {
@@ -255,19 +243,7 @@ class StationState:
         return {
             **self.summary(now),
             "rejects": [
-                {
-                    k: v.get(k)
-                    for k in (
-                        "seq",
-                        "part_id",
-                        "verdict",
-                        "score",
-                        "threshold",
-                        "error",
-                        "t_verdict",
-                        "regions",
-                    )
-                }
+                {k: v.get(k) for k in (*_VERDICT_FIELDS, "regions")}
                 | {
                     "overlay": v.get("seq") in self.overlays,
                     "reviewed": self.reviewed.get(v.get("seq", -1)),
