@@ -22,7 +22,8 @@ from inspectd.inspection import Inspection
 from inspectd.outputs.archive import ArchiveSink, read_entry, scan
 
 from support.inspections import NO_FRAME, button_parts, inspect, write_button_parts
-from support.paths import PRODUCTS, needs_bundle
+from support.paths import needs_bundle
+from support.station import station_dict
 
 pytestmark = needs_bundle
 
@@ -188,16 +189,7 @@ def test_a_station_with_an_unusable_archive_runs_and_says_so_in_health(tmp_path)
     (frames / "zz_empty.png").write_bytes(b"")
     (tmp_path / "archive").write_text("not a folder")
     config = StationConfig.model_validate(
-        {
-            "station": {"name": "cam1"},
-            "product": "button",
-            "products_dir": str(PRODUCTS),
-            "state_dir": str(tmp_path / "state"),
-            "camera": {"source": "folder", "path": str(frames)},
-            "mqtt": {"enabled": False},
-            "output": {"dir": str(tmp_path / "out"), "overlays": "none"},
-            "archive": {"enabled": True, "dir": str(tmp_path / "archive")},
-        }
+        station_dict(tmp_path, archive={"enabled": True, "dir": str(tmp_path / "archive")})
     )
     station = Station(config)
     station.start()

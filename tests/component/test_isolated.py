@@ -24,7 +24,8 @@ from inspectd.config.camera import FolderCamera, OpenCVCamera
 
 from support.daemon_process import Daemon
 from support.inspections import write_button_parts
-from support.paths import PRODUCTS, needs_bundle
+from support.paths import needs_bundle
+from support.station import station_config, station_dict
 
 FAST = {
     "enabled": True,
@@ -191,23 +192,8 @@ def test_a_killed_camera_process_in_a_station_gives_errors_health_and_a_restart(
 
     frames = tmp_path / "frames"
     write_button_parts(frames, good=2, defect=1)
-    config = StationConfig.model_validate(
-        {
-            "station": {"name": "cam1"},
-            "product": "button",
-            "products_dir": str(PRODUCTS),
-            "state_dir": str(tmp_path / "state"),
-            "camera": {
-                "source": "folder",
-                "path": str(frames),
-                "loop": True,
-                "rate_hz": 20,
-                "isolate": {**FAST, "restart_backoff_s": 0.5},
-            },
-            "mqtt": {"enabled": False},
-            "output": {"dir": str(tmp_path / "out"), "overlays": "none"},
-        }
-    )
+    camera = {"loop": True, "rate_hz": 20, "isolate": {**FAST, "restart_backoff_s": 0.5}}
+    config = StationConfig.model_validate(station_dict(tmp_path, camera=camera))
     station = Station(config)
     station.start()
     stop = threading.Event()
@@ -257,20 +243,7 @@ def test_a_killed_camera_process_in_a_station_gives_errors_health_and_a_restart(
 def test_the_daemon_runs_an_isolated_camera_without_torch(tmp_path):
     frames = tmp_path / "frames"
     write_button_parts(frames, good=2, defect=1)
-    config = tmp_path / "station.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "station": {"name": "cam1"},
-                "product": "button",
-                "products_dir": str(PRODUCTS),
-                "state_dir": str(tmp_path / "state"),
-                "camera": {"source": "folder", "path": str(frames), "isolate": True},
-                "mqtt": {"enabled": False},
-                "output": {"dir": str(tmp_path / "out"), "overlays": "none"},
-            }
-        )
-    )
+    config = station_config(tmp_path, camera={"isolate": True})
     with Daemon(config) as daemon:
         rc = daemon.wait(60.0)
         assert rc == 0, daemon.tail()  # 99: torch was imported

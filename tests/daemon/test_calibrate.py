@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from inspectd.train.datasets.button import DEFECTS, _write_png, render_part
 
 from support.daemon_process import Daemon
 from support.paths import BUNDLE, LEAN_RUN, REPO, needs_bundle
+from support.station import station_config
 
 N_GOOD = 300
 TARGET = 0.02  # 300 parts are enough for it (149 needed); not for 0.001 (2995)
@@ -175,19 +175,7 @@ def test_defects_give_recall_f1_and_a_roc(good, products, tmp_path):
 
 
 def test_good_parts_live_from_the_station_camera(good, products, tmp_path):
-    config = tmp_path / "station.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "station": {"name": "cam1"},
-                "product": "button",
-                "products_dir": str(products),
-                "state_dir": str(tmp_path / "state"),
-                "camera": {"source": "folder", "path": str(good)},
-                "mqtt": {"enabled": False},
-            }
-        )
-    )
+    config = station_config(tmp_path, products_dir=products, camera={"path": good})
     proc = subprocess.run(
         [
             sys.executable,
@@ -218,20 +206,7 @@ def test_a_running_daemon_takes_new_thresholds_on_sighup_and_refuses_another_mod
 ):
     frames = tmp_path / "frames"
     write_good(frames, 50_000, 3)
-    config = tmp_path / "station.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "station": {"name": "cam1"},
-                "product": "button",
-                "products_dir": str(products),
-                "state_dir": str(tmp_path / "state"),
-                "camera": {"source": "folder", "path": str(frames), "loop": True, "rate_hz": 5},
-                "mqtt": {"enabled": False},
-                "logging": {"format": "json"},
-            }
-        )
-    )
+    config = station_config(tmp_path, products_dir=products, camera={"loop": True, "rate_hz": 5})
     with Daemon(config) as daemon:
         daemon.wait_event("station.started", timeout=60)
         proc = calibrate(products, "--images", str(good), "--target-frr", str(TARGET))

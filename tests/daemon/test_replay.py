@@ -22,6 +22,7 @@ from inspectd.replay import replay
 
 from support.inspections import button_parts, inspect, write_button_parts
 from support.paths import BUNDLE, LEAN_RUN, PRODUCTS, REPO, needs_bundle
+from support.station import station_config
 
 pytestmark = needs_bundle
 
@@ -179,19 +180,8 @@ def test_a_daemon_archives_its_ng_and_error_parts_and_replay_finds_them_all_the_
     write_button_parts(frames, good=2, defect=2)
     whole = (frames / "good0.png").read_bytes()
     (frames / "truncated.png").write_bytes(whole[: len(whole) // 2])  # ERROR, no frame
-    config = {
-        "station": {"name": "cam1"},
-        "product": "button",
-        "products_dir": str(PRODUCTS),
-        "state_dir": str(tmp_path / "state"),
-        "camera": {"source": "folder", "path": str(frames)},
-        "mqtt": {"enabled": False},
-        "output": {"dir": str(tmp_path / "out"), "overlays": "none"},
-        "archive": {"enabled": True},  # dir: <state_dir>/archive
-        "logging": {"format": "json"},
-    }
-    (tmp_path / "station.yaml").write_text(json.dumps(config))
-    proc = run_cli("run", "--config", str(tmp_path / "station.yaml"))
+    config = station_config(tmp_path, archive={"enabled": True})  # dir: <state_dir>/archive
+    proc = run_cli("run", "--config", str(config))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     verdicts = [

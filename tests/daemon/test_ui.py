@@ -35,7 +35,7 @@ from support.browser import CHROMIUM
 from support.daemon_process import Daemon
 from support.mqtt_client import Subscriber
 from support.paths import PRODUCTS, REPO, needs_bundle
-from support.station import BASE
+from support.station import BASE, station_config
 
 OPERATOR = ("alice", "correct horse battery")
 VIEWER_TOKEN = "wall-display-token-0123456789"
@@ -96,28 +96,14 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
     (tmp / "frames").mkdir()
     (tmp / "viewer.token").write_text(VIEWER_TOKEN + "\n")
     with LocalBroker.start_mosquitto() as broker:
-        station_cfg = {
-            "station": {"site": "plant", "line": "l1", "name": "cam1"},
-            "product": "button",
-            "products_dir": str(PRODUCTS),
-            "state_dir": str(tmp / "state"),
-            "camera": {
-                "source": "folder",
-                "path": str(tmp / "frames"),
-                "watch": {"enabled": True, "settle_s": 0, "poll_s": 0.05},
-            },
-            "mqtt": {
-                "host": "127.0.0.1",
-                "port": broker.port,
-                "overlays": "all",
-                "health_interval_s": 1,
-                "stats_interval_s": 1,
-            },
-            "archive": {"enabled": True, "dir": str(tmp / "archive"), "ok_every": 1},
-            "output": {"dir": None},
-            "logging": {"level": "info", "format": "json"},
-        }
-        (tmp / "station.yaml").write_text(json.dumps(station_cfg))
+        station_config(
+            tmp,
+            port=broker.port,
+            camera={"watch": {"enabled": True, "settle_s": 0, "poll_s": 0.05}},
+            mqtt={"overlays": "all", "health_interval_s": 1, "stats_interval_s": 1},
+            archive={"enabled": True, "dir": str(tmp / "archive"), "ok_every": 1},
+            output={"dir": None},
+        )
         port = free_port()
         ui_cfg = {
             "listen": {"host": "127.0.0.1", "port": port},

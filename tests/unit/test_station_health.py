@@ -27,7 +27,7 @@ from inspectd.service.sd_notify import Notifier
 from inspectd.service.station import Station
 
 from support.contract import TABLE, check_keys
-from support.paths import PRODUCTS
+from support.station import station_dict
 
 
 class Part:
@@ -44,16 +44,7 @@ class Part:
 
 
 def config(tmp_path: Path, **camera: Any) -> StationConfig:
-    return StationConfig.model_validate(
-        {
-            "station": {"name": "cam1"},
-            "product": "button",
-            "products_dir": str(PRODUCTS),
-            "state_dir": str(tmp_path / "state"),
-            "camera": {"source": "folder", "path": str(tmp_path / "frames"), **camera},
-            "mqtt": {"enabled": False},
-        }
-    )
+    return StationConfig.model_validate(station_dict(tmp_path, camera=camera))
 
 
 def pipeline(capture_failure: str | None = None, stalled: dict[str, float] | None = None) -> Any:
