@@ -22,7 +22,7 @@ from inspectd.train.datasets.button import DEFECTS, _write_png, render_part
 
 from support.daemon_process import Daemon
 from support.paths import BUNDLE, LEAN_RUN, REPO, needs_bundle
-from support.station import station_config
+from support.station import station_config, station_dict
 
 N_GOOD = 300
 TARGET = 0.02  # 300 parts are enough for it (149 needed); not for 0.001 (2995)
@@ -243,16 +243,9 @@ def test_drift_is_raised_when_the_good_parts_are_brightened(good, products, tmp_
     for i in range(150):  # new good parts; the light got brighter by `brighten` grey levels
         image = render_part(3, 30_000 + i, None)[0].astype(np.int16) + brighten
         _write_png(frames / f"{i:04d}.png", np.clip(image, 0, 255).astype(np.uint8))
+    window = {"window": 150, "min_parts": 100}
     config = StationConfig.model_validate(
-        {
-            "station": {"name": "cam1"},
-            "product": "button",
-            "products_dir": str(products),
-            "state_dir": str(tmp_path / "state"),
-            "camera": {"source": "folder", "path": str(frames)},
-            "mqtt": {"enabled": False},
-            "drift": {"window": 150, "min_parts": 100},
-        }
+        station_dict(tmp_path, products_dir=products, output=None, drift=window)
     )
     station = Station(config)
     station.start()
