@@ -44,20 +44,25 @@ def export_onnx(graph: InspectionGraph, path: Path, input_hw: tuple[int, int]) -
     return path
 
 
-def parity(graph: InspectionGraph, onnx_path: Path, images: np.ndarray) -> float:
-    """Largest absolute difference of the anomaly maps, torch vs ONNX Runtime, on `images`
-    (uint8 N x H x W x 3). Verdict agreement is checked by the caller against its thresholds."""
-    from inspectd.deploy.parity import BATCH, run_all
-    from inspectd.engine.onnxruntime import OnnxRuntimeEngine
+def torch_results(graph: InspectionGraph, images: np.ndarray) -> InferenceResult:
+    """The graph's maps and scores on `images` (uint8 N x H x W x 3), as numpy arrays."""
+    from inspectd.deploy.parity import BATCH
 
     graph = graph.eval()
     with torch.no_grad():  # in batches: the hybrid's attention maps are large at 224 px
-        want = np.concatenate(
-            [
-                graph(torch.from_numpy(images[i : i + BATCH])).anomaly_map.numpy()
-                for i in range(0, len(images), BATCH)
-            ]
-        )
+        outs = [
+            graph(torch.from_numpy(images[i : i + BATCH])) for i in range(0, len(images), BATCH)
+        ]
+    return InferenceResult(*(np.concatenate([o[k].numpy() for o in outs]) for k in range(2)))
+
+
+def parity(graph: InspectionGraph, onnx_path: Path, images: np.ndarray) -> float:
+    """Largest absolute difference of the anomaly maps, torch vs ONNX Runtime, on `images`
+    (uint8 N x H x W x 3). Verdict agreement is checked by the caller against its thresholds."""
+    from inspectd.deploy.parity import run_all
+    from inspectd.engine.onnxruntime import OnnxRuntimeEngine
+
+    want = torch_results(graph, images).anomaly_map
     got = run_all(OnnxRuntimeEngine(onnx_path), images).anomaly_map
     return float(np.abs(want - got).max())
 
@@ -95,13 +100,29 @@ def halve_weights(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def round_to_half(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Round the weights halve_weights stores as fp16 (float32, HALF_MIN_ELEMENTS or more) to
+    fp16 values in place, and return the state dict with those tensors in fp16: model.pt then
+    holds the weights model.onnx holds, so the torch engine gives the maps its thresholds were
+    set on (fp16 values load back into the fp32 parameters)."""
+    state = {}
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.dtype == torch.float32 and tensor.numel() >= HALF_MIN_ELEMENTS:
+                tensor.copy_(tensor.half())
+                tensor = tensor.half()
+            state[name] = tensor
+    return state
+
+
 def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | None = None) -> str:
     """Write the bundle's model.onnx again from its model.pt and re-seal it; returns a summary.
 
     The new graph must match torch to PARITY_TOLERANCE on `images` (default: rendered buttons,
     as verify-engine). With fp16 weights it must also give the same verdict as the fp32 graph on
     every image of `images`, which is then required (the product's own parts, good and
-    defective); the thresholds are re-bound to the new file and the change is recorded.
+    defective), and model.pt is rewritten with the same rounded weights; the thresholds are
+    re-bound to the new file and the change is recorded.
     """
     import yaml
 
@@ -129,7 +150,11 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
     except FileNotFoundError as exc:
         raise ExportError(str(exc)) from exc
     graph = load_graph(bundle)
+    if fp16_weights:
+        reference = torch_results(graph, frames)  # the verdicts the rounded weights must keep
+        half_state = round_to_half(graph.model)
     new = bundle_dir / (model.file + ".new")
+    new_checkpoint = bundle_dir / (model.checkpoint + ".new")
     try:
         export_onnx(graph, new, spec.size)
         diff = parity(graph, new, frames)
@@ -137,8 +162,7 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
             raise ExportError(f"ONNX Runtime disagrees with torch: max map difference {diff:.2e}")
         notes = {"parity_max_abs": float(f"{diff:.3g}"), "fp16_weights": fp16_weights}
         if fp16_weights:
-            reference = run_all(OnnxRuntimeEngine(new), frames)
-            halve_weights(new)
+            halve_weights(new)  # storage only: those weights hold fp16 values already
             half = compare(
                 reference, run_all(OnnxRuntimeEngine(new), frames), names, bundle.thresholds.image
             )
@@ -150,8 +174,12 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
         if new_sha == old_sha:
             return f"{bundle_dir / model.file}: unchanged (parity {diff:.2e})"
         new.replace(bundle_dir / model.file)
+        if fp16_weights:
+            torch.save(half_state, new_checkpoint)
+            new_checkpoint.replace(bundle_dir / model.checkpoint)
     finally:
         new.unlink(missing_ok=True)
+        new_checkpoint.unlink(missing_ok=True)
     manifest = yaml.safe_load((bundle_dir / MANIFEST).read_text())
     manifest["training"]["export"] = notes
     seal(bundle_dir, manifest, list(manifest["files"]))

@@ -390,8 +390,8 @@ def test_export_parity_torch_vs_onnxruntime(
 @pytest.mark.slow
 def test_hybrid_bundle_round_trip_and_reexport(vgg_file: Path, tmp_path: Path) -> None:
     """inspectd train --model hybrid on a tiny set -> a bundle the daemon loads, whose model.pt
-    rebuilds the same graph; re-export is idempotent; fp16 weights halve the file and keep
-    every verdict, with the thresholds re-bound."""
+    rebuilds the same graph; re-export is idempotent; fp16 weights halve both weight files, which
+    still agree, and keep every verdict, with the thresholds re-bound."""
     from inspectd.bundle import load_bundle
     from inspectd.deploy.export import ExportError, reexport
     from inspectd.train.datasets.button import write_dataset
@@ -435,10 +435,16 @@ def test_hybrid_bundle_round_trip_and_reexport(vgg_file: Path, tmp_path: Path) -
     images.mkdir()
     for p in sorted((data / "test").rglob("*.png"))[:6]:
         (images / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
-    size = bundle.model_path.stat().st_size
+    size, pt_size = bundle.model_path.stat().st_size, (out / "model.pt").stat().st_size
     reexport(out, fp16_weights=True, images=images)
     after = load_bundle(out)  # thresholds re-bound to the new file, manifest re-sealed
     assert after.model_path.stat().st_size < 0.6 * size
+    # model.pt holds the same rounded weights: the torch engine gives the ONNX graph's maps
+    assert (out / "model.pt").stat().st_size < 0.6 * pt_size
+    with torch.no_grad():
+        want = load_graph(after)(torch.from_numpy(frames)).anomaly_map.numpy()
+    got = OnnxRuntimeEngine(after.model_path).infer(frames).anomaly_map
+    assert np.abs(want - got).max() <= PARITY_TOLERANCE
     assert after.thresholds.model_sha256 == after.model_sha256 != bundle.model_sha256
     notes = yaml.safe_load((out / "manifest.yaml").read_text())["training"]["export"]
     assert notes["fp16_weights"] is True and notes["fp16_verdicts_checked"] == 6
