@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inspectd.train.graph import INPUT_NAME, InferenceResult, InspectionGraph
+from inspectd.engine.base import InferenceResult
+from inspectd.train.graph import INPUT_NAME, InspectionGraph
 
 # Opset 17 is inside what TensorRT 10's ONNX parser and ONNX Runtime >= 1.14 both accept, and
 # has LayerNormalization for the ViT models.
@@ -53,7 +54,10 @@ def torch_results(graph: InspectionGraph, images: np.ndarray) -> InferenceResult
         outs = [
             graph(torch.from_numpy(images[i : i + BATCH])) for i in range(0, len(images), BATCH)
         ]
-    return InferenceResult(*(np.concatenate([o[k].numpy() for o in outs]) for k in range(2)))
+    return InferenceResult(
+        np.concatenate([o.anomaly_map.numpy() for o in outs]),
+        np.concatenate([o.score.numpy() for o in outs]),
+    )
 
 
 def parity(graph: InspectionGraph, onnx_path: Path, images: np.ndarray) -> float:
