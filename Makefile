@@ -44,8 +44,15 @@ lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check .
 
 # mypy on the daemon package; what it checks and how is in pyproject.toml ([tool.mypy]).
+# mypy cannot follow package-dir (train/ installs as inspectd.train, likewise calibrate/ and
+# deploy/), so it checks a tree of links with the installed layout: inspectd/train/loop.py in
+# its messages is train/loop.py.
+TYPECHECK := .work/typecheck
 typecheck: $(VENV)/.stamp-dev
-	$(BIN)/mypy
+	rm -rf $(TYPECHECK)/inspectd && mkdir -p $(TYPECHECK)/inspectd
+	ln -s $(CURDIR)/inspectd/* $(TYPECHECK)/inspectd/
+	for d in train calibrate deploy; do ln -s $(CURDIR)/$$d $(TYPECHECK)/inspectd/$$d; done
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml inspectd
 
 test: $(VENV)/.stamp-dev mosquitto chromium lint typecheck
 	$(BIN)/pytest

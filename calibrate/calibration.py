@@ -111,7 +111,8 @@ def training_hashes(bundle: Bundle) -> set[str]:
 
 def split_training(paths: list[Path], trained: set[str]) -> tuple[list[Path], list[Path]]:
     """(images not used for training, images that were), by file sha256."""
-    fresh, seen = [], []
+    fresh: list[Path] = []
+    seen: list[Path] = []
     for p in paths:
         (seen if sha256_of(p) in trained else fresh).append(p)
     return fresh, seen
@@ -177,7 +178,9 @@ def score_camera(
 
     timeout = getattr(camera, "timeout_s", 5.0)
     spec = bundle.manifest.preprocess
-    names, skipped, grabbed = [], [], []
+    names: list[str] = []
+    skipped: list[str] = []
+    grabbed: list[np.ndarray] = []
     with open_source(camera) as source, _bar(count, "capturing", progress) as bar:
         while len(grabbed) < count:
             try:
@@ -190,8 +193,8 @@ def score_camera(
                     raise CalibrationError(f"the camera gave no frames ({skipped[-1]})") from None
                 continue
             try:
-                if frame.error:
-                    raise PreprocessError(frame.error)
+                if frame.error or frame.image is None:
+                    raise PreprocessError(frame.error or "the frame holds no image")
                 grabbed.append(preprocess(frame.image, spec)[0])
                 names.append(frame.part_id)
                 bar.update(1)

@@ -211,7 +211,7 @@ def test_masks(
     a mask file get an empty one, the latter marked has_mask False (counted as missing)."""
     has_mask = np.array([not s.is_anomalous or s.mask_path is not None for s in samples])
     masks = np.zeros((len(samples), *hw), bool)
-    for i in np.flatnonzero(has_mask):
+    for i in np.flatnonzero(has_mask).tolist():
         if samples[i].is_anomalous:
             masks[i] = mask_like_input(samples[i], spec, hw)
     return masks, has_mask

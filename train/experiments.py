@@ -20,7 +20,7 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -169,10 +169,11 @@ def vivano_extras(
     from inspectd.train.datasets.mvtec import MVTecSet
     from inspectd.train.evaluate import compute_metrics, test_masks
     from inspectd.train.models import load_graph
+    from inspectd.train.models.vivano import ViVAno
 
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
-    model = load_graph(bundle).model.to(device)
+    model = cast(ViVAno, load_graph(bundle).model.to(device))
     samples = MVTecSet(data).test()
     maps, latents = [], []
     with torch.no_grad():

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -126,9 +127,10 @@ def train_model(
         enabled=cuda if amp is None else amp,
     )
     model.to(device)
-    if cuda:
-        model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if settings.compile else model
+    if cuda:  # Module.to takes memory_format; torch's typed overloads leave it out
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    # torch.compile of a Module is a Module (OptimizedModule); its stub says only Callable
+    step_model = cast(nn.Module, torch.compile(model)) if settings.compile else model
     xs, xv = _to_tensor(train_images, device), _to_tensor(val_images, device)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, fused=cuda)
     gen = torch.Generator(device=device).manual_seed(settings.seed)

@@ -14,7 +14,7 @@ Scores keep their floating dtype (float32 maps stay float32: half the memory, sa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -199,7 +199,7 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
 
     # Region pixels and their weights: only images that have a defect pixel need labelling.
     pos_scores, pos_weights, n_regions = [], [], 0
-    for i in np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1)):
+    for i in np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1)).tolist():
         lab, n = _regions(masks[i])
         inside = lab > 0
         sizes = np.bincount(lab[inside], minlength=n + 1)
@@ -220,7 +220,7 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
     neg = _as_scores(maps)[~masks.ravel()]  # a copy, sorted in place (ascending)
     neg.sort()
 
-    def pro_above(v: np.ndarray, side: str) -> np.ndarray:
+    def pro_above(v: np.ndarray, side: Literal["left", "right"]) -> np.ndarray:
         # PRO with threshold just above v ("right": score > v) or at v ("left": score >= v)
         return tail[np.searchsorted(pos, v, side)]
 

@@ -35,6 +35,8 @@ class MsgmsL2Head(nn.Module):
 
     Settings not given take ScoringSpec's defaults (21, 4, 0.0026): the one place they live."""
 
+    prewitt: torch.Tensor  # a buffer, typed for mypy
+
     def __init__(self, **settings: Any) -> None:
         super().__init__()
         spec = ScoringSpec(method="msgms_l2", **settings)

@@ -69,13 +69,14 @@ def training_settings(fam: Family, product: str, **overrides: Any) -> TrainSetti
 def build_model(req: BuildRequest, fam: Family) -> tuple[torch.nn.Module, dict[str, Any]]:
     params = fam.params(req.params)
     model = fam.create(params)
-    if isinstance(getattr(model, "vgg", None), VGG19Blocks):
+    vgg = getattr(model, "vgg", None)
+    if isinstance(vgg, VGG19Blocks):
         if req.vgg_weights is None:
             raise ValueError(
                 "hybrid needs ImageNet VGG19 weights: pass --vgg-weights FILE (torchvision's "
                 "vgg19-dcbb9e9d.pth or vgg19_blocks1-3_torchvision_norm.pth)"
             )
-        model.vgg.load_file(req.vgg_weights)
+        vgg.load_file(req.vgg_weights)
     return model, params
 
 

@@ -157,7 +157,7 @@ class Gateway:
 
     # -- messages -----------------------------------------------------------------------------
 
-    def handle(self, topic: str, payload: bytes) -> None:
+    def handle(self, topic: str, payload: bytes | bytearray) -> None:
         """One MQTT message. Never raises for a bad payload: it is logged and skipped."""
         self.stats["messages"] += 1
         station, _, kind = topic.rpartition("/")
@@ -184,7 +184,8 @@ class Gateway:
         verdict = _field(msg, "verdict", str)
         if verdict not in REJECT_VERDICTS:
             raise Malformed(f"verdict {verdict!r} on a reject")
-        name = msg.get("station") if isinstance(msg.get("station"), str) else station
+        named = msg.get("station")
+        name = named if isinstance(named, str) else station
         last = self.rejects.get(station)
         if last is not None and seq <= last:
             self.stats["duplicate_rejects"] += 1
@@ -306,11 +307,13 @@ def make_client(
     if tls_ca is not None:
         client.tls_set(ca_certs=tls_ca)
     client.reconnect_delay_set(1, 30)
+
     # Nagle off: paho leaves it on, and a PUBACK held back by it holds the broker's next message
     # to us until the delayed ACK (up to 40 ms). The broker needs `set_tcp_nodelay true` too.
-    client.on_socket_open = lambda c, u, sock: sock.setsockopt(
-        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-    )
+    def no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    client.on_socket_open = no_delay
     topics = [(f"{base}/{kind}", 1) for kind in ("reject", "verdict", "status")]
 
     def on_connect(client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001

@@ -624,7 +624,7 @@ def render_part(
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
     split_code = _SPLIT_CODES[split]
     scene = _Scene.sample(np.random.default_rng([seed, split_code, 0, index]), style)
-    mask = np.zeros((style.size, style.size), np.uint8)
+    mask: np.ndarray = np.zeros((style.size, style.size), np.uint8)
     if defect is not None:
         defect_rng = np.random.default_rng([seed, split_code, 1 + DEFECTS.index(defect), index])
         coverage = _DEFECT_RENDERERS[defect](scene, defect_rng)

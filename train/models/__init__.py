@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,7 +35,8 @@ def reconstruction_objective(
 
 
 def own_objective(model: nn.Module, x: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
-    return model.loss(x, noisy)
+    """The model's own loss (vivano: reconstruction, KL and mixture likelihood)."""
+    return cast(vivano.ViVAno, model).loss(x, noisy)
 
 
 @dataclass(frozen=True)

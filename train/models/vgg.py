@@ -15,6 +15,7 @@ output before a learned layer sees it, and either file works.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -40,6 +41,9 @@ class WeightsError(RuntimeError):
 class VGG19Blocks(nn.Module):
     """RGB in [0, 1] -> the outputs of blocks 1, 2 and 3 before their max pool (full, 1/2 and
     1/4 resolution) or after it; 64, 128 and 256 channels."""
+
+    mean: torch.Tensor  # buffers, typed for mypy (register_buffer sets them)
+    std: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,7 +87,7 @@ class VGG19Blocks(nn.Module):
             )
         for block in BLOCKS:
             for index, cin, cout in block:
-                conv = self.features[str(index)]
+                conv = cast(nn.Conv2d, self.features[str(index)])
                 w, b = state[f"features.{index}.weight"], state[f"features.{index}.bias"]
                 if tuple(w.shape) != (cout, cin, 3, 3):
                     raise WeightsError(
@@ -91,6 +95,7 @@ class VGG19Blocks(nn.Module):
                         f"VGG19 has {(cout, cin, 3, 3)}"
                     )
                 conv.weight.data.copy_(w.float())
+                assert conv.bias is not None  # every conv is built with a bias
                 conv.bias.data.copy_(b.float())
 
     def state_dict_torchvision(self) -> dict[str, torch.Tensor]:

@@ -60,6 +60,9 @@ class MixtureDensity(nn.Module):
     the diagonal, sigma^-1 = U^T U), so the likelihood is matmuls and sums that ONNX exports.
     """
 
+    eye: torch.Tensor  # buffers of the full covariance, typed for mypy
+    upper: torch.Tensor
+
     def __init__(
         self,
         positions: int,
