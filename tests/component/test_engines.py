@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from support.paths import PRODUCTS
+from support.paths import SHIPPED
 
 torch = pytest.importorskip("torch")
 
@@ -251,9 +251,9 @@ def test_verify_engine_cli_torch_on_cpu_agrees(tiny: Bundle) -> None:
 
 
 def test_the_demo_bundle_runs_on_the_torch_engine_with_the_onnx_verdicts() -> None:
-    """products/button ships model.pt (recovered from its ONNX initializers): verify-engine
-    on the demo parts finds the same maps and verdicts."""
-    products = PRODUCTS
+    """products/button, the shipped hybrid, carries model.pt with the fp16-rounded weights its
+    model.onnx holds: verify-engine on the demo parts finds the same maps and verdicts."""
+    products = SHIPPED
     r = _cli(
         "verify-engine",
         "--product",

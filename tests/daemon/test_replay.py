@@ -39,7 +39,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, d
 
 
 def resealed(tmp_path: Path, image_threshold: float) -> Path:
-    """products/button copied and re-sealed with another image threshold, as calibrate does."""
+    """The tests' button bundle copied and re-sealed with another image threshold (as calibrate
+    does)."""
     products = tmp_path / "products"
     shutil.copytree(BUNDLE, products / "button")
     bundle = load_bundle(products / "button")

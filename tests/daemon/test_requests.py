@@ -51,8 +51,8 @@ def set_image_threshold(bundle_dir: Path, image: float) -> None:
 
 
 def copy_bundle(products_dir: Path, name: str) -> Path:
-    """products/button copied to products_dir/name; the manifest's name follows the folder (the
-    daemon finds a running product's bundle again by its name, e.g. on reload)."""
+    """The tests' button bundle copied to products_dir/name; the manifest's name follows the
+    folder (the daemon finds a running product's bundle again by its name, e.g. on reload)."""
     target = products_dir / name
     shutil.copytree(BUNDLE, target)
     if name != "button":

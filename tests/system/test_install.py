@@ -19,7 +19,7 @@ import pytest
 
 from inspectd.config import load_station_config
 
-from support.paths import PRODUCTS, REPO, SHIPPED_PRODUCTS
+from support.paths import REPO, SHIPPED, SHIPPED_PRODUCTS
 
 INSTALL = REPO / "deploy" / "install.sh"
 UNINSTALL = REPO / "deploy" / "uninstall.sh"
@@ -133,7 +133,7 @@ def test_second_install_changes_nothing(tmp_path):
     assert mode(root / "etc/inspectd/station1.yaml") == 0o640  # may hold the MQTT password
     assert "button" in SHIPPED_PRODUCTS
     for product in SHIPPED_PRODUCTS:  # every bundle in products/, byte for byte
-        for f in (PRODUCTS / product).iterdir():
+        for f in (SHIPPED / product).iterdir():
             installed = root / "etc/inspectd/products" / product / f.name
             assert installed.read_bytes() == f.read_bytes(), installed
     assert (root / "var/lib/inspectd/station1/incoming").is_dir()
