@@ -43,7 +43,7 @@ lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
-# mypy on the daemon package; what it checks and how is in pyproject.toml ([tool.mypy]).
+# mypy on the whole inspectd namespace; its settings are in pyproject.toml ([tool.mypy]).
 # mypy cannot follow package-dir (train/ installs as inspectd.train, likewise calibrate/ and
 # deploy/), so it checks a tree of links with the installed layout: inspectd/train/loop.py in
 # its messages is train/loop.py.
@@ -61,12 +61,14 @@ test: $(VENV)/.stamp-dev mosquitto chromium lint typecheck
 # profile's size (128 px, ViT D 256, depth 2; 33 min on 2 cores) -> ONNX with fp16 weights
 # -> thresholds from 400 fresh good parts at 1 % false rejects (docs/results.md has its figures).
 BUTTON_DATA := .work/button-data
+# The training set both button bundles learn from: 250 good seed-0 buttons (+ a small test split).
+BUTTON_TRAINING_SET = $(BIN)/python -m inspectd.train.datasets.button --out $(BUTTON_DATA) \
+	--seed 0 --train-good 250 --test-good 60 --per-defect 10
 BUTTON_CALIBRATION := .work/button-calibration
 VGG_WEIGHTS ?= ../shared/weights/vgg19_blocks1-3_torchvision_norm.pth
 demo-bundle: $(VENV)/.stamp-dev
 	rm -rf $(BUTTON_DATA) $(BUTTON_CALIBRATION)
-	$(BIN)/python -m inspectd.train.datasets.button --out $(BUTTON_DATA) --seed 0 \
-		--train-good 250 --test-good 60 --per-defect 10
+	$(BUTTON_TRAINING_SET)
 	$(BIN)/python -m inspectd.train.datasets.button --out $(BUTTON_CALIBRATION) --seed 2 \
 		--train-good 1 --test-good 400 --per-defect 10
 	$(BIN)/inspectd train --product button --data $(BUTTON_DATA) --model hybrid \
@@ -79,8 +81,7 @@ demo-bundle: $(VENV)/.stamp-dev
 # tests/products/button, the small ae bundle most tests inspect with (12 min on 2 cores).
 test-bundle: $(VENV)/.stamp-dev
 	rm -rf $(BUTTON_DATA)
-	$(BIN)/python -m inspectd.train.datasets.button --out $(BUTTON_DATA) --seed 0 \
-		--train-good 250 --test-good 60 --per-defect 10
+	$(BUTTON_TRAINING_SET)
 	$(BIN)/inspectd train --product button --products tests/products --data $(BUTTON_DATA) \
 		--model ae --epochs 200 --patience 30 --lr 1e-3 --seed 0 --input-size 128
 
