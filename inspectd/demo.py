@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 REPO_PRODUCTS = Path(__file__).resolve().parent.parent / "products"
 DEMO_SEED = 20261123  # not the training seed: the demo parts are new to the model
 CORRUPT_EVERY = 25  # one part in 25 is a truncated file, to show the ERROR path
-# Parts per second, as from a triggered camera on a line: the shipped hybrid takes about 120 ms
-# a part on one core of a 2-core CPU (docs/performance.md), so 5 leaves headroom on small boxes.
+# Parts per second, as from a triggered camera on a line: what the shipped hybrid keeps up with
+# on one core of a small CPU box, with headroom (its cost: docs/results.md, "The demo bundle").
 LINE_RATE_HZ = 5.0
 UI_PORT = 8470  # the page's port when free (`inspectd ui` itself defaults to 8480)
 _print_lock = threading.Lock()  # the part lines and the gateway's lines come from two threads

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# The tests' products: the small `ae` button bundle (4 MB, a few ms a part on the CPU), so the
-# suite's hundreds of inspections stay fast (make test-bundle rebuilds it).
+# The tests' products: the small `ae` button bundle (4 MB model, a few ms a part on a CPU), so
+# the suite's hundreds of inspections stay fast (make test-bundle rebuilds it).
 PRODUCTS = REPO / "tests" / "products"
 BUNDLE = PRODUCTS / "button"
 # The product bundles in products/: what the demo runs on and what install.sh copies (the hybrid

@@ -11,12 +11,10 @@ from pathlib import Path
 from inspectd.mqtt.broker import free_port
 
 from support.mqtt_client import Subscriber
-from support.paths import LEAN_RUN, needs_bundle
+from support.paths import LEAN_RUN
 
 TOPIC = "inspectd/v1/demo/line1/demo1"
 LIMIT = 40  # the end-to-end check: 40 parts, both verdict kinds
-
-pytestmark = needs_bundle
 
 
 def run_demo(out: Path, port: int) -> subprocess.CompletedProcess[str]:

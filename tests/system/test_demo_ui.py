@@ -25,14 +25,13 @@ from inspectd.mqtt.broker import LocalBroker, amqtt_available, free_port
 
 from support import waiting
 from support.browser import CHROMIUM
-from support.paths import LEAN_RUN, REPO, needs_bundle
+from support.paths import LEAN_RUN, REPO
 
 BASE = "inspectd/v1/demo/line1/demo1"
-LIMIT = 30  # 1.5 s of parts: rejects of every kind (the corrupt file is part 25)
+LIMIT = 30  # 6 s of parts at the demo's rate: rejects of every kind (the corrupt file is part 25)
 PAGE = re.compile(r"^Page: (http://127\.0\.0\.1:(\d+)/)  \(the line page")
 SUMMARY = re.compile(r"^Summary: (\d+) parts  OK (\d+)  NG (\d+)  ERROR (\d+)$")
 
-pytestmark = needs_bundle
 
 # The page is asked every 20 ms, as in test_ui.py.
 wait_until = functools.partial(waiting.wait_until, every=0.02)
