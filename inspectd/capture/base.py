@@ -21,6 +21,12 @@ class CaptureError(Exception):
     """
 
 
+class CaptureSettingError(CaptureError):
+    """The source's settings cannot work as written (a person must change the config), as
+    opposed to a device or folder that is not there yet and may come back: the daemon exits
+    with the config status instead of being restarted into the same failure."""
+
+
 class EndOfStream(Exception):
     """The source has no more frames (a folder without loop, the end of a video file)."""
 

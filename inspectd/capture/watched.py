@@ -49,7 +49,13 @@ from typing import Any, Protocol, TypedDict
 
 import structlog
 
-from inspectd.capture.base import RECEIPT, CaptureError, CaptureSource, CaptureTimeout
+from inspectd.capture.base import (
+    RECEIPT,
+    CaptureError,
+    CaptureSettingError,
+    CaptureSource,
+    CaptureTimeout,
+)
 from inspectd.capture.folder import DEFAULT_PATTERN
 from inspectd.frame import CameraMeta, Frame
 from inspectd.imagefile import decode_image_file
@@ -165,12 +171,13 @@ class WatchedFolderSource(CaptureSource):
             raise CaptureError(f"watched folder {what}: {self.path}")
         try:
             device = self.path.stat().st_dev
-            for folder in (self.done_dir, self.failed_dir):
+            for key, folder in (("done_dir", self.done_dir), ("failed_dir", self.failed_dir)):
                 folder.mkdir(parents=True, exist_ok=True)
                 if folder.stat().st_dev != device:
-                    raise CaptureError(
-                        f"{folder} is on another file system than the watched "
-                        f"folder {self.path}: files are moved by renaming"
+                    raise CaptureSettingError(
+                        f"camera.watch.{key}: {folder} is on another file system than the "
+                        f"watched folder {self.path}; files are moved by renaming, so choose "
+                        "a folder on the same file system"
                     )
         except OSError as exc:
             raise CaptureError(f"watched folder {self.path}: {exc.strerror or exc}") from exc

@@ -20,7 +20,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from inspectd.bundle import BundleError
-    from inspectd.capture.base import CaptureError
+    from inspectd.capture.base import CaptureError, CaptureSettingError
     from inspectd.engine import EngineError
     from inspectd.logs import configure_logging
     from inspectd.mqtt.commands import CommandError
@@ -74,11 +74,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         station.start()
     except (BundleError, CaptureError, EngineError, StartupError) as exc:
-        print(f"inspectd: {exc}", file=sys.stderr)
+        where = args.config if isinstance(exc, CaptureSettingError) else "inspectd"
+        print(f"{where}: {exc}", file=sys.stderr)
         station.stop()
         # A bad bundle or setting needs a person; a camera that is not there yet may come
         # back, so that one is an ordinary failure that systemd retries.
-        return 1 if isinstance(exc, CaptureError) else EXIT_CONFIG
+        retry = isinstance(exc, CaptureError) and not isinstance(exc, CaptureSettingError)
+        return 1 if retry else EXIT_CONFIG
     try:
         stats = station.run(stop=stop)
     finally:

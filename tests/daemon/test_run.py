@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from inspectd.bundle import load_bundle
 from inspectd.train.datasets.button import render_part
@@ -199,6 +201,28 @@ def test_a_camera_that_is_not_there_is_a_failure_systemd_retries(tmp_path):
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "not-yet-mounted" in proc.stderr
+
+
+def test_a_done_dir_on_another_file_system_is_a_config_error_not_retried(tmp_path):
+    # Files are moved by renaming, which cannot cross file systems: no restart fixes that.
+    other = Path("/dev/shm")
+    if not other.is_dir() or other.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the tests' tmp folder")
+    (tmp_path / "incoming").mkdir()
+    done = other / f"inspectd-test-{os.getpid()}-done"
+    config = write_config(
+        tmp_path, 1, tmp_path / "incoming", watch={"enabled": True, "done_dir": done}
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "inspectd", "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        shutil.rmtree(done, ignore_errors=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{config}: camera.watch.done_dir: {done} is on another file system" in proc.stderr
 
 
 def test_overlays_stats_and_health_over_mqtt(mosquitto, tmp_path):
