@@ -252,15 +252,19 @@ class WatchedFolderSource(CaptureSource):
         return {"watch": dict(self.counts)}
 
     def problems(self) -> list[str]:
-        """``camera_move_failed`` while moves fail (from a failed move until one works): those
-        files stay in the watched folder, not inspected again (the next start moves them)."""
-        error = self._move_error
-        if error is None:
-            return []
-        return [
-            f"camera_move_failed: {self.counts['move_failed']} files not moved since start, "
-            f"last: {error}"
-        ]
+        """``camera_listing_failed`` while the folder cannot be listed (a share gone: no new
+        part is seen, which looks like an idle line otherwise); ``camera_move_failed`` while
+        moves fail (from a failed move until one works): those files stay in the watched
+        folder, not inspected again (the next start moves them)."""
+        found = []
+        if self._listing_error is not None:
+            found.append(f"camera_listing_failed: {self.path}: {self._listing_error}")
+        if self._move_error is not None:
+            found.append(
+                f"camera_move_failed: {self.counts['move_failed']} files not moved since "
+                f"start, last: {self._move_error}"
+            )
+        return found
 
     # -- internals -------------------------------------------------------------------------
 

@@ -383,3 +383,20 @@ def test_failing_moves_are_a_health_problem_until_a_move_works(tmp_path):
     (frame,) = drain(src)
     src.recorded([(frame, record(frame, Verdict.OK, 2), True)])
     assert src.problems() == [] and src.stats()["watch"]["moved"] == 1
+
+
+def test_a_folder_that_cannot_be_listed_is_a_health_problem_until_it_can(tmp_path):
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    src = WatchedFolderSource(incoming, settle_s=0.0, poll_s=0.05)
+    src.open()
+    assert drain(src, idle_s=0.1) == [] and src.problems() == []
+    moved = tmp_path / "share-gone"
+    incoming.rename(moved)  # the share disappears under the daemon
+    assert drain(src, idle_s=0.2) == []
+    (problem,) = src.problems()
+    assert problem.startswith(f"camera_listing_failed: {incoming}: ")
+    moved.rename(incoming)
+    (incoming / "a.png").write_bytes(png(1))
+    (frame,) = drain(src)
+    assert frame.error is None and src.problems() == []
