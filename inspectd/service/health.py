@@ -213,6 +213,9 @@ class StationHealth:
             "version": __version__,
             "product": bundle.name,
             "model_sha256": bundle.model_sha256,
+            # when the next one is due at the latest: a reader can tell a station gone quiet
+            # (hung, its broker connection kept alive) from one with nothing new to say
+            "interval_s": self.config.mqtt.health_interval_s,
             "engine": self.pipeline.engine.name,
             "camera": camera,
             "thresholds": {

@@ -162,6 +162,8 @@ def build_app(
     async def flusher() -> None:
         while True:
             await asyncio.sleep(FLUSH_S)
+            for base in line.check_silence():
+                hub.changed(base)
             hub.flush()
 
     @asynccontextmanager

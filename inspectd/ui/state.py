@@ -16,6 +16,7 @@ from typing import Any
 from paho.mqtt.client import topic_matches_sub
 
 HOUR_S = 3600.0
+SILENT_INTERVALS = 3  # a station's health this many of its intervals late: flagged
 _SEEN = 5000  # seqs remembered for de-duplication per station
 _LATENCIES = 200
 _ANSWERS = 10
@@ -53,6 +54,8 @@ class StationState:
         # when this page saw the state change: a Last Will's own ts is from the connect
         self.changed_at: float | None = None
         self.health: dict[str, Any] | None = None
+        self.health_at: float | None = None  # when this page last received a …/health
+        self.silent = False  # online, but its health overdue (see check_silence)
         self.stats: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
         self._hour: deque[tuple[float, str]] = deque()  # (t_verdict, verdict) of the last hour
@@ -92,7 +95,8 @@ class StationState:
                 self.changed_at = time.time()
             self.status = doc
         elif suffix == "health":
-            self.health = doc
+            self.health, self.health_at = doc, time.time()
+            self.silent = False
         elif suffix == "stats":
             self.stats = doc
         elif suffix == "verdict":
@@ -184,8 +188,29 @@ class StationState:
             "per_min": total / (span / 60) if span >= 60 else None,
         }
 
-    def problems(self) -> list[str]:
+    def check_silence(self, now: float) -> bool:
+        """True when ``silent`` changed: an online station whose health is SILENT_INTERVALS
+        of its own ``interval_s`` overdue. A hung daemon whose MQTT thread still answers the
+        broker's pings never triggers its Last Will; only the missing health shows it."""
+        interval = (self.health or {}).get("interval_s")
+        silent = (
+            self.state == "online"
+            and isinstance(interval, (int, float))
+            and self.health_at is not None
+            and now - self.health_at > SILENT_INTERVALS * interval
+        )
+        changed, self.silent = silent != self.silent, silent
+        return changed
+
+    def problems(self, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
         problems = list((self.health or {}).get("problems") or [])
+        if self.silent and self.health_at is not None:
+            problems.insert(
+                0,
+                f"no health for {now - self.health_at:.0f} s (sent every "
+                f"{(self.health or {}).get('interval_s')} s): the station may be hung",
+            )
         if self.state in ("offline", "stopped"):
             problems.insert(0, f"station {self.state}")
         return problems
@@ -207,7 +232,8 @@ class StationState:
             "name": self.name,
             "state": self.state,
             "health": health_state,
-            "attention": self.state != "online" or health_state == "degraded",
+            "silent": self.silent,
+            "attention": self.state != "online" or health_state == "degraded" or self.silent,
             "product": s.get("product") or last.get("product"),
             "model": (last.get("model") or {}).get("name"),
             "model_sha256": (
@@ -222,7 +248,7 @@ class StationState:
             }
             if lat
             else None,
-            "problems": self.problems(),
+            "problems": self.problems(now),
             "reviews_today": self.reviews_today,
             "noticed": self.changed_at,
         }
@@ -318,6 +344,11 @@ class Line:
         if base not in self.stations and suffix not in ("status", "health", "verdict"):
             return None  # a station is known by what it publishes first, not by a command to it
         return base if self.station(base).on_message(suffix, payload, props) else None
+
+    def check_silence(self, now: float | None = None) -> list[str]:
+        """The bases whose health went overdue or came back since the last check."""
+        now = time.time() if now is None else now
+        return [b for b, st in self.stations.items() if st.check_silence(now)]
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -332,6 +332,35 @@ def test_viewers_see_but_cannot_act_and_no_credentials_get_nothing(
     assert refused.value.code == 403
 
 
+def test_a_station_gone_quiet_is_flagged_before_its_last_will_and_clears_when_back(
+    line: Line, operator: Any
+) -> None:
+    # SIGSTOP: the station sends nothing, but its connection stays open until the broker's
+    # keep-alive (30 s, the Last Will after 45 s). Its health (every 1 s here) is what stops.
+    page = operator
+    page.goto(line.url + "/#/")
+    t = tile(page)
+    t.wait_for()
+    problems = t.locator("[data-testid=problems]")
+    line.station.signal(signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: problems.count() == 1 and "no health for" in problems.inner_text(),
+            10,
+            "the quiet station's problem on its tile",
+        )
+        assert "(sent every 1.0 s): the station may be hung" in problems.inner_text()
+        assert "degraded" in (t.get_attribute("class") or "").split()
+        assert t.get_attribute("data-state") == "online"  # no Last Will yet
+    finally:
+        line.station.signal(signal.SIGCONT)
+    wait_until(
+        lambda: problems.count() == 0 or "no health for" not in problems.inner_text(),
+        10,
+        "the problem gone once its health comes again",
+    )
+
+
 def test_a_killed_station_turns_its_tile_offline(line: Line, operator: Any) -> None:
     page = operator
     page.goto(line.url + "/#/")

@@ -7,7 +7,7 @@ export function tile(s) {
   const last = s.last;
   const c = s.counts;
   const classes = ["tile", `state-${s.state}`];
-  if (s.health === "degraded") classes.push("degraded");
+  if (s.health === "degraded" || s.silent) classes.push("degraded");
   if (last) classes.push(`v-${last.verdict}`);
   const ov = s.overlay;
   const img = ov
