@@ -7,17 +7,19 @@ types and not on the orchestrator (``inspectd.pipeline``), which produces them.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from inspectd.frame import Frame
 from inspectd.outputs.overlay import render
 from inspectd.preprocess import Geometry
-from inspectd.verdict import VerdictRecord
+from inspectd.verdict import Verdict, VerdictRecord, iso_utc
 
 STAGES = ("capture", "preprocess", "infer", "decide", "publish")
 THREADS = ("capture", "infer", "publish")  # capture also preprocesses; infer also decides
@@ -51,9 +53,47 @@ class VerdictSink(Protocol):
     def close(self) -> None: ...
 
 
+class LastHour:
+    """Recorded verdicts of the last hour in one-minute buckets, and the newest seq counted
+    (…/stats ``last_hour``): a page or gateway that connects mid-shift takes these and adds
+    only the verdicts after that seq, instead of counting from the moment it connected."""
+
+    def __init__(self, started: float | None = None) -> None:
+        self.started = time.time() if started is None else started
+        self._lock = threading.Lock()  # the sink thread adds, the health thread reads
+        self._minutes: deque[tuple[int, Counter[str]]] = deque()
+        self._seq = 0
+
+    def add(self, verdict: Verdict, seq: int, t: float) -> None:
+        minute = int(t // 60)
+        with self._lock:
+            # a wall clock stepped back counts into the current minute, never an old one
+            if not self._minutes or minute > self._minutes[-1][0]:
+                self._minutes.append((minute, Counter()))
+            self._minutes[-1][1][verdict.value] += 1
+            self._seq = max(self._seq, seq)
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        first = int((now - 3600.0) // 60) + 1  # the 60 minutes up to and including this one
+        counts: Counter[str] = Counter()
+        with self._lock:
+            while self._minutes and self._minutes[0][0] < first:
+                self._minutes.popleft()
+            for _, c in self._minutes:
+                counts.update(c)
+            seq = self._seq
+        return {
+            **{v.value: counts[v.value] for v in Verdict},
+            "since": iso_utc(max(self.started, first * 60.0)),
+            "through_seq": seq,
+        }
+
+
 @dataclass
 class PipelineStats:
-    verdicts: Counter[str] = field(default_factory=Counter)
+    verdicts: Counter[str] = field(default_factory=Counter)  # since start, before recording
+    last_hour: LastHour = field(default_factory=LastHour)  # as recorded (seq known)
     # the most recent parts only: a station runs for months
     stage_ms: dict[str, deque[float]] = field(
         default_factory=lambda: {s: _recent() for s in STAGES}

@@ -263,6 +263,7 @@ class StationHealth:
         return {
             "station": self.config.station.name,
             "verdicts": dict(stats.verdicts),
+            "last_hour": stats.last_hour.snapshot(),
             "latency_ms": {"p50": round(p50, 2), "p99": round(p99, 2)},
             "stage_ms_p50": {
                 s: round(stats.percentiles(v)[0], 3) for s, v in stats.stage_ms.items() if v

@@ -58,7 +58,10 @@ class StationState:
         self.silent = False  # online, but its health overdue (see check_silence)
         self.stats: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
-        self._hour: deque[tuple[float, str]] = deque()  # (t_verdict, verdict) of the last hour
+        # (t_verdict, verdict, seq) this page received in the last hour
+        self._hour: deque[tuple[float, str, int]] = deque()
+        # the station's own count of its last hour (…/stats last_hour), when it sent one
+        self._station_hour: dict[str, Any] | None = None
         self._seen: OrderedDict[int, None] = OrderedDict()
         self.scores: deque[tuple[float, str]] = deque(maxlen=score_window)
         self.latencies: deque[float] = deque(maxlen=_LATENCIES)
@@ -99,6 +102,7 @@ class StationState:
             self.silent = False
         elif suffix == "stats":
             self.stats = doc
+            self._take_station_hour(doc.get("last_hour"))
         elif suffix == "verdict":
             return self._on_verdict(doc)
         elif suffix == "error":
@@ -118,7 +122,7 @@ class StationState:
             self._seen.popitem(last=False)
         verdict = str(v.get("verdict"))
         t = _epoch(v.get("t_verdict")) or time.time()
-        self._hour.append((t, verdict))
+        self._hour.append((t, verdict, seq))
         if self.last is None or seq >= self.last.get("seq", 0):
             self.last = v
         score = v.get("score")
@@ -170,16 +174,34 @@ class StationState:
         """online / offline / stopped from the retained status; unknown before any."""
         return str(self.status.get("state", "unknown")) if self.status else "unknown"
 
+    def _take_station_hour(self, hour: Any) -> None:
+        if not isinstance(hour, dict):
+            return  # an older station: the page counts what it receives
+        since, through = _epoch(hour.get("since")), hour.get("through_seq")
+        counts = {k: hour.get(k) for k in ("OK", "NG", "ERROR")}
+        if since is None or not isinstance(through, int):
+            return
+        if not all(isinstance(v, int) for v in counts.values()):
+            return
+        self._station_hour = {"counts": counts, "since": since, "through_seq": through}
+
     def counts(self, now: float | None = None) -> dict[str, Any]:
+        """The last hour: the station's own count (from before this page started too) plus the
+        received verdicts it does not cover: newer than its ``through_seq``, or older than its
+        ``since`` (a station that restarted counts from its start). Without one, only what this
+        page received."""
         now = time.time() if now is None else now
         while self._hour and self._hour[0][0] < now - HOUR_S:
             self._hour.popleft()
-        counts = {"OK": 0, "NG": 0, "ERROR": 0}
-        for t, verdict in self._hour:
-            if t >= now - HOUR_S and verdict in counts:
+        base = self._station_hour
+        counts = dict(base["counts"]) if base else {"OK": 0, "NG": 0, "ERROR": 0}
+        through, since = (base["through_seq"], base["since"]) if base else (0, now)
+        for t, verdict, seq in self._hour:
+            if verdict in counts and (seq > through or t < since):
                 counts[verdict] += 1
         total = sum(counts.values())
-        span = min(HOUR_S, now - self._hour[0][0]) if self._hour else 0.0
+        start = min(since, self._hour[0][0]) if self._hour else since
+        span = min(HOUR_S, now - start) if total else 0.0
         # no rate from less than a minute of parts: two parts 3 s apart are not 40 parts/min
         return {
             **counts,

@@ -9,6 +9,7 @@ the tests run in file order and the last one kills the station.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,35 +128,45 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
         with (
             Subscriber(broker.host, broker.port, f"{BASE}/verdict") as verdicts,
             Daemon(tmp / "station.yaml", "station") as station,
-            open(tmp / "ui.log", "wb") as log,
+            ui_process(tmp / "ui.yaml") as (ui, url),
         ):
-            ui = subprocess.Popen(
-                [sys.executable, "-m", "inspectd", "ui", "--config", str(tmp / "ui.yaml")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-            try:
-                url = f"http://127.0.0.1:{port}"
+            station.wait_event("station.ready", timeout=30)
+            yield Line(tmp, broker, station, ui, url, verdicts)
 
-                def ready() -> bool:
-                    assert ui.poll() is None, (tmp / "ui.log").read_text()
-                    try:
-                        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:
-                            return json.load(r)["broker"]["connected"]
-                    except OSError:
-                        return False
 
-                wait_until(ready, 20, "the UI serving and connected to the broker")
-                station.wait_event("station.ready", timeout=30)
-                yield Line(tmp, broker, station, ui, url, verdicts)
-            finally:
-                ui.send_signal(signal.SIGTERM)
+@contextlib.contextmanager
+def ui_process(config: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`inspectd ui --config config` as its own process, serving and connected to the broker;
+    stopped with SIGTERM, which it must obey within 10 s. Its log: config with suffix .log."""
+    port = json.loads(config.read_text())["listen"]["port"]
+    logfile = config.with_suffix(".log")
+    with open(logfile, "wb") as log:
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "inspectd", "ui", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def ready() -> bool:
+                assert ui.poll() is None, logfile.read_text()
                 try:
-                    ui.wait(10)
-                except subprocess.TimeoutExpired:
-                    ui.kill()
-                    raise AssertionError("the UI did not stop on SIGTERM within 10 s") from None
+                    with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:
+                        return json.load(r)["broker"]["connected"]
+                except OSError:
+                    return False
+
+            wait_until(ready, 20, "the UI serving and connected to the broker")
+            yield ui, url
+        finally:
+            ui.send_signal(signal.SIGTERM)
+            try:
+                ui.wait(10)
+            except subprocess.TimeoutExpired:
+                ui.kill()
+                raise AssertionError("the UI did not stop on SIGTERM within 10 s") from None
 
 
 @pytest.fixture(scope="module")
@@ -330,6 +342,36 @@ def test_viewers_see_but_cannot_act_and_no_credentials_get_nothing(
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(req, timeout=5)
     assert refused.value.code == 403
+
+
+def test_a_page_started_mid_shift_counts_the_parts_from_before_it_started(
+    line: Line, browser: Any
+) -> None:
+    # Verdicts are not retained: a page that starts late takes the station's own count of
+    # its last hour (…/stats last_hour, every 1 s here) and adds the verdicts after it.
+    line.drop("good")
+    line.drop("crack")
+    sent = Counter(m.json()["verdict"] for m in line.verdicts.messages())
+    assert sent["OK"] and sent["NG"]
+    late_cfg = json.loads((line.tmp / "ui.yaml").read_text())
+    late_cfg["listen"]["port"] = free_port()
+    (line.tmp / "ui-late.yaml").write_text(json.dumps(late_cfg))
+    with ui_process(line.tmp / "ui-late.yaml") as (_, url):
+        context = browser.new_context(
+            http_credentials={"username": OPERATOR[0], "password": OPERATOR[1]}
+        )
+        page = context.new_page()
+        page.goto(url + "/")
+        t = tile(page)
+
+        def counts() -> dict[str, int]:
+            return {k: int(t.locator(f"[data-testid=count-{k}]").inner_text()) for k in sent}
+
+        wait_until(lambda: counts() == dict(sent), 5, f"the late page's counts at {dict(sent)}")
+        line.drop("good")  # and a part after it started is added once
+        sent["OK"] += 1
+        wait_until(lambda: counts() == dict(sent), 5, f"the late page's counts at {dict(sent)}")
+        context.close()
 
 
 def test_a_station_gone_quiet_is_flagged_before_its_last_will_and_clears_when_back(

@@ -4,8 +4,12 @@ The page itself is tested in chromium (tests/daemon/test_ui.py)."""
 from __future__ import annotations
 
 import json
+import time
+
+import pytest
 
 from inspectd.ui.state import SILENT_INTERVALS, Line
+from inspectd.verdict import iso_utc
 
 BASE = "inspectd/v1/plant/l1/cam1"
 
@@ -46,3 +50,41 @@ def test_no_silence_flag_for_an_offline_station_or_a_health_without_its_interval
     publish(line, "status", {"state": "online"})
     publish(line, "health", {"state": "ok", "problems": []})  # an older station: no interval_s
     assert line.check_silence(st.health_at + 1000) == [] and not st.silent
+
+
+def verdict(line: Line, seq: int, kind: str, t: float) -> None:
+    publish(line, "verdict", {"seq": seq, "verdict": kind, "t_verdict": iso_utc(t)})
+
+
+def stats(line: Line, ok: int, ng: int, error: int, since: float, through: int) -> None:
+    hour = {"OK": ok, "NG": ng, "ERROR": error, "since": iso_utc(since), "through_seq": through}
+    publish(line, "stats", {"last_hour": hour})
+
+
+def test_counts_start_from_the_station_own_last_hour_and_add_only_what_it_did_not_count() -> None:
+    line = Line(("inspectd/v1/plant/l1/+",))
+    now = time.time()
+    verdict(line, 101, "OK", now - 5)  # a page that started a minute ago saw only these
+    verdict(line, 102, "NG", now - 4)
+    st = line.stations[BASE]
+    assert {k: st.counts(now)[k] for k in ("OK", "NG", "ERROR")} == {"OK": 1, "NG": 1, "ERROR": 0}
+
+    stats(line, 900, 80, 20, since=now - 3000, through=102)  # 101 and 102 among them
+    verdict(line, 103, "ERROR", now - 1)  # after the station's count
+    verdict(line, 102, "NG", now - 4)  # a duplicate delivery
+    c = st.counts(now)
+    assert (c["OK"], c["NG"], c["ERROR"], c["total"]) == (900, 80, 21, 1001)
+    assert c["per_min"] == pytest.approx(1001 / 50, rel=1e-3) and c["reject_rate"] == 101 / 1001
+
+    # the station restarted 3 s ago: it counts from there; what the page saw before stays
+    stats(line, 0, 0, 1, since=now - 3, through=103)
+    c = st.counts(now)
+    assert (c["OK"], c["NG"], c["ERROR"]) == (1, 1, 1)
+
+
+def test_a_station_without_last_hour_is_counted_from_what_the_page_received() -> None:
+    line = Line(("inspectd/v1/plant/l1/+",))
+    now = time.time()
+    publish(line, "stats", {"verdicts": {"OK": 5000}})  # an older station's stats
+    verdict(line, 7, "OK", now - 2)
+    assert line.stations[BASE].counts(now)["total"] == 1
