@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck demo-bundle test-bundle mosquitto chromium clean
+.PHONY: demo test lint typecheck demo-bundle test-bundle mosquitto chromium nginx clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ chromium:
 		echo "installing Debian's chromium"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# The UI test behind a TLS proxy runs docs/ui.md's nginx example with Debian's nginx (the
+# package does not start a service in containers with policy-rc.d; the test runs its own).
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { \
+		echo "installing Debian's nginx"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx >/dev/null; }
+
 # The formatter and the linter, both: the layout is ruff format's, with no opt-outs.
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff format --check .
@@ -54,7 +61,7 @@ typecheck: $(VENV)/.stamp-dev
 	for d in train calibrate deploy; do ln -s $(CURDIR)/$$d $(TYPECHECK)/inspectd/$$d; done
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml inspectd
 
-test: $(VENV)/.stamp-dev mosquitto chromium lint typecheck
+test: $(VENV)/.stamp-dev mosquitto chromium nginx lint typecheck
 	$(BIN)/pytest
 
 # products/button, the demo's bundle, from scratch: synthetic buttons -> the hybrid at the cpu

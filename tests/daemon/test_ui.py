@@ -11,13 +11,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import http.client
 import json
 import os
+import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -37,6 +42,7 @@ from support.browser import CHROMIUM
 from support.daemon_process import Daemon
 from support.mqtt_client import Subscriber
 from support.paths import PRODUCTS, REPO, needs_bundle
+from support.secure_broker import find_openssl, make_pki
 from support.station import BASE, station_config
 
 OPERATOR = ("alice", "correct horse battery")
@@ -135,9 +141,12 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
 
 
 @contextlib.contextmanager
-def ui_process(config: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def ui_process(
+    config: Path, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`inspectd ui --config config` as its own process, serving and connected to the broker;
-    stopped with SIGTERM, which it must obey within 10 s. Its log: config with suffix .log."""
+    stopped with SIGTERM, which it must obey within 10 s. Its log: config with suffix .log.
+    ``tls``: it serves HTTPS, checked with this client context."""
     port = json.loads(config.read_text())["listen"]["port"]
     logfile = config.with_suffix(".log")
     with open(logfile, "wb") as log:
@@ -148,12 +157,12 @@ def ui_process(config: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
             cwd=REPO,
         )
         try:
-            url = f"http://127.0.0.1:{port}"
+            url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
             def ready() -> bool:
                 assert ui.poll() is None, logfile.read_text()
                 try:
-                    with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:
+                    with urllib.request.urlopen(f"{url}/healthz", timeout=1, context=tls) as r:
                         return json.load(r)["broker"]["connected"]
                 except OSError:
                     return False
@@ -371,6 +380,127 @@ def test_a_page_started_mid_shift_counts_the_parts_from_before_it_started(
         line.drop("good")  # and a part after it started is added once
         sent["OK"] += 1
         wait_until(lambda: counts() == dict(sent), 5, f"the late page's counts at {dict(sent)}")
+        context.close()
+
+
+def test_the_ui_serves_https_itself_with_the_configured_certificate(
+    line: Line, tmp_path: Path
+) -> None:
+    if find_openssl() is None:
+        pytest.skip("openssl is not installed")
+    pki = make_pki(tmp_path)
+    cfg = json.loads((line.tmp / "ui.yaml").read_text())
+    port = free_port()
+    cfg["listen"] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "tls_cert_file": str(pki.server_cert),
+        "tls_key_file": str(pki.server_key),
+    }
+    (tmp_path / "ui-tls.yaml").write_text(json.dumps(cfg))
+    trust = ssl.create_default_context(cafile=str(pki.ca_cert))
+    with ui_process(tmp_path / "ui-tls.yaml", trust) as (_, url):
+        assert url.startswith("https://")
+        login = base64.b64encode(":".join(OPERATOR).encode()).decode()
+        request = urllib.request.Request(
+            f"{url}/api/line", headers={"Authorization": f"Basic {login}"}
+        )
+        with urllib.request.urlopen(request, timeout=5, context=trust) as r:
+            assert BASE in [s["base"] for s in json.load(r)["stations"]]
+        # a client that does not trust the certificate's CA refuses the server
+        distrust = ssl.create_default_context(cafile=str(pki.other_ca_cert))
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(f"{url}/healthz", timeout=5, context=distrust)
+        # and plain HTTP on that port gets no page
+        with pytest.raises((OSError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@contextlib.contextmanager
+def nginx_proxy(tmp: Path, upstream: str, cert: Path, key: Path) -> Iterator[str]:
+    """docs/ui.md's nginx example, as written there but for its port, certificate and
+    upstream address, run by Debian's nginx in the foreground; its HTTPS URL."""
+    example = (REPO / "docs" / "ui.md").read_text().split("```nginx\n", 1)[1].split("```")[0]
+    port = free_port()
+    server = example
+    for old, new in (
+        ("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;"),
+        ("/etc/ssl/line1.pem", str(cert)),
+        ("/etc/ssl/line1.key", str(key)),
+        ("http://127.0.0.1:8480", upstream),
+    ):
+        assert old in server, f"docs/ui.md's nginx example no longer has {old!r}"
+        server = server.replace(old, new)
+    temp = " ".join(
+        f"{kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi")
+    )
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        ("user root;\n" if os.getuid() == 0 else "")  # workers must reach tmp's files
+        + f"pid {tmp / 'nginx.pid'};\nevents {{}}\n"
+        + f"http {{\naccess_log off;\n{temp}\nuwsgi_temp_path {tmp / 'uwsgi'};\n"
+        + f"scgi_temp_path {tmp / 'scgi'};\n{server}}}\n"
+    )
+    with open(tmp / "nginx.log", "wb") as log:
+        proc = subprocess.Popen(
+            [NGINX, "-e", "stderr", "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+
+            def listening() -> bool:
+                assert proc.poll() is None, (tmp / "nginx.log").read_text()
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    return True
+                except OSError:
+                    return False
+
+            wait_until(listening, 10, "nginx listening")
+            yield f"https://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.mark.skipif(
+    not os.access(NGINX, os.X_OK), reason="nginx is not installed (make test installs it)"
+)
+def test_behind_the_documented_nginx_proxy_the_page_updates_live_and_actions_work(
+    line: Line, browser: Any, tmp_path: Path
+) -> None:
+    # What the proxy must get right: the event stream unbuffered (a new part on the page
+    # within seconds), and the Host it passes matching the page's Origin (actions not 403).
+    if find_openssl() is None:
+        pytest.skip("openssl is not installed")
+    pki = make_pki(tmp_path)
+    with nginx_proxy(tmp_path, line.url, pki.server_cert, pki.server_key) as url:
+        context = browser.new_context(
+            # the proxy's certificate is from a throwaway CA the browser does not know; the
+            # trust check itself is in test_the_ui_serves_https_itself_with_...
+            ignore_https_errors=True,
+            http_credentials={"username": OPERATOR[0], "password": OPERATOR[1]},
+        )
+        page = context.new_page()
+        page.goto(url + "/#/")
+        t = tile(page)
+        t.wait_for(timeout=5000)
+        ng = t.locator("[data-testid=count-NG]")
+        before = int(ng.inner_text())
+        line.drop("crack")
+        wait_until(lambda: int(ng.inner_text()) == before + 1, 5, "the new NG through nginx")
+        page.goto(f"{url}/#/station/{urllib.parse.quote(BASE, safe='')}")
+        page.locator("[data-testid=reload]").click()
+        answers = page.locator("[data-testid=answers]")
+        wait_until(
+            lambda: "reload_thresholds: done" in answers.inner_text(),
+            5,
+            "the reload's answer through nginx",
+        )
         context.close()
 
 
