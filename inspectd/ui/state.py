@@ -179,9 +179,7 @@ class StationState:
             return  # an older station: the page counts what it receives
         since, through = _epoch(hour.get("since")), hour.get("through_seq")
         counts = {k: hour.get(k) for k in ("OK", "NG", "ERROR")}
-        if since is None or not isinstance(through, int):
-            return
-        if not all(isinstance(v, int) for v in counts.values()):
+        if since is None or not all(isinstance(v, int) for v in (*counts.values(), through)):
             return
         self._station_hour = {"counts": counts, "since": since, "through_seq": through}
 
@@ -197,7 +195,7 @@ class StationState:
         counts = dict(base["counts"]) if base else {"OK": 0, "NG": 0, "ERROR": 0}
         through, since = (base["through_seq"], base["since"]) if base else (0, now)
         for t, verdict, seq in self._hour:
-            if verdict in counts and (seq > through or t < since):
+            if t >= now - HOUR_S and verdict in counts and (seq > through or t < since):
                 counts[verdict] += 1
         total = sum(counts.values())
         start = min(since, self._hour[0][0]) if self._hour else since
