@@ -10,6 +10,9 @@ What any PLC gateway must do with the contract:
   diverter. (The broker drops rejects whose MQTT 5 message expiry passed; check it here too.)
 * Expect seq gaps (the daemon crashed between sequencing and publishing): warn, never crash.
 * Watch the retained ``…/status``: ``offline`` means the daemon died.
+* Watch ``…/health`` too: a hung daemon whose MQTT connection is still alive never sends its
+  Last Will, it only stops sending health (every ``interval_s``). Three intervals of silence
+  from an online station are treated like ``offline``.
 
 Run it (``--base`` may hold ``+`` wildcards to serve several stations):
 
@@ -30,6 +33,7 @@ import os
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -47,6 +51,9 @@ REJECT_VERDICTS = ("NG", "ERROR")  # ERROR = could not be inspected: divert it a
 STATE_VERSION = 1
 
 
+SILENT_INTERVALS = 3  # health this many of the station's intervals late: it may be hung
+
+
 # ================================================================================================
 # THE PLC WRITE. This is the one place a real gateway talks to the PLC: write the divert tag for
 # this part (OPC UA, Modbus, EtherNet/IP, ...). Make it idempotent per part_id: if the gateway
@@ -54,6 +61,18 @@ STATE_VERSION = 1
 # ================================================================================================
 def divert(station: str, part_id: str, seq: int, verdict: str) -> None:
     log.info("DIVERT station=%s part_id=%s seq=%d verdict=%s", station, part_id, seq, verdict)
+
+
+# ================================================================================================
+# THE PLC ALARM. Called with a reason when a station stops inspecting (offline, or silent while
+# online) and with None when it inspects again. A real gateway sets a tag the PLC acts on: stop
+# the line, or divert every part until the station is back.
+# ================================================================================================
+def alarm(station: str, reason: str | None) -> None:
+    if reason is None:
+        log.info("ALARM CLEARED station=%s", station)
+    else:
+        log.error("ALARM station=%s: %s: parts are not inspected", station, reason)
 
 
 class Malformed(ValueError):
@@ -89,6 +108,7 @@ class Gateway:
     a wildcard subscription serves two lines whose stations share a name.
     State file: ``{"version": 1, "rejects": {station: highest seq acted on},
     "verdicts": {station: highest verdict seq seen}}``, rewritten atomically on every change.
+    ``check_silence`` is called from another thread than ``handle``: both take ``lock``.
     """
 
     def __init__(
@@ -96,14 +116,21 @@ class Gateway:
         state_path: str | Path,
         divert: Callable[[str, str, int, str], None] = divert,
         now: Callable[[], float] = time.time,
+        alarm: Callable[[str, str | None], None] = alarm,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state_path = Path(state_path)
         self.divert = divert
         self.now = now
+        self.alarm = alarm
+        self.monotonic = monotonic  # health silence: a wall-clock step must not fake or hide it
+        self.lock = threading.Lock()
         self.rejects: dict[str, int] = {}  # acted on (diverted or found expired)
         self.verdicts: dict[str, int] = {}  # seen, for gap detection
         self.status: dict[str, str] = {}  # last daemon state per station
         self.boot_ids: dict[str, str] = {}
+        self.health: dict[str, tuple[float, float]] = {}  # (received, interval_s) per station
+        self.alarmed: dict[str, str] = {}  # station -> why the alarm is raised
         self.stats = dict.fromkeys(
             (
                 "messages",
@@ -115,6 +142,7 @@ class Gateway:
                 "gaps",
                 "malformed",
                 "divert_failed",
+                "silent",
             ),
             0,
         )
@@ -159,12 +187,17 @@ class Gateway:
 
     def handle(self, topic: str, payload: bytes | bytearray) -> None:
         """One MQTT message. Never raises for a bad payload: it is logged and skipped."""
+        with self.lock:
+            self._handle(topic, payload)
+
+    def _handle(self, topic: str, payload: bytes | bytearray) -> None:
         self.stats["messages"] += 1
         station, _, kind = topic.rpartition("/")
         handler = {
             "reject": self._on_reject,
             "verdict": self._on_verdict,
             "status": self._on_status,
+            "health": self._on_health,
         }.get(kind)
         if handler is None:
             log.debug("ignoring %s", topic)
@@ -267,17 +300,58 @@ class Gateway:
         self.status[station] = state
         if state == "online":
             log.info("daemon %s online", station)
+            self.health.pop(station, None)  # a new run: its silence counts from its own health
+            self._set_alarm(station, None)
         elif state == "stopped":
             log.warning("daemon %s stopped (clean shutdown): no inspection now", station)
         elif state == "offline":
             # The broker published the daemon's Last Will: it died or lost the network. Parts
-            # passing now are NOT inspected; a real gateway must tell the PLC to stop the line or
-            # divert everything until the status is back to "online".
-            log.error(
-                "daemon %s OFFLINE: parts are not inspected; stop the line or divert all", station
-            )
+            # passing now are NOT inspected; the PLC must stop the line or divert everything
+            # until the status is back to "online".
+            self._set_alarm(station, "OFFLINE (its Last Will)")
         else:
             log.warning("daemon %s in unknown state %r", station, state)
+
+    def _on_health(self, station: str, msg: dict[str, Any]) -> None:
+        interval = msg.get("interval_s")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+            raise Malformed(f"interval_s is {interval!r}")
+        self.health[station] = (self.monotonic(), float(interval))
+        if self.alarmed.get(station, "").startswith("SILENT"):
+            self._set_alarm(station, None)
+
+    def check_silence(self) -> list[str]:
+        """Raise the alarm for every online station whose health is ``SILENT_INTERVALS`` of its
+        own interval late; returns those newly alarmed. Call it every second or so."""
+        with self.lock:
+            now, newly = self.monotonic(), []
+            for station, (received, interval) in self.health.items():
+                quiet = now - received
+                if (
+                    self.status.get(station) == "online"
+                    and quiet > SILENT_INTERVALS * interval
+                    and station not in self.alarmed
+                ):
+                    self.stats["silent"] += 1
+                    self._set_alarm(
+                        station,
+                        f"SILENT: no health for {quiet:.0f} s (sent every {interval:g} s), "
+                        "it may be hung",
+                    )
+                    newly.append(station)
+            return newly
+
+    def _set_alarm(self, station: str, reason: str | None) -> None:
+        if reason is None and station not in self.alarmed:
+            return
+        if reason is None:
+            del self.alarmed[station]
+        else:
+            self.alarmed[station] = reason
+        try:
+            self.alarm(station, reason)
+        except Exception:  # the PLC write failed: say so loudly, the state above stays right
+            log.exception("ALARM WRITE FAILED %s (%s): tell the line by hand", station, reason)
 
 
 # -- MQTT wiring ------------------------------------------------------------------------------
@@ -314,7 +388,7 @@ def make_client(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     client.on_socket_open = no_delay
-    topics = [(f"{base}/{kind}", 1) for kind in ("reject", "verdict", "status")]
+    topics = [(f"{base}/{kind}", 1) for kind in ("reject", "verdict", "status", "health")]
 
     def on_connect(client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         if reason_code.is_failure:
@@ -389,13 +463,26 @@ def main(argv: list[str] | None = None) -> int:
         password=args.password,
         tls_ca=args.tls_ca,
     )
-    signal.signal(signal.SIGTERM, lambda *_: client.disconnect())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        client.loop_forever(retry_first_connection=True)
+        serve(gateway, client, stop)
     except KeyboardInterrupt:
-        client.disconnect()
+        stop.set()
     log.info("stopped: %s", gateway.stats)
     return 0
+
+
+def serve(gateway: Gateway, client: mqtt.Client, stop: threading.Event, every: float = 1.0) -> None:
+    """paho's network thread handles the messages; this thread watches for silence until
+    ``stop`` is set, then disconnects."""
+    client.loop_start()
+    try:
+        while not stop.wait(every):
+            gateway.check_silence()
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 if __name__ == "__main__":

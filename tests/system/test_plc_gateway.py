@@ -234,6 +234,82 @@ def test_status_changes(gw, caplog) -> None:
     assert "restarted" in caplog.text
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def health(interval: float = 1.0) -> bytes:
+    return json.dumps({"state": "ok", "problems": [], "interval_s": interval}).encode()
+
+
+def test_a_station_whose_health_stops_raises_the_alarm_until_it_comes_back(tmp_path) -> None:
+    # A hung daemon keeps its MQTT connection (no Last Will): only its health stops.
+    clock, alarms = Clock(), []
+    gw = plc.Gateway(
+        tmp_path / "state.json",
+        divert=Recorder(),
+        alarm=lambda station, why: alarms.append((station, why)),
+        monotonic=clock,
+    )
+    gw.handle(f"{ST1}/status", b'{"state": "online", "boot_id": "a"}')
+    gw.handle(f"{ST1}/health", health(1.0))
+    clock.t += 2.9
+    assert gw.check_silence() == [] and alarms == []
+    clock.t += 0.2  # 3.1 s: three intervals late
+    assert gw.check_silence() == [ST1]
+    assert gw.check_silence() == []  # raised once, not every second
+    assert alarms == [(ST1, "SILENT: no health for 3 s (sent every 1 s), it may be hung")]
+    assert gw.stats["silent"] == 1
+    gw.handle(f"{ST1}/health", health(1.0))
+    assert alarms[-1] == (ST1, None) and gw.alarmed == {}
+    clock.t += 2.0
+    assert gw.check_silence() == []
+
+
+def test_offline_alarms_and_a_stopped_or_unknown_station_is_not_silent(tmp_path) -> None:
+    clock, alarms = Clock(), []
+    gw = plc.Gateway(
+        tmp_path / "state.json",
+        alarm=lambda station, why: alarms.append((station, why)),
+        monotonic=clock,
+    )
+    gw.handle(f"{ST1}/health", health(1.0))  # no status yet
+    gw.handle(f"{ST2}/status", b'{"state": "online", "boot_id": "a"}')
+    gw.handle(f"{ST2}/health", health(1.0))
+    gw.handle(f"{ST2}/status", b'{"state": "stopped", "boot_id": "a"}')
+    clock.t += 10
+    assert gw.check_silence() == []
+    gw.handle(f"{ST2}/status", b'{"state": "offline", "boot_id": "a"}')
+    gw.handle(f"{ST2}/health", health(1.0))  # health does not clear an offline alarm
+    assert alarms == [(ST2, "OFFLINE (its Last Will)")]
+    # back online: cleared, and the old health does not make the new run look silent
+    gw.handle(f"{ST2}/status", b'{"state": "online", "boot_id": "b"}')
+    clock.t += 10
+    assert gw.check_silence() == []
+    assert alarms[-1] == (ST2, None)
+
+
+def test_health_without_a_usable_interval_is_malformed(gw) -> None:
+    for bad in (b'{"state": "ok"}', b'{"interval_s": 0}', b'{"interval_s": true}'):
+        gw.handle(f"{ST1}/health", bad)
+    assert gw.stats["malformed"] == 3 and gw.health == {}
+
+
+def test_a_failed_alarm_write_is_logged_and_the_state_kept(tmp_path, caplog) -> None:
+    def broken(station: str, why: str | None) -> None:
+        raise OSError("PLC unreachable")
+
+    gw = plc.Gateway(tmp_path / "state.json", alarm=broken)
+    gw.handle(f"{ST1}/status", b'{"state": "online", "boot_id": "a"}')
+    gw.handle(f"{ST1}/status", b'{"state": "offline", "boot_id": "a"}')
+    assert "ALARM WRITE FAILED" in caplog.text
+    assert gw.alarmed == {ST1: "OFFLINE (its Last Will)"}
+
+
 # -- end to end against a private mosquitto ----------------------------------------------------
 
 
@@ -347,3 +423,34 @@ def test_end_to_end_with_broker(mosquitto, tmp_path) -> None:
         assert rec.calls == [("st1", "p8", 8, "NG")]
     finally:
         pub.close()
+
+
+def test_served_gateway_alarms_on_a_station_gone_quiet_through_the_broker(
+    mosquitto, tmp_path
+) -> None:
+    # serve() is what main() runs: paho's thread feeds the gateway, this loop checks silence.
+    alarms: list[tuple[str, str | None]] = []
+    gw = plc.Gateway(tmp_path / "state.json", alarm=lambda st, why: alarms.append((st, why)))
+    client = plc.make_client(
+        gw, host=mosquitto.host, port=mosquitto.port, base=f"{BASE}/+", client_id="test-silence"
+    )
+    stop = threading.Event()
+    server = threading.Thread(target=plc.serve, args=(gw, client, stop, 0.05))
+    pub = Publisher(mosquitto.host, mosquitto.port)
+    server.start()
+    try:
+        pub.send(f"{ST1}/status", b'{"state": "online", "boot_id": "a"}', retain=True)
+        _wait(lambda: gw.status.get(ST1) == "online")
+        for _ in range(10):  # a live station (sent faster than its interval): no alarm
+            pub.send(f"{ST1}/health", health(0.2))
+            time.sleep(0.1)
+        assert alarms == []
+        _wait(lambda: alarms, timeout=3)  # then nothing: alarmed after 0.6 s
+        assert alarms[0][0] == ST1 and alarms[0][1].startswith("SILENT")
+        pub.send(f"{ST1}/health", health(0.2))
+        _wait(lambda: alarms[-1] == (ST1, None))
+    finally:
+        stop.set()
+        server.join(5)
+        pub.close()
+    assert not server.is_alive()
