@@ -1,13 +1,14 @@
 """What the durable outbox costs per verdict, and verdicts/s through a real broker, with and
 without it, measured in one run.
 
-    .venv/bin/python bench/outbox.py [--verdicts 5000] [--batch 16] [--dir PATH]
+    .venv/bin/python bench/outbox.py [--verdicts 5000] [--batch 16] [--pause-ms 5] [--dir PATH]
 
 1. Cost on the sink thread: ``Delivery.record()`` (seq, payloads, one fsynced transaction)
-   per verdict, p50/p99, once with one verdict per transaction (a slow line: every verdict
-   pays an fsync) and once with ``--batch`` verdicts per transaction (a busy line: the sink
-   thread commits what is queued in one go), against building the same messages and handing
-   them straight to the publisher. "adds" is the difference of the two.
+   per verdict, p50/p99, once with one verdict per transaction and ``--pause-ms`` between
+   them (a slow line: every verdict pays an fsync, and the outbox's checkpoint thread has the
+   time between parts) and once with ``--batch`` verdicts per transaction back to back (a busy
+   line: the sink thread commits what is queued in one go), against building the same
+   messages and handing them straight to the publisher. "adds" is the difference of the two.
 2. Sustained rate through a private mosquitto: the same verdicts published without the outbox
    (enqueue, wait for every PUBACK) and with it (record in batches, feeder, PUBACK deletes the
    row, wait until the outbox is empty). The ratio says what durability costs in throughput.
@@ -82,7 +83,7 @@ def publisher(broker: LocalBroker | None, port: int) -> MqttPublisher:
 
 
 def cost_per_verdict(
-    work: Path, records: list[VerdictRecord], batch: int, sync: str
+    work: Path, records: list[VerdictRecord], batch: int, sync: str, pause_s: float
 ) -> dict[str, float]:
     """ms per verdict on the sink thread: record() vs building and enqueuing the messages."""
     direct = publisher(None, 1)  # never started: enqueue only queues, as the sink would
@@ -102,6 +103,8 @@ def cost_per_verdict(
         t0 = time.perf_counter()
         delivery.record(chunk)
         durable += [(time.perf_counter() - t0) * 1000.0 / len(chunk)] * len(chunk)
+        if pause_s:
+            time.sleep(pause_s)
     outbox.close()
     shutil.rmtree(folder)
     b50, b99 = pct(bare)
@@ -145,6 +148,9 @@ def main() -> None:
     )
     ap.add_argument("--verdicts", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=16, help="verdicts per transaction under load")
+    ap.add_argument(
+        "--pause-ms", type=float, default=5.0, help="between verdicts, one per transaction"
+    )
     ap.add_argument("--dir", type=Path, default=None, help="folder on the state folder's disk")
     args = ap.parse_args()
     configure_logging("error", "console")
@@ -157,7 +163,8 @@ def main() -> None:
         print("\ncost per verdict on the sink thread, ms (p50 p99)")
         for sync in ("full", "normal"):
             for batch in (1, args.batch):
-                c = cost_per_verdict(work, records, batch, sync)
+                pause_s = args.pause_ms / 1000.0 if batch == 1 else 0.0
+                c = cost_per_verdict(work, records, batch, sync, pause_s)
                 adds = c["outbox_p99"] - c["bare_p99"]
                 print(
                     f"  sync={sync:6s} {batch:3d} per commit: publish only "
