@@ -226,7 +226,7 @@ class OpenCVSource(CaptureSource):
             return self._frame(image, None)
         if self._kind == "file":
             raise EndOfStream
-        # TODO(later issue): capture in a child process, with reconnects and a hard timeout.
+        # reopened on the next grab; a read that hangs instead is the isolated child's to bound
         self._broken = True
         log.warning("capture.opencv.read_failed", device=self._name)
         return self._frame(None, READ_FAILED)
