@@ -49,8 +49,6 @@ log = logging.getLogger("plc_gateway")
 
 REJECT_VERDICTS = ("NG", "ERROR")  # ERROR = could not be inspected: divert it as well
 STATE_VERSION = 1
-
-
 SILENT_INTERVALS = 3  # health this many of the station's intervals late: it may be hung
 
 
@@ -468,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(gateway, client, stop)
     except KeyboardInterrupt:
-        stop.set()
+        pass  # serve() disconnected on its way out
     log.info("stopped: %s", gateway.stats)
     return 0
 
