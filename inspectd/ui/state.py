@@ -54,8 +54,11 @@ class StationState:
         # when this page saw the state change: a Last Will's own ts is from the connect
         self.changed_at: float | None = None
         self.health: dict[str, Any] | None = None
-        self.health_at: float | None = None  # when this page last received a …/health
+        # time.monotonic() of the last …/health received: a wall-clock step neither fakes
+        # nor hides a station gone quiet
+        self.health_at: float | None = None
         self.silent = False  # online, but its health overdue (see check_silence)
+        self._quiet_s = 0.0  # how long without health at the check that found it silent
         self.stats: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
         # (t_verdict, verdict, seq) this page received in the last hour
@@ -98,7 +101,7 @@ class StationState:
                 self.changed_at = time.time()
             self.status = doc
         elif suffix == "health":
-            self.health, self.health_at = doc, time.time()
+            self.health, self.health_at = doc, time.monotonic()
             self.silent = False
         elif suffix == "stats":
             self.stats = doc
@@ -209,26 +212,29 @@ class StationState:
         }
 
     def check_silence(self, now: float) -> bool:
-        """True when ``silent`` changed: an online station whose health is SILENT_INTERVALS
-        of its own ``interval_s`` overdue. A hung daemon whose MQTT thread still answers the
-        broker's pings never triggers its Last Will; only the missing health shows it."""
+        """True when ``silent`` changed (``now``: time.monotonic()): an online station whose
+        health is SILENT_INTERVALS of its own ``interval_s`` overdue. A hung daemon whose MQTT
+        thread still answers the broker's pings never triggers its Last Will; only the missing
+        health shows it."""
         interval = (self.health or {}).get("interval_s")
+        quiet = None if self.health_at is None else now - self.health_at
         silent = (
             self.state == "online"
             and isinstance(interval, (int, float))
-            and self.health_at is not None
-            and now - self.health_at > SILENT_INTERVALS * interval
+            and quiet is not None
+            and quiet > SILENT_INTERVALS * interval
         )
+        if silent and quiet is not None:
+            self._quiet_s = quiet
         changed, self.silent = silent != self.silent, silent
         return changed
 
-    def problems(self, now: float | None = None) -> list[str]:
-        now = time.time() if now is None else now
+    def problems(self) -> list[str]:
         problems = list((self.health or {}).get("problems") or [])
-        if self.silent and self.health_at is not None:
+        if self.silent:
             problems.insert(
                 0,
-                f"no health for {now - self.health_at:.0f} s (sent every "
+                f"no health for {self._quiet_s:.0f} s (sent every "
                 f"{(self.health or {}).get('interval_s')} s): the station may be hung",
             )
         if self.state in ("offline", "stopped"):
@@ -268,7 +274,7 @@ class StationState:
             }
             if lat
             else None,
-            "problems": self.problems(now),
+            "problems": self.problems(),
             "reviews_today": self.reviews_today,
             "noticed": self.changed_at,
         }
@@ -366,8 +372,9 @@ class Line:
         return base if self.station(base).on_message(suffix, payload, props) else None
 
     def check_silence(self, now: float | None = None) -> list[str]:
-        """The bases whose health went overdue or came back since the last check."""
-        now = time.time() if now is None else now
+        """The bases whose health went overdue or came back since the last check (``now``:
+        time.monotonic())."""
+        now = time.monotonic() if now is None else now
         return [b for b, st in self.stations.items() if st.check_silence(now)]
 
     def snapshot(self) -> dict[str, Any]:

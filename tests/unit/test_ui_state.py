@@ -38,6 +38,15 @@ def test_an_online_station_whose_health_is_overdue_is_flagged_until_health_comes
     assert line.check_silence(st.health_at + 1.0) == []
 
 
+def test_a_wall_clock_step_does_not_flag_a_station_silent(monkeypatch: pytest.MonkeyPatch) -> None:
+    line = Line(("inspectd/v1/plant/l1/+",))
+    publish(line, "status", {"state": "online"})
+    publish(line, "health", {"state": "ok", "problems": [], "interval_s": 1.0})
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() + 3600.0)  # NTP, or an operator
+    assert line.check_silence() == [] and not line.stations[BASE].silent
+
+
 def test_no_silence_flag_for_an_offline_station_or_a_health_without_its_interval() -> None:
     line = Line(("inspectd/v1/plant/l1/+",))
     publish(line, "status", {"state": "offline"})  # its Last Will already says it
