@@ -42,9 +42,10 @@ it never blocks a writer) and it is cut back to that size when it restarts. SQLi
 checkpoint ran on the committing thread, and its fsyncs were the p99 of an append with
 ``sync: normal`` (2.3 ms, now 1.2 ms, one verdict every 5 ms in ``bench/outbox.py``); the
 committing thread now checkpoints only when the WAL reaches twice the limit (writes that never
-pause let no passive checkpoint finish). A write that fails is retried once after a TRUNCATE checkpoint, and the first write
-that works again checkpoints too, so the folder recovers without a restart once space is back.
-Acknowledgements the disk refused are retried on later writes.
+pause let no passive checkpoint finish). A write that fails is retried once after a TRUNCATE
+checkpoint, and the first write that works again checkpoints too, so the folder recovers
+without a restart once space is back. Acknowledgements the disk refused are retried on later
+writes.
 
 Schema: one row per verdict in ``verdicts`` and its MQTT messages (the verdict, plus the reject
 for NG and ERROR) in ``messages``, keyed by (seq, idx), so each message is acknowledged on its
