@@ -65,13 +65,27 @@ def run(
     time_budget_s: float | None = None,
     jobs: int = 1,
     settings: dict[str, Any] | None = None,
+    max_good: int | None = None,
 ) -> list[dict[str, Any]]:
     """`extra`: constructor settings on top of the profile's (an option being measured);
     `settings`: TrainSettings values on top of the profile's (e.g. noise="fixed");
     `time_budget_s`: training time per run, for a GPU slot of fixed length; `jobs`: runs at
-    once, each in its own process."""
+    once, each in its own process; `max_good`: good training images used instead of the
+    profile's subset (does training data or training length limit a set?)."""
     tasks = [
-        (data, name, model, out, profile, vgg_weights, device, extra, time_budget_s, settings)
+        (
+            data,
+            name,
+            model,
+            out,
+            profile,
+            vgg_weights,
+            device,
+            extra,
+            time_budget_s,
+            settings,
+            max_good,
+        )
         for name in sets
         for model in models
     ]
@@ -109,9 +123,11 @@ def run_one(
     extra: dict[str, Any] | None,
     time_budget_s: float | None,
     settings: dict[str, Any] | None = None,
+    max_good: int | None = None,
 ) -> dict[str, Any]:
     """Train, export, evaluate one (set, model) and return its results row."""
     params, overrides, max_train = PROFILES[profile][model]
+    max_train = max_good or max_train
     params = {**params, **(extra or {})}
     train_settings = training_settings(
         family(model),
@@ -318,6 +334,13 @@ def main() -> None:
     )
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     p.add_argument(
+        "--max-good",
+        type=int,
+        default=None,
+        metavar="N",
+        help="good training images (train + validation) instead of the profile's subset",
+    )
+    p.add_argument(
         "--setting",
         action="append",
         default=[],
@@ -357,6 +380,7 @@ def main() -> None:
         budget,
         a.jobs,
         settings,
+        a.max_good,
     )
     text = table(rows)
     (a.out / "results.md").write_text(
