@@ -9,7 +9,8 @@ What any PLC gateway must do with the contract:
 * Respect expiry: a reject past its ``deadline_ts`` comes too late, the part has left the
   diverter. (The broker drops rejects whose MQTT 5 message expiry passed; check it here too.)
 * Expect seq gaps (the daemon crashed between sequencing and publishing): warn, never crash.
-* Watch the retained ``…/status``: ``offline`` means the daemon died.
+* Watch the retained ``…/status``: ``offline`` means the daemon died, ``stopped`` that it was
+  stopped; either way the parts passing now are not inspected.
 * Watch ``…/health`` too: a hung daemon whose MQTT connection is still alive never sends its
   Last Will, it only stops sending health (every ``interval_s``). Three intervals of silence
   from an online station are treated like ``offline``.
@@ -62,9 +63,9 @@ def divert(station: str, part_id: str, seq: int, verdict: str) -> None:
 
 
 # ================================================================================================
-# THE PLC ALARM. Called with a reason when a station stops inspecting (offline, or silent while
-# online) and with None when it inspects again. A real gateway sets a tag the PLC acts on: stop
-# the line, or divert every part until the station is back.
+# THE PLC ALARM. Called with a reason when a station stops inspecting (offline, stopped, or
+# silent while online) and with None when it inspects again. A real gateway sets a tag the PLC
+# acts on: stop the line, or divert every part until the station is back.
 # ================================================================================================
 def alarm(station: str, reason: str | None) -> None:
     if reason is None:
@@ -301,7 +302,9 @@ class Gateway:
             self.health.pop(station, None)  # a new run: its silence counts from its own health
             self._set_alarm(station, None)
         elif state == "stopped":
-            log.warning("daemon %s stopped (clean shutdown): no inspection now", station)
+            # A clean shutdown (maintenance, an update) is no inspection all the same: a line
+            # still running must hear it like a crash.
+            self._set_alarm(station, "STOPPED (a clean shutdown)")
         elif state == "offline":
             # The broker published the daemon's Last Will: it died or lost the network. Parts
             # passing now are NOT inspected; the PLC must stop the line or divert everything

@@ -270,22 +270,23 @@ def test_a_station_whose_health_stops_raises_the_alarm_until_it_comes_back(tmp_p
     assert gw.check_silence() == []
 
 
-def test_offline_alarms_and_a_stopped_or_unknown_station_is_not_silent(tmp_path) -> None:
+def test_offline_and_stopped_alarm_and_neither_is_called_silent(tmp_path) -> None:
     clock, alarms = Clock(), []
     gw = plc.Gateway(
         tmp_path / "state.json",
         alarm=lambda station, why: alarms.append((station, why)),
         monotonic=clock,
     )
-    gw.handle(f"{ST1}/health", health(1.0))  # no status yet
+    gw.handle(f"{ST1}/health", health(1.0))  # no status yet: not known to inspect
     gw.handle(f"{ST2}/status", b'{"state": "online", "boot_id": "a"}')
     gw.handle(f"{ST2}/health", health(1.0))
-    gw.handle(f"{ST2}/status", b'{"state": "stopped", "boot_id": "a"}')
+    gw.handle(f"{ST2}/status", b'{"state": "stopped", "boot_id": "a"}')  # maintenance
     clock.t += 10
     assert gw.check_silence() == []
+    assert alarms == [(ST2, "STOPPED (a clean shutdown)")]
     gw.handle(f"{ST2}/status", b'{"state": "offline", "boot_id": "a"}')
     gw.handle(f"{ST2}/health", health(1.0))  # health does not clear an offline alarm
-    assert alarms == [(ST2, "OFFLINE (its Last Will)")]
+    assert alarms[-1] == (ST2, "OFFLINE (its Last Will)") and len(alarms) == 2
     # back online: cleared, and the old health does not make the new run look silent
     gw.handle(f"{ST2}/status", b'{"state": "online", "boot_id": "b"}')
     clock.t += 10
