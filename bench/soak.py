@@ -11,9 +11,10 @@ meanwhile and replays them. A subscriber with a persistent session, as a PLC gat
 every verdict's seq. Every ``--sample-every`` seconds: the daemon's RSS, open files and threads,
 the outbox WAL's size and the outbox depth (health.json). At the end the daemon gets SIGTERM.
 
-Prints memory first / after the first minute / last / peak and its growth (a least-squares line
-through the samples after the first minute, MiB per hour, and last over first-minute as a
-ratio), open files and threads first and last, the WAL's peak, and the verdicts: recorded
+Prints memory first / after the first minute / last / peak and its growth (least-squares lines
+through the samples after the first minute, MiB per hour, over all of them and over each half,
+and last over first-minute as a ratio; the samples go to ``samples.jsonl`` in ``--dir``), open
+files and threads first and last, the WAL's peak, and the verdicts: recorded
 (verdicts.jsonl), received, duplicates (replays after an outage: expected) and missing (must be
 none). Exits 1 when a verdict is missing, the outbox is not empty at the end, or the daemon
 exited with an error. The default product is the shipped one; ``--products tests/products
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,8 @@ def soak(args: argparse.Namespace, work: Path) -> int:
             now = time.monotonic()
             if now >= next_sample:
                 samples.append(sample(daemon.pid, now - t0, work / "state"))
+                with (work / "samples.jsonl").open("a") as f:  # to plot a long run's curve
+                    f.write(json.dumps(asdict(samples[-1])) + "\n")
                 next_sample += args.sample_every
             if now >= next_outage:
                 broker.stop()  # SIGTERM: mosquitto saves the queued messages first
@@ -258,12 +261,14 @@ def report(
         settled = next((s for s in samples if s.t >= 60.0), samples[-1])
         last = samples[-1]
         after = [(s.t, s.rss / MIB) for s in samples if s.t >= settled.t]
+        half = len(after) // 2
         print(
             f"  daemon RSS MiB: first {first.rss / MIB:.1f}, after a minute "
             f"{settled.rss / MIB:.1f}, last {last.rss / MIB:.1f}, peak "
             f"{max(s.rss for s in samples) / MIB:.1f}; growth after the first minute "
-            f"{growth_per_hour(after):+.1f} MiB/h (last / after a minute "
-            f"{last.rss / settled.rss:.3f})"
+            f"{growth_per_hour(after):+.1f} MiB/h (first half {growth_per_hour(after[:half]):+.1f}"
+            f", second half {growth_per_hour(after[half:]):+.1f}: a leak keeps its pace, a heap "
+            f"settling slows down; last / after a minute {last.rss / settled.rss:.3f})"
         )
         print(
             f"  open files {first.fds} -> {last.fds} (peak {max(s.fds for s in samples)}), "
