@@ -8,7 +8,7 @@ every folder. The folders say what a test exercises:
     component/  one real part: mosquitto, the SQLite outbox, camera child processes, the GenTL
                 simulator, ONNX Runtime and torch models
     daemon/     `inspectd run` (or the UI server) as its own process, as systemd starts it
-    system/     the installer, the systemd unit, the demo, the PLC gateway end to end, the soak script
+    system/     the installer, the systemd unit, the demo, the PLC gateway, the soak script
 
 Each test gets its folder's marker (``pytest -m unit`` selects what ``pytest tests/unit``
 runs).
