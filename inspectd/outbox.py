@@ -312,7 +312,11 @@ class _Checkpointer:
         self._conn = sqlite3.connect(
             path, timeout=5.0, isolation_level=None, check_same_thread=False
         )
-        self._conn.execute(f"PRAGMA synchronous={sync.upper()}")  # the checkpoint's fsyncs
+        try:
+            self._conn.execute(f"PRAGMA synchronous={sync.upper()}")  # the checkpoint's fsyncs
+        except sqlite3.Error:
+            self._conn.close()
+            raise
         self.lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
