@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,19 +44,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from inspectd.config import StationConfig
 from inspectd.mqtt.broker import LocalBroker
 from inspectd.train.datasets.button import DEFECTS, render_part
 
 REPO = Path(__file__).resolve().parent.parent
-STATION = {"site": "soak", "line": "l1", "name": "cam1"}
-BASE = "inspectd/v1/soak/l1/cam1"
 MIB = 1024 * 1024
 
 
 class Verdicts:
     """The subscriber: every verdict seq received, and how many came more than once."""
 
-    def __init__(self, broker: LocalBroker) -> None:
+    def __init__(self, broker: LocalBroker, base: str) -> None:
         self.seqs: set[int] = set()
         self.duplicates = 0
         self._lock = threading.Lock()
@@ -64,7 +64,7 @@ class Verdicts:
             CallbackAPIVersion.VERSION2, client_id="soak-subscriber", protocol=mqtt.MQTTv5
         )
         client.reconnect_delay_set(0.2, 2)
-        client.on_connect = lambda c, *_: c.subscribe(f"{BASE}/verdict", qos=1)
+        client.on_connect = lambda c, *_: c.subscribe(f"{base}/verdict", qos=1)
         client.on_subscribe = lambda *_: self._subscribed.set()
         client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)
@@ -123,12 +123,8 @@ def growth_per_hour(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, value), per hour; 0 for fewer than two points."""
     if len(points) < 2:
         return 0.0
-    n = len(points)
-    mt = sum(t for t, _ in points) / n
-    mv = sum(v for _, v in points) / n
-    var = sum((t - mt) ** 2 for t, _ in points)
-    cov = sum((t - mt) * (v - mv) for t, v in points)
-    return cov / var * 3600.0 if var else 0.0
+    ts, values = zip(*points, strict=True)
+    return statistics.linear_regression(ts, values).slope * 3600.0
 
 
 def write_frames(folder: Path, n: int = 40) -> None:
@@ -140,9 +136,10 @@ def write_frames(folder: Path, n: int = 40) -> None:
         cv2.imwrite(str(folder / f"{i:04d}_{defect or 'good'}.png"), image)
 
 
-def write_config(work: Path, args: argparse.Namespace, broker: LocalBroker) -> Path:
+def write_config(work: Path, args: argparse.Namespace, broker: LocalBroker) -> tuple[Path, str]:
+    """The station's config file, validated as the daemon will read it, and its topic base."""
     config = {
-        "station": STATION,
+        "station": {"site": "soak", "line": "l1", "name": "cam1"},
         "product": args.product,
         "products_dir": str(args.products.resolve()),
         "state_dir": str(work / "state"),
@@ -158,7 +155,7 @@ def write_config(work: Path, args: argparse.Namespace, broker: LocalBroker) -> P
     }
     path = work / "station.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
-    return path
+    return path, StationConfig.model_validate(config).topic_base()
 
 
 def recorded_seqs(work: Path) -> list[int]:
@@ -172,8 +169,8 @@ def soak(args: argparse.Namespace, work: Path) -> int:
     write_frames(work / "frames")
     persistence = f"persistence true\npersistence_location {work}/\nautosave_interval 1"
     broker = LocalBroker.start_mosquitto(extra_conf=persistence)
-    subscriber = Verdicts(broker)
-    config = write_config(work, args, broker)
+    config, base = write_config(work, args, broker)
+    subscriber = Verdicts(broker, base)
     log = (work / "daemon.log").open("w")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "inspectd", "run", "--config", str(config)],
