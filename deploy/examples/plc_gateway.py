@@ -343,12 +343,10 @@ class Gateway:
             return newly
 
     def _set_alarm(self, station: str, reason: str | None) -> None:
-        if reason is None and station not in self.alarmed:
-            return
-        if reason is None:
-            del self.alarmed[station]
-        else:
+        if reason is not None:
             self.alarmed[station] = reason
+        elif self.alarmed.pop(station, None) is None:
+            return  # nothing raised: nothing to clear
         try:
             self.alarm(station, reason)
         except Exception:  # the PLC write failed: say so loudly, the state above stays right
