@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/engines.py [--models ae hybrid vivano] [--batch 1 8] [--runs 20]
     .venv/bin/python bench/engines.py --device cuda   # torch fp32 and fp16 on a GPU
+    .venv/bin/python bench/engines.py --models patchcore --threads 1 --param memory_size=8192
 
 For each model family at its paper input size (or --size), the inspection graph (normalise ->
-model -> scoring head) is built once with random weights (speed does not depend on them),
-exported once, and run back to back: torch eager (inference_mode) and ONNX Runtime with the
-daemon's session settings, alternating in rounds so a change in machine load hits both. Prints
+model -> scoring head) is built once with random weights (speed does not depend on them;
+patchcore gets a random memory of its memory_size), exported once, and run back to back:
+torch eager (inference_mode) and ONNX Runtime with the daemon's session settings, alternating
+in rounds so a change in machine load hits both. Prints
 latency p50/p99 per batch, throughput, and the ratio ONNX Runtime / torch (target on the CPU:
 >= 1.5x). Both use the same thread count.
 """
@@ -20,10 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from inspectd.deploy.export import export_onnx
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine
+from inspectd.train.coreset import nearest_neighbours
 from inspectd.train.models import family
+from inspectd.train.models.patchcore import PatchCore
 
 
 def timings(fn, batch: np.ndarray, runs: int) -> list[float]:
@@ -47,11 +52,22 @@ def summary(name: str, times: list[float], n: int) -> tuple[float, str]:
 
 
 def bench_model(
-    name: str, size: int | None, batches: list[int], runs: int, device: str, threads: int
+    name: str,
+    overrides: dict,
+    batches: list[int],
+    runs: int,
+    device: str,
+    threads: int,
 ) -> None:
     fam = family(name)
-    params = fam.params({"input_size": size} if size else None)
-    graph = fam.graph(fam.create(params)).eval()
+    params = fam.params(overrides)
+    model = fam.create(params)
+    if isinstance(model, PatchCore):  # a fitted model's shapes: memory_size patches
+        memory = torch.randn(model.memory_size, model.dim)
+        model.set_memory(
+            memory, torch.zeros(model.dim), nearest_neighbours(memory, model.neighbours)
+        )
+    graph = fam.graph(model).eval()
     hw = (params["input_size"],) * 2
     print(
         f"\n{name}: input {hw[0]}x{hw[1]}, {sum(p.numel() for p in graph.parameters()) / 1e6:.1f} "
@@ -107,6 +123,9 @@ def main() -> None:
     p.add_argument(
         "--size", type=int, default=None, help="input size for every model (default: its own)"
     )
+    p.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="model setting"
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -115,8 +134,11 @@ def main() -> None:
     threads = a.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     print(f"torch {torch.__version__}, device {a.device}, {threads} threads")
+    params = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in a.param)}
+    if a.size:
+        params["input_size"] = a.size
     for name in a.models:
-        bench_model(name, a.size, a.batch, a.runs, a.device, threads)
+        bench_model(name, params, a.batch, a.runs, a.device, threads)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Per-stage latency and daemon throughput vs the bare engine, measured in one run.
 
-    .venv/bin/python bench/latency.py [--parts 600] [--threads N] [--max-batch N] [--no-mqtt]
+    .venv/bin/python bench/latency.py [--parts 600] [--product button] [--threads N]
+        [--max-batch N] [--no-mqtt]
 
 The bare engine runs the bundle's model on preloaded, preprocessed inputs back to back, with the
 same engine settings as the daemon; it runs before and after the daemon and the ratio uses the
@@ -34,8 +35,10 @@ from inspectd.mqtt.broker import LocalBroker
 from inspectd.preprocess import load_inputs
 
 
-def bare_engine(products: Path, frames: list[Path], threads: int, batch: int) -> float:
-    bundle = load_bundle(products / "button")
+def bare_engine(
+    products: Path, product: str, frames: list[Path], threads: int, batch: int
+) -> float:
+    bundle = load_bundle(products / product)
     engine = load_engine(bundle.model_path, threads=threads)
     engine.warmup()
     inputs = load_inputs(frames, bundle.manifest.preprocess)
@@ -51,6 +54,7 @@ def main() -> int:
     )
     p.add_argument("--parts", type=int, default=600)
     p.add_argument("--products", type=Path, default=REPO_PRODUCTS)
+    p.add_argument("--product", default="button", help="e.g. button-patchcore")
     p.add_argument("--no-mqtt", action="store_true")
     p.add_argument(
         "--threads", type=int, default=0, help="engine.threads for both (0: all cores but one)"
@@ -70,17 +74,23 @@ def main() -> int:
         frames = sorted(p for p in (work / "frames").iterdir() if "corrupt" not in p.name)
         for f in set((work / "frames").iterdir()) - set(frames):
             f.unlink()  # timing is about inspected parts; the ERROR path is tested elsewhere
-        bare_before = bare_engine(args.products, frames, args.threads, args.max_batch)
+        bare_before = bare_engine(args.products, args.product, frames, args.threads, args.max_batch)
         broker = None if args.no_mqtt else LocalBroker.start_mosquitto()
         engine = {"threads": args.threads, "max_batch": args.max_batch}
         rate = min(bare_before / 2, LATENCY_RATE_HZ)
         try:
             stats, _ = run_daemon(
-                args.products, "button", work / "frames", work / "free", broker, len(frames), engine
+                args.products,
+                args.product,
+                work / "frames",
+                work / "free",
+                broker,
+                len(frames),
+                engine,
             )
             paced, received = run_daemon(
                 args.products,
-                "button",
+                args.product,
                 work / "frames",
                 work / "paced",
                 broker,
@@ -91,11 +101,11 @@ def main() -> int:
         finally:
             if broker:
                 broker.close()
-        bare_after = bare_engine(args.products, frames, args.threads, args.max_batch)
+        bare_after = bare_engine(args.products, args.product, frames, args.threads, args.max_batch)
     n = sum(stats.verdicts.values())
     through = n / stats.seconds
     print(
-        f"parts: {n}  verdicts: {dict(stats.verdicts)}  "
+        f"product: {args.product}  parts: {n}  verdicts: {dict(stats.verdicts)}  "
         f"mqtt: {'off' if args.no_mqtt else 'mosquitto'}"
     )
     print(f"{'stage':<12}{'p50 ms':>10}{'p99 ms':>10}")

@@ -10,8 +10,9 @@ the first and last stages not scaled. Convolutions pad like TensorFlow's "SAME" 
 were trained so): a stride-2 convolution on an even size pads one pixel less at the top and
 left than at the bottom and right. The padding is fixed for inputs whose sides are multiples of
 the deepest stage's stride (every stride-2 convolution then sees an even size), which is what
-the feature-memory family builds; the exported graph holds constant pads. BatchNorm eps 1e-3; input RGB normalised with mean 0.498 and
-std 0.502 per channel ((x - 127) / 128 on 0-255, the TF Lite models' input convention).
+the feature-memory family builds; the exported graph holds constant pads. BatchNorm eps 1e-3;
+input RGB normalised with mean 0.498 and std 0.502 per channel ((x - 127) / 128 on 0-255, the
+TF Lite models' input convention).
 
 Only the stages a caller asks for are built (`stages`), so a feature extractor that stops at
 stride 16 carries neither the head nor the classifier.

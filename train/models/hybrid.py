@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from inspectd.train.models.vgg import BLOCK_CHANNELS, VGG19Blocks
+from inspectd.train.models.vit import Attention, ViTEncoder, tokens_to_map
 
 VGG_CHANNELS = BLOCK_CHANNELS[:3]  # blocks 1-3: 64, 128, 256
-from inspectd.train.models.vit import Attention, ViTEncoder, tokens_to_map
 
 # The paper's per-class maximum training noise sigma (images in [0, 1]).
 NOISE_SIGMA = {

@@ -14,7 +14,7 @@ stride) and the paper's reweighted image score N (eq. 7: the largest patch dista
 1 - softmax over the distances from that patch to its nearest memory patch m* and to m*'s
 nearest memory neighbours, taken at m*).
 
-Everything the daemon runs is matrix arithmetic: distances as |q|^2 - 2 q.m + |m|^2 (a MatMul
+Everything the daemon runs is matrix arithmetic: distances as |q|^2 - 2 q.m + |m|^2 (a Gemm
 with the memory as a constant), a ReduceMin/ArgMin, a Gather for the reweighting; no custom op,
 so ONNX Runtime and TensorRT build it. The memory is stored centred on the mean good patch, and
 queries are centred the same way, so |q|^2 and |m|^2 stay small and the subtraction loses
@@ -124,9 +124,12 @@ class PatchCore(nn.Module):
             raise RuntimeError("patchcore has no memory: fit it on good images first")
         q = self.patch_features(x) - self.centre  # N x P x D
         m = self.memory
-        d2 = (q * q).sum(-1, keepdim=True) - 2 * (q @ m.t()) + (m * m).sum(-1)  # N x P x M
-        nearest_d2, nearest = d2.min(-1)
-        dist = nearest_d2.clamp_min(0).sqrt()  # N x P
+        n, p, d = q.shape
+        # min over m of |q - m|^2 = |q|^2 + min over m of (|m|^2 - 2 q.m): one Gemm with the
+        # memory's norms as its bias, a ReduceMin, then |q|^2 added to N x P values only
+        cross = torch.addmm((m * m).sum(-1), q.reshape(n * p, d), m.t(), alpha=-2.0)
+        nearest_cross, nearest = cross.view(n, p, -1).min(-1)
+        dist = (nearest_cross + (q * q).sum(-1)).clamp_min(0).sqrt()  # N x P
         grid = dist.view(-1, 1, *self.grid)
         # eq. 7 at the patch that scores highest
         score, worst = dist.max(1)
