@@ -29,9 +29,14 @@ only good images, which every station has. The cost: implicit INT8 is deprecated
 TensorRT 10.1 and removed in 11, so on TensorRT >= 11 `--precision int8` is refused with a
 message pointing at explicit quantisation. Entropy calibration (not min-max) because anomaly
 maps are judged in their tails, where clipping a few outlier activations costs less than the
-coarser steps min-max scaling gives the bulk. The scoring head (MSGMS with c = 0.0026, mean
-filters) is sensitive to precision: `inspectd verify-engine` (run after every build) compares
-the engine with ONNX Runtime and says loudly when any verdict differs.
+coarser steps min-max scaling gives the bulk.
+
+What stays fp32 in an fp16 or INT8 build (`keeps_fp32`, with OBEY_PRECISION_CONSTRAINTS), as in
+the torch engine: every family's scoring head (MSGMS with c = 0.0026 and the mean filters; the
+thresholds are compared with what it computes) and patchcore's memory search (|m|^2 of a few
+hundred leaves fp16 no digits to tell the nearest memory patch from the next). `inspectd
+verify-engine` (run after every build) compares the engine with ONNX Runtime and says loudly
+when any verdict differs.
 """
 
 from __future__ import annotations
@@ -73,6 +78,34 @@ class BuildError(Exception):
 
 
 # -- pure functions (unit-tested without TensorRT) ---------------------------------------------
+
+
+def keeps_fp32(layer_name: str, family: str) -> bool:
+    """Whether a layer of the exported graph (named after its ONNX node: the exporter's module
+    paths, /model/... and /head/...) must compute in fp32 in a reduced-precision build."""
+    if layer_name.startswith("/head/"):
+        return True
+    search = layer_name.startswith("/model/") and not layer_name.startswith("/model/backbone/")
+    return family == "patchcore" and search
+
+
+def pin_fp32(trt: Any, network: Any, family: str) -> int:
+    """Constrain the `keeps_fp32` layers with floating outputs (not shape arithmetic) to fp32;
+    returns how many were constrained."""
+    floats = (trt.float32, trt.float16)
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        outputs = range(layer.num_outputs)
+        if not keeps_fp32(layer.name, family):
+            continue
+        if not all(layer.get_output(j).dtype in floats for j in outputs):
+            continue
+        layer.precision = trt.float32
+        for j in outputs:
+            layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
 
 
 def builder_flags(precision: str, trt_version: str) -> list[str]:
@@ -317,6 +350,11 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     for flag in flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    if flags:
+        pinned = pin_fp32(trt, network, bundle.manifest.model.family)
+        if pinned:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            say(f"{pinned} layers kept in fp32 (the scoring head, a memory search)")
     profile = builder.create_optimization_profile()
     profile.set_shape(inp.name, (bmin, h, w, 3), (bopt, h, w, 3), (bmax, h, w, 3))
     config.add_optimization_profile(profile)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from inspectd.commands import Subparsers
+from inspectd.commands import EXIT_CONFIG, Subparsers
 
 
 def _seconds(text: str) -> float:
@@ -58,16 +59,26 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectd.bundle import MANIFEST
     from inspectd.demo import REPO_PRODUCTS, run_demo
     from inspectd.logs import configure_logging
 
+    products = args.products or REPO_PRODUCTS
+    if not (products / args.product / MANIFEST).is_file():
+        there = sorted(p.parent.name for p in products.glob(f"*/{MANIFEST}"))
+        print(
+            f"inspectd demo: no product bundle {args.product!r} in {products} "
+            f"(there: {', '.join(there) or 'none'})",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     configure_logging("error", "console")  # the part lines already show every ERROR's reason
     return run_demo(
         args.out,
         args.limit,
         args.mqtt_host,
         args.mqtt_port,
-        args.products or REPO_PRODUCTS,
+        products,
         ui=args.ui,
         hold=args.hold,
         product=args.product,

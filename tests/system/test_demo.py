@@ -17,9 +17,10 @@ TOPIC = "inspectd/v1/demo/line1/demo1"
 LIMIT = 40  # the issue's end-to-end check: 40 parts, both verdict kinds
 
 
-def run_demo(out: Path, port: int) -> subprocess.CompletedProcess[str]:
+def run_demo(out: Path, port: int, *extra: str) -> subprocess.CompletedProcess[str]:
     args = [
         "demo",
+        *extra,
         "--out",
         str(out),
         "--limit",
@@ -82,6 +83,26 @@ def test_demo_against_a_running_broker(mosquitto, tmp_path):
     assert proc.returncode == 0
     again = [json.loads(line)["seq"] for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert again == list(range(LIMIT + 1, 2 * LIMIT + 1))
+
+
+def test_demo_runs_the_training_free_bundle_with_one_flag(mosquitto, tmp_path):
+    """--product button-patchcore: the same parts through the feature-memory bundle, still
+    without torch (LEAN_RUN), every defect caught and no good part rejected on this run."""
+    out = tmp_path / "demo-out"
+    proc = run_demo(out, mosquitto.port, "--product", "button-patchcore")
+    records = check_output(proc, out)
+    assert "parts of button-patchcore" in proc.stdout
+    assert {(r["product"], r["model"]["name"]) for r in records} == {
+        ("button-patchcore", "patchcore")
+    }
+    judged = [r for r in records if r["verdict"] != "ERROR"]
+    assert all((r["verdict"] == "NG") == ("_good" not in r["part_id"]) for r in judged)
+
+
+def test_demo_names_the_bundles_there_are_when_asked_for_another(tmp_path):
+    proc = run_demo(tmp_path / "demo-out", free_port(), "--product", "nope")
+    assert proc.returncode == 2
+    assert "no product bundle 'nope'" in proc.stderr and "button-patchcore" in proc.stderr
 
 
 def test_demo_starts_its_own_broker_when_none_answers(tmp_path):

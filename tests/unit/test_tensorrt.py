@@ -25,6 +25,8 @@ from inspectd.deploy.trt_build import (
     build_engine,
     builder_flags,
     files_with_engine,
+    keeps_fp32,
+    pin_fp32,
 )
 from inspectd.engine.trt_files import (
     EngineInfo,
@@ -172,6 +174,38 @@ def test_builder_flags_per_precision_and_tensorrt_version() -> None:
         batch_profile(0)
 
 
+def test_the_head_and_patchcores_memory_search_are_pinned_to_fp32() -> None:
+    """Layers named as the exporter names them (tests/component/test_patchcore.py exports the
+    graph these names come from); a stand-in network (mock: no TensorRT here)."""
+    float32, float16, int64 = "float32", "float16", "int64"
+
+    class Tensor:
+        def __init__(self, dtype: str) -> None:
+            self.dtype = dtype
+
+    class Layer:
+        def __init__(self, name: str, dtype: str = float16) -> None:
+            self.name, self.num_outputs, self.precision = name, 1, None
+            self.out = Tensor(dtype)
+            self.output_types: dict[int, str] = {}
+
+        def get_output(self, j: int) -> Tensor:
+            return self.out
+
+        def set_output_type(self, j: int, dtype: str) -> None:
+            self.output_types[j] = dtype
+
+    names = ["/model/backbone/net/_blocks.0/Conv", "/model/Gemm", "/model/ArgMin", "/head/Conv"]
+    layers = [Layer(n) for n in names] + [Layer("/model/Shape", int64)]
+    network = types.SimpleNamespace(num_layers=len(layers), get_layer=layers.__getitem__)
+    trt = types.SimpleNamespace(float32=float32, float16=float16)
+    assert pin_fp32(trt, network, "patchcore") == 3  # search and head, not the backbone
+    assert [la.precision for la in layers] == [None, float32, float32, float32, None]
+    assert layers[1].output_types == {0: float32}
+    assert keeps_fp32("/head/Conv", "hybrid") and not keeps_fp32("/model/vgg/Conv", "hybrid")
+    assert not keeps_fp32("/model/Gemm", "hybrid")  # a reconstruction model is the network
+
+
 # -- the manifest update ------------------------------------------------------------------------
 
 
@@ -258,6 +292,8 @@ class _FakeTrt:
             name, shape = "image", (-1, 128, 128, 3)
 
         class Network:
+            num_layers = 0
+
             def get_input(self, i: int) -> Input:
                 return Input()
 
@@ -347,7 +383,11 @@ class _FakeTrt:
             "OnnxParser": OnnxParser,
             "IProgressMonitor": IProgressMonitor,
             "MemoryPoolType": types.SimpleNamespace(WORKSPACE="workspace"),
-            "BuilderFlag": types.SimpleNamespace(FP16="FP16", INT8="INT8"),
+            "float32": "float32",
+            "float16": "float16",
+            "BuilderFlag": types.SimpleNamespace(
+                FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY"
+            ),
         }.items():
             setattr(self.module, k, v)
 

@@ -14,11 +14,10 @@ stride) and the paper's reweighted image score N (eq. 7: the largest patch dista
 1 - softmax over the distances from that patch to its nearest memory patch m* and to m*'s
 nearest memory neighbours, taken at m*).
 
-Everything the daemon runs is matrix arithmetic: distances as |q|^2 - 2 q.m + |m|^2 (a Gemm
-with the memory as a constant), a ReduceMin/ArgMin, a Gather for the reweighting; no custom op,
-so ONNX Runtime and TensorRT build it. The memory is stored centred on the mean good patch, and
-queries are centred the same way, so |q|^2 and |m|^2 stay small and the subtraction loses
-little to rounding.
+Everything the daemon runs is matrix arithmetic: the nearest memory patch by |m|^2 - 2 q.m (a
+Gemm with the memory as a constant, then ArgMin), its distance from the difference q - m
+(a Gather), a Gather for the reweighting; no custom op, so ONNX Runtime and TensorRT build it.
+The memory is stored centred on the mean good patch, and queries are centred the same way.
 """
 
 from __future__ import annotations
@@ -122,19 +121,28 @@ class PatchCore(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not torch.jit.is_tracing() and self.memory.shape[0] == 0:
             raise RuntimeError("patchcore has no memory: fit it on good images first")
-        q = self.patch_features(x) - self.centre  # N x P x D
+        feats = self.patch_features(x)
+        # the search in fp32 whatever the autocast state (the torch engine's fp16 on a GPU):
+        # |m|^2 of a few hundred leaves fp16 no digits to tell neighbours apart
+        with torch.autocast(x.device.type, enabled=False):
+            return self._search(feats.float())
+
+    def _search(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = feats - self.centre  # N x P x D
         m = self.memory
         n, p, d = q.shape
-        # min over m of |q - m|^2 = |q|^2 + min over m of (|m|^2 - 2 q.m): one Gemm with the
-        # memory's norms as its bias, a ReduceMin, then |q|^2 added to N x P values only
-        cross = torch.addmm((m * m).sum(-1), q.reshape(n * p, d), m.t(), alpha=-2.0)
-        nearest_cross, nearest = cross.view(n, p, -1).min(-1)
-        dist = (nearest_cross + (q * q).sum(-1)).clamp_min(0).sqrt()  # N x P
+        q2 = q.reshape(n * p, d)
+        # the nearest memory patch: argmin over m of |m|^2 - 2 q.m (|q|^2 is the same for all),
+        # one Gemm with the memory's norms as its bias
+        nearest = torch.addmm((m * m).sum(-1), q2, m.t(), alpha=-2.0).argmin(-1)
+        # its distance from the difference itself: |q|^2 + |m|^2 - 2 q.m cancels to rounding
+        # noise near 0, whose square root (~1e-2) would differ from runtime to runtime
+        dist = (q2 - m[nearest]).pow(2).sum(-1).sqrt().view(n, p)
         grid = dist.view(-1, 1, *self.grid)
         # eq. 7 at the patch that scores highest
         score, worst = dist.max(1)
-        q_star = q.gather(1, worst.view(-1, 1, 1).expand(-1, 1, q.shape[-1]))  # N x 1 x D
-        m_star = nearest.gather(1, worst.view(-1, 1)).view(-1)  # N
+        q_star = q.gather(1, worst.view(-1, 1, 1).expand(-1, 1, d))  # N x 1 x D
+        m_star = nearest.view(n, p).gather(1, worst.view(-1, 1)).view(-1)  # N
         support = m[self.support[m_star]]  # N x b x D
         d_support = (q_star - support).pow(2).sum(-1).clamp_min(0).sqrt()  # N x b
         weight = 1 - torch.softmax(d_support, 1)[:, 0]
