@@ -47,14 +47,15 @@ def fit_memory(
         raise ValueError("patchcore needs at least one good image to fit")
     t0 = time.monotonic()
     model.to(device).eval()
-    chunks = []
+    feats = torch.empty(0)
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc="features", unit="batch", disable=not progress, leave=False):
         x = torch.from_numpy(images[i : i + batch_size]).to(device)
-        x = x.permute(0, 3, 1, 2).float() / 255.0
-        chunks.append(model.patch_features(x).flatten(0, 1).cpu())
-    feats = torch.cat(chunks)
-    del chunks
+        f = model.patch_features(x.permute(0, 3, 1, 2).float() / 255.0).cpu()
+        if i == 0:  # filled in place: no list of chunks and a concatenated copy beside it
+            feats = torch.empty(len(images), *f.shape[1:])
+        feats[i : i + len(f)] = f
+    feats = feats.flatten(0, 1)
     t_features = time.monotonic() - t0
     n_all = len(feats)
     if n_all > max_patches:

@@ -138,12 +138,13 @@ class PatchDistanceHead(nn.Module):
         r = self.radius
         if r == 0:
             return m
-        m = m[:, None]
-        ones = torch.ones_like(m[:1])
-        for kernel, pad in ((self.kernel, (0, r)), (self.kernel.transpose(2, 3), (r, 0))):
-            m = F.conv2d(m, kernel, padding=pad)
-            ones = F.conv2d(ones, kernel, padding=pad)
-        return (m / ones)[:, 0]
+        row, col = self.kernel, self.kernel.transpose(2, 3)
+        blurred = F.conv2d(F.conv2d(m[:, None], row, padding=(0, r)), col, padding=(r, 0))
+        # the blur of ones, separable too: one 1-D weight per column and per row
+        h, w = m.shape[-2:]
+        per_col = F.conv1d(m.new_ones(1, 1, w), self.kernel[0], padding=r)[0, 0]
+        per_row = F.conv1d(m.new_ones(1, 1, h), self.kernel[0], padding=r)[0, 0]
+        return blurred[:, 0] / (per_row[:, None] * per_col)
 
     def forward(
         self, x: torch.Tensor, scores: tuple[torch.Tensor, torch.Tensor]

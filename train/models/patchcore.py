@@ -133,8 +133,10 @@ class PatchCore(nn.Module):
         n, p, d = q.shape
         q2 = q.reshape(n * p, d)
         # the nearest memory patch: argmin over m of |m|^2 - 2 q.m (|q|^2 is the same for all),
-        # one Gemm with the memory's norms as its bias
-        nearest = torch.addmm((m * m).sum(-1), q2, m.t(), alpha=-2.0).argmin(-1)
+        # one Gemm with the memory's norms as its bias; TopK(1), which ONNX Runtime runs 15 %
+        # faster than ArgMin here (bench/engines.py)
+        cross = torch.addmm((m * m).sum(-1), q2, m.t(), alpha=-2.0)
+        nearest = cross.topk(1, dim=-1, largest=False).indices[:, 0]
         # its distance from the difference itself: |q|^2 + |m|^2 - 2 q.m cancels to rounding
         # noise near 0, whose square root (~1e-2) would differ from runtime to runtime
         dist = (q2 - m[nearest]).pow(2).sum(-1).sqrt().view(n, p)
