@@ -14,21 +14,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import Field
 
 from inspectd.config.base import StrictModel
 from inspectd.config.loader import ConfigError, load_yaml_model
+from inspectd.families import FamilyName
 from inspectd.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.yaml"
 THRESHOLDS = "thresholds.yaml"
 TRAIN_IMAGES = "train_images.sha256"  # lets calibrate refuse images the model was trained on
 BUNDLE_SCHEMA = "inspectd.bundle/1"
-# The model families (inspectd.train.models.FAMILIES builds them; this list needs no torch)
-FamilyName = Literal["ae", "hybrid", "vivano", "patchcore"]
-FAMILY_NAMES: tuple[str, ...] = get_args(FamilyName)
 THRESHOLDS_SCHEMA = "inspectd.thresholds/1"
 
 

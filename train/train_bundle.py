@@ -42,6 +42,7 @@ from inspectd.imagefile import read_image
 from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.mvtec import MVTecSet
 from inspectd.train.evaluate import evaluate
+from inspectd.train.graph import InspectionGraph
 from inspectd.train.loop import TrainSettings, seed_everything, split_indices, train_model
 from inspectd.train.memory import fit_memory
 from inspectd.train.models import Family, backbones, family
@@ -170,7 +171,7 @@ def train(
 
 def fit(
     model: torch.nn.Module,
-    graph: torch.nn.Module,
+    graph: InspectionGraph,
     images: np.ndarray,
     val_idx: np.ndarray,
     settings: TrainSettings,

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from inspectd.bundle import FAMILY_NAMES
 from inspectd.commands import EXIT_CONFIG, Subparsers
+from inspectd.families import FAMILY_NAMES
 
 
 def add_parser(sub: Subparsers) -> None:

@@ -467,3 +467,10 @@ def test_hybrid_bundle_round_trip_and_reexport(vgg_file: Path, tmp_path: Path) -
     assert after.thresholds.model_sha256 == after.model_sha256 != bundle.model_sha256
     notes = yaml.safe_load((out / "manifest.yaml").read_text())["training"]["export"]
     assert notes["fp16_weights"] is True and notes["fp16_verdicts_checked"] == 6
+
+
+def test_the_registry_builds_every_family_the_manifest_allows() -> None:
+    from inspectd.families import FAMILY_NAMES
+    from inspectd.train.models import FAMILIES
+
+    assert tuple(FAMILIES) == FAMILY_NAMES
