@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.authentication import AuthenticationError
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import (
     FileResponse,
@@ -330,9 +331,11 @@ def build_app(
         Mount("/static", StaticFiles(directory=STATIC), name="static"),  # no data in it: open
     ]
     middleware = [
+        # first: a request for another host name (DNS rebinding) reaches nothing, not even login
+        Middleware(TrustedHostMiddleware, allowed_hosts=cfg.listen.allowed_hosts()),
         Middleware(
             AuthenticationMiddleware, backend=UiAuthBackend(credentials), on_error=on_auth_error
-        )
+        ),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.line, app.state.hub, app.state.link = line, hub, mqtt_link

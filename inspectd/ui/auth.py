@@ -92,6 +92,13 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+EMPTY_SHA256 = _digest("")
+
+
 class Credentials:
     """The configured users (name -> (hash, role)) and tokens (sha256 -> (name, role)), with
     secret files and systemd credentials read once at start-up."""
@@ -120,7 +127,9 @@ class Credentials:
                     or credential_path(t.token_credential or "")
                     or Path("/nonexistent")
                 )
-                digest = hashlib.sha256(_read(path).encode("utf-8")).hexdigest()
+                digest = _digest(_read(path))
+            if digest == EMPTY_SHA256:  # an empty file would let an empty bearer in
+                raise ValueError(f"access.tokens {t.name}: the token is empty")
             self.tokens[digest] = (t.name, t.role)
         self.open = not self.users and not self.tokens  # loopback without credentials
 
@@ -132,7 +141,9 @@ class Credentials:
         return UiUser(name, found[1]) if check_password(password, found[0]) else None
 
     def by_token(self, token: str) -> UiUser | None:
-        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        if not token:
+            return None
+        digest = _digest(token)
         for known, (name, role) in self.tokens.items():
             if hmac.compare_digest(known, digest):
                 return UiUser(name, role)

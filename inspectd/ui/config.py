@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,12 @@ class ListenConfig(StrictModel):
         "access.tokens.",
     )
     port: int = Field(8480, ge=1, le=65535, description="TCP port.")
+    hosts: tuple[str, ...] = Field(
+        (),
+        description="Names (or addresses) browsers reach the page by, besides the loopback names "
+        "and `host`, e.g. a proxy's public name. A request with any other Host header is refused "
+        "(400): a page from another site whose name resolves here (DNS rebinding) gets nothing.",
+    )
     tls_cert_file: ConfigPath | None = Field(
         None,
         description="HTTPS directly: certificate chain (PEM); needs tls_key_file. Else plain "
@@ -43,9 +50,33 @@ class ListenConfig(StrictModel):
             raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
         return self
 
+    @field_validator("hosts")
+    @classmethod
+    def _plain_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [h for h in value if not (HOST_NAME.fullmatch(h) or _is_address(h))]
+        if bad:
+            raise ValueError(f"{bad[0]!r}: a host name or address, without port or wildcard")
+        return value
+
     @property
     def loopback(self) -> bool:
         return is_loopback(self.host)
+
+    def allowed_hosts(self) -> list[str]:
+        """The Host header names the page answers to (a wildcard bind address is no name)."""
+        return sorted({*LOOPBACK_NAMES, self.host, *self.hosts} - {"0.0.0.0", "::"})
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+HOST_NAME = re.compile(r"[A-Za-z0-9.-]+")  # a name or IPv4 address: no port, no wildcard
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:

@@ -353,6 +353,71 @@ def test_viewers_see_but_cannot_act_and_no_credentials_get_nothing(
     assert refused.value.code == 403
 
 
+def test_a_request_for_another_host_name_is_refused_dns_rebinding(line: Line) -> None:
+    """A site whose name resolves to 127.0.0.1 (DNS rebinding) sends its own name as Host and
+    Origin: same-origin by the Origin check alone, so the command used to reach the station.
+    Only the loopback names, the listen address and listen.hosts are answered."""
+    port = int(line.url.rsplit(":", 1)[1])
+    auth = "Basic " + base64.b64encode(":".join(OPERATOR).encode()).decode()
+    body = json.dumps({"base": BASE, "command": "reload_thresholds"})
+
+    def post(host: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request(
+            "POST",
+            "/api/command",
+            body,
+            {
+                "Host": host,
+                "Origin": f"http://{host}",
+                "Content-Type": "application/json",
+                "Authorization": auth,
+            },
+        )
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+
+    status, text = post(f"rebind.example:{port}")
+    assert status == 400 and "Invalid host header" in text
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/api/line", headers={"Host": "rebind.example", "Authorization": auth})
+    assert conn.getresponse().status == 400  # reading is refused too
+    assert post(f"localhost:{port}")[0] == 200  # the page's own names still work
+    line.station.wait_event("thresholds.reloaded")
+
+
+def test_listen_hosts_takes_plain_names_and_keeps_the_loopback_ones() -> None:
+    from pydantic import ValidationError
+
+    from inspectd.ui.config import ListenConfig
+
+    proxied = ListenConfig(hosts=("line1.plant.example",))
+    assert proxied.allowed_hosts() == ["127.0.0.1", "::1", "line1.plant.example", "localhost"]
+    assert "0.0.0.0" not in ListenConfig(host="0.0.0.0").allowed_hosts()  # a bind, not a name
+    for bad in ("line1.plant.example:443", "*.plant.example"):
+        with pytest.raises(ValidationError, match="without port or wildcard"):
+            ListenConfig(hosts=(bad,))
+
+
+@pytest.mark.parametrize("content", ["", "  \n\n"])
+def test_an_empty_token_file_is_a_start_up_error(tmp_path: Path, content: str) -> None:
+    """An empty (or blank) token file used to register the sha256 of "": an empty bearer was
+    an operator. Like the station's empty password file, it stops the start (exit 2)."""
+    (tmp_path / "op.token").write_text(content)
+    config = tmp_path / "ui.yaml"
+    tokens = [{"name": "script", "role": "operator", "token_file": str(tmp_path / "op.token")}]
+    config.write_text(json.dumps({"listen": {"port": free_port()}, "access": {"tokens": tokens}}))
+    run = subprocess.run(
+        [sys.executable, "-m", "inspectd", "ui", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "access.tokens script: the token is empty" in run.stderr
+
+
 def test_a_page_started_mid_shift_counts_the_parts_from_before_it_started(
     line: Line, browser: Any
 ) -> None:
