@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,25 +56,31 @@ class VerdictSink(Protocol):
 class LastHour:
     """Recorded verdicts of the last hour in one-minute buckets, and the newest seq counted
     (…/stats ``last_hour``): a page or gateway that connects mid-shift takes these and adds
-    only the verdicts after that seq, instead of counting from the moment it connected."""
+    only the verdicts after that seq, instead of counting from the moment it connected.
 
-    def __init__(self, started: float | None = None) -> None:
-        self.started = time.time() if started is None else started
+    The buckets run on the monotonic clock: keyed by wall minutes, a forward step of the wall
+    clock (NTP, an operator) dropped minutes still inside the hour. The wall clock only dates
+    the window's start (``since``)."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+    ) -> None:
+        self._clock, self._wall = clock, wall
+        self._started = clock()
         self._lock = threading.Lock()  # the sink thread adds, the health thread reads
         self._minutes: deque[tuple[int, Counter[str]]] = deque()
         self._seq = 0
 
-    def add(self, verdict: Verdict, seq: int, t: float) -> None:
-        minute = int(t // 60)
+    def add(self, verdict: Verdict, seq: int) -> None:
+        minute = int(self._clock() // 60)
         with self._lock:
-            # a wall clock stepped back counts into the current minute, never an old one
             if not self._minutes or minute > self._minutes[-1][0]:
                 self._minutes.append((minute, Counter()))
             self._minutes[-1][1][verdict.value] += 1
             self._seq = max(self._seq, seq)
 
-    def snapshot(self, now: float | None = None) -> dict[str, Any]:
-        now = time.time() if now is None else now
+    def snapshot(self) -> dict[str, Any]:
+        now = self._clock()
         first = int((now - 3600.0) // 60) + 1  # the 60 minutes up to and including this one
         counts: Counter[str] = Counter()
         with self._lock:
@@ -83,9 +89,10 @@ class LastHour:
             for _, c in self._minutes:
                 counts.update(c)
             seq = self._seq
+        start = max(self._started, first * 60.0)
         return {
             **{v.value: counts[v.value] for v in Verdict},
-            "since": iso_utc(max(self.started, first * 60.0)),
+            "since": iso_utc(self._wall() - (now - start)),
             "through_seq": seq,
         }
 

@@ -411,7 +411,7 @@ class Pipeline:
             if item.record.verdict != kind:
                 self.stats.verdicts[kind.value] -= 1
                 self.stats.verdicts[item.record.verdict.value] += 1
-            self.stats.last_hour.add(item.record.verdict, item.record.seq, item.record.t_verdict)
+            self.stats.last_hour.add(item.record.verdict, item.record.seq)
         for item in batch:
             for sink in self.sinks:
                 try:

@@ -5,30 +5,54 @@ from __future__ import annotations
 from inspectd.inspection import LastHour
 from inspectd.verdict import Verdict, iso_utc
 
-T0 = 1_700_000_000.0  # 20 s into a minute: buckets are not aligned with the test's times
+T0 = 1_700_000_000.0  # wall time at the start, 20 s into a minute
+M0 = 5_000.0 + 20.0  # monotonic time at the start, 20 s into a minute: buckets not aligned
+
+
+class Clocks:
+    """A monotonic and a wall clock that the test moves (together, or the wall alone)."""
+
+    def __init__(self) -> None:
+        self.mono, self.wall = M0, T0
+
+    def advance(self, s: float) -> None:
+        self.mono += s
+        self.wall += s
 
 
 def test_counts_the_last_hour_by_whole_minutes_and_keeps_the_newest_seq() -> None:
-    hour = LastHour(started=T0)
-    hour.add(Verdict.OK, 1, T0 + 1)
-    hour.add(Verdict.NG, 2, T0 + 30)
-    hour.add(Verdict.OK, 3, T0 + 61)
-    hour.add(Verdict.ERROR, 0, T0 + 62)  # not stored (no seq): counted, seq unchanged
-    snap = hour.snapshot(T0 + 120)
+    c = Clocks()
+    hour = LastHour(lambda: c.mono, lambda: c.wall)
+    for verdict, seq, at in ((Verdict.OK, 1, 1), (Verdict.NG, 2, 29), (Verdict.OK, 3, 31)):
+        c.advance(at)
+        hour.add(verdict, seq)
+    c.advance(1)
+    hour.add(Verdict.ERROR, 0)  # not stored (no seq): counted, seq unchanged
+    c.advance(58)
+    snap = hour.snapshot()
     assert snap == {"OK": 2, "NG": 1, "ERROR": 1, "since": iso_utc(T0), "through_seq": 3}
 
     # an hour and a half later only the minutes of the last hour are left
-    hour.add(Verdict.NG, 4, T0 + 3000)
-    snap = hour.snapshot(T0 + 3700)
-    window = (int((T0 + 3700 - 3600) // 60) + 1) * 60.0
-    assert snap["since"] == iso_utc(window) and window > T0
+    c.advance(3000 - 120)
+    hour.add(Verdict.NG, 4)
+    c.advance(700)
+    snap = hour.snapshot()
+    window = (int((c.mono - 3600) // 60) + 1) * 60.0
+    assert snap["since"] == iso_utc(c.wall - (c.mono - window)) and window > M0
     assert (snap["OK"], snap["NG"], snap["ERROR"], snap["through_seq"]) == (0, 1, 0, 4)
 
 
-def test_a_clock_stepped_back_counts_into_the_current_minute() -> None:
-    hour = LastHour(started=T0)
-    hour.add(Verdict.OK, 1, T0 + 600)
-    hour.add(Verdict.NG, 2, T0 + 5)  # wall clock stepped back ten minutes
-    assert hour.snapshot(T0 + 601)["NG"] == 1
-    assert hour.snapshot(T0 + 601 + 3540)["NG"] == 1  # it ages with the minute it went into
-    assert hour.snapshot(T0 + 600 + 3660)["NG"] == 0
+def test_a_wall_clock_step_neither_drops_nor_doubles_minutes() -> None:
+    """Forward (the undercount seen: 350 of 384 parts after a step) and back: the count is
+    the parts of the last hour of elapsed time whatever the wall clock did meanwhile."""
+    c = Clocks()
+    hour = LastHour(lambda: c.mono, lambda: c.wall)
+    for _ in range(384):  # one part every 9 s: 57.6 minutes
+        hour.add(Verdict.OK, 1)
+        c.advance(9)
+    c.wall += 600  # NTP steps the wall clock ten minutes forward
+    assert hour.snapshot()["OK"] == 384
+    c.wall -= 1200  # and twenty back
+    assert hour.snapshot()["OK"] == 384
+    c.advance(3600)  # an hour later none is left
+    assert hour.snapshot()["OK"] == 0
