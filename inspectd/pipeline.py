@@ -120,7 +120,7 @@ class Pipeline:
         self.engine = engine
         self.bundle = bundle
         self.spec: PreprocessSpec = bundle.manifest.preprocess
-        self.thresholds: Thresholds = bundle.thresholds  # swapped whole on reload
+        self.thresholds: Thresholds = bundle.thresholds  # replaced whole (replace_thresholds)
         self.station = station
         self.recorder = recorder
         self.sinks = list(sinks)
@@ -161,20 +161,42 @@ class Pipeline:
         if replaced is not None:  # switched again before any part used it
             replaced[1].close()
 
+    def next_bundle(self) -> Bundle:
+        """The bundle the next part is judged with: one waiting to be switched to, or the
+        running one."""
+        with self._swap_lock:
+            return self._swap[0] if self._swap is not None else self.bundle
+
+    def replace_thresholds(self, bundle: Bundle) -> None:
+        """Judge with `bundle`'s thresholds from the next part on: the waiting switch's bundle
+        or the running one, whichever `next_bundle` gave (the same model, by sha256; raises
+        ValueError otherwise). Under the switch's lock, so a switch applied meanwhile cannot
+        leave one product's model judged with another product's thresholds."""
+        with self._swap_lock:
+            if self._swap is not None:
+                waiting, engine = self._swap
+                if waiting.model_sha256 != bundle.model_sha256:
+                    raise ValueError(f"a switch to {waiting.name} is waiting, not {bundle.name}")
+                self._swap = (bundle, engine)
+            elif self.bundle.model_sha256 == bundle.model_sha256:
+                self.bundle, self.thresholds = bundle, bundle.thresholds
+            else:
+                raise ValueError(f"running {self.bundle.name}, not {bundle.name}")
+
     def close(self) -> None:
         """Close the engine (and one waiting to be switched to)."""
         self._apply_swap()
         self.engine.close()
 
     def _apply_swap(self) -> None:
-        with self._swap_lock:
+        with self._swap_lock:  # model and thresholds change together, between two parts
             swap, self._swap = self._swap, None
-        if swap is None:
-            return
-        old = self.engine
-        self.bundle, self.engine = swap
-        self.spec = self.bundle.manifest.preprocess
-        self.thresholds = self.bundle.thresholds
+            if swap is None:
+                return
+            old = self.engine
+            self.bundle, self.engine = swap
+            self.spec = self.bundle.manifest.preprocess
+            self.thresholds = self.bundle.thresholds
         old.close()
         log.info(
             "pipeline.product_switched",

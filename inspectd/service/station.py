@@ -41,6 +41,7 @@ from inspectd.drift import DriftMonitor
 from inspectd.engine import Engine, EngineError, load_engine
 from inspectd.inspection import PipelineStats, VerdictSink
 from inspectd.mqtt.commands import CommandDesk, CommandError
+from inspectd.mqtt.inbound import MAX_ID_CHARS
 from inspectd.mqtt.publisher import Credentials, MqttPublisher
 from inspectd.mqtt.topics import Topics
 from inspectd.mqtt.triggers import TriggerDesk
@@ -526,8 +527,9 @@ class Station:
         """Read the bundle's thresholds again (SIGHUP, the reload command); the model must be
         the one running."""
         pipeline = self._started().pipeline
-        with self._switch_lock:
-            current = pipeline.bundle
+        with self._switch_lock:  # no product command meanwhile
+            # the product a switch just asked for, if it is still waiting for the next part
+            current = pipeline.next_bundle()
             try:
                 fresh = load_bundle(self.config.products_dir / current.name)
             except BundleError as exc:
@@ -538,8 +540,8 @@ class Station:
                     f"({fresh.model_sha256[:12]}…, running {current.model_sha256[:12]}…); "
                     "switch product or restart to load it"
                 )
-            old = pipeline.thresholds
-            pipeline.thresholds = fresh.thresholds
+            old = current.thresholds
+            pipeline.replace_thresholds(fresh)
             if self.drift is not None:
                 self.drift.reset(fresh.thresholds.quantiles)
         result = {
@@ -562,8 +564,12 @@ class Station:
             set(args) != {"product"}
             or not isinstance(name, str)
             or not re.match(NAME_PATTERN, name)
+            or len(name) > MAX_ID_CHARS  # checked before it is a path: ENAMETOOLONG crashed it
         ):
-            raise CommandError('expected {"product": "<bundle name>"} (letters, digits, _ and -)')
+            raise CommandError(
+                'expected {"product": "<bundle name>"} (letters, digits, _ and -, at most '
+                f"{MAX_ID_CHARS})"
+            )
         pipeline = self._started().pipeline
         with self._switch_lock:
             try:
