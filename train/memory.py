@@ -19,6 +19,7 @@ from inspectd.train.coreset import greedy_coreset, nearest_neighbours
 from inspectd.train.models.patchcore import PatchCore
 
 MAX_PATCHES = 2_000_000  # 1.2 GB of Lite0 features; more are subsampled before the coreset
+SCALE_FLOOR = 0.05  # smallest channel spread used, as a share of the mean spread
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,12 @@ def fit_memory(
         feats = feats[torch.randperm(n_all, generator=gen)[:max_patches]]
     centre = feats.mean(0)
     feats -= centre
+    scale = None
+    if model.standardise:
+        # a floor: a channel (nearly) constant on good parts must not turn noise into scores
+        std = feats.std(0)
+        scale = std.clamp_min(SCALE_FLOOR * float(std.mean()))
+        feats /= scale
     chosen = greedy_coreset(feats, model.memory_size, seed=seed, progress=progress)
     memory = feats[chosen].clone()
     del feats
@@ -70,7 +77,7 @@ def fit_memory(
     if support.shape[1] < model.neighbours:  # a memory smaller than b: repeat the farthest
         pad = support[:, -1:].expand(-1, model.neighbours - support.shape[1])
         support = torch.cat([support, pad], 1)
-    model.set_memory(memory, centre, support)
+    model.set_memory(memory, centre, support, scale)
     model.cpu()
     seconds = time.monotonic() - t0
     return FitResult(

@@ -23,7 +23,7 @@ from inspectd.bundle import Bundle, load_bundle  # noqa: E402
 from inspectd.deploy.export import PARITY_TOLERANCE  # noqa: E402
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine  # noqa: E402
 from inspectd.train.datasets.button import write_dataset  # noqa: E402
-from inspectd.train.models import load_graph  # noqa: E402
+from inspectd.train.models import family, load_graph  # noqa: E402
 
 SMALL = {"input_size": 128, "memory_size": 500}  # every part of the default, CPU-fast
 
@@ -129,6 +129,30 @@ def test_the_image_score_is_a_scoring_setting(data: Path, tmp_path: Path) -> Non
     assert (s_paper < s_plain).all() and (s_paper > 0).all()
     with pytest.raises(ValueError, match="no scoring setting mean_filter.*blur_sigma"):
         fit("bad", mean_filter="5")
+
+
+def test_standardised_channels_are_an_option_carried_by_model_pt(
+    data: Path, tmp_path: Path
+) -> None:
+    """--param standardise=true: each channel divided by its spread over the good patches; the
+    spread is a buffer of model.pt (the torch engine rebuilds the same graph) and a constant of
+    model.onnx; the plain model has neither."""
+    from inspectd.train.train_bundle import BuildRequest, build_product
+
+    params = {**SMALL, "memory_size": 100, "standardise": True}
+    req = BuildRequest(
+        product="std", data=data, out=tmp_path / "std", model="patchcore", params=params
+    )
+    bundle = load_bundle(build_product(req))
+    model = load_graph(bundle).model
+    assert model.standardise and not torch.allclose(model.scale, torch.ones_like(model.scale))
+    frames = np.stack([np.full((128, 128, 3), v, np.uint8) for v in (90, 160)])
+    with torch.no_grad():
+        want = load_graph(bundle)(torch.from_numpy(frames)).score.numpy()
+    got = OnnxRuntimeEngine(bundle.model_path).infer(frames).score
+    np.testing.assert_allclose(want, got, rtol=PARITY_TOLERANCE)
+    fam = family("patchcore")
+    assert "scale" not in fam.create(fam.params(SMALL)).state_dict()  # the plain model
 
 
 # Loaded into the child before inspectd: every attempt to open a connection fails and is

@@ -17,7 +17,8 @@ nearest memory neighbours, taken at m*).
 Everything the daemon runs is matrix arithmetic: the nearest memory patch by |m|^2 - 2 q.m (a
 Gemm with the memory as a constant, then ArgMin), its distance from the difference q - m
 (a Gather), a Gather for the reweighting; no custom op, so ONNX Runtime and TensorRT build it.
-The memory is stored centred on the mean good patch, and queries are centred the same way.
+The memory is stored centred on the mean good patch (and, with `standardise`, each channel
+divided by its spread over the good patches), and queries are prepared the same way.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from inspectd.train.models import backbones
 SETTLED = (
     "backbone and layers by measurement (docs/models.md); 3x3 local average without padding "
     "counted; coarser layers upsampled bilinearly to the finest and concatenated, no channel "
-    "pooling unless dim is set; greedy k-center coreset on a 128-d random projection; memory "
-    "centred on the mean patch; Euclidean nearest-neighbour distance"
+    "pooling unless dim is set; memory from every good image; greedy k-center coreset on a "
+    "128-d random projection; features centred (standardise: each channel also divided by its "
+    "spread over the good patches); Euclidean nearest-neighbour distance"
 )
 
 
@@ -43,11 +45,14 @@ class PatchCore(nn.Module):
 
     memory_size: patches kept by the coreset (fewer when the good images have fewer patches);
     neighbours: b of the reweighting (m* and its b - 1 nearest memory patches); dim: pool the
-    concatenated channels to this many (the paper's adaptive average pooling), None keeps all.
+    concatenated channels to this many (the paper's adaptive average pooling), None keeps all;
+    standardise: divide each channel by its spread over the good patches (a diagonal
+    Mahalanobis distance) instead of the paper's plain Euclidean distance (docs/models.md).
     """
 
-    memory: torch.Tensor  # M x D, centred; buffers, typed for mypy
+    memory: torch.Tensor  # M x D, centred and scaled; buffers, typed for mypy
     centre: torch.Tensor  # D
+    scale: torch.Tensor  # D
     support: (
         torch.Tensor
     )  # M x neighbours: each memory patch's nearest memory patches, itself first
@@ -61,6 +66,7 @@ class PatchCore(nn.Module):
         dim: int | None = None,
         memory_size: int = 4096,
         neighbours: int = 9,
+        standardise: bool = False,
     ) -> None:
         super().__init__()
         layers = tuple(layers)
@@ -86,8 +92,11 @@ class PatchCore(nn.Module):
         self.pooled = self.dim < channels
         self.memory_size = memory_size
         self.neighbours = neighbours
+        self.standardise = standardise
         self.register_buffer("memory", torch.zeros(0, self.dim))
         self.register_buffer("centre", torch.zeros(self.dim))
+        if standardise:  # a plain model has none: its graph divides by nothing
+            self.register_buffer("scale", torch.ones(self.dim))
         self.register_buffer("support", torch.zeros(0, neighbours, dtype=torch.long))
 
     def patch_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,10 +113,21 @@ class PatchCore(nn.Module):
             feats = F.adaptive_avg_pool1d(feats, self.dim)
         return feats
 
-    def set_memory(self, memory: torch.Tensor, centre: torch.Tensor, support: torch.Tensor) -> None:
-        """The fitted memory (M x D, centred on `centre`) and its neighbour table (M x b)."""
+    def set_memory(
+        self,
+        memory: torch.Tensor,
+        centre: torch.Tensor,
+        support: torch.Tensor,
+        scale: torch.Tensor | None = None,
+    ) -> None:
+        """The fitted memory (M x D, (feature - centre) / scale) and its neighbour table
+        (M x b); `scale` (D) with standardise only."""
+        if (scale is not None) != self.standardise:
+            raise ValueError("a scale goes with standardise=True, and only with it")
         self.memory = memory.float().contiguous()
         self.centre = centre.float().contiguous()
+        if scale is not None:
+            self.scale = scale.float().contiguous()
         self.support = support.long().contiguous()
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -129,6 +149,8 @@ class PatchCore(nn.Module):
 
     def _search(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q = feats - self.centre  # N x P x D
+        if self.standardise:
+            q = q / self.scale
         m = self.memory
         n, p, d = q.shape
         q2 = q.reshape(n * p, d)
