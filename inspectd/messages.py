@@ -25,16 +25,17 @@ log = structlog.get_logger(__name__)
 
 @dataclass(slots=True)
 class OutgoingMessage:
-    """One message to publish. ``on_ack(ok)`` runs on the client's network thread when the
-    broker acknowledges it (``ok`` is False for an MQTT 5 PUBACK with a failure reason code):
-    keep it short and do not block in it."""
+    """One message to publish. ``on_ack(code)`` runs on the client's network thread when the
+    broker answers it, with the PUBACK's reason code: below 0x80 it took the message (0x00, or
+    0x10 "no matching subscribers"; always 0x00 on MQTT 3.1.1), from 0x80 on it refused it
+    (MQTT 5 only). Keep it short and do not block in it."""
 
     topic: str
     payload: bytes
     qos: int = 1
     retain: bool = False
     label: str = ""  # for logs, e.g. "seq=12"
-    on_ack: Callable[[bool], None] | None = None
+    on_ack: Callable[[int], None] | None = None
     content_type: str | None = "application/json"  # MQTT 5 property; None for binary payloads
     expires: float | None = None  # wall time: MQTT 5 message expiry; not sent at all after it
     expires_mono: float | None = None  # the same on time.monotonic(); decides when it is given
@@ -190,6 +191,23 @@ def stats_message(topics: Topics, stats: dict[str, Any]) -> OutgoingMessage:
 
 # -- answers: replies and …/error ---------------------------------------------------------------
 
+# What an answer or a log line quotes of a request is cut to this many characters: a 1 MiB field
+# name or value was echoed whole in …/error (issue 31). Ids are at most 128 characters anyway.
+ECHO_MAX_CHARS = 500
+
+
+def bounded(text: str) -> str:
+    """``text``, or its first ``ECHO_MAX_CHARS`` characters and how long it was."""
+    if len(text) <= ECHO_MAX_CHARS:
+        return text
+    return f"{text[:ECHO_MAX_CHARS]}… ({len(text)} characters, truncated)"
+
+
+def bound_echoes(fields: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``fields`` with every string ``bounded``, and the names of those that were cut."""
+    cut = [k for k, v in fields.items() if isinstance(v, str) and len(v) > ECHO_MAX_CHARS]
+    return {k: bounded(v) if k in cut else v for k, v in fields.items()}, cut
+
 
 def reply_message(
     topic: str, payload: dict[str, Any], *, source_topic: str, correlation_data: bytes | None
@@ -215,8 +233,13 @@ def error_message(
     **fields: Any,
 ) -> OutgoingMessage:
     """A refused request on …/error: the code, why, the topic it came on, ``fields`` (its
-    request_id) and the correlation data, also as hex for 3.1.1-style readers."""
-    payload = {"error": code, "detail": detail, "topic": source_topic, **fields}
+    request_id) and the correlation data, also as hex for 3.1.1-style readers. Text that may
+    quote the request is ``bounded`` (``truncated`` names what was cut); the correlation data is
+    echoed whole: it is what the requester matches on, and MQTT bounds it (64 KiB)."""
+    echoed, cut = bound_echoes({"detail": detail, "topic": source_topic, **fields})
+    payload: dict[str, Any] = {"error": code, **echoed}
+    if cut:
+        payload["truncated"] = cut
     if correlation_data is not None:
         payload["correlation_data"] = correlation_data.hex()
     payload["ts"] = iso_utc(time.time() if t is None else t)

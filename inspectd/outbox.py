@@ -23,9 +23,13 @@ and NG or ERROR only when no OK verdict is left; every drop is counted by kind (
 **When the disk fails** (full, read-only, I/O error), appending does not fail: the verdict is kept
 in memory instead, its JSON payloads say ``"durable": false``, ``stats()`` says why, and it is
 published like any other; it is lost only if the process ends before the broker acknowledges it.
-The next append tries the disk again. Seqs handed out meanwhile come from the reservation; once
-it is used up a crash could repeat them, and the log says so (at 20 parts/s the reservation
-lasts over an hour). ``Outbox.in_memory`` is the same for a file that cannot even be opened.
+The next append tries the disk again. Seqs handed out meanwhile come from the reservation the
+file already holds, so the next process starts above them whatever happens. Past the reservation
+(at 20 parts/s over an hour of a failing disk), or for a file that cannot even be opened
+(``Outbox.in_memory``, which tries to open it again at most every ``REOPEN_S``), no seq is safe:
+the next process would start from the file's mark and hand the same numbers out again (issue 31:
+21-40 twice, and a PLC gateway skipping "old" seqs ignored five rejects). ``append_many`` then
+gives those verdicts no seq (0) and stores nothing; ``problems()`` says ``seq_unavailable``.
 
 **Clocks.** Ages (``max_age_s``) and reject expiry run on the monotonic clock, so a step of the
 wall clock (NTP after an outage, an operator) neither drops young rows nor keeps old ones:
@@ -47,6 +51,13 @@ checkpoint, and the first write that works again checkpoints too, so the folder 
 without a restart once space is back. Acknowledgements the disk refused are retried on later
 writes.
 
+**Quarantine.** A row that cannot be sent as it is stored (a kind that is no verdict, a QoS
+MQTT does not have, a payload that is not bytes: damaged on disk, or written by something else)
+or that the broker refused for good (``inspectd.delivery``) is set aside, not deleted: its
+``quarantined`` column says why, ``pending()`` skips it, so the rows after it go on, and it is
+counted (``stats()``). Before, one such row ended the feeder thread at every start.
+``quarantined_rows()`` reads them for another try; an acknowledgement deletes them as usual.
+
 Schema: one row per verdict in ``verdicts`` and its MQTT messages (the verdict, plus the reject
 for NG and ERROR) in ``messages``, keyed by (seq, idx), so each message is acknowledged on its
 own PUBACK and after a crash only the unacknowledged ones are sent again.
@@ -57,6 +68,7 @@ two processes at once (reading it with the sqlite3 shell while the daemon runs i
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sqlite3
@@ -71,7 +83,7 @@ from typing import Any, Protocol
 import structlog
 
 from inspectd.clock import SYSTEM, Clock
-from inspectd.verdict import Verdict
+from inspectd.verdict import Verdict, iso_utc
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +92,7 @@ DEFAULT_MAX_ROWS = 100_000
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 SYNC_MODES = ("full", "normal")
 SEQ_RESERVE = 100_000  # numbers reserved ahead on disk; the most seq can jump after a crash
+REOPEN_S = 1.0  # an outbox that could not be opened tries again at most this often
 WAL_LIMIT_BYTES = 512 * 1024  # checkpointed past this (SQLite's default let it reach 4 MiB)
 NOT_STORABLE = "not_storable"  # drop reason: a verdict whose messages could not be built
 KINDS = tuple(v.value for v in Verdict)
@@ -131,8 +144,21 @@ _ADDED_COLUMNS = (
     ("verdicts", "created_mono", "REAL"),
     ("verdicts", "boot_id", "TEXT"),
     ("messages", "expires_mono", "REAL"),
+    ("verdicts", "quarantined", "TEXT"),  # why the row is set aside; NULL: it is sent
 )
-_AFTER_COLUMNS = ("CREATE INDEX IF NOT EXISTS verdicts_created_mono ON verdicts (created_mono)",)
+_AFTER_COLUMNS = (
+    "CREATE INDEX IF NOT EXISTS verdicts_created_mono ON verdicts (created_mono)",
+    "CREATE INDEX IF NOT EXISTS verdicts_quarantined ON verdicts (seq)"
+    " WHERE quarantined IS NOT NULL",
+)
+# A kind a damaged row may hold counts as ERROR when dropped: as bad to lose as an ERROR.
+_KIND = f"CASE WHEN kind IN {KINDS!r} THEN kind ELSE 'ERROR' END"
+_ROWS = (  # a verdict and its messages not yet acknowledged; {where}: which verdicts
+    "SELECT v.seq, v.kind, v.created, v.replayed, v.created_mono, v.quarantined, m.idx, m.topic,"
+    " m.payload, m.qos, m.retain, m.content_type, m.expires, m.expires_mono"
+    " FROM (SELECT * FROM verdicts WHERE {where} ORDER BY seq LIMIT ?) AS v"
+    " LEFT JOIN messages AS m ON m.seq = v.seq ORDER BY v.seq, m.idx"
+)
 
 
 class OutboxError(RuntimeError):
@@ -201,6 +227,7 @@ class Row:
     messages: tuple[StoredMessage, ...]
     durable: bool = True
     created_mono: float | None = None  # this process's monotonic clock (rebased at open)
+    quarantined: str | None = None  # why it is set aside (see the module docstring)
 
 
 _Now = tuple[float, float]  # (wall, monotonic)
@@ -284,6 +311,33 @@ def _key_blob(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 
 
+def _row(joined: list[tuple[Any, ...]]) -> Row:
+    """One verdict read back with its messages (``_ROWS``' lines for it). Anything wrong with
+    what is stored raises here, where it costs that row only, not in the publisher: the
+    checks of ``append`` again, since the file may have changed since."""
+    seq, kind, created, replayed, created_mono, quarantined, first_idx, *_ = joined[0]
+    if first_idx is None:  # LEFT JOIN: no message (each acknowledgement deletes its verdict)
+        raise ValueError("no message left to send")
+    messages = []
+    for *_, idx, topic, payload, qos, retain, content_type, expires, expires_mono in joined:
+        m = StoredMessage(
+            seq, idx, topic, payload, qos, bool(retain), content_type, expires, expires_mono
+        )
+        _checked(m)
+        if replayed:
+            m = replace(m, payload=set_flags(payload, replayed=True))
+        messages.append(m)
+    return Row(
+        seq,
+        Verdict(kind),
+        created,
+        bool(replayed),
+        tuple(messages),
+        created_mono=created_mono,
+        quarantined=quarantined,
+    )
+
+
 def _read_high_water(path: Path) -> int | None:
     """The seq high-water mark of an outbox file opened read-only; None if it cannot be read."""
     try:
@@ -320,8 +374,8 @@ class _Checkpointer:
         self.lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="outbox-checkpoint", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._run, name="outbox-checkpoint", daemon=True)
+        self.thread.start()
 
     def request(self) -> None:
         self._wake.set()
@@ -341,7 +395,7 @@ class _Checkpointer:
     def close(self) -> None:
         self._stopping = True
         self._wake.set()
-        self._thread.join()
+        self.thread.join()
         self._conn.close()
 
 
@@ -383,14 +437,19 @@ class Outbox:
         self._closed = False
         self._volatile: dict[int, Row] = {}  # verdicts the disk could not take, by seq
         self._write_error: str | None = None  # why the last write failed; None once one worked
-        self._warned_reserve = False
+        self._no_seq: tuple[int, str] | None = None  # verdicts given no seq, since when (wall)
+        self._reopen_at = 0.0  # monotonic; for an outbox that could not be opened
         self._acks_to_retry: list[tuple[int, int | None]] = []  # acks the disk refused
         self._depth = 0
+        self._quarantined = 0  # rows on disk set aside (see the module docstring)
+        self._quarantine_last: str | None = None  # the latest: "seq N: why"
         self._last_seq = self._reserved = self._inherited_seq = start_after
         self._dropped = dict.fromkeys(KINDS, 0)
         self._dropped_at_open = 0
-        if not _open:
-            return
+        if _open:
+            self._connect(start_after)
+
+    def _connect(self, start_after: int) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._open(start_after)
@@ -404,23 +463,37 @@ class Outbox:
 
     @classmethod
     def in_memory(cls, path: Path, reason: str, **bounds: Any) -> Outbox:
-        """An outbox for a file that cannot be opened: verdicts are kept in memory only and say
-        ``"durable": false``. Seq starts above what the file says, if it can be read at all,
-        and otherwise above the wall clock in milliseconds (more than any station reaches at
-        under 1000 parts/s), so it does not repeat numbers an earlier process handed out."""
+        """An outbox for a file that cannot be opened. It holds no seq reservation, so it gives
+        verdicts no seq (see the module docstring) until an append finds the file can be opened
+        again (tried at most every ``REOPEN_S``); from then on it is an ordinary outbox."""
         outbox = cls(path, _open=False, **bounds)
-        known = _read_high_water(outbox.path)
-        floor = known if known is not None else int(outbox.clock.wall() * 1000)
-        outbox._last_seq = outbox._reserved = outbox._inherited_seq = max(outbox._last_seq, floor)
+        known = _read_high_water(outbox.path) or 0
+        outbox._last_seq = outbox._reserved = outbox._inherited_seq = max(outbox._last_seq, known)
         outbox._write_error = reason
+        outbox._reopen_at = outbox.clock.mono() + REOPEN_S
         log.error(
             "outbox.in_memory",
             path=str(outbox.path),
             reason=reason,
             last_seq=outbox._last_seq,
-            detail="verdicts are published but not stored on disk; fix the state folder",
+            detail="no seq can be handed out that a restart could not repeat: verdicts are "
+            "ERROR and not published until the outbox can be opened; fix the state folder",
         )
         return outbox
+
+    def _reopen(self) -> None:
+        """For an outbox that could not be opened: try again, at most every ``REOPEN_S``."""
+        if self._conn is not None or self.clock.mono() < self._reopen_at:
+            return
+        self._reopen_at = self.clock.mono() + REOPEN_S
+        try:
+            self._connect(self._last_seq)
+        except OutboxError as exc:
+            self._write_error = str(exc)
+            return
+        log.warning("outbox.opened_again", path=str(self.path), last_seq=self._last_seq)
+        self._write_error = None
+        self.mark_replayed()
 
     def _open(self, start_after: int) -> sqlite3.Connection:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
@@ -454,6 +527,7 @@ class Outbox:
             self._add_columns(conn)
             rebased = self._rebase_clocks(conn)
             (self._depth,) = conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()
+            self._quarantined = self._count_quarantined(conn)
         self._last_seq = last
         self._reserved = last + SEQ_RESERVE
         self._inherited_seq = max_row_seq  # rows up to here were left by an earlier process
@@ -465,6 +539,7 @@ class Outbox:
             last_seq=last,
             start_after=start_after or None,
             rebased=rebased or None,
+            quarantined=self._quarantined or None,
         )
         return conn
 
@@ -492,7 +567,8 @@ class Outbox:
         *,
         receipts: Sequence[str | None] = (),
     ) -> list[int]:
-        """Store verdicts under consecutive seqs, in one transaction; returns the seqs.
+        """Store verdicts under consecutive seqs, in one transaction; returns the seqs, 0 for
+        a verdict that can be given no safe seq (none stored, see the module docstring).
 
         ``receipts[i]`` (if given and not None) is stored with item i in the same transaction
         (see ``receipts()``); kept in memory verdicts store none.
@@ -509,6 +585,7 @@ class Outbox:
         with self._lock:
             if self._closed:
                 raise OutboxError(f"outbox {self.path} is closed")
+            self._reopen()
             first = self._last_seq + 1
             built: list[tuple[int, Verdict, list[_Stored]]] = []
             failed: list[tuple[int, str, str]] = []
@@ -533,11 +610,20 @@ class Outbox:
             # Spent from here on, whatever fails below: a seq is never handed out twice.
             self._last_seq = built[-1][0]
             now = (self.clock.wall(), self.clock.mono())
-            if self._conn is None or not self._append_with_retry(built, now, receipts):
+            if self._conn is not None and self._append_with_retry(built, now, receipts):
+                self._no_seq = None
+            else:
+                # In memory, only under the reservation on disk: past it a restart repeats seqs.
+                built = [b for b in built if b[0] <= self._reserved]
+                self._last_seq = max(first - 1, min(self._last_seq, self._reserved))
                 self._append_to_memory(built, now)
+            given = {seq for seq, _, _ in built}
+            failed = [f for f in failed if f[0] in given]
             if failed:
                 self._count_not_storable(failed)
-            return [seq for seq, _, _ in built]
+            if len(given) < len(items):
+                self._refuse_seqs(len(items) - len(given), now[0])
+            return [seq if seq in given else 0 for seq in range(first, first + len(items))]
 
     def _append_with_retry(
         self,
@@ -553,14 +639,48 @@ class Outbox:
 
     def pending(self, limit: int = 100, *, after: int = 0) -> list[Row]:
         """Up to ``limit`` verdicts with seq > ``after``, in seq order, with their messages not
-        yet acknowledged. Does not drop anything (reading stays reading)."""
+        yet acknowledged. Does not drop anything; a row that cannot be read back as it must be
+        is quarantined on the way (and logged), and the rows after it are returned."""
         with self._lock:
             self._check_open()
-            rows = self._pending_on_disk(limit, after) if self._conn is not None else []
-            memory = [r for s, r in self._volatile.items() if s > after]
+            rows = self._valid_rows("quarantined IS NULL", after, limit, set_aside=True)
+            memory = [r for s, r in self._volatile.items() if s > after and not r.quarantined]
         if memory:
             rows = sorted(rows + memory, key=lambda r: r.seq)[:limit]
         return rows
+
+    def quarantined_rows(self, limit: int = 100) -> list[Row]:
+        """Up to ``limit`` quarantined verdicts that can be read back now, in seq order, for
+        another try (one the broker refused may be taken now); ``Row.quarantined`` says why."""
+        with self._lock:
+            self._check_open()
+            rows = self._valid_rows("quarantined IS NOT NULL", 0, limit, set_aside=False)
+            memory = [r for r in self._volatile.values() if r.quarantined]
+        if memory:
+            rows = sorted(rows + memory, key=lambda r: r.seq)[:limit]
+        return rows
+
+    def quarantine(self, seq: int, reason: str) -> None:
+        """Set verdict ``seq`` aside (see the module docstring): it stays, counted, and is no
+        longer ``pending()``. Unknown seqs are ignored (acknowledged or dropped meanwhile)."""
+        with self._lock:
+            self._check_open()
+            row = self._volatile.get(seq)
+            if row is not None:
+                self._volatile[seq] = replace(row, quarantined=reason)
+                self._note_quarantined({seq: reason})
+            elif self._conn is not None:
+                self._set_aside({seq: reason})
+
+    def threads(self) -> dict[str, threading.Thread | None]:
+        """The checkpoint thread, for the station's thread watch."""
+        checkpointer = self._checkpointer
+        return {"outbox-checkpoint": checkpointer.thread if checkpointer is not None else None}
+
+    def quarantine_summary(self) -> tuple[int, str | None]:
+        """(how many verdicts are quarantined, the latest "seq N: why"), from memory."""
+        with self._lock:
+            return self._quarantined_total(), self._quarantine_last
 
     def ack(self, seq: int, idx: int | None = None) -> bool:
         """The broker acknowledged message ``idx`` of verdict ``seq`` (all of them when ``idx``
@@ -635,6 +755,8 @@ class Outbox:
                     self._disk_failed("prune", exc)
                 else:
                     self._depth -= len(on_disk)
+                    if on_disk:
+                        self._recount_quarantined()
                     dropped += on_disk
             self._note_drops(dropped)
             return len(dropped)
@@ -679,9 +801,9 @@ class Outbox:
                     pass
 
     def stats(self) -> dict[str, Any]:
-        """For health/stats: depth (verdicts held, in memory included), in_memory, oldest_age_s
-        (None when empty), dropped by kind (since the file was created), last_seq, durable and
-        the write error."""
+        """For health/stats: depth (verdicts held, in memory and quarantined ones included),
+        in_memory, quarantined, oldest_age_s (None when empty), dropped by kind (since the file
+        was created), last_seq, durable and the write error."""
         with self._lock:
             conn = self._check_open()
             oldest = min(
@@ -698,6 +820,7 @@ class Outbox:
             return {
                 "depth": self._depth + len(self._volatile),
                 "in_memory": len(self._volatile),
+                "quarantined": self._quarantined_total(),
                 "oldest_age_s": None if oldest is None else max(0.0, self.clock.mono() - oldest),
                 "dropped": dict(self._dropped),
                 "last_seq": self._last_seq,
@@ -706,11 +829,19 @@ class Outbox:
             }
 
     def problems(self) -> list[str]:
-        """``outbox_not_durable`` while the disk refuses writes, ``outbox_dropped`` once a
-        verdict was dropped since this process opened the file. From memory: no disk read."""
+        """``outbox_not_durable`` while the disk refuses writes, ``seq_unavailable`` while
+        verdicts get no seq, ``outbox_dropped`` once a verdict was dropped since this process
+        opened the file. From memory: no disk read."""
         with self._lock:
             error, dropped = self._write_error, dict(self._dropped)
+            no_seq, reserved = self._no_seq, self._reserved
         problems = [] if error is None else [f"outbox_not_durable: {error}"]
+        if no_seq is not None:
+            problems.append(
+                f"seq_unavailable: {no_seq[0]} verdicts since {no_seq[1]} got no seq (ERROR, "
+                f"not published): the state folder cannot hold the seq reservation past "
+                f"{reserved}"
+            )
         since = sum(dropped.values()) - self._dropped_at_open
         if since > 0:
             problems.append(f"outbox_dropped: {since} verdicts since start ({dropped})")
@@ -814,6 +945,8 @@ class Outbox:
         # committed: only now does the in-memory state move on
         self._reserved = reserved
         self._depth += len(with_rows) - len(dropped)
+        if dropped:
+            self._recount_quarantined()
         self._note_drops(dropped)
         if self._write_error is not None:
             log.warning("outbox.disk_ok_again", path=str(self.path), seq=built[0][0])
@@ -824,16 +957,20 @@ class Outbox:
         self._retry_acks()
         return True
 
-    def _append_to_memory(self, built: list[tuple[int, Verdict, list[_Stored]]], now: _Now) -> None:
-        if built[-1][0] > self._reserved and not self._warned_reserve:
-            self._warned_reserve = True
+    def _refuse_seqs(self, count: int, wall: float) -> None:
+        if self._no_seq is None:
             log.error(
-                "outbox.seq_beyond_reservation",
+                "outbox.seq_unavailable",
                 path=str(self.path),
-                seq=built[-1][0],
-                reserved=self._reserved,
-                detail="if the daemon stops before the disk recovers, seqs may repeat",
+                last_seq=self._last_seq,
+                reason=self._write_error,
+                detail="no seq is handed out that a restart could repeat: verdicts are ERROR "
+                "and not published until the disk takes the reservation",
             )
+            self._no_seq = (0, iso_utc(wall))
+        self._no_seq = (self._no_seq[0] + count, self._no_seq[1])
+
+    def _append_to_memory(self, built: list[tuple[int, Verdict, list[_Stored]]], now: _Now) -> None:
         for seq, kind, msgs in built:
             if not msgs:
                 continue
@@ -875,45 +1012,89 @@ class Outbox:
             detail="verdicts are kept in memory and published, not durable, until it works",
         )
 
-    def _pending_on_disk(self, limit: int, after: int) -> list[Row]:
+    def _valid_rows(self, where: str, after: int, limit: int, *, set_aside: bool) -> list[Row]:
+        """Up to ``limit`` rows with seq > ``after`` that ``where`` selects and that can be read
+        back (``_row``), in seq order. One that cannot is quarantined if ``set_aside`` and more
+        are read in its place: fewer than ``limit`` still means there are no more."""
+        rows: list[Row] = []
+        while self._conn is not None and len(rows) < limit:
+            read, bad, last = self._read_rows(f"seq > ? AND {where}", after, limit - len(rows))
+            rows += read
+            if bad and set_aside:
+                self._set_aside(bad)
+            if not bad or last is None:
+                break
+            after = last
+        return rows
+
+    def _read_rows(
+        self, where: str, after: int, limit: int
+    ) -> tuple[list[Row], dict[int, str], int | None]:
+        """(rows read back, {seq: why} of those that could not be, the last seq looked at)."""
         conn = self._conn
         assert conn is not None
         try:
-            heads = conn.execute(
-                "SELECT seq, kind, created, replayed, created_mono FROM verdicts WHERE seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (after, limit),
-            ).fetchall()
-            if not heads:
-                return []
-            msgs = conn.execute(
-                "SELECT seq, idx, topic, payload, qos, retain, content_type, expires,"
-                " expires_mono FROM messages WHERE seq BETWEEN ? AND ? ORDER BY seq, idx",
-                (heads[0][0], heads[-1][0]),
-            ).fetchall()
+            lines = conn.execute(_ROWS.format(where=where), (after, limit)).fetchall()
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
-        by_seq: dict[int, list[StoredMessage]] = {}
-        replayed_seqs = {seq for seq, _, _, replayed, _ in heads if replayed}
-        for seq, idx, topic, payload, qos, retain, content_type, expires, expires_mono in msgs:
-            if seq in replayed_seqs:
-                payload = set_flags(payload, replayed=True)
-            by_seq.setdefault(seq, []).append(
-                StoredMessage(
-                    seq, idx, topic, payload, qos, bool(retain), content_type, expires, expires_mono
-                )
+        rows: list[Row] = []
+        bad: dict[int, str] = {}
+        for seq, joined in itertools.groupby(lines, key=lambda line: line[0]):
+            try:
+                rows.append(_row(list(joined)))
+            except Exception as exc:  # whatever is wrong with it, it costs this row only
+                bad[seq] = f"stored row cannot be sent: {type(exc).__name__}: {exc}"
+        return rows, bad, lines[-1][0] if lines else None
+
+    def _set_aside(self, reasons: dict[int, str]) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            with _transaction(conn):
+                stored = {
+                    seq: why
+                    for seq, why in reasons.items()
+                    if conn.execute(
+                        "UPDATE verdicts SET quarantined = ? WHERE seq = ?", (why, seq)
+                    ).rowcount
+                }
+                self._quarantined = self._count_quarantined(conn)
+        except sqlite3.Error as exc:  # skipped all the same; set aside when read again
+            log.error(
+                "outbox.quarantine_failed", path=str(self.path), reasons=reasons, error=str(exc)
             )
-        return [
-            Row(
-                seq,
-                Verdict(kind),
-                created,
-                bool(replayed),
-                tuple(by_seq.get(seq, ())),
-                created_mono=created_mono,
+            return
+        self._note_quarantined(stored)
+
+    def _note_quarantined(self, reasons: dict[int, str]) -> None:
+        for seq, why in reasons.items():
+            self._quarantine_last = f"seq {seq}: {why}"
+            log.error(
+                "outbox.quarantined",
+                path=str(self.path),
+                seq=seq,
+                reason=why,
+                quarantined=self._quarantined_total(),
+                detail="set aside, not deleted: kept in the outbox, counted, tried again later",
             )
-            for seq, kind, created, replayed, created_mono in heads
-        ]
+
+    def _quarantined_total(self) -> int:
+        return self._quarantined + sum(1 for r in self._volatile.values() if r.quarantined)
+
+    @staticmethod
+    def _count_quarantined(conn: sqlite3.Connection) -> int:
+        (count,) = conn.execute(
+            "SELECT COUNT(*) FROM verdicts WHERE quarantined IS NOT NULL"
+        ).fetchone()
+        return int(count)
+
+    def _recount_quarantined(self) -> None:
+        """After rows were deleted: some may have been quarantined (only then is it read)."""
+        if self._quarantined and self._conn is not None:
+            try:
+                self._quarantined = self._count_quarantined(self._conn)
+            except sqlite3.Error:
+                pass  # the next delete counts again
 
     def _ack_on_disk(self, acks: list[tuple[int, int | None]]) -> int:
         conn = self._conn
@@ -954,6 +1135,8 @@ class Outbox:
             except sqlite3.Error:
                 pass
         self._depth -= gone
+        if gone:
+            self._recount_quarantined()
         self._bound_wal()
         return changed
 
@@ -1057,7 +1240,7 @@ class Outbox:
         # monotonic clock: a wall clock stepped forward must not age young rows.
         cutoff = now[1] - self.max_age_s
         old = conn.execute(
-            "SELECT seq, kind FROM verdicts WHERE created_mono < ? ORDER BY seq", (cutoff,)
+            f"SELECT seq, {_KIND} FROM verdicts WHERE created_mono < ? ORDER BY seq", (cutoff,)
         ).fetchall()
         if old:
             conn.execute("DELETE FROM verdicts WHERE created_mono < ?", (cutoff,))
@@ -1071,7 +1254,7 @@ class Outbox:
         ).fetchall()
         if len(victims) < count:
             victims += conn.execute(
-                "SELECT seq, kind FROM verdicts WHERE kind != 'OK' ORDER BY seq LIMIT ?",
+                f"SELECT seq, {_KIND} FROM verdicts WHERE kind != 'OK' ORDER BY seq LIMIT ?",
                 (count - len(victims),),
             ).fetchall()
         conn.executemany("DELETE FROM verdicts WHERE seq = ?", [(seq,) for seq, _ in victims])

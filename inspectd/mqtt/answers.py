@@ -3,6 +3,11 @@
 MQTT 5 requests may carry a response topic and correlation data; answers go to that topic and
 echo the correlation data, so a requester can match them. MQTT 3.1.1 has neither: replies then
 go to a fixed topic the requester subscribes to (``ReplyTo.fallback_topic``).
+
+Before its payload is read, a request is refused (``refusal``) when it came from the broker's
+store of retained messages (it would run again at every connect: issue 31) or names a response
+topic the station does not publish on: one inside its own base topic (an answer there became
+the station's ``…/status``), or one no one can publish on.
 """
 
 from __future__ import annotations
@@ -13,11 +18,16 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 
-from inspectd.messages import error_message, reply_message
+from inspectd.messages import bound_echoes, error_message, reply_message
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
+from inspectd.mqtt.topics import Topics, topic_problem
 
 log = structlog.get_logger(__name__)
+
+RETAINED = (
+    "a retained message, from the broker's store (at a connect or reconnect): requests are "
+    "never run from there; clear it by publishing an empty retained message on this topic"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,15 +37,36 @@ class ReplyTo:
     source_topic: str  # the topic the request arrived on
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    refused: str | None = None  # why the response topic the request named is not answered on
 
     @classmethod
-    def of(cls, msg: mqtt.MQTTMessage) -> ReplyTo:
+    def of(cls, msg: mqtt.MQTTMessage, topics: Topics) -> ReplyTo:
         props = getattr(msg, "properties", None)
         response = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        if response is not None and ("+" in response or "#" in response or not response):
-            response = None  # not a topic one can publish on: answer on the fallback topic
-        return cls(msg.topic, response, bytes(correlation) if correlation is not None else None)
+        refused = None if response is None else _response_topic_problem(response, topics)
+        return cls(
+            msg.topic,
+            None if refused is not None else response,  # nothing ever goes to a refused one
+            bytes(correlation) if correlation is not None else None,
+            refused,
+        )
+
+
+def _response_topic_problem(topic: str, topics: Topics) -> str | None:
+    why = topic_problem(topic)
+    if why is None and topics.contains(topic):
+        why = f"inside this station's base topic {topics.base}, where only the station publishes"
+    return None if why is None else f"response topic refused ({why}): {topic!r}"
+
+
+def refusal(msg: mqtt.MQTTMessage, to: ReplyTo) -> tuple[str, str] | None:
+    """``(code, detail)`` for a request refused whatever its payload, else None."""
+    if msg.retain:  # only the broker's store sets it (retain-as-published is off)
+        return "retained", RETAINED
+    if to.refused is not None:
+        return "invalid_request", to.refused
+    return None
 
 
 def reply(
@@ -60,8 +91,10 @@ def publish_error(
     detail: str,
     **fields: Any,
 ) -> None:
-    """A refused request, on …/error with the correlation data echoed; logged too."""
-    log.warning("mqtt.request_refused", topic=to.source_topic, code=code, detail=detail, **fields)
+    """A refused request, on …/error with the correlation data echoed; logged too (bounded as
+    the answer is: a 1 MiB field is not a 1 MiB log line)."""
+    logged, _ = bound_echoes({"topic": to.source_topic, "detail": detail, **fields})
+    log.warning("mqtt.request_refused", code=code, **logged)
     publisher.enqueue(
         error_message(
             topics,

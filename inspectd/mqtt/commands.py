@@ -3,6 +3,8 @@
 Each command is a handler ``payload dict -> result dict`` that raises ``CommandError`` to
 refuse. Results are answered on the request's response topic (MQTT 5) or
 ``…/cmd/<name>/result``; refusals, unknown commands and malformed payloads on ``…/error``.
+A retained command never runs (``inspectd.mqtt.answers.refusal``): it ran again at every
+connect.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 
-from inspectd.mqtt.answers import ReplyTo, publish_error, reply
+from inspectd.mqtt.answers import ReplyTo, publish_error, refusal, reply
 from inspectd.mqtt.inbound import RequestError, parse_object
 from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
@@ -50,7 +52,7 @@ class CommandDesk:
 
     # paho's network thread
     def on_message(self, msg: mqtt.MQTTMessage) -> None:
-        to = ReplyTo.of(msg)
+        to = ReplyTo.of(msg, self.topics)
         prefix = f"{self.topics.base}/cmd/"
         name = msg.topic[len(prefix) : -len("/set")] if msg.topic.startswith(prefix) else ""
         if name not in self.handlers:
@@ -58,6 +60,10 @@ class CommandDesk:
             self._refuse(
                 to, "unknown_command", f"{name[:64]!r} is not a command; allowed: {allowed}"
             )
+            return
+        refused = refusal(msg, to)
+        if refused is not None:  # retained: never run; or a response topic not answered on
+            self._refuse(to, *refused, command=name)
             return
         try:
             args = parse_object(msg.payload, self.max_bytes, empty_ok=True)
@@ -72,7 +78,7 @@ class CommandDesk:
     def on_crash(self, msg: mqtt.MQTTMessage, exc: BaseException) -> None:
         """The publisher's last-resort guard caught ``exc`` from ``on_message``: answered."""
         self._refuse(
-            ReplyTo.of(msg),
+            ReplyTo.of(msg, self.topics),
             "internal_error",
             f"the station failed on this command ({type(exc).__name__}); it was not run",
         )

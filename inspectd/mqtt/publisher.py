@@ -2,8 +2,9 @@
 
 *What* is published (the v1 contract) is built in ``inspectd.messages``; this module is only
 *how*: ``MqttPublisher.enqueue(message)`` hands an ``OutgoingMessage`` to the client and calls
-``message.on_ack`` on PUBACK. ``inspectd.delivery`` feeds it the outbox's rows and deletes them
-in ``on_ack``; status, health, stats, overlays and answers are enqueued directly.
+``message.on_ack(reason_code)`` on PUBACK. ``inspectd.delivery`` feeds it the outbox's rows and
+decides by that code what becomes of them (docs/mqtt.md, "Refused acknowledgements"); status,
+health, stats, overlays and answers are enqueued directly.
 
 Ordering. paho 2.2 keeps QoS 1 messages published while disconnected (``publish`` returns
 ``MQTT_ERR_NO_CONN`` but the message stays in its queue and is sent after the next CONNACK, also
@@ -38,6 +39,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from inspectd.messages import OutgoingMessage, remaining_s, status_message, status_payload
+from inspectd.mqtt.paho_client import LenientClient, subscribe_requests
 from inspectd.mqtt.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -49,6 +51,16 @@ DEFAULT_MAX_QUEUED = 50_000  # messages not yet acknowledged, held in memory (un
 _PAHO_WINDOW = 1000  # most messages handed to paho and not yet acknowledged (mids are 16-bit)
 _HANDOFF_BATCH = 100
 _MAX_PAYLOAD = 268_435_455
+REFUSED = 0x80  # PUBACK reason codes from here on are failures (MQTT 5.0, 3.4.2.1)
+
+
+def reason_name(code: int) -> str:
+    """A PUBACK reason code as MQTT 5 names it, with its number: "Not authorized (0x87)"."""
+    try:
+        name = ReasonCode(PacketTypes.PUBACK, identifier=code).getName()
+    except (KeyError, ValueError):
+        name = "not a PUBACK reason code"
+    return f"{name} (0x{code:02x})"
 
 
 def set_no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -147,7 +159,7 @@ class MqttPublisher:
         self.ack_timeout_s = ack_timeout_s  # mqtt.ack_timeout_s: no PUBACK for this long is a stall
         self._v5 = protocol == "5"
 
-        self._client = mqtt.Client(
+        self._client = LenientClient(  # paho's, tolerant of odd properties (paho_client.py)
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=PROTOCOLS[protocol],
@@ -173,7 +185,7 @@ class MqttPublisher:
         self._backlog: deque[_Entry] = deque()  # accepted, not yet handed to paho
         self._outstanding: dict[int, _Entry] = {}  # accepted, not yet acknowledged; in id order
         self._by_mid: dict[int, _Entry] = {}  # handed to paho, not yet acknowledged
-        self._early_acks: dict[int, bool] = {}  # PUBACKs that beat the mid registration
+        self._early_acks: dict[int, int] = {}  # PUBACK reason codes that beat the mid
         self._status_mids: set[int] = set()  # "online" publishes made in on_connect
         self._in_paho = 0
         # Is the publisher moving? QoS 1/2 messages handed to paho and not yet acknowledged, and
@@ -199,6 +211,16 @@ class MqttPublisher:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def connects(self) -> int:
+        """How many connections came up since start (a change means a reconnect)."""
+        return self._counts.connects
+
+    def threads(self) -> dict[str, threading.Thread | None]:
+        """The long-lived threads, for the station's thread watch: the sender and paho's
+        network thread (an exception out of a paho callback ends it; issue 15)."""
+        return {"mqtt-sender": self._sender, "mqtt-network": self._client._thread}
 
     @property
     def connect_attempted(self) -> bool:
@@ -506,8 +528,8 @@ class MqttPublisher:
             # part. Done with, as if acknowledged (the outbox deletes it), and logged.
             log.warning("mqtt.expired_not_sent", topic=m.topic, label=m.label)
             with self._cv:
-                self._complete_locked(entry, True, expired=True)
-            self._after_ack(entry, True)
+                self._complete_locked(entry, 0, expired=True)
+            self._after_ack(entry, 0)
             return
         props = self._props_for(m)
         error: str | None = None
@@ -531,15 +553,15 @@ class MqttPublisher:
             log.error("mqtt.publish_dropped", topic=m.topic, label=m.label, reason=error)
             return
         with self._cv:
-            ok = self._early_acks.pop(info.mid, None)
-            if ok is None:
+            code = self._early_acks.pop(info.mid, None)
+            if code is None:
                 entry.mid = info.mid
                 self._by_mid[info.mid] = entry
                 return
-            self._complete_locked(entry, ok)
-        self._after_ack(entry, ok)
+            self._complete_locked(entry, code)
+        self._after_ack(entry, code)
 
-    def _complete_locked(self, entry: _Entry, ok: bool, *, expired: bool = False) -> None:
+    def _complete_locked(self, entry: _Entry, code: int, *, expired: bool = False) -> None:
         self._in_paho -= 1
         if entry.message.qos > 0:
             self._awaiting_ack -= 1
@@ -548,19 +570,21 @@ class MqttPublisher:
         self._outstanding.pop(entry.id, None)
         if expired:
             self._counts.expired += 1
-        elif ok:
+        elif code < REFUSED:
             self._counts.acked += 1
         else:
             self._counts.refused += 1
         self._cv.notify_all()
 
-    def _after_ack(self, entry: _Entry, ok: bool) -> None:
+    def _after_ack(self, entry: _Entry, code: int) -> None:
         m = entry.message
-        if not ok:
-            log.error("mqtt.publish_refused", topic=m.topic, label=m.label)
+        if code >= REFUSED and m.on_ack is None:  # delivery logs its own, once for many
+            log.error(
+                "mqtt.publish_refused", topic=m.topic, label=m.label, reason=reason_name(code)
+            )
         if m.on_ack is not None:
             try:
-                m.on_ack(ok)
+                m.on_ack(code)
             except Exception:
                 log.exception("mqtt.on_ack_failed", topic=m.topic, label=m.label)
 
@@ -592,7 +616,7 @@ class MqttPublisher:
             self._attempted.set()
             return
         for topic_filter in self._subscriptions:
-            client.subscribe(topic_filter, qos=1)
+            subscribe_requests(client, topic_filter, v5=self._v5)  # no retained messages
         info = client.publish(
             self.topics.status,
             status_payload("online", self.status_fields),
@@ -682,7 +706,7 @@ class MqttPublisher:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        ok = not reason_code.is_failure
+        code = reason_code.value
         with self._cv:
             if self._state is State.RESENDING:
                 # paho resends its older messages while handling CONNACK, before any PUBACK is
@@ -696,10 +720,10 @@ class MqttPublisher:
             else:
                 entry = self._by_mid.pop(mid, None)
                 if entry is None:
-                    self._early_acks[mid] = ok
+                    self._early_acks[mid] = code
                 else:
-                    self._complete_locked(entry, ok)
+                    self._complete_locked(entry, code)
         if entry is not None:
-            self._after_ack(entry, ok)
-        elif not ok:
-            log.error("mqtt.publish_refused", mid=mid, reason_code=str(reason_code))
+            self._after_ack(entry, code)
+        elif code >= REFUSED:
+            log.error("mqtt.publish_refused", mid=mid, reason=reason_name(code))

@@ -7,13 +7,22 @@ from dataclasses import dataclass
 _MAX_TOPIC_BYTES = 65535  # an MQTT topic is a length-prefixed UTF-8 string
 
 
+def topic_problem(topic: str) -> str | None:
+    """Why one cannot publish on ``topic`` (empty, a wildcard, NUL), or None. The one check of
+    this kind: for the station's own topics and for the response topics requesters name."""
+    if not topic:
+        return "empty"
+    if "+" in topic or "#" in topic:
+        return "the MQTT wildcards + and # are not allowed"
+    if "\x00" in topic:
+        return "NUL is not allowed in an MQTT topic"
+    return None
+
+
 def _check_levels(text: str, what: str) -> None:
-    if not text:
-        raise ValueError(f"{what} is empty")
-    if "+" in text or "#" in text:
-        raise ValueError(f"{what} {text!r}: the MQTT wildcards + and # are not allowed")
-    if "\x00" in text:
-        raise ValueError(f"{what} {text!r}: NUL is not allowed in an MQTT topic")
+    problem = topic_problem(text)
+    if problem is not None:
+        raise ValueError(f"{what} is empty" if not text else f"{what} {text!r}: {problem}")
     if any(level == "" for level in text.split("/")):
         raise ValueError(f"{what} {text!r}: empty topic level (leading, trailing or double '/')")
 
@@ -30,6 +39,10 @@ class Topics:
             raise ValueError(f"base topic {self.base!r}: topics starting with '$' are the broker's")
         if len(self.base.encode("utf-8")) > _MAX_TOPIC_BYTES - 64:
             raise ValueError("base topic is too long for MQTT")
+
+    def contains(self, topic: str) -> bool:
+        """Whether ``topic`` is the base or under it: where only the station publishes."""
+        return topic == self.base or topic.startswith(f"{self.base}/")
 
     def _sub(self, name: str) -> str:
         return f"{self.base}/{name}"

@@ -5,9 +5,11 @@ thread (size, JSON, fields) and queued for the capture thread; its verdict is an
 request's response topic (MQTT 5) or ``…/trigger/response``, with the correlation data echoed,
 as ``{"request_id", "part_id", "status": "done"|"expired", "verdict": {…the verdict payload…}}``.
 A request_id seen before is answered from a cache (``"duplicate": true``) without a second
-inspection, also while the first is still in progress. Anything malformed is answered on
-``…/error`` and the daemon goes on (``inspectd.mqtt.inbound`` parses; ids that cannot travel as
-UTF-8 MQTT strings are refused, not escaped: a requester matches answers on its exact id).
+inspection, also while the first is still in progress. A retained request is never inspected
+and a response topic inside the station's base is refused (``answers.refusal``). Anything
+malformed is answered on ``…/error`` and the daemon goes on (``inspectd.mqtt.inbound`` parses;
+ids that cannot travel as UTF-8 MQTT strings are refused, not escaped: a requester matches
+answers on its exact id).
 
 Refusals are counted by code, overload apart from malformed requests: a full queue is the
 station's problem (health says ``trigger_overloaded`` while it lasts), a malformed request the
@@ -27,7 +29,7 @@ import structlog
 
 from inspectd.frame import TriggerRequest
 from inspectd.inspection import TRIGGER_EXPIRED, Inspection
-from inspectd.mqtt.answers import ReplyTo, publish_error, reply
+from inspectd.mqtt.answers import ReplyTo, publish_error, refusal, reply
 from inspectd.mqtt.inbound import RequestError, id_problem, parse_object, safe_id
 from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
@@ -86,7 +88,11 @@ class TriggerDesk:
 
     # paho's network thread: quick checks, no blocking
     def on_message(self, msg: mqtt.MQTTMessage) -> None:
-        to = ReplyTo.of(msg)
+        to = ReplyTo.of(msg, self.topics)
+        refused = refusal(msg, to)
+        if refused is not None:  # retained, or a response topic not answered on
+            self._refuse(to, *refused, request_id=self._request_id_of(msg.payload))
+            return
         if not self.accepting:  # before parsing: nothing in the payload matters then
             self._refuse(
                 to,
@@ -131,7 +137,7 @@ class TriggerDesk:
         """The publisher's last-resort guard caught ``exc`` from ``on_message``: a bug, answered
         so the requester is not left waiting (the log has the traceback)."""
         self._refuse(
-            ReplyTo.of(msg),
+            ReplyTo.of(msg, self.topics),
             "internal_error",
             f"the station failed on this request ({type(exc).__name__}); it was not inspected",
         )

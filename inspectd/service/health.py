@@ -21,11 +21,13 @@ from inspectd import __version__
 from inspectd.messages import encode_json, health_message, stats_message
 from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
+from inspectd.service.threads import ThreadWatch
 from inspectd.verdict import iso_utc
 
 if TYPE_CHECKING:
     from inspectd.capture.base import CaptureSource
     from inspectd.config import StationConfig
+    from inspectd.delivery import Delivery
     from inspectd.drift import DriftMonitor
     from inspectd.mqtt.commands import CommandDesk
     from inspectd.mqtt.triggers import TriggerDesk
@@ -68,6 +70,9 @@ class HealthMonitor:
     def start(self) -> None:
         self.check(force=True)
         self._thread.start()
+
+    def threads(self) -> dict[str, threading.Thread | None]:
+        return {"health": self._thread}
 
     def check(self, *, force: bool = False) -> dict[str, Any]:
         """Take a snapshot; publish and write it when it changed (or ``force``)."""
@@ -135,8 +140,9 @@ class HealthMonitor:
 class StationHealth:
     """The health JSON (docs/mqtt.md, …/health) and the …/stats payload of a started station,
     combined from its components' ``stats()`` and ``problems()`` (``inspectd.reporting``).
-    Problems come in a fixed order: outbox, MQTT, triggers, camera, stalled threads, archive,
-    drift. ``metrics_server`` is set once it listens (health.json names its port)."""
+    Problems come in a fixed order: outbox, MQTT, delivery (refused, quarantined), triggers,
+    camera, stalled threads, dead threads, archive, drift. ``metrics_server`` is set once it
+    listens (health.json names its port); ``threads`` watches the long-lived threads."""
 
     def __init__(
         self,
@@ -152,8 +158,12 @@ class StationHealth:
         archive: ArchiveSink | None,
         pictures: Pictures | None,
         drift: DriftMonitor | None,
+        delivery: Delivery | None = None,
+        threads: ThreadWatch | None = None,
     ) -> None:
         self.config, self.boot_id, self.pipeline, self.source = config, boot_id, pipeline, source
+        self.delivery = delivery
+        self.threads = threads if threads is not None else ThreadWatch()
         self.outbox, self.publisher, self.triggers, self.commands = (
             outbox,
             publisher,
@@ -165,14 +175,27 @@ class StationHealth:
         self._fps = (time.monotonic(), 0, 0.0)  # (when, frames then, fps)
 
     def stalled(self) -> dict[str, float]:
-        """What holds work without progress: pipeline threads for service.stall_s, and "mqtt"
+        """What holds work without progress: pipeline threads for service.stall_s, "mqtt"
         when the publisher is connected with messages waiting and no PUBACK for
-        mqtt.ack_timeout_s: name -> seconds (the watchdog and /healthz)."""
+        mqtt.ack_timeout_s, and every watched thread that died (seconds since): name ->
+        seconds (the watchdog and /healthz)."""
         stalls = self.pipeline.stalled(self.config.service.stall_s)
         ack_wait = self.publisher.stalled_s() if self.publisher is not None else None
         if ack_wait is not None:
             stalls["mqtt"] = ack_wait
-        return stalls
+        return {**stalls, **self.threads.dead()}
+
+    def delivery_problems(self) -> list[str]:
+        """Verdicts held back while the station is up (refused by the broker, quarantined):
+        /healthz says "degraded" for these, since nothing else shows them and a restart
+        would not help."""
+        return self.delivery.problems() if self.delivery is not None else []
+
+    def held_back(self) -> list[str]:
+        """For /healthz: the delivery problems and verdicts the outbox could give no seq
+        (ERROR, not published) while the state folder is broken."""
+        unsequenced = [p for p in self.outbox.problems() if p.startswith("seq_unavailable")]
+        return self.delivery_problems() + unsequenced
 
     def snapshot(self) -> dict[str, Any]:
         # stats() before problems(): a component's problems then agree with what it reported
@@ -188,7 +211,10 @@ class StationHealth:
                 awaiting_ack=p["awaiting_ack"],
                 handler_errors=p["handler_errors"],
             )
+            if self.delivery is not None:
+                mqtt["refused_waiting"] = self.delivery.stats()["refused_waiting"]
             problems += self.publisher.problems()
+        problems += self.delivery_problems()
         triggers = self.triggers.stats() if self.triggers is not None else None
         if self.triggers is not None:
             problems += self.triggers.problems()
@@ -198,6 +224,7 @@ class StationHealth:
             f"stalled: {t} thread, no progress for {s:.0f} s"
             for t, s in self.pipeline.stalled(self.config.service.stall_s).items()
         ]
+        problems += self.threads.problems()
         if self.archive is not None:
             problems += self.archive.problems()
         drift = self.drift.stats() if self.drift is not None else {"state": "off"}
@@ -271,6 +298,7 @@ class StationHealth:
             "sink_errors": stats.sink_errors,
             "outbox": self.outbox.stats(),
             "mqtt": self.publisher.stats() if self.publisher else None,
+            "delivery": self.delivery.stats() if self.delivery and self.publisher else None,
             "triggers": self.triggers.stats() if self.triggers else None,
             "commands": self.commands.stats() if self.commands else None,
             "archive": self.archive.stats() if self.archive is not None else None,

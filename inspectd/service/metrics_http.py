@@ -6,8 +6,11 @@ fed per part by the pipeline's observer (on the publish thread, after the sinks:
 counted once its verdict is recorded and written); gauges (camera, MQTT, outbox, drift, …) are
 read from the health snapshot at scrape time. docs/metrics.md lists every metric.
 
-``GET /healthz``: 200 while no pipeline thread is stalled (the check that also gates the systemd
-watchdog), 503 otherwise; both with a JSON body naming the stalled threads.
+``GET /healthz``: 200 while no thread is stalled or dead (the check that also gates the systemd
+watchdog), 503 otherwise; both with a JSON body naming the stalled threads. A 200 says
+``"degraded"`` (with the problems) while verdicts are held back although the station is up:
+refused by the broker or quarantined. Nothing else would show that, and a restart would not
+fix it, so it stays 200: other problems (a broker outage, drift) leave it ``"live"``.
 
 One small ``http.server`` serves both, bound only to the configured address.
 """
@@ -194,6 +197,11 @@ class _ScrapeCollector(Collector):
                 "1 while connected with messages waiting and no PUBACK for mqtt.ack_timeout_s.",
                 bool(mqtt.get("stalled")),
             )
+            yield GaugeMetricFamily(
+                "inspectd_mqtt_refused_waiting",
+                "Verdict messages the broker refused (PUBACK >= 0x80), kept and waiting.",
+                value=float(mqtt.get("refused_waiting") or 0),
+            )
             yield CounterMetricFamily(
                 "inspectd_mqtt_handler_errors",
                 "Exceptions caught from "
@@ -215,6 +223,11 @@ def _outbox(outbox: dict[str, Any]) -> Iterator[Metric]:
         "inspectd_outbox_oldest_age_seconds",
         "Age of the oldest verdict held (0 when empty).",
         value=float(outbox.get("oldest_age_s") or 0.0),
+    )
+    yield GaugeMetricFamily(
+        "inspectd_outbox_quarantined",
+        "Verdicts set aside in the outbox, not sent (damaged, or refused for good).",
+        value=float(outbox.get("quarantined") or 0),
     )
     yield _gauge(
         "inspectd_outbox_durable",
@@ -306,8 +319,10 @@ class MetricsServer:
         host: str,
         port: int,
         stalled: Callable[[], dict[str, float]],
+        degraded: Callable[[], list[str]] = list,
     ) -> None:
-        handler = _handler(metrics, stalled)
+        """``degraded()``: the problems that hold verdicts back (/healthz names them)."""
+        handler = _handler(metrics, stalled, degraded)
         server_class = _V6Server if ipaddress.ip_address(host).version == 6 else ThreadingHTTPServer
         self._server = server_class((host, port), handler)  # OSError: the port is taken
         self._server.daemon_threads = True
@@ -329,6 +344,9 @@ class MetricsServer:
         self._thread.start()
         log.info("metrics.listening", host=self.host, port=self.port, url=self.url + "/metrics")
 
+    def threads(self) -> dict[str, threading.Thread | None]:
+        return {"metrics-http": self._thread}
+
     def stop(self) -> None:
         if self._thread.is_alive():
             self._server.shutdown()
@@ -340,19 +358,28 @@ class _V6Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
-def liveness(stalled: dict[str, float]) -> tuple[int, dict[str, Any]]:
+def liveness(stalled: dict[str, float], degraded: list[str]) -> tuple[int, dict[str, Any]]:
     """/healthz: (HTTP status, JSON body)."""
     if stalled:
         return 503, {
             "status": "stalled",
             "stalled": stalled,
-            "detail": "these pipeline threads hold work and made no progress",
+            "detail": "these threads hold work and made no progress, or ended",
+        }
+    if degraded:
+        return 200, {
+            "status": "degraded",
+            "stalled": {},
+            "problems": degraded,
+            "detail": "alive, but verdicts are held back; a restart would not help",
         }
     return 200, {"status": "live", "stalled": {}}
 
 
 def _handler(
-    metrics: StationMetrics, stalled: Callable[[], dict[str, float]]
+    metrics: StationMetrics,
+    stalled: Callable[[], dict[str, float]],
+    degraded: Callable[[], list[str]],
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "inspectd"
@@ -362,7 +389,7 @@ def _handler(
             if path == "/metrics":
                 self._answer(200, metrics.exposition(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                code, body = liveness(stalled())
+                code, body = liveness(stalled(), degraded())
                 self._answer(code, json.dumps(body).encode() + b"\n", "application/json")
             else:
                 self._answer(404, b"not found: try /metrics or /healthz\n", "text/plain")

@@ -14,7 +14,7 @@ a datagram that cannot go out is dropped and logged once. No lock either: ``stop
 called from a signal handler, which may interrupt another send on the same thread.
 
 ``ServiceWatch`` is the loop that runs while the station does: ``WATCHDOG=1`` every half
-``WATCHDOG_USEC`` as long as no pipeline thread is stalled (so systemd restarts a hung
+``WATCHDOG_USEC`` as long as no thread is stalled or dead (so systemd restarts a hung
 station after ``WatchdogSec=``), and a fresh ``STATUS=`` line every few seconds.
 """
 
@@ -236,7 +236,7 @@ class ServiceWatch:
             log.error(
                 "pipeline.stalled",
                 threads=stalls,
-                detail="holding work without progress; systemd watchdog pings withheld",
+                detail="holding work without progress, or ended; systemd watchdog pings withheld",
             )
         elif self.stalls and not stalls:
             log.warning("pipeline.resumed", was=self.stalls)

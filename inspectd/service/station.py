@@ -15,6 +15,10 @@ phases that cut across the start order:
    take ``mqtt.drain_timeout_s``), so /healthz answers and systemd's watchdog keeps getting
    pings meanwhile.
 
+Every component that says which long-lived threads it runs (``Threaded``) is watched once
+started: a thread that dies is a health problem and withholds the watchdog pings, as a stall
+does (``inspectd.service.threads``).
+
 ``inspectd run`` and ``inspectd demo`` both use it, so the demo shows the daemon's real path.
 """
 
@@ -52,6 +56,7 @@ from inspectd.pipeline import Pipeline
 from inspectd.reviews import ReviewDesk
 from inspectd.service.health import HealthMonitor, StationHealth
 from inspectd.service.sd_notify import Notifier, ServiceWatch
+from inspectd.service.threads import Threaded, ThreadWatch
 
 if TYPE_CHECKING:
     from inspectd.service.metrics_http import MetricsServer, StationMetrics
@@ -99,6 +104,7 @@ class Station:
         self.metrics_server: MetricsServer | None = None
         self.health: HealthMonitor | None = None
         self.watch: ServiceWatch | None = None  # set once READY=1 was sent
+        self.threads = ThreadWatch()  # the long-lived threads of the components
         self._line, self._core, self._service = ExitStack(), ExitStack(), ExitStack()
         self._drain_timeout = config.mqtt.drain_timeout_s  # stop()'s, for the closers
         self._switch_lock = threading.Lock()
@@ -142,12 +148,15 @@ class Station:
             archive=self.archive,
             pictures=self.pictures,
             drift=self.drift,
+            delivery=self.delivery,
+            threads=self.threads,
         )
         # before health: health.json names the port
         self.metrics_server = self.report.metrics_server = self._serve_metrics(
             self.pipeline, self.report
         )
         self.health = self._start_health(self.report)
+        self._watch_threads()
         log.info(
             "station.started",
             station=cfg.station.name,
@@ -157,6 +166,26 @@ class Station:
             trigger=cfg.camera.trigger,
         )
         self.watch = self._ready()
+
+    def _watch_threads(self) -> None:
+        """Every started component that names its long-lived threads (``Threaded``). The
+        camera, the command desk and the picture and archive writers do not name theirs yet:
+        they are listed so that they are watched once they do."""
+        components: tuple[object, ...] = (
+            self.outbox,
+            self.source,
+            self.publisher,
+            self.delivery,
+            self.commands,
+            self.pictures,
+            self.archive,
+            self.metrics_server,
+            self.health,
+        )
+        for component in components:
+            if isinstance(component, Threaded):
+                self.threads.watch(component)
+        log.info("threads.watched", threads=self.threads.names())
 
     def _load_bundle(self) -> Bundle:
         cfg = self.config
@@ -448,7 +477,13 @@ class Station:
         )
         pipeline.observer = self.metrics.observe  # every part from the first one on
         try:
-            server = MetricsServer(self.metrics, host=m.listen, port=m.port, stalled=self.stalled)
+            server = MetricsServer(
+                self.metrics,
+                host=m.listen,
+                port=m.port,
+                stalled=self.stalled,
+                degraded=report.held_back,
+            )
         except OSError as exc:
             raise StartupError(
                 f"metrics: cannot listen on {m.listen} port {m.port}: {exc.strerror or exc}"
@@ -607,6 +642,7 @@ class Station:
             self.config.mqtt.drain_timeout_s if drain_timeout is None else drain_timeout
         )
         self.notifier.stopping("stopping: closing sinks and camera")
+        self.threads.stopping()  # threads end on purpose from here on
         with self._service, self._core:  # each phase closes, even if one before it raised
             self._line.close()
         self.notifier.status("stopped")

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from inspectd.mqtt.paho_client import LenientClient
 from inspectd.ui.config import UiMqtt
 
 log = structlog.get_logger(__name__)
@@ -52,7 +53,9 @@ class MqttLink:
         self.loop: asyncio.AbstractEventLoop | None = None
         # correlation id -> (future, base, command); touched on the loop only
         self._pending: dict[str, tuple[asyncio.Future[dict[str, Any]], str, str]] = {}
-        self._client = mqtt.Client(
+        # paho's, but a PUBLISH with a property value paho refuses costs only that property,
+        # not the page's connection (inspectd.mqtt.paho_client)
+        self._client = LenientClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,

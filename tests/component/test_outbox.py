@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from inspectd import outbox as outbox_module
 from inspectd.outbox import SEQ_RESERVE, Message, Outbox, OutboxError
 from inspectd.verdict import Verdict
 
@@ -346,19 +347,55 @@ def test_disk_full_keeps_verdicts_in_memory_marked_not_durable(tmp_path: Path) -
         assert add(outbox, "OK") == 5  # the disk knew about 3: no reuse, no gap
 
 
-def test_an_outbox_that_cannot_be_opened_runs_in_memory_above_known_seqs(tmp_path: Path) -> None:
+def test_an_outbox_that_cannot_be_opened_gives_no_seq_until_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 31, item 4: it used to hand out seqs above the file's mark (or the wall clock in
+    ms) from memory; the next process, opening the file, handed the same numbers out again."""
+    monkeypatch.setattr(outbox_module, "REOPEN_S", 0.0)
     path = tmp_path / "o.db"
     with Outbox(path) as outbox:
         add(outbox, "OK")
         add(outbox, "NG")
+    path.rename(tmp_path / "kept.db")
+    path.mkdir()  # what a broken state folder looks like to sqlite: cannot be opened
     memory = Outbox.in_memory(path, "read-only file system")
     assert memory.stats()["durable"] is False and memory.stats()["error"] == "read-only file system"
-    assert add(memory, "OK") == 3  # above what the file says
-    assert [r.durable for r in memory.pending()] == [False]
+    with capture_logs() as logs:
+        assert memory.append_many([("OK", []), ("NG", [Message("t/v", b"{}")])]) == [0, 0]
+        assert add(memory, "ERROR") == 0
+    assert [e["event"] for e in logs].count("outbox.seq_unavailable") == 1  # once an episode
+    assert memory.pending() == [] and memory.stats()["depth"] == 0  # nothing kept to publish
+    (problem,) = [p for p in memory.problems() if p.startswith("seq_unavailable")]
+    assert problem.startswith("seq_unavailable: 3 verdicts since ")
+    path.rmdir()
+    (tmp_path / "kept.db").rename(path)  # mended: the next append opens the file
+    assert add(memory, "OK") == 3
+    assert memory.durable and not any(p.startswith("seq_") for p in memory.problems())
     memory.close()
-    nothing = Outbox.in_memory(tmp_path / "missing" / "o.db", "no such folder")
-    assert add(nothing, "OK") > int(time.time() * 1000) - 60_000  # above the wall clock in ms
-    nothing.close()
+    with Outbox(path) as outbox:
+        assert seqs(outbox) == [1, 2, 3] and add(outbox, "OK") == 4
+
+
+def test_past_the_reservation_a_failing_disk_gives_no_seq(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 31, item 4: seqs past the reservation on disk used to come from memory; a process
+    that died before the disk recovered left a file whose next open handed them out again."""
+    monkeypatch.setattr(outbox_module, "SEQ_RESERVE", 4)
+    path = tmp_path / "o.db"
+    outbox = Outbox(path)
+    assert add(outbox, "OK") == 1  # the reservation on disk now covers up to 4
+    conn = outbox._conn
+    assert conn is not None
+    conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+    big = [Message("t/verdict", b"x" * 300_000)]  # does not fit: a real SQLITE_FULL
+    assert [outbox.append("NG", big) for _ in range(5)] == [2, 3, 4, 0, 0]
+    assert [r.seq for r in outbox.pending()] == [1, 2, 3, 4]
+    # Killed before the disk recovers (no close): the next process starts above the mark.
+    with Outbox(path) as after_crash:
+        assert add(after_crash, "OK") == 5
+    outbox.close()
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:

@@ -8,10 +8,13 @@ thread holds work and makes no progress, which is what a hung disk or driver loo
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +253,66 @@ def test_pings_stop_while_a_stage_is_stalled_and_resume_after(tmp_path, notify_s
         assert station.stalled() == {}
     finally:
         sink.release.set()
+        stop.set()
+        runner.join(30)
+        station.stop(drain_timeout=0)
+        notifier.close()
+
+
+def test_a_long_lived_thread_that_dies_is_a_problem_and_stops_the_pings(
+    mosquitto, tmp_path, notify_socket
+):
+    """Issue 31: the outbox feeder ended on an exception it did not expect and nothing noticed:
+    no verdict went out again, health ok, /healthz 200, the pings went on. A bug is injected
+    into the outbox read the feeder makes (nothing real raises there any more): the thread dies,
+    health names it, /healthz answers 503 and the pings stop, so systemd restarts the station."""
+    write_frames(tmp_path / "frames")
+    interval = 0.2
+    config = load_station_config(
+        write_config(
+            tmp_path,
+            port=mosquitto.port,
+            service={"status_interval_s": 0.5},
+            metrics={"enabled": True, "port": 0},
+        )
+    )
+    notifier = Notifier(notify_socket.address, watchdog_usec=int(interval * 2e6))
+    station = Station(config, notifier=notifier)
+    stop = threading.Event()
+    station.start()
+    runner = threading.Thread(target=station.run, kwargs={"stop": stop})
+    runner.start()
+    try:
+        notify_socket.poll(1.0)
+        assert notify_socket.times("WATCHDOG"), notify_socket.texts()
+        assert station.outbox is not None and station.metrics_server is not None
+
+        def bug(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("injected: a bug in the outbox read")
+
+        station.outbox.pending = bug  # type: ignore[method-assign]
+        deadline = time.monotonic() + 10
+        while not any(p.startswith("thread_dead") for p in station.health_snapshot()["problems"]):
+            assert time.monotonic() < deadline, station.health_snapshot()["problems"]
+            notify_socket.poll(0.1)
+        died = time.monotonic()
+        (problem,) = [
+            p for p in station.health_snapshot()["problems"] if p.startswith("thread_dead")
+        ]
+        assert "outbox-feeder" in problem, problem
+        assert "outbox-feeder" in station.stalled()
+        with urllib.request.urlopen(station.metrics_server.url + "/metrics", timeout=10) as r:
+            assert b"inspectd_live 0.0" in r.read()
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(station.metrics_server.url + "/healthz", timeout=10)
+        assert answer.value.code == 503
+        assert "outbox-feeder" in json.loads(answer.value.read())["stalled"]
+
+        notify_socket.poll(1.5)
+        late = notify_socket.times("WATCHDOG", since=died + interval + 0.3)
+        assert late == [], "pings went on after the feeder died"
+        assert any("outbox-feeder" in s for s in notify_socket.texts("STATUS"))
+    finally:
         stop.set()
         runner.join(30)
         station.stop(drain_timeout=0)

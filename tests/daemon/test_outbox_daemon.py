@@ -25,7 +25,6 @@ from support.mqtt_client import Subscriber
 from support.paths import needs_bundle
 from support.station import (
     BASE,
-    HEALTH,
     PERSISTENT,
     STATUS,
     VERDICT,
@@ -318,41 +317,53 @@ def test_full_outbox_drops_ng_and_error_only_when_no_ok_is_left_and_says_so(pngs
 # -- 4. outbox unwritable -------------------------------------------------------------------------
 
 
-def test_unwritable_outbox_keeps_the_daemon_up_with_verdicts_marked_not_durable(
+def test_an_outbox_that_cannot_be_opened_hands_out_no_seq_that_could_repeat(
     mosquitto, pngs, tmp_path
 ):
-    # A folder where the database file should be: no chmod trick (root ignores permissions).
-    (tmp_path / "state" / "outbox.db").mkdir(parents=True)
+    """Issue 31, item 4. Before: with outbox.db unopenable the daemon published verdicts with
+    seq = the wall clock in ms (1796627928105), never opened the file again, and the next start
+    went back to the file's 21; a gateway skipping "old" seqs then ignored the rejects. Now those
+    parts are ERROR with no seq (recorded in the files, nothing on …/verdict), health says
+    seq_unavailable, and once the file can be opened the station goes on above its mark."""
+    state_dir = tmp_path / "state"
     write_parts(tmp_path / "frames", ["good", "empty", "good", "crack"], pngs)
+    first = station_config(tmp_path, port=mosquitto.port, mqtt=QUIET)
+    with Daemon(first) as daemon:  # one pass over the folder: seqs 1..4, a clean stop
+        assert daemon.wait(60) == 0, daemon.tail()
+    assert [s for s, _ in outbox_rows(state_dir)[0]] == []  # all acknowledged
+    (state_dir / "outbox.db").rename(state_dir / "kept.db")
+    # A folder where the database file should be: no chmod trick (root ignores permissions).
+    (state_dir / "outbox.db").mkdir()
+    (tmp_path / "out" / "verdicts.jsonl").unlink()
     config = station_config(
         tmp_path, port=mosquitto.port, camera={"loop": True, "rate_hz": 20}, mqtt=QUIET
     )
     with Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/#") as sub, Daemon(config) as daemon:
-        sub.wait_for(12, timeout=30, topic=VERDICT)
+        wait_until(lambda: len(jsonl(tmp_path)) >= 8, 30, "8 parts recorded")
         assert daemon.running, daemon.tail()
-        state = health(tmp_path)
+        wait_until(lambda: "seq_unavailable" in str(health(tmp_path)), 10, "the problem")
+        blocked = health(tmp_path)
+        assert sub.messages(VERDICT) == []
+        (state_dir / "outbox.db").rmdir()  # the state folder is mended
+        (state_dir / "kept.db").rename(state_dir / "outbox.db")
+        sub.wait_for(8, timeout=30, topic=VERDICT)
+        wait_until(lambda: "seq_unavailable" not in str(health(tmp_path)), 10, "problem gone")
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, daemon.tail()
-        wait_until(lambda: sub.messages(STATUS)[-1].json()["state"] == "stopped", 5, "stopped")
         verdicts = first_arrivals(sub.messages(VERDICT))
-        retained_health = sub.messages(HEALTH)[0].json()
 
-    assert state["state"] == "degraded"
-    problem = [p for p in state["problems"] if p.startswith("outbox_not_durable")]
-    assert len(problem) == 1 and "outbox.db" in problem[0], state["problems"]
-    assert state["outbox"]["durable"] is False
-    assert retained_health["state"] == "degraded"
-    assert any(p.startswith("outbox_not_durable") for p in retained_health["problems"])
-
-    assert len(verdicts) >= 12
-    assert all(v["durable"] is False and v["replayed"] is False for v in verdicts)
-    assert all(v["durable"] is False for v in jsonl(tmp_path))  # the files say so too
+    problems = [p for p in blocked["problems"] if p.startswith("seq_unavailable")]
+    assert len(problems) == 1 and blocked["state"] == "degraded", blocked["problems"]
+    records = jsonl(tmp_path)
+    unrecorded = [r for r in records if r["seq"] == 0]
+    assert len(unrecorded) >= 8
+    assert all(r["verdict"] == "ERROR" and r["durable"] is False for r in unrecorded)
+    assert all(r["error"].startswith("seq_unavailable: verdict ") for r in unrecorded)
+    assert {r["error"].split()[2] for r in unrecorded} == {"OK", "NG", "ERROR"}  # as judged
     seqs = [v["seq"] for v in verdicts]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    assert {v["verdict"] for v in verdicts} == {"OK", "NG", "ERROR"}
-    (in_memory,) = daemon.events("outbox.in_memory")
-    assert in_memory["level"] == "error"
-    assert (tmp_path / "state" / "outbox.db").is_dir()  # left as it was
+    assert seqs == list(range(5, 5 + len(seqs)))  # above the file's 4, no gap, no repeat
+    assert all(v["durable"] is True for v in verdicts)
+    assert daemon.events("outbox.in_memory") and daemon.events("outbox.opened_again")
 
 
 # -- 5. Last Will -------------------------------------------------------------------------------

@@ -121,6 +121,7 @@ class Requester:
         *,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
+        retain: bool = False,
     ) -> None:
         props = None
         if self.v5 and (response_topic is not None or correlation_data is not None):
@@ -131,7 +132,7 @@ class Requester:
                 props.CorrelationData = correlation_data
         if isinstance(payload, dict):
             payload = json.dumps(payload)
-        info = self.client.publish(topic, payload, qos=1, properties=props)
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         info.wait_for_publish(5)
         assert info.is_published(), f"request on {topic} not acknowledged by the broker"
 

@@ -17,8 +17,10 @@ so appending them turns that listener into a TLS listener; ``allow_anonymous`` a
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,3 +257,18 @@ def start_secure_mosquitto(
         broker.close()
         raise
     return broker
+
+
+def start_acl_mosquitto(acl_file: Path, rules: str) -> LocalBroker:
+    """A private anonymous mosquitto whose ACL (``acl_file``) holds ``rules``, e.g.
+    ``topic readwrite #`` and ``topic deny a/b``. To an MQTT 5 client it answers a PUBLISH the
+    ACL denies with PUBACK 0x87 (Not authorized) and keeps the connection."""
+    acl_file.write_text(rules)
+    return LocalBroker.start_mosquitto(extra_conf=f"acl_file {acl_file}")
+
+
+def set_acl(broker: LocalBroker, acl_file: Path, rules: str) -> None:
+    """Rewrite the ACL and have mosquitto reload it (SIGHUP); connections stay up."""
+    assert broker.pid is not None and broker.running, broker
+    acl_file.write_text(rules)
+    os.kill(broker.pid, signal.SIGHUP)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from inspectd.messages import (
+    ECHO_MAX_CHARS,
     OutgoingMessage,
     encode_json,
     error_message,
@@ -144,6 +145,8 @@ TYPES: dict[str, dict[str, Any]] = {
         "detail": str,
         "topic": str,
         "request_id": (str, type(None)),
+        "command": str,
+        "truncated": list,
         "correlation_data": str,
         "ts": iso,
     },
@@ -226,6 +229,37 @@ def test_error_is_as_documented() -> None:
         ),
     )
     assert "correlation_data" not in bare and bare["error"] == "malformed_json"
+
+
+def test_an_error_echoes_a_bounded_part_of_the_request_and_says_so() -> None:
+    """Issue 31: a 1 MiB field name came back whole in the detail; a 60 KB command topic in
+    ``topic``. The correlation data is what a requester matches on: echoed whole."""
+    corr = bytes(range(256)) * 4
+    detail = "duplicate key " + repr("k" * (1 << 20))
+    message = error_message(
+        TOPICS,
+        "invalid_request",
+        detail,
+        source_topic=f"{TOPICS.base}/cmd/{'n' * 60_000}/set",
+        correlation_data=corr,
+        request_id="r-1",
+        command="c" * ECHO_MAX_CHARS,  # at the bound: not cut
+    )
+    payload = check_row("error", message)
+    assert payload["truncated"] == ["detail", "topic"]
+    for field in payload["truncated"]:
+        assert len(payload[field]) < ECHO_MAX_CHARS + 40
+        assert payload[field].endswith(" characters, truncated)")
+    assert payload["detail"].startswith("duplicate key 'kkk")
+    assert f"… ({len(detail)} characters, truncated)" in payload["detail"]
+    assert payload["command"] == "c" * ECHO_MAX_CHARS and payload["request_id"] == "r-1"
+    assert payload["correlation_data"] == corr.hex() and message.correlation_data == corr
+    assert len(message.payload) < 3 * (ECHO_MAX_CHARS + 40) + len(corr.hex()) + 200
+    short = check_row(
+        "error",
+        error_message(TOPICS, "x", "short", source_topic=TOPICS.trigger, correlation_data=None),
+    )
+    assert "truncated" not in short
 
 
 def test_an_answer_with_a_lone_surrogate_is_still_sent() -> None:

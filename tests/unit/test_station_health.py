@@ -116,6 +116,16 @@ def test_problems_come_from_the_components_in_a_fixed_order(tmp_path: Path) -> N
     assert snapshot["outbox"] == {"depth": 3} and snapshot["drift"] == {"state": "drift"}
 
 
+def test_healthz_is_told_of_verdicts_that_got_no_seq_once(tmp_path: Path) -> None:
+    outbox = Part({}, ["outbox_not_durable: x", "seq_unavailable: 3 verdicts since t got no seq"])
+    station = health(tmp_path, outbox=outbox)
+    assert station.held_back() == ["seq_unavailable: 3 verdicts since t got no seq"]
+    assert [p.split(":")[0] for p in station.snapshot()["problems"]] == [
+        "outbox_not_durable",
+        "seq_unavailable",
+    ]
+
+
 def test_a_camera_that_failed_says_only_that(tmp_path: Path) -> None:
     snapshot = health(
         tmp_path,
