@@ -617,13 +617,13 @@ class Outbox:
                 built = [b for b in built if b[0] <= self._reserved]
                 self._last_seq = max(first - 1, min(self._last_seq, self._reserved))
                 self._append_to_memory(built, now)
-            given = {seq for seq, _, _ in built}
-            failed = [f for f in failed if f[0] in given]
+            spent = {seq for seq, _, _ in built}
+            failed = [f for f in failed if f[0] in spent]
             if failed:
                 self._count_not_storable(failed)
-            if len(given) < len(items):
-                self._refuse_seqs(len(items) - len(given), now[0])
-            return [seq if seq in given else 0 for seq in range(first, first + len(items))]
+            if len(spent) < len(items):
+                self._refuse_seqs(len(items) - len(spent), now[0])
+            return [seq if seq in spent else 0 for seq in range(first, first + len(items))]
 
     def _append_with_retry(
         self,

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -132,6 +133,10 @@ class IsolatedSource(CaptureSource):
 
     def close(self) -> None:
         self._sup.stop()
+
+    def threads(self) -> dict[str, threading.Thread | None]:
+        """The supervisor's watchdog (restarts the child), for the station's thread watch."""
+        return self._sup.threads()
 
     def stats(self) -> dict[str, Any]:
         """health's camera: "offline" while the child is not online, and the child's state."""

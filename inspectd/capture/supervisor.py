@@ -258,6 +258,9 @@ class Supervisor:
         self._thread = threading.Thread(target=self._watch, name="camera-watchdog", daemon=True)
         self._thread.start()
 
+    def threads(self) -> dict[str, threading.Thread | None]:
+        return {"camera-watchdog": self._thread}
+
     def online(self) -> Generation | None:
         """The current child while it is online."""
         gen = self.gen

@@ -50,6 +50,10 @@ class CommandDesk:
         self._thread = threading.Thread(target=self._worker, name="commands", daemon=True)
         self._thread.start()
 
+    def threads(self) -> dict[str, threading.Thread | None]:
+        """The worker that runs the commands, for the station's thread watch."""
+        return {"commands": self._thread}
+
     # paho's network thread
     def on_message(self, msg: mqtt.MQTTMessage) -> None:
         to = ReplyTo.of(msg, self.topics)

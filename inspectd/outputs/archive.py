@@ -246,6 +246,9 @@ class ArchiveSink:
             self._failing, self._failed_in_streak = False, 0
         self._enforce_bound()
 
+    def threads(self) -> dict[str, threading.Thread | None]:
+        return self._writer.threads()
+
     def stats(self) -> dict[str, Any]:
         """Counts since start (archived, dropped, errors, skipped) and what the folder holds."""
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -118,6 +119,9 @@ class Pictures:
 
     def stats(self) -> dict[str, int]:
         return {"skipped": self._worker.skipped}
+
+    def threads(self) -> dict[str, threading.Thread | None]:
+        return self._worker.threads()
 
     def close(self) -> None:
         """Draw what is queued, then close the sinks."""

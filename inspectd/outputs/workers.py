@@ -51,6 +51,10 @@ class BackgroundWorker(Generic[T]):
             return False
         return True
 
+    def threads(self) -> dict[str, threading.Thread | None]:
+        """Its thread, for the station's thread watch."""
+        return {self.name: self._thread}
+
     def flush(self) -> None:
         """Wait until every item accepted so far is done (or has failed)."""
         self._queue.join()

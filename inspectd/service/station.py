@@ -168,9 +168,7 @@ class Station:
         self.watch = self._ready()
 
     def _watch_threads(self) -> None:
-        """Every started component that names its long-lived threads (``Threaded``). The
-        camera, the command desk and the picture and archive writers do not name theirs yet:
-        they are listed so that they are watched once they do."""
+        """Every started component that names its long-lived threads (``Threaded``)."""
         components: tuple[object, ...] = (
             self.outbox,
             self.source,

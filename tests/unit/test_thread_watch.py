@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import threading
 
+from inspectd.mqtt.commands import CommandDesk
+from inspectd.mqtt.topics import Topics
+from inspectd.outputs.sinks import Pictures
 from inspectd.service.threads import Threaded, ThreadWatch
 
 
@@ -35,3 +38,18 @@ def test_a_thread_that_ends_is_dead_until_the_station_stops() -> None:
 
     watch.stopping()
     assert watch.dead() == {} and watch.problems() == []
+
+
+def test_the_stations_worker_threads_are_watchable() -> None:
+    """The command desk and the picture writer name their threads (issue 31: they were not
+    watched): one that ends while the station runs shows as dead."""
+    desk = CommandDesk(None, Topics("inspectd/v1/s/l/st1"), {}, max_bytes=1024)  # type: ignore[arg-type]
+    pictures = Pictures([])
+    watch = ThreadWatch()
+    for component in (desk, pictures):
+        assert isinstance(component, Threaded)
+        watch.watch(component)
+    assert watch.names() == ["commands", "pictures"] and watch.dead() == {}
+    desk.close()
+    pictures.close()
+    assert sorted(watch.dead()) == ["commands", "pictures"]
