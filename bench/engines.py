@@ -26,9 +26,9 @@ import yaml
 
 from inspectd.deploy.export import export_onnx
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine
+from inspectd.models.patchcore import PatchCore
 from inspectd.train.coreset import nearest_neighbours
-from inspectd.train.models import family
-from inspectd.train.models.patchcore import PatchCore
+from inspectd.train.families import family
 
 
 def timings(fn, batch: np.ndarray, runs: int) -> list[float]:

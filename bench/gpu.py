@@ -37,15 +37,15 @@ from daemon import LATENCY_RATE_HZ, run_daemon
 
 from inspectd import __version__
 from inspectd.bundle import BUNDLE_SCHEMA, THRESHOLDS, Thresholds, load_bundle
+from inspectd.bundle_seal import seal, write_thresholds
 from inspectd.demo import write_parts
 from inspectd.deploy.export import OPSET, export_onnx
-from inspectd.deploy.seal import seal, write_thresholds
 from inspectd.engine.torch import TorchEngine
 from inspectd.logs import configure_logging
 from inspectd.mqtt.broker import LocalBroker, find_mosquitto
 from inspectd.preprocess import PreprocessSpec, preprocess
-from inspectd.train.datasets.button import render_part
-from inspectd.train.models import family
+from inspectd.synthetic import render_part
+from inspectd.train.families import family
 
 # Small configurations of each family for CPU smoke runs; full = the registry's defaults
 # (hybrid 224 px with VGG19 blocks 1-3 and a 4-layer ViT, vivano 256 px).
@@ -153,8 +153,8 @@ def seal_bench_bundle(
 
 def trt_rows(products: Path, name: str, batches: list[int], runs: int) -> list[str]:
     """TensorRT engines (fp16, fp32) of the sealed bench bundle, where the builder is here."""
-    from inspectd.deploy.trt_build import BuildError, build_engine, builder_available
     from inspectd.engine.tensorrt import TensorRTEngine
+    from inspectd.engine.trt_build import BuildError, build_engine, builder_available
 
     if not builder_available():
         return []

@@ -46,7 +46,7 @@ from paho.mqtt.properties import Properties
 
 from inspectd.config import StationConfig
 from inspectd.mqtt.broker import LocalBroker
-from inspectd.train.datasets.button import DEFECTS, render_part
+from inspectd.synthetic import DEFECTS, render_part
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024

@@ -28,9 +28,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from inspectd.models.vit import written_out_attention
+from inspectd.train.families import family
 from inspectd.train.loop import add_noise
-from inspectd.train.models import family
-from inspectd.train.models.vit import written_out_attention
 
 PAPER = {
     "hybrid": ({}, 8),

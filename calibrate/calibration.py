@@ -18,8 +18,10 @@ import numpy as np
 import structlog
 from tqdm import tqdm
 
+from inspectd import threshold_stats as stats
+from inspectd.accuracy import auroc, f1_max, operating_points, recall_at_points
 from inspectd.bundle import MANIFEST, TRAIN_IMAGES, Bundle, BundleError, load_bundle, sha256_of
-from inspectd.calibrate import stats
+from inspectd.bundle_seal import replace_thresholds
 from inspectd.calibrate.thresholds import (
     MAP_PIXELS,
     PIXEL_QUANTILE,
@@ -28,12 +30,10 @@ from inspectd.calibrate.thresholds import (
     region_areas,
 )
 from inspectd.decide import regions_of, rejects
-from inspectd.deploy.seal import replace_thresholds
 from inspectd.engine import Engine, load_engine
 from inspectd.engine.base import infer_batches
 from inspectd.preprocess import PreprocessError, load_inputs, preprocess
 from inspectd.train.datasets.mvtec import GOOD, Sample, image_files
-from inspectd.train.metrics import auroc, f1_max, operating_points, recall_at_points
 
 log = structlog.get_logger(__name__)
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from inspectd import threshold_stats as stats
 from inspectd.bundle import Thresholds
-from inspectd.calibrate import stats
 from inspectd.outputs.overlay import blend_heatmap
 from inspectd.preprocess import Geometry
 

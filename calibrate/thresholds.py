@@ -4,7 +4,7 @@ regions, the smallest region, and the record of how they were found.
 `max_of_good` seals a freshly trained bundle: the image threshold is the highest held-out good
 score (expected false-reject rate about 1 / (n + 1), no stated bound). `inspectd calibrate`
 (inspectd.calibrate.calibration) replaces it with a threshold with a stated false-reject rate and
-confidence bound (inspectd.calibrate.stats).
+confidence bound (inspectd.threshold_stats).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 
 from inspectd import __version__
 from inspectd.bundle import THRESHOLDS_SCHEMA, Thresholds
-from inspectd.calibrate.stats import SCORE_NOISE
 from inspectd.decide import regions_of
 from inspectd.preprocess import Geometry
+from inspectd.threshold_stats import SCORE_NOISE
 
 QUANTILES = {"p10": 0.1, "p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
 PIXEL_QUANTILE = 0.999

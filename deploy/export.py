@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from inspectd.engine.base import InferenceResult
-from inspectd.train.graph import INPUT_NAME, InspectionGraph
+from inspectd.models.graph import INPUT_NAME, InspectionGraph
 
 # Opset 17 is inside what TensorRT 10's ONNX parser and ONNX Runtime >= 1.14 both accept, and
 # has LayerNormalization for the ViT models.
@@ -136,10 +136,10 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
     import yaml
 
     from inspectd.bundle import MANIFEST, load_bundle, sha256_of
+    from inspectd.bundle_seal import replace_thresholds, seal
     from inspectd.deploy.parity import compare, format_comparison, run_all, sample_images
-    from inspectd.deploy.seal import replace_thresholds, seal
     from inspectd.engine.onnxruntime import OnnxRuntimeEngine
-    from inspectd.train.models import load_graph
+    from inspectd.models import load_graph
 
     bundle = load_bundle(bundle_dir)
     spec = bundle.manifest.preprocess

@@ -90,7 +90,7 @@ def sample_images(
         if not paths:
             raise FileNotFoundError(f"{folder}: no images (.png, .jpg, .bmp, .tif)")
         return [str(p.relative_to(folder)) for p in paths], load_inputs(paths, spec)
-    from inspectd.train.datasets.button import DEFECTS, render_part
+    from inspectd.synthetic import DEFECTS, render_part
 
     names, images = [], []
     for i in range(n):

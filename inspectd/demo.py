@@ -28,12 +28,12 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from inspectd.accuracy import auroc
 from inspectd.config import StationConfig
 from inspectd.inspection import Inspection
 from inspectd.mqtt.broker import broker_reachable, start_embedded_broker
 from inspectd.service.station import Station
-from inspectd.train.datasets.button import DEFECTS, render_part
-from inspectd.train.metrics import auroc
+from inspectd.synthetic import DEFECTS, render_part
 from inspectd.verdict import Verdict
 
 if TYPE_CHECKING:

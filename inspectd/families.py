@@ -1,6 +1,6 @@
 """The model family names, importable without pydantic or torch (the command line's choices).
 
-`inspectd.train.models.FAMILIES` builds each of them; the bundle manifest allows only these.
+`inspectd.train.families.FAMILIES` builds each of them; the bundle manifest allows only these.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# what the folder readers take as images
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+
 
 class ImageFileError(ValueError):
     """The file cannot be read or decoded whole; the message names the file and the reason."""

@@ -58,7 +58,7 @@ def pngs() -> dict[str, list[bytes]]:
     "empty" is a zero-byte file and "corrupt" a PNG cut in half (both ERROR)."""
     import cv2
 
-    from inspectd.train.datasets.button import render_part
+    from inspectd.synthetic import render_part
 
     def png(image: Any) -> bytes:
         ok, data = cv2.imencode(".png", image)

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from inspectd.accuracy import aupro, auroc, f1_max, operating_points, recall_at_points
+from inspectd.accuracy import rounded as _r
 from inspectd.decide import rejects
 from inspectd.engine.base import Engine, infer_batches
 from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.mvtec import MVTecSet, Sample, load_mask
-from inspectd.train.metrics import aupro, auroc, f1_max, operating_points, recall_at_points
-from inspectd.train.metrics import rounded as _r
 
 AUPRO_FPR_LIMIT = 0.3
 

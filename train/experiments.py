@@ -25,7 +25,7 @@ from typing import Any, cast
 import torch
 import yaml
 
-from inspectd.train.models import family
+from inspectd.train.families import family
 from inspectd.train.train_bundle import BuildRequest, build_product, training_settings
 
 # profile -> model -> (constructor overrides, TrainSettings overrides, most good images used)
@@ -183,11 +183,11 @@ def vivano_extras(
     import numpy as np
 
     from inspectd.bundle import load_bundle
+    from inspectd.models import load_graph
+    from inspectd.models.vivano import ViVAno
     from inspectd.preprocess import load_inputs
     from inspectd.train.datasets.mvtec import MVTecSet
     from inspectd.train.evaluate import compute_metrics, test_masks
-    from inspectd.train.models import load_graph
-    from inspectd.train.models.vivano import ViVAno
 
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
@@ -225,12 +225,12 @@ def metrics_with_test_noise(
     (one draw, fixed seed) and the head compares against the clean x: input noise at test time."""
     import numpy as np
 
+    from inspectd.accuracy import auroc
     from inspectd.bundle import load_bundle
+    from inspectd.models import load_graph
     from inspectd.preprocess import load_inputs
     from inspectd.train.datasets.mvtec import MVTecSet
     from inspectd.train.evaluate import test_masks
-    from inspectd.train.metrics import auroc
-    from inspectd.train.models import load_graph
 
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest

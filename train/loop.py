@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-# (model, clean batch, noisy batch) -> scalar loss; see inspectd.train.models.Family
+# (model, clean batch, noisy batch) -> scalar loss; see inspectd.train.families.Family
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 

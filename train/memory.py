@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inspectd.models.patchcore import PatchCore
 from inspectd.train.coreset import greedy_coreset, nearest_neighbours
-from inspectd.train.models.patchcore import PatchCore
 
 MAX_PATCHES = 2_000_000  # 1.2 GB of Lite0 features; more are subsampled before the coreset
 SCALE_FLOOR = 0.05  # smallest channel spread used, as a share of the mean spread

@@ -33,22 +33,23 @@ from inspectd.bundle import (
     load_bundle,
     sha256_of,
 )
+from inspectd.bundle_seal import seal, write_thresholds
 from inspectd.calibrate.thresholds import max_of_good
 from inspectd.deploy.export import OPSET, PARITY_TOLERANCE, export_onnx, parity, torch_results
-from inspectd.deploy.seal import seal, write_thresholds
 from inspectd.engine.base import Engine, InferenceResult
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine
 from inspectd.imagefile import read_image
+from inspectd.models import backbones
+from inspectd.models.graph import InspectionGraph
+from inspectd.models.hybrid import DEFAULT_NOISE_SIGMA, NOISE_SIGMA
+from inspectd.models.patchcore import PatchCore
+from inspectd.models.vgg import VGG19Blocks
 from inspectd.preprocess import PreprocessSpec, load_inputs
 from inspectd.train.datasets.mvtec import MVTecSet
 from inspectd.train.evaluate import evaluate
-from inspectd.train.graph import InspectionGraph
+from inspectd.train.families import Family, family
 from inspectd.train.loop import TrainSettings, seed_everything, split_indices, train_model
 from inspectd.train.memory import fit_memory
-from inspectd.train.models import Family, backbones, family
-from inspectd.train.models.hybrid import DEFAULT_NOISE_SIGMA, NOISE_SIGMA
-from inspectd.train.models.patchcore import PatchCore
-from inspectd.train.models.vgg import VGG19Blocks
 
 log = structlog.get_logger(__name__)
 

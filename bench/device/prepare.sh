@@ -27,6 +27,6 @@ cp "$SHARED/weights/vgg19_blocks1-3_torchvision_norm.pth" "$C/vgg.pth"
 for d in "$SHARED"/data/*/; do
     [ -d "$d/train/good" ] && cp -r "$d" "$C/sets/"
 done
-"$PY" -m inspectd.train.datasets.button --out "$C/sets/button" --seed 1 --train-good 200 \
+"$PY" -m inspectd.synthetic --out "$C/sets/button" --seed 1 --train-good 200 \
     --test-good 100 --per-defect 10 >/dev/null
 du -sh "$C/env" "$C/vgg.pth" "$C"/sets/*

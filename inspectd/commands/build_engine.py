@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging("warning", "console")
     try:
-        from inspectd.deploy.trt_build import BuildError, build_engine, builder_available
+        from inspectd.engine.trt_build import BuildError, build_engine, builder_available
 
         if not builder_available():
             raise EngineUnavailable(

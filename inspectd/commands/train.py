@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from inspectd.logs import configure_logging
-    from inspectd.train.models import family
-    from inspectd.train.models.vgg import WeightsError
+    from inspectd.models.vgg import WeightsError
+    from inspectd.train.families import family
     from inspectd.train.train_bundle import BuildRequest, build_product, training_settings
 
     configure_logging("info", "console")

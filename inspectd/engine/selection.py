@@ -77,7 +77,7 @@ def gather_facts(bundle: Any = None, state_dir: Path | None = None, max_batch: i
     gpu = f"{target.gpu_name} (sm{target.compute_capability[0]}{target.compute_capability[1]})"
     engine, can_build = None, False
     if bundle is not None:
-        from inspectd.deploy.trt_build import builder_available
+        from inspectd.engine.trt_build import builder_available
 
         candidates = engine_candidates(bundle.path, list(bundle.manifest.files), state_dir)
         try:

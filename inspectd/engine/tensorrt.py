@@ -214,7 +214,7 @@ def load_tensorrt_engine(
     candidates = engine_candidates(bundle.path, list(bundle.manifest.files), state_dir)
     path, why_not = usable_engine(candidates, target, onnx_sha, max_batch)
     if path is None:
-        from inspectd.deploy.trt_build import BuildError, build_engine, builder_available
+        from inspectd.engine.trt_build import BuildError, build_engine, builder_available
 
         detail = ("; ".join(why_not)) if why_not else "the bundle has no TensorRT engine"
         if not builder_available() or state_dir is None or not bundle.model_path.is_file():

@@ -84,7 +84,7 @@ class TorchEngine(Engine):
             # Module.to takes memory_format at run time; torch's overloads leave it out
             graph = graph.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.fp16:
-            # the model only: the heads compute in fp32 themselves (inspectd.train.scoring);
+            # the model only: the heads compute in fp32 themselves (inspectd.models.scoring);
             # an exported graph's model is a submodule (Module.__getattr__ says Tensor | Module)
             graph.model = _Autocast(cast(nn.Module, graph.model))
         self.graph = graph
@@ -181,7 +181,7 @@ def load_torch_engine(
             f"its manifest), which the torch engine needs; retrain with `inspectd train` or use "
             f"engine.backend onnxruntime"
         )
-    from inspectd.train.models import load_graph
+    from inspectd.models import load_graph
 
     checkpoint = Path(bundle.path) / m.checkpoint
     try:

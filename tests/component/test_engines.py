@@ -26,7 +26,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     """A real bundle (ae, 128 px) trained for one epoch: model.onnx, model.pt, thresholds."""
-    from inspectd.train.datasets.button import write_dataset
+    from inspectd.synthetic import write_dataset
     from inspectd.train.loop import TrainSettings
     from inspectd.train.train_bundle import BuildRequest, build_product
 
@@ -77,10 +77,10 @@ def test_torch_engine_builds_the_head_the_manifest_records(
     import shutil
 
     from inspectd.bundle import sha256_of
+    from inspectd.bundle_seal import seal, write_thresholds
     from inspectd.deploy.export import export_onnx
-    from inspectd.deploy.seal import seal, write_thresholds
-    from inspectd.train.models import load_graph
-    from inspectd.train.scoring import MsgmsL2Head
+    from inspectd.models import load_graph
+    from inspectd.models.scoring import MsgmsL2Head
 
     b = tmp_path / "tiny"
     shutil.copytree(tiny.path, b)
@@ -125,7 +125,7 @@ def _without_checkpoint(bundle: Bundle, dest: Path) -> Bundle:
     """The bundle as old ones were sealed: no model.pt, model.checkpoint unset."""
     import shutil
 
-    from inspectd.deploy.seal import seal
+    from inspectd.bundle_seal import seal
 
     shutil.copytree(bundle.path, dest)
     (dest / "model.pt").unlink()
@@ -296,7 +296,8 @@ def test_daemon_engine_loading_does_not_import_torch(tiny: Bundle) -> None:
         "for backend in ('auto', 'onnxruntime'):\n"
         "    e = load_engine(b.model_path, backend=backend, bundle=b, max_batch=2)\n"
         "    e.warmup(1)\n"
-        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('inspectd.train.models')]\n"
+        "runtime = ('inspectd.models', 'inspectd.train')\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(runtime)]\n"
         "sys.exit(f'imported {bad}' if bad else 0)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

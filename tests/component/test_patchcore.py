@@ -22,8 +22,9 @@ torch = pytest.importorskip("torch")
 from inspectd.bundle import Bundle, load_bundle  # noqa: E402
 from inspectd.deploy.export import PARITY_TOLERANCE  # noqa: E402
 from inspectd.engine.onnxruntime import OnnxRuntimeEngine  # noqa: E402
-from inspectd.train.datasets.button import write_dataset  # noqa: E402
-from inspectd.train.models import family, load_graph  # noqa: E402
+from inspectd.models import load_graph  # noqa: E402
+from inspectd.synthetic import write_dataset  # noqa: E402
+from inspectd.train.families import family  # noqa: E402
 
 SMALL = {"input_size": 128, "memory_size": 500}  # every part of the default, CPU-fast
 

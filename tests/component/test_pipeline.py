@@ -21,7 +21,7 @@ from inspectd.inspection import Inspection
 from inspectd.mqtt.topics import Topics
 from inspectd.outbox import Outbox
 from inspectd.pipeline import Pipeline
-from inspectd.train.datasets.button import render_part
+from inspectd.synthetic import render_part
 
 from support.paths import BUNDLE, needs_bundle
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from inspectd.bundle import MANIFEST, THRESHOLDS, Bundle, Thresholds, load_bundle
+from inspectd.bundle_seal import replace_thresholds, seal
 from inspectd.config import StationConfig
-from inspectd.deploy.seal import replace_thresholds, seal
 from inspectd.service import station as station_module
 from inspectd.service.station import Station
 

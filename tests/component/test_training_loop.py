@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from inspectd.models.ae import ConvAutoencoder  # noqa: E402
+from inspectd.train.families import reconstruction_objective  # noqa: E402
 from inspectd.train.loop import TrainSettings, add_noise, train_model  # noqa: E402
-from inspectd.train.models import reconstruction_objective  # noqa: E402
-from inspectd.train.models.ae import ConvAutoencoder  # noqa: E402
 
 
 def test_patience_counts_from_the_early_stop_start() -> None:

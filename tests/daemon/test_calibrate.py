@@ -15,10 +15,10 @@ import pytest
 from scipy import stats as sps
 
 from inspectd.bundle import load_bundle, sha256_of
-from inspectd.deploy.seal import replace_thresholds
+from inspectd.bundle_seal import replace_thresholds
 from inspectd.engine import load_engine
 from inspectd.preprocess import load_inputs
-from inspectd.train.datasets.button import DEFECTS, _write_png, render_part
+from inspectd.synthetic import DEFECTS, _write_png, render_part
 
 from support.daemon_process import Daemon
 from support.paths import BUNDLE, LEAN_RUN, REPO, needs_bundle

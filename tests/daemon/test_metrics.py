@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inspectd.config import load_station_config
 from inspectd.inspection import STAGES, THREADS
 from inspectd.service.station import Station
-from inspectd.train.datasets.button import render_part
+from inspectd.synthetic import render_part
 
 from support.daemon_process import Daemon
 from support.inspections import BlockingSink

@@ -24,7 +24,7 @@ import pytest
 from inspectd.config import load_station_config
 from inspectd.service.sd_notify import Notifier
 from inspectd.service.station import Station
-from inspectd.train.datasets.button import render_part
+from inspectd.synthetic import render_part
 
 from support.daemon_process import Daemon
 from support.inspections import BlockingSink

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from inspectd.bundle import load_bundle
+from inspectd.bundle_seal import replace_thresholds
 from inspectd.cli import main
-from inspectd.deploy.seal import replace_thresholds
 from inspectd.outputs.archive import ArchiveSink, read_entry, scan
 from inspectd.replay import replay
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from inspectd.bundle import MANIFEST, THRESHOLDS, Thresholds, load_bundle
-from inspectd.deploy.seal import replace_thresholds, seal
+from inspectd.bundle_seal import replace_thresholds, seal
 
 from support.daemon_process import Daemon
 from support.paths import BUNDLE, PRODUCTS, needs_bundle

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from inspectd.bundle import load_bundle
-from inspectd.train.datasets.button import render_part
+from inspectd.synthetic import render_part
 
 from support.daemon_process import Daemon
 from support.mqtt_client import Subscriber

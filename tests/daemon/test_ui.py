@@ -33,7 +33,7 @@ import cv2
 import pytest
 
 from inspectd.mqtt.broker import LocalBroker, find_mosquitto, free_port
-from inspectd.train.datasets.button import render_part
+from inspectd.synthetic import render_part
 from inspectd.train.datasets.mvtec import image_files
 from inspectd.ui.auth import hash_password
 

@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from inspectd.train.datasets.button import render_part
+from inspectd.synthetic import render_part
 
 from support.mqtt_client import Received
 from support.paths import PRODUCTS

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.train.datasets.button import (
+from inspectd.synthetic import (
     DEFECT_INDEX_STRIDE,
     DEFECTS,
     ButtonStyle,
@@ -187,9 +187,9 @@ def test_module_runs_as_script_and_does_not_import_torch(tmp_path: Path) -> None
         "import sys, runpy; "
         "sys.argv = ['button', '--out', sys.argv[1], '--train-good', '1', '--test-good', '0', "
         "'--per-defect', '0', '--size', '64']; "
-        "import inspectd.train.datasets.button, inspectd.train.datasets.mvtec; "
+        "import inspectd.synthetic, inspectd.train.datasets.mvtec; "
         "assert 'torch' not in sys.modules, 'dataset modules must not import torch'; "
-        "runpy.run_module('inspectd.train.datasets.button', run_name='__main__')"
+        "runpy.run_module('inspectd.synthetic', run_name='__main__')"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True

@@ -9,7 +9,8 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
-from inspectd.calibrate.stats import (
+from inspectd.accuracy import f1_max
+from inspectd.threshold_stats import (
     binom_cdf,
     frr_upper_bound,
     order_statistic_threshold,
@@ -17,7 +18,6 @@ from inspectd.calibrate.stats import (
     roc_curve,
     tail_fit_threshold,
 )
-from inspectd.train.metrics import f1_max
 
 
 @pytest.mark.parametrize("target", [0.001, 0.005, 0.01, 0.05])

@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from inspectd.models.scoring import MsgmsL2Head  # noqa: E402
 from inspectd.train.losses import l2_ssim_loss, ssim  # noqa: E402
-from inspectd.train.scoring import MsgmsL2Head  # noqa: E402
 
 
 def _low_contrast_pair() -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Evaluation metrics (train/metrics.py, train/evaluate.py) and `inspectd eval`.
+"""Evaluation metrics (inspectd/accuracy.py, train/evaluate.py) and `inspectd eval`.
 
 AUROC and F1-max are checked against scikit-learn; AUPRO against hand-made maps whose curve is
 known, a straightforward threshold-sweep implementation and MVTec AD's own sort-based one.
@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.train import metrics
+from inspectd import accuracy as metrics
+from inspectd.accuracy import aupro, auroc, f1_max, recall_at_frr
 from inspectd.train.evaluate import compute_metrics, to_markdown
-from inspectd.train.metrics import aupro, auroc, f1_max, recall_at_frr
 
 from support.paths import REPO
 
@@ -310,7 +310,7 @@ def test_to_markdown_has_a_row_per_defect_type() -> None:
 
 @pytest.fixture(scope="module")
 def button_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from inspectd.train.datasets.button import write_dataset
+    from inspectd.synthetic import write_dataset
 
     out = tmp_path_factory.mktemp("eval") / "button"
     write_dataset(out, seed=0, n_train_good=1, n_test_good=4, n_test_per_defect=1)

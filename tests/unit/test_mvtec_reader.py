@@ -12,7 +12,7 @@ import pytest
 
 from inspectd.imagefile import read_image
 from inspectd.preprocess import PreprocessSpec, load_inputs
-from inspectd.train.datasets.button import DEFECTS, write_dataset
+from inspectd.synthetic import DEFECTS, write_dataset
 from inspectd.train.datasets.mvtec import MVTecSet, Sample, load_mask
 
 from support.paths import REPO

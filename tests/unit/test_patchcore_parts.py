@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from inspectd.models.scoring import PatchDistanceHead  # noqa: E402
 from inspectd.train.coreset import greedy_coreset, nearest_neighbours  # noqa: E402
-from inspectd.train.scoring import PatchDistanceHead  # noqa: E402
 
 
 def clusters(sizes: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from inspectd.train.scoring import MsgmsL2Head  # noqa: E402
+from inspectd.models.scoring import MsgmsL2Head  # noqa: E402
 
 C = 0.0026
 

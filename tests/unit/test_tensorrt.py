@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from inspectd.bundle import MANIFEST, THRESHOLDS, BundleError, load_bundle, sha256_of
-from inspectd.deploy.seal import seal
-from inspectd.deploy.trt_build import (
+from inspectd.bundle_seal import seal
+from inspectd.engine.trt_build import (
     BuildError,
     add_engine_to_manifest,
     batch_profile,
@@ -456,8 +456,8 @@ def test_real_engine_matches_onnxruntime(tmp_path: Path, precision: str) -> None
     from inspectd.deploy.export import export_onnx
     from inspectd.engine.onnxruntime import OnnxRuntimeEngine
     from inspectd.engine.tensorrt import TensorRTEngine
-    from inspectd.train.graph import InspectionGraph
-    from inspectd.train.models.ae import ConvAutoencoder
+    from inspectd.models.ae import ConvAutoencoder
+    from inspectd.models.graph import InspectionGraph
 
     b = _bundle(tmp_path / "products")
     torch.manual_seed(0)

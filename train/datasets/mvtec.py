@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+from inspectd.imagefile import IMAGE_EXTENSIONS
+
 GOOD = "good"
 
 

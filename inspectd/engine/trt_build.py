@@ -54,7 +54,7 @@ import numpy as np
 import yaml
 
 from inspectd.bundle import MANIFEST, load_bundle, sha256_of
-from inspectd.deploy.seal import seal
+from inspectd.bundle_seal import seal
 from inspectd.engine.gpu import checked, cudart, current_target, import_tensorrt
 from inspectd.engine.trt_files import (
     ENGINE_SUFFIX,
@@ -257,8 +257,8 @@ def _calibrator(trt: Any, images: np.ndarray, cache_path: Path) -> Any:
 def _calibration_images(bundle: Any, folder: Path | None) -> tuple[np.ndarray, str]:
     import hashlib
 
+    from inspectd.imagefile import IMAGE_EXTENSIONS
     from inspectd.preprocess import load_inputs
-    from inspectd.train.datasets.mvtec import IMAGE_EXTENSIONS
 
     if folder is None:
         raise BuildError(

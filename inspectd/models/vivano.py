@@ -7,7 +7,7 @@ ReLU stages, tanh at the end, so it reconstructs the image scaled to [-1, 1]). A
 network gives, for every patch position, a K-component Gaussian mixture (weights by softmax,
 sigmas by softplus, means by a linear layer); the negative log-likelihood of the patch's
 embedding under it is the anomaly map, upsampled bilinearly to the image by the scoring head
-(inspectd.train.scoring.LikelihoodHead); the score is its maximum.
+(inspectd.models.scoring.LikelihoodHead); the score is its maximum.
 
 Loss = rec_weight * MSE + kl_weight * KL + nll_weight * NLL (the paper gives no weights).
 
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspectd.train.models.vit import ViTEncoder, tokens_to_map
+from inspectd.models.vit import ViTEncoder, tokens_to_map
 
 SETTLED = (
     "density over the VAE mean; mixture conditioned on patch position; embedding detached in "

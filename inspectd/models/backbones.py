@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from inspectd.train.models import efficientnet_lite as lite
-from inspectd.train.models.vgg import BLOCK_CHANNELS, VGG19Blocks
+from inspectd.models import efficientnet_lite as lite
+from inspectd.models.vgg import BLOCK_CHANNELS, VGG19Blocks
 
 EFFICIENTNETS = {f"efficientnet-{v}": v for v in lite.VARIANTS}
 NAMES = (*EFFICIENTNETS, "vgg19")

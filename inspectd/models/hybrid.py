@@ -7,7 +7,7 @@ to a map, a 1x1 conv to block 3's channels, then (upsample x2, conv 3x3, ReLU) s
 input size with U-Net skips from the three blocks; in the paper skips 1 and 2 pass through
 PVT-style spatial-reduction attention (dim 64 / 1 head / R 8 and dim 128 / 2 heads / R 4) and
 conv 3x3 + ReLU (here skip 2 by default, see below); sigmoid output. Trained with Gaussian input
-noise and L2 + (1 - SSIM); scored by the MSGMS + L2 head (inspectd.train.scoring).
+noise and L2 + (1 - SSIM); scored by the MSGMS + L2 head (inspectd.models.scoring).
 
 Open points settled here (also written to the bundle manifest as `params` and `settled`;
 measurements in docs/models.md):
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspectd.train.models.vgg import BLOCK_CHANNELS, VGG19Blocks
-from inspectd.train.models.vit import Attention, ViTEncoder, tokens_to_map
+from inspectd.models.vgg import BLOCK_CHANNELS, VGG19Blocks
+from inspectd.models.vit import Attention, ViTEncoder, tokens_to_map
 
 VGG_CHANNELS = BLOCK_CHANNELS[:3]  # blocks 1-3: 64, 128, 256
 

@@ -1,0 +1,48 @@
+"""Which way imports run (issue 33): the daemon's runtime (inspectd/) never imports the offline
+tools (train/, calibrate/, deploy/ install as inspectd.train, inspectd.calibrate,
+inspectd.deploy), so it runs without them and without torch. Read from the source with ast,
+imports inside functions included: a lazy import is still an arrow.
+
+The CLI commands that *are* the tools' front door (``inspectd train``, ``calibrate``,
+``eval``, ...) may import them; they are listed, not exempted by folder."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from support.paths import REPO
+
+TOOLS = ("inspectd.train", "inspectd.calibrate", "inspectd.deploy")
+# inspectd/commands/<name>.py that run an offline tool
+TOOL_COMMANDS = frozenset(
+    {"train.py", "calibrate.py", "evaluate.py", "export.py", "verify_engine.py"}
+)
+
+
+def imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_runtime_imports_no_offline_tool() -> None:
+    wrong = {}
+    for path in sorted((REPO / "inspectd").rglob("*.py")):
+        if path.parent.name == "commands" and path.name in TOOL_COMMANDS:
+            continue
+        bad = sorted(n for n in imports(path) if n.startswith(TOOLS))
+        if bad:
+            wrong[str(path.relative_to(REPO))] = bad
+    assert wrong == {}
+
+
+def test_the_check_sees_a_lazy_import(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from inspectd.train.loop import x\n")
+    assert "inspectd.train.loop" in imports(source)
