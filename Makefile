@@ -19,7 +19,7 @@ $(VENV)/.stamp-demo: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[demo,train,dev,ui]"
+	$(BIN)/pip install -q -e ".[demo,train,dev,ui,plc]"
 	touch $@
 
 demo: $(VENV)/.stamp-demo

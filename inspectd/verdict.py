@@ -80,6 +80,8 @@ class VerdictRecord:
     replayed: bool = False  # set on the wire by the outbox for verdicts an earlier run left
     durable: bool = True  # set on the wire by the outbox when the disk could not store it
     deadline_ts: float | None = None  # wall time the trigger's answer was due, if it set one
+    # decided after the trigger's deadline: the requester was answered NG "late" without it
+    late: bool = False
     # Monotonic twins of t_verdict and deadline_ts: reject expiry runs on them, so a step of the
     # wall clock neither expires a reject early nor stretches its MQTT message expiry.
     t_mono: float | None = None
@@ -115,5 +117,6 @@ class VerdictRecord:
             "latency_ms": round(self.latency_ms, 3),
             "replayed": self.replayed,
             "durable": self.durable,
+            "late": self.late,
             "error": self.error,
         }

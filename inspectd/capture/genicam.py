@@ -217,7 +217,8 @@ class GenICamSource(CaptureSource):
             exposure_us=cfg.exposure_us,
             gain_db=cfg.gain_db,
             roi=None if roi is None else (roi.width, roi.height, roi.offset_x, roi.offset_y),
-            trigger_mode=cfg.trigger_mode or ("software" if cfg.trigger == "mqtt" else "free_run"),
+            trigger_mode=cfg.trigger_mode
+            or ("software" if cfg.trigger != "free_run" else "free_run"),
             trigger_line=cfg.trigger_line,
             timeout_s=cfg.timeout_s,
             nodes=cfg.nodes,

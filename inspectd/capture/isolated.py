@@ -112,7 +112,7 @@ class IsolatedSource(CaptureSource):
         return cls(
             functools.partial(build, camera_cfg),
             name=str(camera_cfg.source),
-            triggered=camera_cfg.trigger == "mqtt",
+            triggered=camera_cfg.trigger != "free_run",
             heartbeat_timeout_s=iso.heartbeat_timeout_s,
             restart_backoff_s=iso.restart_backoff_s,
             restart_backoff_max_s=iso.restart_backoff_max_s,

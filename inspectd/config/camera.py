@@ -105,9 +105,10 @@ class FolderCamera(StrictModel):
     rate_hz: float = Field(
         0.0, ge=0, description="Images per second; 0 = as fast as the pipeline takes them."
     )
-    trigger: Literal["free_run", "mqtt"] = Field(
+    trigger: Literal["free_run", "mqtt", "plc"] = Field(
         "free_run",
-        description="free_run = inspect every image; mqtt = one image per request on …/trigger.",
+        description="free_run = inspect every image; mqtt = one image per request on …/trigger; "
+        "plc = one image per PLC trigger (plc section; …/trigger too when mqtt is on).",
     )
     isolate: Isolation = Field(
         CameraIsolation(enabled=False),
@@ -179,10 +180,10 @@ class OpenCVCamera(StrictModel):
     timeout_s: float = Field(
         5.0, gt=0, description="Seconds to wait for a frame before the camera counts as lost."
     )
-    trigger: Literal["free_run", "mqtt"] = Field(
+    trigger: Literal["free_run", "mqtt", "plc"] = Field(
         "free_run",
         description="free_run = inspect every frame; mqtt = the newest frame per request on "
-        "…/trigger.",
+        "…/trigger; plc = per PLC trigger (plc section; …/trigger too when mqtt is on).",
     )
     isolate: Isolation = Field(
         CameraIsolation(),
@@ -299,10 +300,11 @@ class GenICamCamera(StrictModel):
         description="Other GenICam node settings, applied in order after the ones above; each "
         "must exist and be writable.",
     )
-    trigger: Literal["free_run", "mqtt"] = Field(
+    trigger: Literal["free_run", "mqtt", "plc"] = Field(
         "free_run",
         description="free_run = inspect every frame; mqtt = one software-triggered frame per "
-        "request on …/trigger.",
+        "request on …/trigger; plc = per PLC trigger (plc section; …/trigger too when mqtt is "
+        "on).",
     )
     isolate: Isolation = Field(
         CameraIsolation(),
@@ -321,13 +323,12 @@ class GenICamCamera(StrictModel):
     @model_validator(mode="after")
     def _trigger_modes(self) -> GenICamCamera:
         if self.trigger_mode is None:
-            mode = "software" if self.trigger == "mqtt" else "free_run"
+            mode = "software" if self.trigger != "free_run" else "free_run"
             object.__setattr__(self, "trigger_mode", mode)  # a default filled during validation
-        elif self.trigger == "mqtt" and self.trigger_mode != "software":
+        elif self.trigger != "free_run" and self.trigger_mode != "software":
             raise ValueError(
-                f"trigger: mqtt fires the camera by software trigger; trigger_mode must be "
-                f"software "
-                f"(or left out), not {self.trigger_mode}"
+                f"trigger: {self.trigger} fires the camera by software trigger; trigger_mode "
+                f"must be software (or left out), not {self.trigger_mode}"
             )
         return self
 

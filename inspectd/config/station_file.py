@@ -22,6 +22,7 @@ from inspectd.config.logs import LoggingConfig
 from inspectd.config.mqtt import MqttConfig
 from inspectd.config.outbox import OutboxConfig
 from inspectd.config.output import OutputConfig
+from inspectd.config.plc import PlcConfig
 from inspectd.config.service import MetricsConfig, ServiceConfig
 
 
@@ -78,12 +79,23 @@ class StationConfig(StrictModel):
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="Prometheus metrics and /healthz over HTTP."
     )
+    plc: PlcConfig = Field(
+        default_factory=PlcConfig, description="OPC UA and Modbus TCP servers for the PLC."
+    )
 
     @model_validator(mode="after")
     def _trigger_needs_mqtt(self) -> StationConfig:
         if self.camera.trigger == "mqtt" and not self.mqtt.enabled:
             raise ValueError(
                 "camera.trigger: mqtt needs mqtt.enabled: true (requests arrive on …/trigger)"
+            )
+        if self.camera.trigger == "plc" and not self.plc.enabled:
+            raise ValueError(
+                "camera.trigger: plc needs plc.opcua.enabled or plc.modbus.enabled: true"
+            )
+        if self.plc.enabled and self.camera.trigger == "free_run":
+            raise ValueError(
+                "plc servers take triggers: camera.trigger must be plc or mqtt, not free_run"
             )
         return self
 

@@ -1,9 +1,11 @@
 """Trigger requests on …/trigger: one inspection per request, answered once per request_id.
 
 ``{"request_id": str, "part_id": str, "deadline_ms": number?}``. A request is checked on paho's
-thread (size, JSON, fields) and queued for the capture thread; its verdict is answered on the
-request's response topic (MQTT 5) or ``…/trigger/response``, with the correlation data echoed,
-as ``{"request_id", "part_id", "status": "done"|"expired", "verdict": {…the verdict payload…}}``.
+thread (size, JSON, fields) and handed to the handshake core (``inspectd.plc.handshake``, shared
+with OPC UA and Modbus), which queues it for the capture thread and answers it once; the answer
+goes to the request's response topic (MQTT 5) or ``…/trigger/response``, with the correlation
+data echoed, as ``{"request_id", "part_id", "status": "done"|"late", "verdict": {…}}`` (a late
+answer is NG before the verdict exists; the verdict follows on …/verdict with ``late: true``).
 A request_id seen before is answered from a cache (``"duplicate": true``) without a second
 inspection, also while the first is still in progress. A retained request is never inspected
 and a response topic inside the station's base is refused (``answers.refusal``). Anything
@@ -18,26 +20,24 @@ requester's.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
 
-from inspectd.frame import TriggerRequest
-from inspectd.inspection import TRIGGER_EXPIRED, Inspection
 from inspectd.mqtt.answers import ReplyTo, publish_error, refusal, reply
 from inspectd.mqtt.inbound import RequestError, id_problem, parse_object, safe_id
 from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.topics import Topics
+from inspectd.plc.handshake import NOT_INSPECTED, Handshake, Result
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_CACHE = 1000  # answered request_ids remembered for duplicates
-DEFAULT_QUEUE = 256  # requests waiting for the camera
 # A deadline beyond a day is a mistake, and a huge one overflowed later (the reject's wall-time
 # deadline_ts, the expiry): refused here instead.
 MAX_DEADLINE_MS = 86_400_000
@@ -47,8 +47,8 @@ OVERLOAD_HOLD_S = 10.0
 
 
 class TriggerDesk:
-    """Takes requests from MQTT, feeds ``queue`` to the pipeline, and answers verdicts as the
-    sink that sees them after they are recorded (so the answer carries the seq)."""
+    """Takes requests from MQTT into the handshake core and publishes its answers; keeps what is
+    MQTT's own: reply topics, correlation data, the duplicate cache, refusals on …/error."""
 
     def __init__(
         self,
@@ -57,15 +57,15 @@ class TriggerDesk:
         *,
         accepting: bool,
         max_bytes: int,
+        handshake: Handshake | None = None,
         cache_size: int = DEFAULT_CACHE,
-        queue_size: int = DEFAULT_QUEUE,
     ) -> None:
         self.publisher = publisher
         self.topics = topics
-        self.accepting = accepting
+        self.accepting = accepting and handshake is not None
+        self.handshake = handshake
         self.max_bytes = max_bytes
         self.cache_size = cache_size
-        self.queue: queue.Queue[TriggerRequest] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         # in progress: who to answer, and whether that request was a duplicate
         self._waiting: dict[str, list[tuple[ReplyTo, bool]]] = {}
@@ -105,7 +105,7 @@ class TriggerDesk:
         request = self._parse(msg.payload, to)
         if request is None:
             return
-        request_id = request.request_id
+        request_id, part_id, deadline = request
         with self._lock:
             cached = self._answered.get(request_id)
             if cached is None and request_id in self._waiting:
@@ -119,17 +119,14 @@ class TriggerDesk:
         if cached is not None:
             reply(self.publisher, to, self.response_topic, {**cached, "duplicate": True})
             return
-        try:
-            self.queue.put_nowait(request)
-        except queue.Full:
+        assert self.handshake is not None  # accepting
+        declined = self.handshake.submit(
+            request_id, part_id, deadline, partial(self._answer, request_id)
+        )
+        if declined is not None:
             with self._lock:
                 self._waiting.pop(request_id, None)
-            self._refuse(
-                to,
-                "overloaded",
-                f"{self.queue.maxsize} requests already wait for the camera",
-                request_id=request_id,
-            )
+            self._refuse(to, declined.code, declined.text, request_id=request_id)
             return
         self.counts["requests"] += 1
 
@@ -148,7 +145,10 @@ class TriggerDesk:
         except RequestError:
             return None
 
-    def _parse(self, payload: bytes | bytearray, to: ReplyTo) -> TriggerRequest | None:
+    def _parse(
+        self, payload: bytes | bytearray, to: ReplyTo
+    ) -> tuple[str, str, float | None] | None:
+        """request_id, part_id and the deadline (monotonic), or None when refused."""
         try:
             body = parse_object(payload, self.max_bytes)
         except RequestError as exc:
@@ -177,7 +177,7 @@ class TriggerDesk:
             self._refuse(to, "invalid_request", problem, request_id=safe_id(body.get("request_id")))
             return None
         deadline = None if deadline_ms is None else time.monotonic() + deadline_ms / 1000.0
-        return TriggerRequest(body["request_id"], body["part_id"], deadline)
+        return body["request_id"], body["part_id"], deadline
 
     def _refuse(self, to: ReplyTo, code: str, detail: str, **fields: Any) -> None:
         with self._lock:
@@ -198,10 +198,12 @@ class TriggerDesk:
         """The counters, the queue and the overload episode (for …/stats, health, /metrics)."""
         with self._lock:
             counts = {**self.counts, "errors": dict(self.counts["errors"])}
+        core = self.handshake.stats() if self.handshake is not None else {}
         return {
             **counts,
-            "queued": self.queue.qsize(),
-            "queue_max": self.queue.maxsize,
+            "late": core.get("late", 0),
+            "queued": core.get("queued", 0),
+            "queue_max": core.get("queue_max", 0),
             "overload": self.overload(),
         }
 
@@ -210,9 +212,10 @@ class TriggerDesk:
         o = self.overload()
         if o is None:
             return []
+        queue_max = self.handshake.queue.maxsize if self.handshake is not None else 0
         return [
             f"trigger_overloaded: {o['refused']} requests refused in {o['since_s']:.0f} s, "
-            f"{self.queue.maxsize} already waiting for the camera"
+            f"{queue_max} already waiting for the camera"
         ]
 
     def overload(self) -> dict[str, Any] | None:
@@ -228,21 +231,34 @@ class TriggerDesk:
             return None
         return {"refused": n, "since_s": round(now - first, 1), "last_s": round(now - last, 1)}
 
-    # the pipeline's sink thread, after the verdict was recorded
-    def handle(self, inspection: Inspection) -> None:
-        record = inspection.record
-        if record.request_id is None:
+    # the handshake's answer: the publish thread (in time), its deadline thread (late), or the
+    # station's stop (not inspected)
+    def _answer(self, request_id: str, result: Result) -> None:
+        with self._lock:
+            waiting = self._waiting.pop(request_id, [])
+        if result.status == NOT_INSPECTED:
+            for to, _ in waiting:
+                self._refuse(to, NOT_INSPECTED, result.text or "", request_id=request_id)
             return
-        expired = (record.error or "").startswith(TRIGGER_EXPIRED)
+        if result.record is not None:
+            verdict = result.record.to_payload()
+        else:  # late: the verdict does not exist yet; NG so that the part is rejected
+            verdict = {
+                "verdict": result.verdict.value,
+                "seq": None,
+                "part_id": result.part_id,
+                "request_id": request_id,
+                "late": True,
+                "error": f"{result.code}: {result.text}",
+            }
         answer = {
-            "request_id": record.request_id,
-            "part_id": record.part_id,
-            "status": "expired" if expired else "done",
-            "verdict": record.to_payload(),
+            "request_id": request_id,
+            "part_id": result.part_id,
+            "status": result.status,
+            "verdict": verdict,
         }
         with self._lock:
-            waiting = self._waiting.pop(record.request_id, [])
-            self._answered[record.request_id] = answer
+            self._answered[request_id] = answer
             while len(self._answered) > self.cache_size:
                 self._answered.popitem(last=False)
         for to, duplicate in waiting:
@@ -254,14 +270,5 @@ class TriggerDesk:
             )
 
     def close(self) -> None:
-        """At stop: requests that were never inspected are answered on …/error, not dropped."""
-        with self._lock:
-            waiting, self._waiting = self._waiting, {}
-        for request_id, tos in waiting.items():
-            for to, _ in tos:
-                self._refuse(
-                    to,
-                    "not_inspected",
-                    "the station stopped before this request's frame was taken",
-                    request_id=request_id,
-                )
+        """Nothing of its own: requests never inspected are answered ``not_inspected`` by the
+        handshake core when it closes (``_answer``)."""

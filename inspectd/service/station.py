@@ -24,6 +24,8 @@ does (``inspectd.service.threads``).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import threading
 import time
@@ -43,6 +45,7 @@ from inspectd.config.base import NAME_PATTERN
 from inspectd.delivery import Delivery
 from inspectd.drift import DriftMonitor
 from inspectd.engine import Engine, EngineError, load_engine
+from inspectd.engine.slowed import SLOW_ENGINE_ENV, SlowedEngine
 from inspectd.inspection import PipelineStats, VerdictSink
 from inspectd.mqtt.commands import CommandDesk, CommandError
 from inspectd.mqtt.inbound import MAX_ID_CHARS
@@ -52,13 +55,15 @@ from inspectd.mqtt.triggers import TriggerDesk
 from inspectd.outbox import Outbox, OutboxError
 from inspectd.outputs.archive import ArchiveSink
 from inspectd.outputs.sinks import JsonlSink, MqttOverlaySink, OverlaySink, Pictures
-from inspectd.pipeline import Pipeline
+from inspectd.pipeline import Pipeline, Recorder
+from inspectd.plc.handshake import Handshake, SettlingRecorder
 from inspectd.reviews import ReviewDesk
 from inspectd.service.health import HealthMonitor, StationHealth
 from inspectd.service.sd_notify import Notifier, ServiceWatch
 from inspectd.service.threads import Threaded, ThreadWatch
 
 if TYPE_CHECKING:
+    from inspectd.plc.servers import PlcServers
     from inspectd.service.metrics_http import MetricsServer, StationMetrics
 
 log = structlog.get_logger(__name__)
@@ -92,7 +97,9 @@ class Station:
         self.source: CaptureSource | None = None
         self.publisher: MqttPublisher | None = None
         self.delivery: Delivery | None = None
+        self.handshake: Handshake | None = None  # with a triggered camera
         self.triggers: TriggerDesk | None = None
+        self.plc: PlcServers | None = None
         self.commands: CommandDesk | None = None
         self.sinks: list[VerdictSink] = []  # in the pipeline's order
         self.pictures: Pictures | None = None
@@ -120,10 +127,12 @@ class Station:
         self.publisher = self._make_publisher(bundle)
         self.delivery = self._make_delivery(self.outbox, self.publisher)
         self._close_sinks_at_stop()
-        if self.publisher is not None:
+        if cfg.camera.trigger != "free_run":
             # First among the sinks: a trigger's answer must not wait for files and overlays
+            self.handshake = Handshake()
+            self.sinks.append(self.handshake)
+        if self.publisher is not None:
             self.triggers = self._open_triggers(self.publisher)
-            self.sinks.append(self.triggers)
             self.commands = self._open_commands(self.publisher)
         jsonl, self.pictures = self._make_outputs(self.publisher)
         self._connect(self.publisher, self.delivery)
@@ -156,6 +165,7 @@ class Station:
             self.pipeline, self.report
         )
         self.health = self._start_health(self.report)
+        self.plc = self._start_plc()
         self._watch_threads()
         log.info(
             "station.started",
@@ -179,6 +189,8 @@ class Station:
             self.archive,
             self.metrics_server,
             self.health,
+            self.handshake,
+            self.plc,
         )
         for component in components:
             if isinstance(component, Threaded):
@@ -322,8 +334,9 @@ class Station:
         triggers = TriggerDesk(
             publisher,
             self.topics,
-            accepting=cfg.camera.trigger == "mqtt",
+            accepting=cfg.camera.trigger != "free_run",
             max_bytes=cfg.mqtt.trigger_max_bytes,
+            handshake=self.handshake,
         )
         # only this station's own request topics; closed with the sinks
         publisher.subscribe(self.topics.trigger, triggers.on_message, triggers.on_crash)
@@ -395,17 +408,20 @@ class Station:
     ) -> Pipeline:
         """Its engine closes with the engine step; its threads run only inside ``run()``."""
         cfg = self.config
+        handshake = self.handshake
+        # a triggered part is settled (in time or late) before its verdict is stored
+        recorder: Recorder = (
+            delivery if handshake is None else SettlingRecorder(handshake, delivery)
+        )
         return Pipeline(
             source=source,
             engine=engine,
             bundle=bundle,
             station=cfg.station.name,
-            recorder=delivery,
+            recorder=recorder,
             sinks=self.sinks,
             max_batch=cfg.engine.max_batch,
-            triggers=self.triggers.queue
-            if self.triggers and cfg.camera.trigger == "mqtt"
-            else None,
+            triggers=handshake.queue if handshake is not None else None,
             grab_timeout_s=getattr(cfg.camera, "timeout_s", 5.0),
         )
 
@@ -429,6 +445,37 @@ class Station:
         self._core.callback(last_word)
         return health
 
+    def _start_plc(self) -> PlcServers | None:
+        """The OPC UA and Modbus servers (docs/plc.md), last: Ready means ready. None when
+        both are off; asyncua and pymodbus are imported only then."""
+        cfg = self.config
+        if not cfg.plc.enabled or self.handshake is None:
+            return None
+        from inspectd.plc.link import PlcLink
+        from inspectd.plc.servers import PlcServers, PlcStartError
+
+        pipeline = self._started().pipeline
+
+        def counts() -> tuple[dict[str, int], dict[str, int]]:
+            return dict(pipeline.stats.verdicts), pipeline.stats.last_hour.snapshot()
+
+        link = PlcLink(
+            self.handshake,
+            deadline_ms=cfg.plc.result_deadline_ms,
+            products_dir=cfg.products_dir,
+            numbers=cfg.plc.products,
+            switch=lambda name: self._cmd_product({"product": name}),
+            health=self.health_snapshot,
+            counts=counts,
+        )
+        servers = PlcServers(cfg.plc, link, station=cfg.station.name)
+        self._line.callback(servers.stop)
+        try:
+            servers.start()
+        except PlcStartError as exc:
+            raise StartupError(str(exc)) from exc
+        return servers
+
     def _load_engine(self, bundle: Bundle) -> Engine:
         cfg = self.config.engine
         # A TensorRT engine built here (first start on a new GPU) takes minutes
@@ -444,6 +491,10 @@ class Station:
                 cuda_graphs=cfg.cuda_graphs,
                 state_dir=self.config.state_dir,
             )
+        slow_ms = os.environ.get(SLOW_ENGINE_ENV)
+        if slow_ms:  # tests and benches of the deadline (docs/plc.md)
+            engine = SlowedEngine(engine, float(slow_ms) / 1000.0)
+            log.warning("engine.slowed_on_purpose", env=SLOW_ENGINE_ENV, ms=float(slow_ms))
         self.notifier.status(f"warming up engine {engine.name} for {bundle.name}")
         t0 = time.monotonic()
         engine.warmup()
@@ -604,7 +655,8 @@ class Station:
                 f"{MAX_ID_CHARS})"
             )
         pipeline = self._started().pipeline
-        with self._switch_lock:
+        changeover = self.handshake.changeover(name) if self.handshake else contextlib.nullcontext()
+        with self._switch_lock, changeover:  # triggers meanwhile are answered not_ready
             try:
                 bundle = load_bundle(self.config.products_dir / name)
             except BundleError as exc:

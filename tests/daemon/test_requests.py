@@ -158,18 +158,22 @@ def test_a_repeated_request_id_is_answered_from_the_cache_without_a_second_verdi
     stop_cleanly(st)
 
 
-def test_an_expired_request_is_answered_expired_with_an_error_verdict(station):
+def test_a_request_past_its_deadline_is_answered_late_ng_and_its_verdict_still_published(station):
+    # issue 32: the answer never waits for the verdict; what comes after is recorded, late
     st = station
     body = st.trigger("late-1", "part-L", deadline_ms=0.001).json()
-    assert body["status"] == "expired" and body["request_id"] == "late-1"
+    assert body["status"] == "late" and body["request_id"] == "late-1"
     v = body["verdict"]
-    assert v["verdict"] == "ERROR" and v["score"] is None
-    assert v["error"].startswith("trigger expired"), v["error"]
+    assert v["verdict"] == "NG" and v["seq"] is None and v["late"] is True
+    assert v["error"].startswith("late: "), v["error"]
     assert v["part_id"] == "part-L" and v["request_id"] == "late-1"
-    assert st.wait_verdict("late-1") == v
+    published = st.wait_verdict("late-1")
+    assert published["late"] is True and published["verdict"] == "ERROR"
+    assert published["error"].startswith("trigger expired"), published["error"]
     # a generous deadline is met
     ok = st.trigger("in-time", "part-M", deadline_ms=20000).json()
     assert ok["status"] == "done" and ok["verdict"]["verdict"] in ("OK", "NG")
+    assert ok["verdict"]["late"] is False
     stop_cleanly(st)
 
 

@@ -1,0 +1,32 @@
+"""An engine made slower on purpose, for tests and benches of what happens past a deadline
+(``INSPECTD_SLOW_ENGINE_MS``, read when the station loads an engine; logged loudly)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from inspectd.engine.base import Engine, InferenceResult
+
+SLOW_ENGINE_ENV = "INSPECTD_SLOW_ENGINE_MS"
+
+
+class SlowedEngine(Engine):
+    """``engine`` with ``delay_s`` of sleep before every batch."""
+
+    def __init__(self, engine: Engine, delay_s: float) -> None:
+        self.engine = engine
+        self.delay_s = delay_s
+        self.name = f"{engine.name}+{delay_s * 1000:g}ms"
+        self.input_hw = engine.input_hw
+
+    def infer(self, batch: np.ndarray) -> InferenceResult:
+        time.sleep(self.delay_s)
+        return self.engine.infer(batch)
+
+    def warmup(self, runs: int = 3) -> None:
+        self.engine.warmup(runs)
+
+    def close(self) -> None:
+        self.engine.close()
