@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from inspectd import outbox as outbox_module
+from inspectd.outbox import store as outbox_module
 from inspectd.outbox import SEQ_RESERVE, Message, Outbox, OutboxError
 from inspectd.verdict import Verdict
 
