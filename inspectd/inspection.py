@@ -17,7 +17,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from inspectd.frame import Frame
-from inspectd.outputs.overlay import render
 from inspectd.preprocess import Geometry
 from inspectd.verdict import Verdict, VerdictRecord, iso_utc
 
@@ -38,14 +37,8 @@ class Inspection:
     # seconds per stage of this part (STAGES; only those it went through); "publish" is added
     # after the sinks ran, for the pipeline's observer
     times: dict[str, float] = field(default_factory=dict)
-    _overlay: np.ndarray | None = field(default=None, init=False, repr=False)
-
-    def overlay(self) -> np.ndarray:
-        """The overlay picture (``inspectd.outputs.overlay.render``), drawn once for every sink that
-        shows it (docs/performance.md, "Figures behind the code")."""
-        if self._overlay is None:
-            self._overlay = render(self.frame.image, self.record, self.anomaly_map, self.geometry)
-        return self._overlay
+    # the overlay, once a sink drew it (``inspectd.outputs.overlay.overlay_of``)
+    picture: np.ndarray | None = field(default=None, init=False, repr=False)
 
 
 class VerdictSink(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from inspectd.inspection import Inspection
 from inspectd.preprocess import Geometry
 from inspectd.verdict import Verdict, VerdictRecord
 
@@ -68,6 +69,16 @@ def blend_heatmap(
     canvas[y0 : y0 + h, x0 : x0 + w] = cv2.addWeighted(
         roi, 0.6, heat[: roi.shape[0], : roi.shape[1]], 0.4, 0
     )
+
+
+def overlay_of(inspection: Inspection) -> np.ndarray:
+    """The part's overlay, drawn once for every sink that shows it (docs/performance.md,
+    "Figures behind the code") and kept on the inspection."""
+    if inspection.picture is None:
+        inspection.picture = render(
+            inspection.frame.image, inspection.record, inspection.anomaly_map, inspection.geometry
+        )
+    return inspection.picture
 
 
 def to_jpeg(image: np.ndarray, quality: int = 85) -> bytes:

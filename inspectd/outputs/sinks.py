@@ -14,7 +14,7 @@ import structlog
 
 from inspectd.inspection import Inspection, VerdictSink
 from inspectd.messages import overlay_message
-from inspectd.outputs.overlay import to_jpeg
+from inspectd.outputs.overlay import overlay_of, to_jpeg
 from inspectd.outputs.workers import BackgroundWorker
 from inspectd.verdict import Verdict
 
@@ -53,7 +53,7 @@ class OverlaySink:
         if self.mode == "ng" and rec.verdict is Verdict.OK:
             return
         name = f"{rec.seq:08d}_{_UNSAFE.sub('_', rec.part_id)[:64]}_{rec.verdict.value}.jpg"
-        (self.directory / name).write_bytes(to_jpeg(inspection.overlay(), self.quality))
+        (self.directory / name).write_bytes(to_jpeg(overlay_of(inspection), self.quality))
 
     def close(self) -> None:
         pass
@@ -79,7 +79,7 @@ class MqttOverlaySink:
         rec = inspection.record
         if self.mode == "ng" and rec.verdict is Verdict.OK:
             return
-        image = inspection.overlay()
+        image = overlay_of(inspection)
         data = to_jpeg(image, self.quality)
         while len(data) > self.max_bytes and min(image.shape[:2]) >= 128:
             image = cv2.resize(image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)

@@ -46,3 +46,9 @@ def test_the_check_sees_a_lazy_import(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from inspectd.train.loop import x\n")
     assert "inspectd.train.loop" in imports(source)
+
+
+def test_what_sinks_receive_does_not_import_the_sinks() -> None:
+    """inspection.py is below the outputs: it imported outputs/overlay.py to cache a picture
+    only the overlay sinks draw (outputs.overlay.overlay_of keeps it on the inspection now)."""
+    assert not [n for n in imports(REPO / "inspectd" / "inspection.py") if "outputs" in n]
