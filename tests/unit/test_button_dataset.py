@@ -3,8 +3,6 @@ layout written by write_dataset, and the CLI."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -180,19 +178,3 @@ def test_cli_writes_a_two_hole_small_set(tmp_path: Path, capsys: pytest.CaptureF
     assert np.array_equal(image, render_part(4, 1, None, style, "train")[0])
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--holes", "3"])
-
-
-def test_module_runs_as_script_and_does_not_import_torch(tmp_path: Path) -> None:
-    code = (
-        "import sys, runpy; "
-        "sys.argv = ['button', '--out', sys.argv[1], '--train-good', '1', '--test-good', '0', "
-        "'--per-defect', '0', '--size', '64']; "
-        "import inspectd.synthetic, inspectd.train.datasets.mvtec; "
-        "assert 'torch' not in sys.modules, 'dataset modules must not import torch'; "
-        "runpy.run_module('inspectd.synthetic', run_name='__main__')"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "s/train/good/000.png").is_file()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -436,15 +434,3 @@ def test_loader_is_generic(tmp_path):
         ":1:11 ng_score: 'high' is not a valid number",
         ':4:5 classes[1]: 3 is not a string (put it in quotes: "...")',
     ]
-
-
-def test_config_package_import_is_light():
-    code = (
-        "import sys, inspectd.config\n"
-        "heavy = [m for m in ('torch', 'onnxruntime', 'cv2') if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == ""

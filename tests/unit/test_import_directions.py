@@ -52,3 +52,14 @@ def test_what_sinks_receive_does_not_import_the_sinks() -> None:
     """inspection.py is below the outputs: it imported outputs/overlay.py to cache a picture
     only the overlay sinks draw (outputs.overlay.overlay_of keeps it on the inspection now)."""
     assert not [n for n in imports(REPO / "inspectd" / "inspection.py") if "outputs" in n]
+
+
+def test_the_unit_folder_starts_no_process_or_station() -> None:
+    """tests/unit/ is the quick in-process check (README, Tests): a test that starts a process, a
+    broker, a daemon or a whole station belongs in component/ or daemon/."""
+    heavy = ("subprocess", "inspectd.service.station", "support.daemon_process")
+    found = {
+        path.name: sorted(n for n in imports(path) if n.startswith(heavy))
+        for path in sorted((REPO / "tests" / "unit").glob("*.py"))
+    }
+    assert {name: names for name, names in found.items() if names} == {}
