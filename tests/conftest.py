@@ -16,6 +16,7 @@ runs).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if folder in FOLDER_MARKERS:
             item.add_marker(getattr(pytest.mark, folder))
+
+
+# In CI (.ci/run sets INSPECTD_CI=1) a test skipped because a tool the suite relies on is
+# missing fails instead: `make test` installs them, so a skip there means a part went untested.
+# Locally such a skip, which says how to install the tool, is fine.
+REQUIRED_TOOLS = ("mosquitto", "chromium", "playwright", "nginx", "openssl", "simulator")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and os.environ.get("INSPECTD_CI")):
+        return
+    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report)
+    if any(tool in reason.lower() for tool in REQUIRED_TOOLS):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every tool must be present: {reason}"
 
 
 @pytest.fixture
