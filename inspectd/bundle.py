@@ -97,6 +97,25 @@ class Thresholds(StrictModel):
     created: str
     tool_version: str
 
+    def short_of_target(self) -> str | None:
+        """Why these thresholds do not carry their stated false-reject rate (calibrated from
+        fewer good parts than the target needs, as ``calibrate --force`` allows); else None."""
+        if self.target_frr is None or not 0 < self.target_frr < 1:
+            return None  # max_of_good: no rate stated
+        from inspectd.threshold_stats import CONFIDENCE, parts_needed
+
+        confidence = self.confidence or CONFIDENCE
+        need = parts_needed(self.target_frr, confidence)
+        if self.n_good >= need:
+            return None
+        return (
+            f"calibrated from {self.n_good} good part{'s' if self.n_good != 1 else ''}, fewer "
+            f"than the {need} a false-reject rate of {self.target_frr:g} needs at "
+            f"{confidence:.0%} confidence: calibrate from the bundle's good parts with the "
+            "reviewed ones added (inspectd calibrate --images GOOD --images REVIEWED), or "
+            "state a target those parts support (--target-frr)"
+        )
+
     def facts(self) -> dict[str, Any]:
         """How they were calibrated, for …/health (the UI's calibration panel and drift picture)."""
         keys = ("method", "n_good", "target_frr", "confidence", "frr_bound", "quantiles", "created")

@@ -8,6 +8,11 @@ the file system allows: no second copy of the frame) into an archive of its own:
         rejected, reviewed good
     <archive>/reviews/missed_defect/<review date>/<stem>.json|...
         accepted, reviewed defective
+    <archive>/reviews/true_defect/<review date>/<stem>.json|...
+        rejected, confirmed defective
+
+A part holds one review at a time: a new label replaces the old one, and ``unreview`` (the
+page's Undo) removes it, so a mistaken click never stays among the good parts calibrate reads.
 
 Each is laid out like the archive itself, with a ``review`` key added to the JSON, so
 ``inspectd calibrate --images <archive>/reviews/false_reject`` takes reviewed good parts as
@@ -26,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ from inspectd.verdict import iso_utc
 # label -> the verdicts a part must have had for it
 LABELS: dict[str, tuple[str, ...]] = {
     "false_reject": ("NG", "ERROR"),
+    "true_defect": ("NG", "ERROR"),
     "missed_defect": ("OK",),
 }
 REVIEWS_DIR = "reviews"
@@ -58,8 +65,9 @@ class ReviewDesk:
     # -- handlers ------------------------------------------------------------------------------
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        """For the station's command desk: …/cmd/review/set and …/cmd/reviews/set."""
-        return {"review": self.review, "reviews": self.counts}
+        """For the station's command desk: …/cmd/review/set, …/cmd/unreview/set and
+        …/cmd/reviews/set."""
+        return {"review": self.review, "unreview": self.unreview, "reviews": self.counts}
 
     def review(self, args: dict[str, Any]) -> dict[str, Any]:
         """``{"seq", "part_id", "label", "by"?, "note"?}`` -> where it was stored and today's
@@ -90,6 +98,22 @@ class ReviewDesk:
             "today": today,
         }
 
+    def unreview(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``{"seq", "part_id", "by"?}`` -> the label removed and today's counts (Undo)."""
+        root = self._root()
+        unknown = set(args) - {"seq", "part_id", "by"}
+        if unknown:
+            raise CommandError(
+                f"unknown unreview fields {sorted(unknown)}; allowed: by, part_id, seq"
+            )
+        seq, part_id, _, by, _ = _parse({**args, "label": "false_reject"})
+        with self._lock:
+            removed = _remove_reviews(root, seq, part_id)
+            if not removed:
+                raise CommandError(f"seq {seq} ({part_id}) has no review to undo")
+            today = self._today(root)
+        return {"seq": seq, "part_id": part_id, "removed": removed[0], "by": by, "today": today}
+
     def counts(self, args: dict[str, Any]) -> dict[str, Any]:
         """``{}`` -> reviews stored today (UTC), by label."""
         if args:
@@ -118,6 +142,8 @@ class ReviewDesk:
     ) -> tuple[Path, bool]:
         """The review as an archive entry of its own; (its JSON path, whether a frame came)."""
         stem = entry.stem if entry is not None else _stem(seq, part_id)
+        # one review per part: another label's entry goes (a part is not good and defective)
+        _remove_reviews(root, seq, part_id, keep=label)
         folder = root / REVIEWS_DIR / label / today_utc()
         earlier = sorted((root / REVIEWS_DIR / label).glob(f"*/{stem}.json"))
         if earlier:  # reviewed before: the newest word replaces the review, not the day
@@ -195,6 +221,28 @@ def _find(root: Path, seq: int, part_id: str) -> tuple[ArchiveEntry | None, dict
         if v.get("seq") == seq and v.get("part_id") == part_id:
             return entry, doc
     return None, None
+
+
+def _remove_reviews(root: Path, seq: int, part_id: str, keep: str | None = None) -> list[str]:
+    """Delete the part's review entries (but those under label ``keep``); the labels removed."""
+    removed = []
+    for label in LABELS:
+        if label == keep:
+            continue
+        for doc in sorted((root / REVIEWS_DIR / label).glob(f"*/{seq:010d}-*.json")):
+            try:
+                v = json.loads(doc.read_text())["verdict"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if v.get("seq") != seq or v.get("part_id") != part_id:
+                continue
+            doc.unlink()  # the JSON first: without it the frame is no review
+            stem = doc.name.removesuffix(".json")
+            for f in doc.parent.glob(f"{glob_escape(stem)}.*"):
+                f.unlink()
+            _fsync_dir(doc.parent)
+            removed.append(label)
+    return removed
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

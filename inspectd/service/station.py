@@ -350,6 +350,7 @@ class Station:
             {
                 "reload_thresholds": self._cmd_reload,
                 "product": self._cmd_product,
+                "products": self._cmd_products,
                 **ReviewDesk(cfg.archive.dir if cfg.archive.enabled else None).handlers(),
             },
             max_bytes=cfg.mqtt.trigger_max_bytes,
@@ -618,6 +619,9 @@ class Station:
                 fresh = load_bundle(self.config.products_dir / current.name)
             except BundleError as exc:
                 raise CommandError(f"thresholds not reloaded: {exc}") from exc
+            short = fresh.thresholds.short_of_target()
+            if short is not None:  # a --force calibration from a handful of parts
+                raise CommandError(f"thresholds not reloaded: {short}")
             if fresh.model_sha256 != current.model_sha256:
                 raise CommandError(
                     f"thresholds not reloaded: the model of {current.name} changed on disk "
@@ -641,6 +645,14 @@ class Station:
         if args:
             raise CommandError(f"reload_thresholds takes no arguments, got {sorted(args)}")
         return self.reload_thresholds()
+
+    def _cmd_products(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The bundles a product command can switch to (the page offers them, not free text)."""
+        if args:
+            raise CommandError(f"products takes no arguments, got {sorted(args)}")
+        folder = self.config.products_dir
+        names = sorted(p.parent.name for p in folder.glob("*/manifest.yaml"))
+        return {"products": names, "current": self._started().pipeline.next_bundle().name}
 
     def _cmd_product(self, args: dict[str, Any]) -> dict[str, Any]:
         name = args.get("product")

@@ -44,7 +44,7 @@ STATIC = Path(__file__).parent / "static"
 FLUSH_S = 0.25
 KEEPALIVE_S = 15.0
 COMMANDS = ("reload_thresholds", "product")  # the operator's actions; review has its own route
-LABELS = ("false_reject", "missed_defect")
+LABELS = ("false_reject", "true_defect", "missed_defect")
 
 
 class Hub:
@@ -127,32 +127,38 @@ def build_app(
     line = line or Line(cfg.stations, cfg.recent_rejects, cfg.score_window)
     hub = Hub(line)
 
-    asking: set[str] = set()
+    asking: set[tuple[str, str]] = set()
     mqtt_link: MqttLink  # used by the closures below; set after delivered and connection
 
     def delivered(topic: str, payload: bytes, props: dict[str, str]) -> None:
         base = line.on_message(topic, payload, props)
         hub.changed(base)
         st = line.stations.get(base) if base else None
-        if (
-            base is not None
-            and st is not None
-            and st.state == "online"
-            and st.reviews_today is None
-            and base not in asking
+        if base is None or st is None or st.state != "online":
+            return
+        # once a station is there to answer: today's review counts, and the products it has
+        # installed (the page offers those for a switch, not a free-text name)
+        for command, unknown in (
+            ("reviews", st.reviews_today is None),
+            ("products", st.products is None),
         ):
-            asking.add(base)  # today's review counts, once a station is there to answer
-            asyncio.get_running_loop().create_task(count_reviews(st.base))
+            if unknown and (base, command) not in asking:
+                asking.add((base, command))
+                asyncio.get_running_loop().create_task(ask_once(base, command))
 
-    async def count_reviews(base: str) -> None:
+    async def ask_once(base: str, command: str) -> None:
         try:
-            answer = await mqtt_link.request(base, "reviews", {}, cfg.review_timeout_s)
+            answer = await mqtt_link.request(base, command, {}, cfg.review_timeout_s)
         except CommandTimeout:
             answer = None
-        asking.discard(base)
         if answer is not None and answer["ok"]:
             line.stations[base].on_answer({**answer, "by": "inspectd ui"})
             hub.changed(base)
+        elif answer is not None and command == "products":
+            line.stations[base].products = []  # refused (an older station): no asking again
+            hub.changed(base)
+        # no answer in time (not subscribed yet, or busy): the station's next message asks again
+        asking.discard((base, command))
 
     def connection(up: bool, error: str | None) -> None:
         line.broker = {"connected": up, "error": error}
@@ -293,13 +299,19 @@ def build_app(
         if isinstance(body, Response):
             return body
         seq, part_id, label = body.get("seq"), body.get("part_id"), body.get("label")
-        if not isinstance(seq, int) or not isinstance(part_id, str) or label not in LABELS:
+        if not isinstance(seq, int) or not isinstance(part_id, str) or label not in (*LABELS, None):
             return JSONResponse(
-                {"ok": False, "error": f"expected seq, part_id and label ({', '.join(LABELS)})"},
+                {
+                    "ok": False,
+                    "error": f"expected seq, part_id and label ({', '.join(LABELS)}; "
+                    "null undoes the part's review)",
+                },
                 status_code=400,
             )
-        args = {"seq": seq, "part_id": part_id, "label": label, "by": request.user.display_name}
-        return await _ask(request, body["base"], "review", args)
+        args = {"seq": seq, "part_id": part_id, "by": request.user.display_name}
+        if label is None:
+            return await _ask(request, body["base"], "unreview", args)
+        return await _ask(request, body["base"], "review", {**args, "label": label})
 
     async def command(request: Request) -> Response:
         body = await _body(request)
@@ -312,6 +324,9 @@ def build_app(
             )
         return await _ask(request, body["base"], name, args)
 
+    async def favicon(request: Request) -> Response:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "broker": line.broker, "stations": len(line.stations)})
 
@@ -321,6 +336,7 @@ def build_app(
     routes = [
         Route("/", index),
         Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),  # browsers ask for it whatever the page links
         Route("/api/me", me),
         Route("/api/line", snapshot),
         Route("/api/station", station),

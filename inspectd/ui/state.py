@@ -73,7 +73,9 @@ class StationState:
         self._overlay_room = recent_rejects
         self.last_overlay: dict[str, Any] | None = None  # seq, part_id, verdict of the newest
         self.reviews_today: dict[str, Any] | None = None  # from the station's answers
-        self.reviewed: dict[int, str] = {}  # seq -> label, reviews done through this page
+        # seq -> {label, by, ts}: reviews done through this page (removed by their undo)
+        self.reviewed: dict[int, dict[str, Any]] = {}
+        self.products: list[str] | None = None  # installed bundles, from the station's answer
         self.answers: deque[dict[str, Any]] = deque(maxlen=_ANSWERS)
         self.errors: deque[dict[str, Any]] = deque(maxlen=_ANSWERS)  # …/error not ours
 
@@ -160,15 +162,27 @@ class StationState:
 
     def on_answer(self, answer: dict[str, Any]) -> None:
         """A command's answer (ours): remembered for the page; a review's counts taken over."""
-        self.answers.appendleft(answer)
+        command = answer.get("command")
         result = answer.get("result") or {}
+        if command == "products":  # asked by the page's server itself, not an action
+            if answer.get("ok") and isinstance(result.get("products"), list):
+                self.products = [str(p) for p in result["products"]]
+            return
+        self.answers.appendleft(answer)
         if answer.get("ok") and isinstance(result.get("today"), dict):
             self.reviews_today = {
                 "date": time.strftime("%Y-%m-%d", time.gmtime()),
                 **result["today"],
             }
-            if answer.get("command") == "review" and isinstance(result.get("seq"), int):
-                self.reviewed[result["seq"]] = str(result.get("label"))
+            seq = result.get("seq")
+            if command == "review" and isinstance(seq, int):
+                self.reviewed[seq] = {
+                    "label": str(result.get("label")),
+                    "by": answer.get("by"),
+                    "ts": answer.get("ts"),
+                }
+            elif command == "unreview" and isinstance(seq, int):
+                self.reviewed.pop(seq, None)
 
     # -- what the page shows -------------------------------------------------------------------
 
@@ -303,6 +317,9 @@ class StationState:
                 for v in self.rejects
             ],
             "last_reviewed": self.reviewed.get((self.last or {}).get("seq", -1)),
+            # the live part's own overlay, never another part's beside its verdict
+            "live_overlay": self._live_overlay(),
+            "products": self.products,
             "histogram": self.histogram(calibration.get("quantiles") or {}),
             "thresholds": {"image": thresholds.get("image"), "pixel": thresholds.get("pixel")},
             "calibration": calibration,
@@ -313,16 +330,42 @@ class StationState:
             "errors": list(self.errors),
         }
 
+    def _live_overlay(self) -> dict[str, Any] | None:
+        """The overlay of the part whose verdict the station view shows, if there is one;
+        under MQTT 3.1.1 (overlays without seq, kept as 0) the newest, which may be another."""
+        last = self.last or {}
+        if last.get("seq") in self.overlays:
+            return {
+                "seq": last["seq"],
+                "part_id": last.get("part_id"),
+                "verdict": last.get("verdict"),
+            }
+        if (self.last_overlay or {}).get("seq") == 0:
+            return self.last_overlay
+        return None
+
     def histogram(self, quantiles: dict[str, float]) -> dict[str, Any]:
         """Recent scores in bins, accepted and rejected apart, with the threshold and the
-        calibration's good-score quantiles to draw against (the drift picture)."""
+        calibration's good-score quantiles to draw against (the drift picture).
+
+        The axis is about the good parts and the threshold: it ends at twice the threshold (or
+        the highest accepted score or quantile above that). A crack scoring 40x the threshold
+        would otherwise squeeze every good part and the threshold into one or two bins; scores
+        past the end are counted in ``over`` and drawn as the last bar."""
         threshold = self._threshold()
         scores = [s for s, _ in self.scores]
         marks = [v for v in quantiles.values() if isinstance(v, (int, float))]
-        top = max([*scores, *marks, *([threshold * 1.5] if threshold else []), 1e-6])
+        accepted = [s for s, verdict in self.scores if verdict == "OK"]
+        if threshold:
+            top = max([2 * threshold, *accepted, *marks])
+        else:
+            top = max([*scores, *marks, 1e-6])
         width = top / _BINS
         ok, ng = [0] * _BINS, [0] * _BINS
+        over = 0
         for score, verdict in self.scores:
+            if score > top:
+                over += 1
             i = min(_BINS - 1, max(0, int(score / width)))
             (ok if verdict == "OK" else ng)[i] += 1
         return {
@@ -330,7 +373,9 @@ class StationState:
             "max": top,
             "ok": ok,
             "ng": ng,
+            "over": over,
             "n": len(scores),
+            "n_ok": sum(ok),
             "threshold": threshold,
             "quantiles": quantiles,
         }

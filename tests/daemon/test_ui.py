@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import http.client
 import json
 import os
@@ -37,13 +36,13 @@ from inspectd.synthetic import render_part
 from inspectd.train.datasets.mvtec import image_files
 from inspectd.ui.auth import hash_password
 
-from support import waiting
 from support.browser import CHROMIUM
 from support.daemon_process import Daemon
 from support.mqtt_client import Subscriber
 from support.paths import PRODUCTS, REPO, needs_bundle
 from support.secure_broker import find_openssl, make_pki
 from support.station import BASE, station_config
+from support.ui import ui_process, wait_until
 
 OPERATOR = ("alice", "correct horse battery")
 VIEWER_TOKEN = "wall-display-token-0123456789"
@@ -57,9 +56,6 @@ pytestmark = [
     ),
     needs_bundle,
 ]
-
-# The page is asked every 20 ms: some checks time how soon it shows a verdict.
-wait_until = functools.partial(waiting.wait_until, every=0.02)
 
 
 class Line:
@@ -138,44 +134,6 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
         ):
             station.wait_event("station.ready", timeout=30)
             yield Line(tmp, broker, station, ui, url, verdicts)
-
-
-@contextlib.contextmanager
-def ui_process(
-    config: Path, tls: ssl.SSLContext | None = None
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`inspectd ui --config config` as its own process, serving and connected to the broker;
-    stopped with SIGTERM, which it must obey within 10 s. Its log: config with suffix .log.
-    ``tls``: it serves HTTPS, checked with this client context."""
-    port = json.loads(config.read_text())["listen"]["port"]
-    logfile = config.with_suffix(".log")
-    with open(logfile, "wb") as log:
-        ui = subprocess.Popen(
-            [sys.executable, "-m", "inspectd", "ui", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        try:
-            url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-
-            def ready() -> bool:
-                assert ui.poll() is None, logfile.read_text()
-                try:
-                    with urllib.request.urlopen(f"{url}/healthz", timeout=1, context=tls) as r:
-                        return json.load(r)["broker"]["connected"]
-                except OSError:
-                    return False
-
-            wait_until(ready, 20, "the UI serving and connected to the broker")
-            yield ui, url
-        finally:
-            ui.send_signal(signal.SIGTERM)
-            try:
-                ui.wait(10)
-            except subprocess.TimeoutExpired:
-                ui.kill()
-                raise AssertionError("the UI did not stop on SIGTERM within 10 s") from None
 
 
 @pytest.fixture(scope="module")
@@ -267,6 +225,7 @@ def test_a_false_reject_review_is_stored_by_the_station_where_calibrate_and_repl
     strip = page.locator("[data-testid=reject]").first
     seq = int(strip.get_attribute("data-seq"))
     strip.locator("[data-testid=review-false_reject]").click()
+    strip.locator("[data-testid=confirm-yes]").click()  # asked first (test_ui_operator.py)
     page.locator("[data-testid=reviewed]").first.wait_for(timeout=5000)
     wait_until(
         lambda: (

@@ -37,7 +37,8 @@ def test_a_false_reject_is_stored_beside_the_archive_with_the_frame_linked_once_
     answer = desk.review({"seq": 7, "part_id": "p7", "label": "false_reject", "by": "alice"})
     stored = Path(answer["stored"])
     assert stored == tmp_path / "reviews" / "false_reject" / today_utc() / "0000000007-p7-NG.json"
-    assert answer["frame"] is True and answer["today"] == {"false_reject": 1, "missed_defect": 0}
+    assert answer["frame"] is True
+    assert answer["today"] == {"false_reject": 1, "true_defect": 0, "missed_defect": 0}
     doc = json.loads(stored.read_text())
     assert doc["review"]["by"] == "alice" and doc["verdict"]["seq"] == 7
     frame = stored.with_suffix(".png")
@@ -73,7 +74,7 @@ def test_a_missed_defect_without_an_archived_frame_is_still_recorded(tmp_path: P
         ({"seq": "4", "part_id": "p4", "label": "false_reject"}, "seq: '4' is not"),
         (
             {"seq": 4, "part_id": "p4", "label": "good"},
-            "label: 'good' is not one of false_reject, missed_defect",
+            "label: 'good' is not one of false_reject, true_defect, missed_defect",
         ),
         (
             {"seq": 4, "part_id": "p4", "label": "false_reject", "x": 1},
@@ -90,6 +91,32 @@ def test_reviews_that_do_not_fit_the_part_are_refused(
     with pytest.raises(CommandError, match=message.replace("[", r"\[").replace("]", r"\]")):
         ReviewDesk(tmp_path).review(args)
     assert not (tmp_path / "reviews").exists() or not list((tmp_path / "reviews").rglob("*.json"))
+
+
+def test_a_new_label_replaces_the_part_s_review_and_undo_removes_it_with_its_frame(
+    tmp_path: Path,
+) -> None:
+    """One review per part: a reject first called good, then confirmed defective, must not stay
+    among the good parts calibrate reads; Undo takes a review back, frame link included."""
+    archived(tmp_path, 7, "p7", "NG")
+    desk = ReviewDesk(tmp_path)
+    first = Path(
+        desk.review({"seq": 7, "part_id": "p7", "label": "false_reject", "by": "al"})["stored"]
+    )
+    assert first.with_suffix(".png").exists()
+    answer = desk.review({"seq": 7, "part_id": "p7", "label": "true_defect", "by": "bo"})
+    assert answer["today"] == {"false_reject": 0, "true_defect": 1, "missed_defect": 0}
+    assert not first.exists() and not first.with_suffix(".png").exists()
+    assert (tmp_path / "2026-12-01" / "0000000007-p7-NG.png").exists()  # the archive's own stays
+
+    undone = desk.unreview({"seq": 7, "part_id": "p7", "by": "bo"})
+    assert undone["removed"] == "true_defect"
+    assert undone["today"] == {"false_reject": 0, "true_defect": 0, "missed_defect": 0}
+    assert not list((tmp_path / "reviews").rglob("0000000007-*"))
+    with pytest.raises(CommandError, match="has no review to undo"):
+        desk.unreview({"seq": 7, "part_id": "p7"})
+    with pytest.raises(CommandError, match="unknown unreview fields"):
+        desk.unreview({"seq": 7, "part_id": "p7", "label": "false_reject"})
 
 
 def test_a_station_without_an_archive_refuses_reviews() -> None:

@@ -97,3 +97,20 @@ def test_a_station_without_last_hour_is_counted_from_what_the_page_received() ->
     publish(line, "stats", {"verdicts": {"OK": 5000}})  # an older station's stats
     verdict(line, 7, "OK", now - 2)
     assert line.stations[BASE].counts(now)["total"] == 1
+
+
+def test_the_histogram_axis_ends_at_twice_the_threshold_and_counts_the_scores_beyond() -> None:
+    """A defect scoring 40x the threshold used to set the axis: the good parts and the threshold
+    then shared the first bin or two, and drift was invisible."""
+    line = Line(("inspectd/v1/plant/l1/+",))
+    publish(line, "health", {"state": "ok", "problems": [], "thresholds": {"image": 0.15}})
+    for seq, score in enumerate([0.05, 0.06, 0.07, 0.08, 0.09, 0.10], start=1):
+        publish(line, "verdict", {"seq": seq, "verdict": "OK", "score": score})
+    publish(line, "verdict", {"seq": 7, "verdict": "NG", "score": 6.0})
+    hist = line.stations[BASE].histogram({"p50": 0.07, "p99": 0.1})
+    assert hist["max"] == pytest.approx(0.3) and hist["over"] == 1
+    assert sum(1 for n in hist["ok"] if n) == 6  # every good part in a bin of its own
+    assert hist["ng"][-1] == 1 and hist["n_ok"] == 6
+    # an accepted score above twice the threshold (thresholds lowered by hand) stays on the axis
+    publish(line, "verdict", {"seq": 8, "verdict": "OK", "score": 0.5})
+    assert line.stations[BASE].histogram({})["max"] == pytest.approx(0.5)

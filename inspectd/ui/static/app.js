@@ -32,7 +32,17 @@ async function refreshStation() {
   renderStation($("station-view"), await r.json(), me, refreshStation);
 }
 
+// New verdicts and state changes, read out by screen readers (the live region in index.html).
+function announce(before, s) {
+  const last = s.last;
+  let text = null;
+  if (before && before.state !== s.state) text = `${s.name} ${s.state}`;
+  else if (last && (!before || !before.last || before.last.seq !== last.seq)) text = `${s.name}: ${last.verdict} #${last.seq} ${last.part_id}`;
+  if (text) $("announce").textContent = text;
+}
+
 function stationChanged(s) {
+  announce(stations.get(s.base), s);
   stations.set(s.base, s);
   $("no-stations").hidden = stations.size > 0;
   if (current === null) renderLine($("tiles"), stations);
@@ -51,6 +61,16 @@ function showBroker(b) {
   const el = $("broker");
   el.textContent = b.connected ? "broker connected" : `broker: ${b.error || "disconnected"}`;
   el.className = `pill ${b.connected ? "ok" : "bad"}`;
+  el.dataset.state = b.connected ? "connected" : "broker-down";
+}
+
+// The page's own server went (restarted, or the network to it): nothing on the page is live,
+// and what its server knows of the broker is unknown, so the pill says so, not "broker".
+function showServerLost() {
+  const el = $("broker");
+  el.textContent = "page server unreachable: reconnecting (nothing here is live)";
+  el.className = "pill bad";
+  el.dataset.state = "server-down";
 }
 
 function connect() {
@@ -66,7 +86,7 @@ function connect() {
   events.addEventListener("station", (e) => stationChanged(JSON.parse(e.data)));
   events.addEventListener("broker", (e) => showBroker(JSON.parse(e.data)));
   // the page's own link to its server: lost means nothing here is live
-  events.onerror = () => showBroker({ connected: false, error: "page lost its server, reconnecting" });
+  events.onerror = showServerLost;
 }
 
 async function start() {

@@ -17,6 +17,19 @@ export function h(spec, attrs = {}, ...children) {
   return el;
 }
 
+// Replace root's children, keeping keyboard focus: views are rebuilt as parts arrive, and a
+// rebuilt button is a new element, so focus fell to <body> mid-Tab. Focusable elements carry a
+// data-focus key; the new element with the same key takes the focus back.
+export function rerender(root, children) {
+  const active = document.activeElement;
+  const key = active && active !== document.body && root.contains(active) ? active.dataset.focus : null;
+  root.replaceChildren(...children);
+  if (key) {
+    const again = root.querySelector(`[data-focus="${CSS.escape(key)}"]`);
+    if (again) again.focus({ preventScroll: true });
+  }
+}
+
 export const fmt = {
   score: (v) => (typeof v === "number" ? v.toFixed(4) : "–"),
   pct: (v) => (typeof v === "number" ? `${(v * 100).toFixed(1)} %` : "–"),
@@ -31,11 +44,16 @@ export function overlayUrl(base, seq) {
 
 // POST JSON to an action route; resolves to the station's answer (or the refusal).
 export async function post(path, body) {
-  const r = await fetch(path, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-  });
+  let r;
+  try {
+    r = await fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  } catch (e) {
+    return { ok: false, error: `not sent: the page's server is not reachable (${e.message})` };
+  }
   let doc;
   try { doc = await r.json(); } catch { doc = { ok: false, error: `HTTP ${r.status}` }; }
   return { status: r.status, ...doc };
@@ -46,7 +64,7 @@ export function answerText(a) {
   if (a.error) return a.error;
   if (a.ok) {
     const r = a.result || {};
-    const rest = Object.entries(r).filter(([k]) => !["command", "ok", "today", "stored"].includes(k))
+    const rest = Object.entries(r).filter(([k]) => !["command", "ok", "today", "stored", "by"].includes(k))
       .map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
     return `${a.command}: done${rest ? " — " + rest : ""}`;
   }

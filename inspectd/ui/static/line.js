@@ -1,7 +1,13 @@
 // The line view: a tile per station.
-import { fmt, h, overlayUrl } from "./dom.js";
+import { fmt, h, overlayUrl, rerender } from "./dom.js";
 
 const STATE_TEXT = { online: "online", offline: "OFFLINE", stopped: "STOPPED", unknown: "no status" };
+
+// What the state badge says: an online station whose health stopped is not "online" to read.
+function stateText(s) {
+  if (s.state === "online" && s.silent) return "NOT RESPONDING";
+  return STATE_TEXT[s.state] || s.state;
+}
 
 export function tile(s) {
   const last = s.last;
@@ -13,15 +19,15 @@ export function tile(s) {
   const img = ov
     ? h("figure.thumbfig", {},
         h("img.thumb", { src: overlayUrl(s.base, ov.seq), alt: `overlay of ${ov.part_id || "the last part"}` }),
-        h("figcaption", {}, ov.seq ? `#${ov.seq}` : "newest"))
+        h("figcaption", {}, ov.seq ? `#${ov.seq} ${ov.verdict || ""}` : "newest"))
     : h("div.thumb.none", {}, "no overlay yet");
   const reviews = s.reviews_today;
   const down = s.state !== "online" && s.state !== "unknown";
-  return h(`a.${classes.join(".")}`, { href: `#/station/${encodeURIComponent(s.base)}`, dataset: { testid: "tile", base: s.base, state: s.state } },
+  return h(`a.${classes.join(".")}`, { href: `#/station/${encodeURIComponent(s.base)}`, dataset: { testid: "tile", base: s.base, state: s.state, focus: `tile:${s.base}` } },
     down ? h("div.banner", { dataset: { testid: "banner" } }, `${STATE_TEXT[s.state]} — noticed ${s.noticed ? new Date(s.noticed * 1000).toLocaleTimeString() : "–"}`) : null,
     h("div.tile-head", {},
-      h("span.name", {}, s.name),
-      h("span.state", { dataset: { testid: "state" } }, STATE_TEXT[s.state] || s.state),
+      h("h2.name", {}, s.name),
+      h("span.state", { dataset: { testid: "state" } }, stateText(s)),
     ),
     h("div.sub", {}, `${s.product || "–"} · ${s.model || "model"} ${s.model_sha256 || ""}`),
     h("div.tile-body", {},
@@ -52,5 +58,5 @@ export function tile(s) {
 export function renderLine(root, stations) {
   // a fixed order: tiles that jump around are harder to read than a red one in its place
   const list = [...stations.values()].sort((a, b) => a.base.localeCompare(b.base));
-  root.replaceChildren(...list.map(tile));
+  rerender(root, list.map(tile));
 }

@@ -1,58 +1,137 @@
 // The station view: the live part, recent rejects to review, the score picture, calibration,
 // and the operator's actions with the station's answers.
-import { answerText, fmt, h, overlayUrl, post } from "./dom.js";
-import { drawHistogram } from "./histogram.js";
+//
+// The view is rebuilt whenever the station sends something, so what the operator is doing
+// lives here, per station, not in the elements: the answer being waited for or last shown,
+// an open confirmation, the product picked. A rebuild shows them again as they were.
+import { answerText, fmt, h, overlayUrl, post, rerender } from "./dom.js";
+import { drawHistogram, histogramText } from "./histogram.js";
 
-const LABEL_TEXT = { false_reject: "reviewed: good (false reject)", missed_defect: "reviewed: missed defect" };
+const LABEL_TEXT = {
+  false_reject: "good (false reject)",
+  true_defect: "real defect",
+  missed_defect: "missed defect",
+};
+const LABEL_BUTTON = { false_reject: "Good (false reject)", true_defect: "Real defect", missed_defect: "Missed defect" };
+const LABEL_WHY = {
+  false_reject: "Its frame joins the reviewed good parts, which calibrate can add to the bundle's calibration set.",
+  true_defect: "The reject stands; it is recorded as a real defect.",
+  missed_defect: "It is recorded as a defect the station accepted.",
+};
 
-function reviewButton(d, part, label, text, me, refresh) {
+const views = new Map(); // base -> { answer, confirm, product }
+function view(base) {
+  if (!views.has(base)) views.set(base, { answer: null, confirm: null, product: null });
+  return views.get(base);
+}
+
+let redraw = () => {}; // the current view, rebuilt from its last data (set by renderStation)
+let refetch = () => {}; // the current view, from fresh data
+
+// What a station that is not online cannot do, and why; null when it can.
+function offlineReason(d) {
+  if (d.state === "online") return null;
+  if (d.state === "unknown") return `${d.name} has sent no status yet: it cannot answer`;
+  return `${d.name} is ${d.state}: it cannot answer until it is running again`;
+}
+
+async function act(d, command, path, body) {
+  const v = view(d.base);
+  v.answer = { pending: true, command, text: `${command}: sent to ${d.name}, waiting for its answer…` };
+  redraw();
+  const a = await post(path, body);
+  v.answer = { pending: false, ok: !!a.ok, command, text: answerText({ command, ...a }) };
+  redraw();
+  refetch(); // the operator's own action shows at once, whatever holds the view still
+}
+
+function answerBox(d) {
+  const a = view(d.base).answer;
+  if (!a) return null;
+  return h(`div.answer.${a.pending ? "pending" : a.ok ? "ok" : "bad"}`, { dataset: { testid: "answer" } }, a.text);
+}
+
+// -- reviews ----------------------------------------------------------------------------------
+
+function confirmBox(d, question, why, yes, onYes, key) {
+  const v = view(d.base);
+  return h("div.confirm", { dataset: { testid: "confirm" }, role: "group", "aria-label": question },
+    h("p.q", {}, question), why ? h("p.why", {}, why) : null,
+    h("div.buttons", {},
+      h("button", { dataset: { testid: "confirm-yes", focus: `${key}:yes` }, onclick: () => { v.confirm = null; onYes(); } }, yes),
+      h("button.secondary", { dataset: { testid: "confirm-no", focus: `${key}:no` }, onclick: () => { v.confirm = null; redraw(); } }, "Cancel"),
+    ));
+}
+
+// The review state of one part, and its buttons: label (after a confirmation) or undo.
+function review(d, part, labels, me) {
+  const v = view(d.base);
+  const done = part.reviewed;
+  const blocked = offlineReason(d);
+  if (done) {
+    return h("div.reviewed", { dataset: { testid: "reviewed" } },
+      h("span", {}, `reviewed: ${LABEL_TEXT[done.label] || done.label}${done.by ? ` by ${done.by}` : ""}${done.ts ? ` ${fmt.time(done.ts)}` : ""}`),
+      me.operator ? h("button.small", {
+        dataset: { testid: "undo", focus: `undo:${part.seq}` },
+        disabled: !!blocked, title: blocked || "take the review back",
+        onclick: () => act(d, "unreview", "/api/review", { base: d.base, seq: part.seq, part_id: part.part_id, label: null }),
+      }, "Undo") : null);
+  }
   if (!me.operator) return null;
-  return h("button.review", {
-    dataset: { testid: `review-${label}` },
-    onclick: async (ev) => {
-      ev.target.disabled = true;
-      const a = await post("/api/review", { base: d.base, seq: part.seq, part_id: part.part_id, label });
-      showAnswer(a);
-      refresh();
-    },
-  }, text);
+  const c = v.confirm;
+  if (c && c.kind === "review" && c.seq === part.seq) {
+    return confirmBox(d, `Mark #${part.seq} ${part.part_id} as ${LABEL_TEXT[c.label]}?`, LABEL_WHY[c.label], "Confirm",
+      () => act(d, "review", "/api/review", { base: d.base, seq: part.seq, part_id: part.part_id, label: c.label }),
+      `review:${part.seq}`);
+  }
+  return h("div.review-buttons", {}, labels.map((label) => h("button.review", {
+    dataset: { testid: `review-${label}`, focus: `review:${part.seq}:${label}` },
+    disabled: !!blocked, title: blocked || "",
+    onclick: () => { v.confirm = { kind: "review", seq: part.seq, label }; redraw(); },
+  }, LABEL_BUTTON[label])));
 }
 
-let answerBox = null;
-function showAnswer(a) {
-  if (answerBox) answerBox.replaceChildren(h(`div.answer.${a.ok ? "ok" : "bad"}`, { dataset: { testid: "answer" } }, answerText(a)));
-}
+const labelsFor = (verdict) => (verdict === "OK" ? ["missed_defect"] : ["false_reject", "true_defect"]);
 
-function livePart(d, me, refresh) {
+// -- panels -----------------------------------------------------------------------------------
+
+function livePart(d, me) {
   const last = d.last;
-  const ov = d.overlay;
-  const img = ov
-    ? h("figure.live", {},
-        h("img", { src: overlayUrl(d.base, ov.seq), alt: "overlay", dataset: { testid: "live-overlay" } }),
-        h("figcaption", {}, `overlay of #${ov.seq} ${ov.part_id || ""} (${ov.verdict || "?"})`))
-    : h("div.live.none", {}, "no overlay received yet (the station sends NG overlays by default: mqtt.overlays)");
-  if (!last) return h("div.panel", {}, img, h("p", {}, "no part yet"));
+  const ov = d.live_overlay;
+  let img;
+  if (ov) {
+    img = h("figure.live", {},
+      h("img", { src: overlayUrl(d.base, ov.seq), alt: `overlay of part ${ov.part_id || "?"} (${ov.verdict || "?"})`, dataset: { testid: "live-overlay", seq: ov.seq } }),
+      h("figcaption", {}, ov.seq ? `overlay of #${ov.seq} ${ov.part_id || ""} (${ov.verdict || "?"})` : "the newest overlay (MQTT 3.1.1 does not say which part)"));
+  } else {
+    img = h("div.live.none", { dataset: { testid: "no-live-overlay" } }, last
+      ? `no overlay of #${last.seq}: the station sends NG overlays only (mqtt.overlays: all sends every part's)`
+      : "no overlay received yet");
+  }
+  if (!last) return h("div.panel", { dataset: { testid: "live" } }, img, h("p", {}, "no part yet"));
   const t = last.threshold;
-  const frac = typeof t === "number" && t > 0 && typeof last.score === "number" ? Math.min(1, last.score / (2 * t)) : null;
-  return h("div.panel", {},
+  const hasScore = typeof t === "number" && t > 0 && typeof last.score === "number";
+  const frac = hasScore ? Math.min(1, last.score / (2 * t)) : null;
+  return h("div.panel", { dataset: { testid: "live" } },
     img,
     h("div.live-verdict", {},
       h(`span.verdict.v-${last.verdict}`, { dataset: { testid: "station-verdict" } }, last.verdict),
-      h("span.part", {}, `#${last.seq} ${last.part_id}`),
+      h("span.part", { dataset: { testid: "station-part" } }, `#${last.seq} ${last.part_id}`),
     ),
-    h("div.scorebar", { title: "score against the threshold (the mark in the middle)" },
+    h("div.scorebar", hasScore ? {
+      role: "meter", "aria-label": "score against the threshold (the mark in the middle)",
+      "aria-valuemin": "0", "aria-valuemax": String(2 * t), "aria-valuenow": String(Math.min(last.score, 2 * t)),
+      "aria-valuetext": `score ${fmt.score(last.score)}, threshold ${fmt.score(t)}`,
+    } : {},
       frac === null ? null : h(`div.fill.v-${last.verdict}`, { style: `width:${(frac * 100).toFixed(1)}%` }),
       h("div.mark")),
     h("div.score", {}, `score ${fmt.score(last.score)}  threshold ${fmt.score(t)}  latency ${fmt.ms(last.latency_ms)}`),
     last.error ? h("div.reason", {}, last.error) : null,
-    last.verdict === "OK"
-      ? (d.last_reviewed ? h("div.reviewed", {}, LABEL_TEXT[d.last_reviewed])
-        : reviewButton(d, last, "missed_defect", "Missed defect", me, refresh))
-      : null,
+    review(d, { ...last, reviewed: d.last_reviewed }, labelsFor(last.verdict), me),
   );
 }
 
-function rejectStrip(d, me, refresh) {
+function rejectStrip(d, me) {
   if (!d.rejects.length) return h("p.muted", {}, "no NG or ERROR part since the page's server started");
   return h("div.strip", { dataset: { testid: "rejects" } }, d.rejects.map((r) =>
     h(`div.reject.v-${r.verdict}`, { dataset: { testid: "reject", seq: r.seq } },
@@ -60,8 +139,7 @@ function rejectStrip(d, me, refresh) {
       h("div.rhead", {}, h(`b.v-${r.verdict}`, {}, r.verdict), ` #${r.seq} ${r.part_id}`),
       h(`div.${r.error ? "reason" : "why"}`, {}, r.error || `score ${fmt.score(r.score)} ≥ ${fmt.score(r.threshold)}, ${(r.regions || []).length} region(s)`),
       h("div.when", {}, fmt.time(r.t_verdict)),
-      r.reviewed ? h("div.reviewed", { dataset: { testid: "reviewed" } }, LABEL_TEXT[r.reviewed])
-        : reviewButton(d, r, "false_reject", "Good (false reject)", me, refresh),
+      review(d, r, labelsFor(r.verdict), me),
     )));
 }
 
@@ -81,50 +159,81 @@ function calibration(d) {
   return h("table.facts-table", { dataset: { testid: "calibration" } }, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, String(v)))));
 }
 
-function actions(d, me, refresh) {
-  answerBox = h("div.answers");
+function productPicker(d) {
+  const v = view(d.base);
+  const blocked = offlineReason(d);
+  if (d.products === null || d.products === undefined) return h("span.muted", {}, "asking the station for its products…");
+  if (!d.products.length) return h("span.muted", {}, "the station did not list its products");
+  const chosen = v.product && d.products.includes(v.product) ? v.product : d.product;
+  const select = h("select", {
+    "aria-label": "product to switch to", dataset: { testid: "product-choice", focus: "product-choice" },
+    disabled: !!blocked,
+    onchange: (e) => { v.product = e.target.value; },
+  }, d.products.map((p) => h("option", { value: p, selected: p === chosen }, p === d.product ? `${p} (running)` : p)));
+  return h("span.switch", {}, select,
+    h("button", {
+      dataset: { testid: "switch", focus: "switch" }, disabled: !!blocked, title: blocked || "",
+      onclick: () => {
+        const product = select.value;
+        if (product === d.product) { v.answer = { ok: false, text: `${d.name} already runs ${product}` }; redraw(); return; }
+        v.confirm = { kind: "product", product }; redraw();
+      },
+    }, "Switch product"));
+}
+
+function actions(d, me) {
+  const v = view(d.base);
   const recent = d.answers.filter((a) => a.command !== "reviews").slice(0, 5);
   const history = h("ul.history", { dataset: { testid: "answers" } }, recent.map((a) =>
     h(`li.${a.ok ? "ok" : "bad"}`, {}, `${fmt.time(a.ts)} ${a.by || ""}: ${answerText(a)}`)));
-  if (!me.operator) return h("div.panel", {}, h("h3", {}, "Actions"), h("p.muted", {}, "viewers see; operators review and act"), history);
-  const product = h("input", { type: "text", placeholder: "product", value: d.product || "", "aria-label": "product" });
-  const send = async (command, args) => {
-    showAnswer({ ok: true, command, result: { sending: "…" } });
-    showAnswer(await post("/api/command", { base: d.base, command, args }));
-    refresh();
-  };
+  if (!me.operator) return h("div.panel", {}, h("h2", {}, "Actions"), h("p.muted", {}, "viewers see; operators review and act"), history);
+  const blocked = offlineReason(d);
+  const c = v.confirm;
   return h("div.panel", {},
-    h("h3", {}, "Actions"),
+    h("h2", {}, "Actions"),
+    blocked ? h("p.blocked", { dataset: { testid: "actions-blocked" } }, blocked) : null,
     h("div.buttons", {},
-      h("button", { dataset: { testid: "reload" }, onclick: () => send("reload_thresholds", {}) }, "Reload thresholds"),
-      h("span.switch", {}, product, h("button", { dataset: { testid: "switch" }, onclick: () => send("product", { product: product.value.trim() }) }, "Switch product")),
+      h("button", {
+        dataset: { testid: "reload", focus: "reload" }, disabled: !!blocked, title: blocked || "",
+        onclick: () => act(d, "reload_thresholds", "/api/command", { base: d.base, command: "reload_thresholds", args: {} }),
+      }, "Reload thresholds"),
+      productPicker(d),
     ),
-    answerBox,
+    c && c.kind === "product"
+      ? confirmBox(d, `Switch ${d.name} from ${d.product || "?"} to ${c.product}?`,
+        `The next part is judged by ${c.product}'s model and thresholds.`, "Confirm switch",
+        () => act(d, "product", "/api/command", { base: d.base, command: "product", args: { product: c.product } }),
+        "product")
+      : null,
+    h("div", { role: "status", "aria-live": "polite" }, answerBox(d)),
     history,
   );
 }
 
 export function renderStation(root, d, me, refresh) {
+  redraw = () => renderStation(root, d, me, refresh);
+  refetch = refresh;
   const rv = d.reviews_today;
-  root.replaceChildren(...[
-    h(`div.station-head.state-${d.state}${d.health === "degraded" ? ".degraded" : ""}`, {},
-      h("h2", {}, d.name),
-      h("span.state", { dataset: { testid: "station-state" } }, d.state),
+  rerender(root, [
+    h(`div.station-head.state-${d.state}${d.health === "degraded" || d.silent ? ".degraded" : ""}`, {},
+      h("h1", {}, d.name),
+      h("span.state", { dataset: { testid: "station-state" } }, d.silent && d.state === "online" ? "not responding" : d.state),
       h("span.sub", {}, `${d.product || "–"} · ${d.model || ""} ${d.model_sha256 || ""} · ${d.engine || ""}`),
       h("span.reviews", { dataset: { testid: "reviews-today" } },
-        rv ? `${rv.false_reject} false reject${rv.false_reject === 1 ? "" : "s"} reviewed today · ${rv.missed_defect} missed` : "reviews today: –"),
+        rv ? `${rv.false_reject} false reject${rv.false_reject === 1 ? "" : "s"} reviewed today · ${rv.true_defect ?? 0} real · ${rv.missed_defect} missed` : "reviews today: –"),
     ),
     d.problems.length ? h("ul.problems.big", {}, d.problems.map((p) => h("li", {}, p))) : null,
     h("div.grid", {},
-      livePart(d, me, refresh),
+      livePart(d, me),
       h("div.panel", {},
-        h("h3", {}, "Scores (green OK, red NG) against the threshold and calibration's good-score quantiles"),
-        h("canvas.hist", { dataset: { testid: "histogram" } }),
+        h("h2", {}, "Scores (green OK, red NG) against the threshold and calibration's good-score quantiles"),
+        h("canvas.hist", { dataset: { testid: "histogram" }, role: "img", "aria-label": histogramText(d.histogram) }),
+        h("p.hist-text", { dataset: { testid: "histogram-text" } }, histogramText(d.histogram)),
         calibration(d)),
     ),
-    h("h3", {}, "Recent NG and ERROR parts"),
-    rejectStrip(d, me, refresh),
-    actions(d, me, refresh),
+    h("h2", {}, "Recent NG and ERROR parts"),
+    rejectStrip(d, me),
+    actions(d, me),
   ].filter(Boolean));
   const canvas = root.querySelector("canvas.hist");
   if (canvas) drawHistogram(canvas, d.histogram);

@@ -1,0 +1,75 @@
+"""The line page in tests: `inspectd ui` as its own process, and what the page is checked with
+in chromium (readable contrast, keyboard focus, the width it takes)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from support import waiting
+from support.paths import REPO
+
+# The page is asked every 20 ms: some checks time how soon it shows a verdict.
+wait_until = functools.partial(waiting.wait_until, every=0.02)
+
+
+@contextlib.contextmanager
+def ui_process(
+    config: Path, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`inspectd ui --config config` as its own process, serving and connected to the broker;
+    stopped with SIGTERM, which it must obey within 10 s. Its log: config with suffix .log.
+    ``tls``: it serves HTTPS, checked with this client context."""
+    port = json.loads(config.read_text())["listen"]["port"]
+    logfile = config.with_suffix(".log")
+    with open(logfile, "wb") as log:
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "inspectd", "ui", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        try:
+            url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+
+            def ready() -> bool:
+                assert ui.poll() is None, logfile.read_text()
+                try:
+                    with urllib.request.urlopen(f"{url}/healthz", timeout=1, context=tls) as r:
+                        return json.load(r)["broker"]["connected"]
+                except OSError:
+                    return False
+
+            wait_until(ready, 20, "the UI serving and connected to the broker")
+            yield ui, url
+        finally:
+            ui.send_signal(signal.SIGTERM)
+            try:
+                ui.wait(10)
+            except subprocess.TimeoutExpired:
+                ui.kill()
+                raise AssertionError("the UI did not stop on SIGTERM within 10 s") from None
+
+
+def contrast_failures(page: Any, selector: str) -> list[str]:
+    """The texts under ``selector`` whose contrast is below WCAG AA (contrast.js says how)."""
+    text = (Path(__file__).parent / "contrast.js").read_text()
+    # the function alone: Playwright calls a string only when it starts as a function does
+    script = "\n".join(line for line in text.splitlines() if not line.startswith("//"))
+    return page.evaluate(script, page.locator(selector).element_handle())
+
+
+def sideways_overflow(page: Any) -> int:
+    """How many CSS pixels the page is wider than the window (0: no sideways scrolling)."""
+    return page.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
