@@ -40,7 +40,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from inspectd.messages import OutgoingMessage, remaining_s, status_message, status_payload
 from inspectd.mqtt.paho_client import LenientClient, subscribe_requests
-from inspectd.mqtt.topics import Topics
+from inspectd.mqtt.topics import Topics, topic_problem
 
 log = structlog.get_logger(__name__)
 
@@ -341,8 +341,9 @@ class MqttPublisher:
         be queued: the queue is full or the publisher is stopped."""
         if message.qos not in (0, 1, 2):
             raise ValueError(f"invalid QoS {message.qos}")
-        if not message.topic or "+" in message.topic or "#" in message.topic:
-            raise ValueError(f"cannot publish on {message.topic!r}")
+        problem = topic_problem(message.topic)
+        if problem is not None:
+            raise ValueError(f"cannot publish on {message.topic!r}: {problem}")
         if len(message.payload) > _MAX_PAYLOAD:
             raise ValueError(f"payload of {len(message.payload)} bytes is too large for MQTT")
         with self._cv:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from inspectd.mqtt.topics import topic_problem
 from inspectd.verdict import Verdict
 
 
@@ -107,8 +108,9 @@ def set_flags(payload: bytes, **flags: bool) -> bytes:
 
 def checked(message: MessageLike) -> Stored:
     topic, payload, qos = message.topic, message.payload, message.qos
-    if not isinstance(topic, str) or not topic or "+" in topic or "#" in topic:
-        raise ValueError(f"cannot publish on topic {topic!r}")
+    problem = topic_problem(topic) if isinstance(topic, str) else "not text"
+    if problem is not None:
+        raise ValueError(f"cannot publish on topic {topic!r}: {problem}")
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
     if qos not in (0, 1, 2):
