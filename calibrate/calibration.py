@@ -33,6 +33,7 @@ from inspectd.decide import regions_of, rejects
 from inspectd.engine import Engine, load_engine
 from inspectd.engine.base import infer_batches
 from inspectd.preprocess import PreprocessError, load_inputs, preprocess
+from inspectd.reviews import is_reviewed_frame
 from inspectd.train.datasets.mvtec import GOOD, Sample, image_files
 
 log = structlog.get_logger(__name__)
@@ -48,7 +49,7 @@ class CalibrationError(Exception):
 @dataclass
 class Request:
     bundle_dir: Path
-    images: Path | None = None  # good parts from files ...
+    images: list[Path] | None = None  # good parts from files (folders taken together) ...
     camera: Any = None  # ... or live from a station's camera (its config section)
     count: int = 0
     defects: Path | None = None
@@ -57,6 +58,7 @@ class Request:
     method: str = "order"  # order | tail
     force: bool = False
     drop_training: bool = False
+    replace: bool = False  # fewer parts than the bundle's calibration may replace it
     pixel_quantile: float = PIXEL_QUANTILE
     min_area: int | None = None  # map pixels; None keeps the bundle's
     progress: bool = True
@@ -100,6 +102,43 @@ def _image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise CalibrationError(f"{folder}: no such folder of images")
     return image_files(folder)
+
+
+def good_images(folders: list[Path]) -> list[Path]:
+    """Every image in the folders, each file once: a reviewed frame is a hard link of its
+    archived one, so the same part can sit in two of them."""
+    seen: set[str] = set()
+    out = []
+    for folder in folders:
+        for p in _image_files(folder):
+            digest = sha256_of(p)
+            if digest not in seen:
+                seen.add(digest)
+                out.append(p)
+    return out
+
+
+def _only_reviewed(paths: list[Path], folders: list[Path]) -> None:
+    """Reviewed parts are added to a calibration set, never one of their own: a folder of a
+    few operator-reviewed false rejects calibrated alone moved the threshold 5x (issue 35)."""
+    if paths and all(is_reviewed_frame(p) for p in paths):
+        shown = " ".join(f"--images {f}" for f in folders)
+        raise CalibrationError(
+            f"all {len(paths)} images in {', '.join(map(str, folders))} are reviewed parts: "
+            "they are added to the good parts a calibration is made from, never used alone; "
+            f"give those good parts too (--images GOOD {shown})"
+        )
+
+
+def _replacing(n: int, bundle: Bundle, req: Request) -> None:
+    """Fewer good parts than the bundle's own calibration replace it only when asked."""
+    before = bundle.thresholds.n_good
+    if n < before and not req.replace:
+        raise CalibrationError(
+            f"{n} good part{'s' if n != 1 else ''} would replace the calibration of "
+            f"{bundle.name} from {before}; calibrate from its good parts with the new ones "
+            f"added (--images GOOD --images MORE), or --replace to calibrate from these {n} alone"
+        )
 
 
 def training_hashes(bundle: Bundle) -> set[str]:
@@ -311,12 +350,14 @@ def calibrate(req: Request) -> Result:
     try:
         skipped: list[str] = []
         dropped = 0
-        if req.images is not None:
-            paths = _image_files(req.images)
+        if req.images:
+            paths = good_images(req.images)
+            _only_reviewed(paths, req.images)
             fresh, trained = split_training(paths, training_hashes(bundle))
             if trained and not req.drop_training:
+                where = ", ".join(map(str, req.images))
                 raise CalibrationError(
-                    f"{len(trained)} of {len(paths)} images in {req.images} were used to train "
+                    f"{len(trained)} of {len(paths)} images in {where} were used to train "
                     f"this model (e.g. {trained[0].name}); their scores are optimistic and would "
                     "set the threshold too low. Remove them, or --drop-training to leave them out"
                 )
@@ -332,6 +373,7 @@ def calibrate(req: Request) -> Result:
             raise CalibrationError(
                 "no good part could be scored" + (f": {skipped[0]}" if skipped else "")
             )
+        _replacing(int(good.scores.size), bundle, req)
         order = stats.order_statistic_threshold(good.scores, req.target_frr, req.confidence)
         if not order.enough and not req.force:
             raise CalibrationError(_too_few(order.n, req))

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from inspectd.mqtt.commands import CommandError
-from inspectd.outputs.archive import ARCHIVE_SCHEMA, ArchiveEntry, read_entry, scan
+from inspectd.outputs.archive import ARCHIVE_SCHEMA, SUFFIXES, ArchiveEntry, read_entry, scan
 from inspectd.verdict import iso_utc
 
 # label -> the verdicts a part must have had for it
@@ -178,6 +178,17 @@ class ReviewDesk:
         return {
             label: len(list((root / REVIEWS_DIR / label / day).glob("*.json"))) for label in LABELS
         }
+
+
+def is_reviewed_frame(path: Path) -> bool:
+    """Whether an image is a reviewed part's frame (its JSON beside it has a ``review``)."""
+    suffix = next((x for x in SUFFIXES if path.name.endswith(x)), path.suffix)
+    doc_path = path.with_name(path.name.removesuffix(suffix) + ".json")
+    try:
+        doc = json.loads(doc_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("review"), dict)
 
 
 def _parse(args: dict[str, Any]) -> tuple[int, str, str, str | None, str | None]:

@@ -27,7 +27,11 @@ def add_parser(sub: Subparsers) -> None:
     )
     good = cal.add_mutually_exclusive_group(required=True)
     good.add_argument(
-        "--images", type=Path, help="folder of known-good part images (searched recursively)"
+        "--images",
+        type=Path,
+        action="append",
+        help="folder of known-good part images (searched recursively); again to add another, "
+        "e.g. reviewed false rejects to the good parts",
     )
     good.add_argument("--config", type=Path, help="station YAML: grab good parts from its camera")
     cal.add_argument("--count", type=int, default=0, help="with --config: good parts to grab")
@@ -50,6 +54,11 @@ def add_parser(sub: Subparsers) -> None:
         "--force",
         action="store_true",
         help="too few parts for the target: use the highest good score and say the bound",
+    )
+    cal.add_argument(
+        "--replace",
+        action="store_true",
+        help="calibrate from fewer good parts than the bundle's current calibration",
     )
     cal.add_argument(
         "--drop-training",
@@ -99,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         confidence=args.confidence,
         method=args.method,
         force=args.force,
+        replace=args.replace,
         drop_training=args.drop_training,
         pixel_quantile=args.pixel_quantile,
         min_area=args.min_region_area,

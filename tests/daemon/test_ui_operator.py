@@ -361,8 +361,8 @@ def test_product_change_offers_the_installed_products_and_asks_first(shop: Shop,
 def test_reload_refuses_a_calibration_from_too_few_parts_and_the_page_says_why(
     shop: Shop, page: Any
 ) -> None:
-    # `calibrate --force` from one reviewed part: it used to move the threshold and the page's
-    # Reload applied it without a word.
+    # `calibrate --force` from one part (now also --replace: test_calibrate_reviews.py): it
+    # moved the threshold and the page's Reload applied it without a word.
     bundle = shop.products / "button"
     kept = {f: (bundle / f).read_bytes() for f in ("thresholds.yaml", "manifest.yaml")}
     one = shop.tmp / "one-reviewed"
@@ -370,7 +370,7 @@ def test_reload_refuses_a_calibration_from_too_few_parts_and_the_page_says_why(
     cv2.imwrite(str(one / "r1.png"), render_part(11, 900, None)[0])
     run = subprocess.run(
         [sys.executable, "-m", "inspectd", "calibrate", "--product", "button"]
-        + ["--products", str(shop.products), "--images", str(one), "--force"],
+        + ["--products", str(shop.products), "--images", str(one), "--force", "--replace"],
         capture_output=True,
         text=True,
         timeout=120,
