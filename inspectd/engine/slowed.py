@@ -26,6 +26,8 @@ class SlowedEngine(Engine):
         return self.engine.infer(batch)
 
     def warmup(self, runs: int = 3) -> None:
+        # one delay, not one per run: a product switch takes that long (not_ready meanwhile)
+        time.sleep(self.delay_s)
         self.engine.warmup(runs)
 
     def close(self) -> None:

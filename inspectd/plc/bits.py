@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from inspectd.mqtt.inbound import id_problem
 from inspectd.plc.handshake import INVALID_PART_ID, OVERLOADED, Result
@@ -29,6 +30,16 @@ from inspectd.plc.link import PlcLink
 from inspectd.verdict import Verdict
 
 MAX_WAITING = 256  # results waiting for ResultAck before triggers are refused (overloaded)
+
+
+class Snapshot(NamedTuple):
+    shown: Result | None
+    result_valid: bool
+    trigger_ack: bool
+    busy: bool
+    trigger: bool
+    ack: bool
+    answered: int
 
 
 class BitHandshake:
@@ -79,6 +90,20 @@ class BitHandshake:
             if falling:
                 self._show_next()
         self._changed()
+
+    def snapshot(self) -> Snapshot:
+        """The handshake's outputs as one consistent whole: a result answered meanwhile never
+        shows ResultValid with the previous result's fields."""
+        with self._lock:
+            return Snapshot(
+                self.shown,
+                self.result_valid,
+                self.trigger_ack,
+                self.in_flight > 0,
+                self._trigger,
+                self._ack,
+                self.answered,
+            )
 
     @property
     def trigger(self) -> bool:

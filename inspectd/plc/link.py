@@ -46,7 +46,8 @@ class StationState:
 class PlcLink:
     """The station as its PLC servers see it. ``switch(name)`` is the station's product switch
     (raises on failure, the old product keeps running); ``health()`` its health snapshot;
-    ``counts()`` (since start, last hour)."""
+    ``counts()`` (since start, last hour); ``product()`` the product the next part is judged
+    with (a switch takes effect at the next part, so health's product lags until then)."""
 
     def __init__(
         self,
@@ -58,12 +59,14 @@ class PlcLink:
         switch: Callable[[str], Any],
         health: Callable[[], dict[str, Any]],
         counts: Callable[[], tuple[dict[str, int], dict[str, int]]],
+        product: Callable[[], str],
     ) -> None:
         self.handshake = handshake
         self.deadline_ms = deadline_ms
         self.products_dir = products_dir
         self.numbers = numbers
         self._switch, self._health, self._counts = switch, health, counts
+        self._product = product
         self._lock = threading.Lock()
         self._changeover: tuple[str, str | None, str | None] = ("ready", None, None)
         self._cached: tuple[float, StationState] | None = None
@@ -131,11 +134,12 @@ class PlcLink:
         offline = next((p for p in problems if p.startswith("camera_")), None)
         with self._lock:
             changeover = self._changeover
+        product = self._product()
         state = StationState(
             ready=not_ready is None and offline is None,
             not_ready=not_ready or offline,
-            product=health.get("product", ""),
-            product_number=self.number_of(health.get("product", "")),
+            product=product,
+            product_number=self.number_of(product),
             changeover=changeover[0],
             changeover_code=changeover[1],
             changeover_text=changeover[2],

@@ -115,14 +115,10 @@ class StationRegisters:
                 return ExcCodes.ILLEGAL_ADDRESS
             return self._discrete()[address : address + count]
         if func_code in (3, 6, 16, 23):
-            if 0 <= address and address + count <= HR_SELECT_PRODUCT + 1:
-                inputs = self.part_regs + [0] * (HR_SELECT_PRODUCT - PART_ID_REGS) + [self.select]
-                if not all(
-                    0 <= a < PART_ID_REGS or a == HR_SELECT_PRODUCT
-                    for a in range(address, address + count)
-                ):
-                    return ExcCodes.ILLEGAL_ADDRESS
-                return inputs[address : address + count]
+            if 0 <= address and address + count <= PART_ID_REGS:
+                return self.part_regs[address : address + count]
+            if address == HR_SELECT_PRODUCT and count == 1:
+                return [self.select]
             if OUT_START <= address and address + count <= OUT_END:
                 out = self._outputs()
                 return out[address - OUT_START : address - OUT_START + count]
@@ -162,11 +158,11 @@ class StationRegisters:
         return None
 
     def _discrete(self) -> list[bool]:
-        b = self.bits
+        b = self.bits.snapshot()
         return [self.bits.link.state().ready, b.busy, b.trigger_ack, b.result_valid]
 
     def _outputs(self) -> list[int]:
-        b, state = self.bits, self.bits.link.state()
+        b, state = self.bits.snapshot(), self.bits.link.state()
         shown = b.shown
         status = (
             int(state.ready)

@@ -93,6 +93,13 @@ class PasswordFileUsers(UserManager):
         password: str | None = None,
         certificate: Any = None,
     ) -> User | None:
+        if not self.anonymous and not certificate:
+            # asyncua opens a SecurityPolicy#None channel for any client (discovery needs one)
+            # and would let a session that ignores the endpoint list log in over it, password
+            # in plain text: off loopback, a session needs the client certificate of a
+            # Sign&Encrypt channel (given here for user name tokens as the channel's).
+            log.warning("plc.opcua.unencrypted_refused", user=(username or "")[:64])
+            return None
         if username is None:
             return User(role=UserRole.User) if self.anonymous else None
         stored = self.users.get(username)
@@ -205,7 +212,7 @@ class StationNodes:
                 log.exception("plc.opcua.refresh_failed")
 
     async def push(self) -> None:
-        b, state = self.bits, self.bits.link.state()
+        b, state = self.bits.snapshot(), self.bits.link.state()
         shown = b.shown
         values: list[tuple[str, Any, Any]] = [
             ("Ready", state.ready, ua.VariantType.Boolean),
@@ -327,6 +334,8 @@ async def serve_opcua(
     server = Server(user_manager=manager)
     await server.init()
     server.set_server_name(f"inspectd {station}")
+    # the URI a client checks against the certificate's subject alternative name
+    await server.set_application_uri(f"urn:inspectd:{station}")
     host = "[::1]" if cfg.listen == "::1" else cfg.listen
     server.set_endpoint(f"opc.tcp://{host}:{cfg.port}/inspectd/")
     policies = []

@@ -468,6 +468,7 @@ class Station:
             switch=lambda name: self._cmd_product({"product": name}),
             health=self.health_snapshot,
             counts=counts,
+            product=lambda: pipeline.next_bundle().name,
         )
         servers = PlcServers(cfg.plc, link, station=cfg.station.name)
         self._line.callback(servers.stop)

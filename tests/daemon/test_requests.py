@@ -8,7 +8,6 @@ CorrelationData, as a PLC gateway or MES would.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import threading
 import time
@@ -18,11 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from inspectd.bundle import MANIFEST, THRESHOLDS, Thresholds, load_bundle
-from inspectd.bundle_seal import replace_thresholds, seal
+from inspectd.bundle import THRESHOLDS, Thresholds, load_bundle
+from inspectd.bundle_seal import replace_thresholds
 
 from support.daemon_process import Daemon
 from support.paths import BUNDLE, PRODUCTS, needs_bundle
+from support.products import copy_bundle
 from support.requester import (
     Requester,
     Station,
@@ -48,19 +48,6 @@ def set_image_threshold(bundle_dir: Path, image: float) -> None:
     data = yaml.safe_load((bundle_dir / THRESHOLDS).read_text())
     data["image"] = image
     replace_thresholds(bundle_dir, Thresholds.model_validate(data))
-
-
-def copy_bundle(products_dir: Path, name: str) -> Path:
-    """The tests' button bundle copied to products_dir/name; the manifest's name follows the
-    folder (the daemon finds a running product's bundle again by its name, e.g. on reload)."""
-    target = products_dir / name
-    shutil.copytree(BUNDLE, target)
-    if name != "button":
-        manifest = yaml.safe_load((target / MANIFEST).read_text())
-        manifest["name"] = name
-        seal(target, manifest, list(manifest["files"]))
-    assert load_bundle(target).name == name
-    return target
 
 
 # -- fixtures -----------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_unknown_key_top_level(tmp_path):
     assert errors_of(path) == [
         ":7:1 prodcut: unknown key 'prodcut' (allowed: archive, camera, drift, engine, logging, "
         "metrics, mqtt, "
-        "outbox, output, product, products_dir, service, state_dir, station); did you mean "
+        "outbox, output, plc, product, products_dir, service, state_dir, station); did you mean "
         "'product'?"
     ]
 

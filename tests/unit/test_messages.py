@@ -136,6 +136,7 @@ TYPES: dict[str, dict[str, Any]] = {
         "latency_ms": NUMBER,
         "replayed": bool,
         "durable": bool,
+        "late": bool,
         "error": (str, type(None)),
     },
     "reject": {"station": str, "part_id": str, "seq": int, "verdict": str, "deadline_ts": iso},
