@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from inspectd.mqtt.commands import CommandError
-from inspectd.outputs.archive import ARCHIVE_SCHEMA, SUFFIXES, ArchiveEntry, read_entry, scan
+from inspectd.outputs.archive import ARCHIVE_SCHEMA, SUFFIXES, ArchiveEntry, find_entry
 from inspectd.verdict import iso_utc
 
 # label -> the verdicts a part must have had for it
@@ -216,22 +216,24 @@ def _stem(seq: int, part_id: str) -> str:
 
 def _find(root: Path, seq: int, part_id: str) -> tuple[ArchiveEntry | None, dict[str, Any] | None]:
     """The archive entry of (seq, part_id), newest day first (reviews are of recent parts)."""
-    prefix = f"{seq:010d}-"
     try:
-        entries = scan(root)
+        found = find_entry(root, seq, part_id)
     except OSError as exc:
         raise CommandError(f"cannot read the archive {root}: {exc}") from exc
-    for entry in reversed(entries):
-        if not entry.stem.startswith(prefix) or not entry.json_path.exists():
-            continue
-        try:
-            doc = read_entry(entry)
-        except (OSError, ValueError):
-            continue
-        v = doc["verdict"]
-        if v.get("seq") == seq and v.get("part_id") == part_id:
-            return entry, doc
-    return None, None
+    return found if found is not None else (None, None)
+
+
+def review_of(root: Path, stem: str) -> dict[str, Any] | None:
+    """The review of the archive entry ``stem`` (``label`` added), or None."""
+    for label in LABELS:
+        for doc_path in sorted((root / REVIEWS_DIR / label).glob(f"*/{glob_escape(stem)}.json")):
+            try:
+                review = json.loads(doc_path.read_text()).get("review")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(review, dict):
+                return {**review, "label": label}
+    return None
 
 
 def _remove_reviews(root: Path, seq: int, part_id: str, keep: str | None = None) -> list[str]:

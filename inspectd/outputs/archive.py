@@ -118,6 +118,27 @@ def read_entry(entry: ArchiveEntry) -> dict[str, Any]:
     return doc
 
 
+def find_entry(
+    root: Path, seq: int | None = None, part_id: str | None = None
+) -> tuple[ArchiveEntry, dict[str, Any]] | None:
+    """The newest entry whose verdict has this seq and/or part id (give at least one), with its
+    document; None when there is none. Raises OSError when the archive cannot be read."""
+    prefix = f"{seq:010d}-" if seq is not None else ""
+    for entry in reversed(scan(root)):
+        if not entry.stem.startswith(prefix) or not entry.json_path.exists():
+            continue
+        try:
+            doc = read_entry(entry)
+        except (OSError, ValueError):
+            continue
+        v = doc["verdict"]
+        if (seq is None or v.get("seq") == seq) and (
+            part_id is None or v.get("part_id") == part_id
+        ):
+            return entry, doc
+    return None
+
+
 def _unlink(path: Path) -> bool:
     try:
         path.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ does (``inspectd.service.threads``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from inspectd import __version__
+from inspectd.archived_parts import part_view
 from inspectd.bundle import Bundle, BundleError, load_bundle
 from inspectd.capture import open_source
 from inspectd.capture.base import CaptureSource
@@ -344,6 +346,7 @@ class Station:
 
     def _open_commands(self, publisher: MqttPublisher) -> CommandDesk:
         cfg = self.config
+        archive = cfg.archive.dir if cfg.archive.enabled else None
         commands = CommandDesk(
             publisher,
             self.topics,
@@ -351,7 +354,8 @@ class Station:
                 "reload_thresholds": self._cmd_reload,
                 "product": self._cmd_product,
                 "products": self._cmd_products,
-                **ReviewDesk(cfg.archive.dir if cfg.archive.enabled else None).handlers(),
+                **ReviewDesk(archive).handlers(),
+                "part": functools.partial(part_view, archive),  # the page's part view
             },
             max_bytes=cfg.mqtt.trigger_max_bytes,
         )

@@ -239,6 +239,28 @@ def build_app(
             jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
         )
 
+    async def part(request: Request) -> Response:
+        """One archived part from its station (frame, map, verdict, review), found by seq or
+        part id: the part view. Asked each time, kept nowhere here (frames are large)."""
+        if (refused := _need(request, "viewer")) is not None:
+            return refused
+        st = _station(request)
+        if st is None:
+            return JSONResponse({"ok": False, "error": "unknown station"}, status_code=404)
+        args: dict[str, Any] = {}
+        seq, part_id = request.query_params.get("seq", ""), request.query_params.get("part_id")
+        if seq:
+            if not seq.isdigit():
+                return JSONResponse({"ok": False, "error": "seq: a number"}, status_code=400)
+            args["seq"] = int(seq)
+        if part_id:
+            args["part_id"] = part_id
+        try:
+            answer = await mqtt_link.request(st.base, "part", args, cfg.review_timeout_s)
+        except CommandTimeout as exc:
+            answer = {"command": "part", "ok": False, "refusal": {"detail": str(exc)}}
+        return JSONResponse(answer, status_code=200 if answer["ok"] else 502)
+
     async def events(request: Request) -> Response:
         if (refused := _need(request, "viewer")) is not None:
             return refused
@@ -341,6 +363,7 @@ def build_app(
         Route("/api/line", snapshot),
         Route("/api/station", station),
         Route("/api/overlay", overlay),
+        Route("/api/part", part),
         Route("/api/events", events),
         Route("/api/review", review, methods=["POST"]),
         Route("/api/command", command, methods=["POST"]),

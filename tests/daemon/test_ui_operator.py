@@ -166,6 +166,10 @@ def tile(page: Any) -> Any:
     return page.locator(f'[data-testid=tile][data-base="{BASE}"]')
 
 
+def stored(shop: Shop, label: str, seq: int) -> list[Path]:
+    return list((shop.archive / "reviews" / label).glob(f"*/{seq:010d}-*.json"))
+
+
 # -- the page's fixed bugs --------------------------------------------------------------------
 
 
@@ -270,6 +274,93 @@ def test_the_histogram_axis_is_about_the_good_parts_and_its_labels_do_not_overpr
     assert f"threshold {threshold:.4f}" in text and "p50" in text and "above" in text
 
 
+# -- the part view ----------------------------------------------------------------------------
+
+
+def part_image(page: Any) -> dict[str, Any]:
+    return page.evaluate(
+        """() => { const c = document.querySelector('[data-testid=part-image]');
+        return {mode: c.dataset.mode, red: Number(c.dataset.redPixels), width: c.width,
+                shown: c.getBoundingClientRect().width}; }"""
+    )
+
+
+def test_a_reject_opens_large_with_its_heatmap_regions_and_what_judged_it(
+    shop: Shop, page: Any
+) -> None:
+    crack = shop.drop("crack")
+    assert crack["verdict"] == "NG" and crack["regions"], crack
+    card = page.locator(f"[data-testid=reject][data-seq='{crack['seq']}']")
+    card.wait_for(timeout=5000)
+    card.locator("[data-testid=open]").click()  # before: a card did nothing when clicked
+    view = page.locator("[data-testid=part-view]")
+    view.wait_for(timeout=8000)
+    assert f"NG #{crack['seq']} {crack['part_id']}" in view.locator("h2").inner_text()
+    facts = view.locator("[data-testid=part-facts]").inner_text()
+    model = crack["model"]
+    assert f"{crack['score']:.4f} against threshold {crack['threshold']:.4f}" in facts
+    assert "button" in facts and f"{model['name']} {model['sha256'][:12]}" in facts
+    rows = view.locator("[data-testid=part-regions] tr")
+    assert rows.count() == len(crack["regions"]) + 1  # a header row and one per region
+    r = crack["regions"][0]
+    assert rows.nth(1).inner_text().split()[:5] == [
+        str(x) for x in (1, r["x"], r["y"], r["w"], r["h"])
+    ]
+
+    image = part_image(page)  # the heatmap first, red where the map reached the threshold
+    assert image["mode"] == "heatmap" and image["red"] > 0, image
+    view.locator("[data-testid=part-mode-frame]").click()
+    assert part_image(page)["mode"] == "frame"
+    fitted = part_image(page)["shown"]
+    view.locator("[data-testid=part-zoom-in]").click()
+    view.locator("[data-testid=part-zoom-in]").click()
+    assert part_image(page)["shown"] == pytest.approx(2 * fitted, rel=0.01)
+    assert view.locator("[data-testid=part-zoom]").inner_text() == "200 %"
+    v = shop.drop("good")  # the station view rebuilds under the open part view
+    wait_until(lambda: shows_part(page, v), 5, "the station view rebuilt")
+    assert view.is_visible() and part_image(page)["shown"] == pytest.approx(2 * fitted, rel=0.01)
+    view.locator("[data-testid=part-close]").click()
+    assert not view.is_visible()
+
+
+def test_any_archived_part_is_found_by_part_id_or_seq_and_reviewed_there(
+    shop: Shop, page: Any
+) -> None:
+    good = shop.drop("good")
+    shop.drop("good")  # no longer the newest
+    find = page.locator("[data-testid=find-input]")
+    view = page.locator("[data-testid=part-view]")
+    for text in (good["part_id"], str(good["seq"])):
+        find.fill(text)
+        page.locator("[data-testid=find]").click()
+        view.wait_for(timeout=8000)
+        assert f"OK #{good['seq']} {good['part_id']}" in view.locator("h2").inner_text()
+        # the colour scale is the part's threshold: a good part has no red
+        image = part_image(page)
+        assert image["mode"] == "heatmap" and image["red"] == 0, image
+        view.locator("[data-testid=part-close]").click()
+
+    # a label on a part that is neither the newest nor a reject
+    find.fill(good["part_id"])
+    page.locator("[data-testid=find]").click()
+    view.locator("[data-testid=part-review-missed_defect]").click()
+    view.locator("[data-testid=part-confirm-yes]").click()
+    reviewed = view.locator("[data-testid=part-reviewed]")
+    reviewed.wait_for(timeout=5000)
+    assert "missed defect by alice" in reviewed.inner_text()
+    assert len(stored(shop, "missed_defect", good["seq"])) == 1
+    view.locator("[data-testid=part-undo]").click()
+    view.locator("[data-testid=part-review-missed_defect]").wait_for(timeout=5000)
+    assert not stored(shop, "missed_defect", good["seq"])
+    view.locator("[data-testid=part-close]").click()
+
+    find.fill("no-such-part")
+    page.locator("[data-testid=find]").click()
+    result = page.locator("[data-testid=find-result]")
+    wait_until(lambda: "is not in the archive" in result.inner_text(), 8, "the refusal")
+    assert not view.is_visible()
+
+
 def test_the_page_fits_a_390_px_phone_without_sideways_scrolling(shop: Shop, browser: Any) -> None:
     context = browser.new_context(
         viewport={"width": 390, "height": 844},
@@ -286,10 +377,6 @@ def test_the_page_fits_a_390_px_phone_without_sideways_scrolling(shop: Shop, bro
 
 
 # -- reviews -----------------------------------------------------------------------------------
-
-
-def stored(shop: Shop, label: str, seq: int) -> list[Path]:
-    return list((shop.archive / "reviews" / label).glob(f"*/{seq:010d}-*.json"))
 
 
 def test_a_review_asks_first_and_can_be_undone_or_changed_and_records_the_reviewer(

@@ -3,11 +3,15 @@ The path through MQTT, the real daemon and the page is in test_ui.py."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
+from inspectd.archived_parts import MAP_TOP, part_view
 from inspectd.mqtt.commands import CommandError
 from inspectd.outputs.archive import ARCHIVE_SCHEMA, scan
 from inspectd.reviews import ReviewDesk, today_utc
@@ -122,3 +126,32 @@ def test_a_new_label_replaces_the_part_s_review_and_undo_removes_it_with_its_fra
 def test_a_station_without_an_archive_refuses_reviews() -> None:
     with pytest.raises(CommandError, match="keeps no archive"):
         ReviewDesk(None).review({"seq": 1, "part_id": "p", "label": "false_reject"})
+
+
+def test_the_part_view_finds_an_archived_part_by_seq_or_id_with_its_map_against_its_threshold(
+    tmp_path: Path,
+) -> None:
+    stem = archived(tmp_path, 8, "p8", "NG", frame=False)
+    doc = json.loads(Path(f"{stem}.json").read_text())
+    ok, png = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))
+    Path(f"{stem}.png").write_bytes(png.tobytes())
+    np.save(f"{stem}.map.npy", np.array([[0.0, 0.1], [0.2, 0.4]], np.float32))
+    doc["verdict"]["threshold"] = 0.2
+    doc.update(frame=Path(f"{stem}.png").name, map=Path(f"{stem}.map.npy").name)
+    Path(f"{stem}.json").write_text(json.dumps(doc))
+
+    by_id = part_view(tmp_path, {"part_id": "p8"})
+    assert by_id == part_view(tmp_path, {"seq": 8})
+    assert by_id["verdict"]["seq"] == 8 and by_id["frame"]["type"] == "image/png"
+    level = cv2.imdecode(np.frombuffer(base64.b64decode(by_id["map"]["data"]), np.uint8), -1)
+    # 255 is MAP_TOP x the part's threshold: the threshold itself sits at half the range
+    assert by_id["map"]["top"] == pytest.approx(MAP_TOP * 0.2)
+    assert level.tolist() == [[0, 64], [128, 255]]
+    ReviewDesk(tmp_path).review({"seq": 8, "part_id": "p8", "label": "true_defect", "by": "al"})
+    assert part_view(tmp_path, {"seq": 8})["review"]["label"] == "true_defect"
+    with pytest.raises(CommandError, match="seq 9 is not in the archive"):
+        part_view(tmp_path, {"seq": 9})
+    with pytest.raises(CommandError, match="give seq, part_id or both"):
+        part_view(tmp_path, {})
+    with pytest.raises(CommandError, match="keeps no archive"):
+        part_view(None, {"seq": 8})

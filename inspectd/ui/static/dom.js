@@ -23,10 +23,12 @@ export function h(spec, attrs = {}, ...children) {
 export function rerender(root, children) {
   const active = document.activeElement;
   const key = active && active !== document.body && root.contains(active) ? active.dataset.focus : null;
+  const caret = key && typeof active.selectionStart === "number" ? [active.selectionStart, active.selectionEnd] : null;
   root.replaceChildren(...children);
   if (key) {
     const again = root.querySelector(`[data-focus="${CSS.escape(key)}"]`);
     if (again) again.focus({ preventScroll: true });
+    if (again && caret && typeof again.setSelectionRange === "function") again.setSelectionRange(...caret);
   }
 }
 

@@ -6,22 +6,12 @@
 // an open confirmation, the product picked. A rebuild shows them again as they were.
 import { answerText, fmt, h, overlayUrl, post, rerender } from "./dom.js";
 import { drawHistogram, histogramText } from "./histogram.js";
-
-const LABEL_TEXT = {
-  false_reject: "good (false reject)",
-  true_defect: "real defect",
-  missed_defect: "missed defect",
-};
-const LABEL_BUTTON = { false_reject: "Good (false reject)", true_defect: "Real defect", missed_defect: "Missed defect" };
-const LABEL_WHY = {
-  false_reject: "Its frame joins the reviewed good parts, which calibrate can add to the bundle's calibration set.",
-  true_defect: "The reject stands; it is recorded as a real defect.",
-  missed_defect: "It is recorded as a defect the station accepted.",
-};
+import { LABEL_BUTTON, LABEL_TEXT, LABEL_WHY, labelsFor } from "./labels.js";
+import { openPart } from "./part.js";
 
 const views = new Map(); // base -> { answer, confirm, product }
 function view(base) {
-  if (!views.has(base)) views.set(base, { answer: null, confirm: null, product: null });
+  if (!views.has(base)) views.set(base, { answer: null, confirm: null, product: null, find: "", found: null });
   return views.get(base);
 }
 
@@ -91,8 +81,6 @@ function review(d, part, labels, me) {
   }, LABEL_BUTTON[label])));
 }
 
-const labelsFor = (verdict) => (verdict === "OK" ? ["missed_defect"] : ["false_reject", "true_defect"]);
-
 // -- panels -----------------------------------------------------------------------------------
 
 function livePart(d, me) {
@@ -131,11 +119,42 @@ function livePart(d, me) {
   );
 }
 
+// Open a part in the part view; a refusal (not archived, station gone) shows under the finder.
+async function open(d, me, query) {
+  const v = view(d.base);
+  v.found = { pending: true, text: `asking ${d.name} for the part…` };
+  redraw();
+  const refused = await openPart(d.base, query, me, refetch);
+  v.found = refused ? { pending: false, text: refused } : null;
+  redraw();
+}
+
+function finder(d, me) {
+  const v = view(d.base);
+  const input = h("input", {
+    type: "search", value: v.find, placeholder: "seq or part id", "aria-label": "find a part by seq or part id",
+    dataset: { testid: "find-input", focus: "find-input" },
+    oninput: (e) => { v.find = e.target.value; },
+  });
+  const go = (e) => {
+    e.preventDefault();
+    const text = v.find.trim();
+    if (!text) return;
+    open(d, me, /^\d+$/.test(text) ? { seq: text, text } : { part_id: text });
+  };
+  return h("form.finder", { onsubmit: go, role: "search" },
+    input, h("button", { type: "submit", dataset: { testid: "find", focus: "find" } }, "Find"),
+    v.found ? h(`span.${v.found.pending ? "muted" : "find-error"}`, { dataset: { testid: "find-result" } }, v.found.text) : null);
+}
+
 function rejectStrip(d, me) {
   if (!d.rejects.length) return h("p.muted", {}, "no NG or ERROR part since the page's server started");
   return h("div.strip", { dataset: { testid: "rejects" } }, d.rejects.map((r) =>
     h(`div.reject.v-${r.verdict}`, { dataset: { testid: "reject", seq: r.seq } },
-      r.overlay ? h("img", { src: overlayUrl(d.base, r.seq), alt: `overlay ${r.part_id}` }) : h("div.thumb.none", {}, "no overlay"),
+      h("button.open", {
+        dataset: { testid: "open", focus: `open:${r.seq}` }, "aria-label": `open #${r.seq} ${r.part_id}: frame, heatmap, regions`,
+        onclick: () => open(d, me, { seq: r.seq, part_id: r.part_id }),
+      }, r.overlay ? h("img", { src: overlayUrl(d.base, r.seq), alt: "" }) : h("div.thumb.none", {}, "no overlay")),
       h("div.rhead", {}, h(`b.v-${r.verdict}`, {}, r.verdict), ` #${r.seq} ${r.part_id}`),
       h(`div.${r.error ? "reason" : "why"}`, {}, r.error || `score ${fmt.score(r.score)} ≥ ${fmt.score(r.threshold)}, ${(r.regions || []).length} region(s)`),
       h("div.when", {}, fmt.time(r.t_verdict)),
@@ -232,6 +251,7 @@ export function renderStation(root, d, me, refresh) {
         calibration(d)),
     ),
     h("h2", {}, "Recent NG and ERROR parts"),
+    finder(d, me),
     rejectStrip(d, me),
     actions(d, me),
   ].filter(Boolean));
