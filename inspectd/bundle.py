@@ -55,10 +55,16 @@ class ScoringSpec(StrictModel):
     blur_sigma: float = Field(
         4.0, ge=0, description="patch_distance: Gaussian blur of the map, input pixels"
     )
-    image_score: Literal["max", "reweighted", "map_max"] = Field(
+    image_score: Literal["max", "reweighted", "map_max", "top_mean"] = Field(
         "max",
-        description="patch_distance: largest patch distance, the paper's reweighted one, or the "
-        "blurred map's peak",
+        description="patch_distance: largest patch distance, the paper's reweighted one, the "
+        "blurred map's peak, or the mean of its top_fraction",
+    )
+    top_fraction: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="patch_distance, image_score top_mean: the share of the map averaged",
     )
 
 

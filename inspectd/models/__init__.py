@@ -75,7 +75,7 @@ ARCHITECTURES = {
     "patchcore": Architecture(
         "patchcore",
         patchcore.PatchCore,
-        _scoring("patch_distance", "blur_sigma", "image_score"),
+        _scoring("patch_distance", "blur_sigma", "image_score", "top_fraction"),
         patchcore.SETTLED,
     ),
 }

@@ -128,6 +128,14 @@ def test_the_image_score_is_a_scoring_setting(data: Path, tmp_path: Path) -> Non
     s_plain = OnnxRuntimeEngine(plain.model_path).infer(frames).score
     s_paper = OnnxRuntimeEngine(paper.model_path).infer(frames).score
     assert (s_paper < s_plain).all() and (s_paper > 0).all()
+    # the mean of the map's top 5 %: never above its peak, so never above the largest distance
+    area = fit("area", image_score="top_mean")
+    assert area.manifest.scoring.top_fraction == 0.05
+    s_area = OnnxRuntimeEngine(area.model_path).infer(frames).score
+    assert (s_area < s_plain).all() and (s_area > 0).all()
+    with torch.no_grad():
+        want = load_graph(area)(torch.from_numpy(frames)).score.numpy()
+    np.testing.assert_allclose(want, s_area, rtol=PARITY_TOLERANCE)
     with pytest.raises(ValueError, match="no scoring setting mean_filter.*blur_sigma"):
         fit("bad", mean_filter="5")
 

@@ -68,3 +68,24 @@ def test_the_blur_keeps_a_flat_map_flat_to_the_border_and_scores_as_asked() -> N
     assert plain.tolist() == [8.0, 8.0] and paper.tolist() == [1.0, 2.0]
     with pytest.raises(ValueError, match="image_score"):
         PatchDistanceHead(4.0, "mean")
+
+
+def test_top_mean_scores_an_area_above_a_spot_of_the_same_peak() -> None:
+    """image_score top_mean: the mean of the top share of the (pooled) blurred map. A defect
+    spread over an area outscores a single hot spot of the same height, which max cannot tell
+    apart; on a flat map it is the map's value."""
+    x = torch.zeros(2, 3, 64, 64)
+    grid = torch.zeros(2, 1, 8, 8)
+    grid[0, 0, 3, 3] = 8.0  # a spot
+    grid[1, 0, 2:6, 2:6] = 8.0  # an area, same peak
+    none = torch.zeros(2)
+    head = PatchDistanceHead(0.0, "top_mean", top_fraction=0.25)
+    amap, score = head(x, (grid, none))
+    assert float(score[1]) > 2 * float(score[0]) > 0
+    pooled = torch.nn.functional.avg_pool2d(amap[:, None], 4).flatten(1)
+    want = pooled.topk(round(0.25 * pooled.shape[1]), dim=1).values.mean(1)
+    torch.testing.assert_close(score, want)
+    _, flat = head(x, (torch.full((2, 1, 8, 8), 3.0), none))
+    torch.testing.assert_close(flat, torch.tensor([3.0, 3.0]))
+    with pytest.raises(ValueError, match="top_fraction"):
+        PatchDistanceHead(4.0, "top_mean", top_fraction=0.0)
