@@ -6,9 +6,10 @@ parts through the training-free feature-memory bundle instead.
 Fresh buttons (good and defective, plus one corrupt file) are rendered into a folder, the
 folder camera feeds the real station wiring, verdicts go to an MQTT broker (the one at
 --mqtt-host, or an embedded one started for the demo) and a subscriber prints what a PLC
-gateway would receive. Writes verdicts.jsonl and overlays into --out. The line page
-(`inspectd ui`) runs in the same process, on 127.0.0.1, and stays up after the parts for --hold
-seconds (default: until Ctrl-C on a terminal).
+gateway would receive. Writes verdicts.jsonl, overlays and an archive of every part into --out.
+The line page (`inspectd ui`) runs in the same process, on 127.0.0.1, and stays up after the
+parts for --hold seconds (default: until Ctrl-C on a terminal), with the station: its parts
+can be opened and reviewed meanwhile.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def run_demo(
     print(f"inspectd demo: {limit} parts of {product} at {LINE_RATE_HZ:g} parts/s -> {out}")
     # The demo owns its output folder: each run starts with fresh parts and files. The state
     # (seq) is kept, as on a real station: seq never goes backwards.
-    for old in ("frames", "overlays"):
+    for old in ("frames", "overlays", "archive"):
         shutil.rmtree(out / old, ignore_errors=True)
     (out / "verdicts.jsonl").unlink(missing_ok=True)
     labels = write_parts(out / "frames", limit)
@@ -244,6 +245,8 @@ def run_demo(
                     "overlays": "all",
                 },
                 "output": {"dir": str(out), "overlays": "all"},
+                # every part archived: the page opens any of them and reviews it
+                "archive": {"enabled": True, "dir": str(out / "archive"), "ok_every": 1},
             }
         )
         page = start_page(config.topic_base(), mqtt_host, mqtt_port, protocol) if ui else None
@@ -256,11 +259,12 @@ def run_demo(
         station.start()
         try:
             stats = station.run(limit=limit)
+            _summary(out, labels, stats, gateway)
+            if page is not None:
+                # the station stays up with the page: its parts can be opened and reviewed
+                hold_page(page, hold)
         finally:
             station.stop()
-        _summary(out, labels, stats, gateway)
-        if page is not None:
-            hold_page(page, hold)
     return 0
 
 

@@ -118,7 +118,7 @@ def test_the_printed_page_shows_the_demo_station_with_its_verdicts(
         pytest.skip("Debian's chromium is not installed (make test installs it)")
     from playwright.sync_api import sync_playwright
 
-    hold = 6.0
+    hold = 10.0
     default_port_free = port_free(8470)
     demo = Demo(demo_args(tmp_path, mosquitto.port, "--hold", f"{hold:g}"), subprocess.DEVNULL)
     try:
@@ -148,7 +148,7 @@ def test_the_printed_page_shows_the_demo_station_with_its_verdicts(
                     f"{verdict} {n} on the tile",
                 )
             assert int(summary.group(4)) >= 1  # the corrupt part: the ERROR path is on the page too
-            stays = demo.expect(r"^Page: http://\S+ stays up for 6 s", timeout=10)
+            stays = demo.expect(r"^Page: http://\S+ stays up for 10 s", timeout=10)
             held_from = demo.at
             assert stays.string.split()[1] == url
 
@@ -164,6 +164,19 @@ def test_the_printed_page_shows_the_demo_station_with_its_verdicts(
                 "the overlay decoded",
             )
             assert page.locator("[data-testid=reject]").count() >= 1
+            # the station is still up during --hold: a reject opens from its archive and takes
+            # a review (before: the demo kept no archive and stopped its station first)
+            card = page.locator("[data-testid=reject]").first
+            seq = card.get_attribute("data-seq")
+            card.locator("[data-testid=open]").click()
+            view = page.locator("[data-testid=part-view]")
+            view.wait_for(timeout=10_000)
+            assert f"#{seq} " in view.locator("h2").inner_text()
+            view.locator("[data-testid=part-review-true_defect]").click()
+            view.locator("[data-testid=part-confirm-yes]").click()
+            view.locator("[data-testid=part-reviewed]").wait_for(timeout=10_000)
+            reviews = tmp_path / "demo-out" / "archive" / "reviews" / "true_defect"
+            assert list(reviews.glob(f"*/{int(seq):010d}-*.json"))
             browser.close()
 
         assert demo.proc.wait(hold + 10) == 0, "\n".join(demo.lines[-30:])
