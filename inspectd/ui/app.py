@@ -124,7 +124,7 @@ def _same_origin(request: Request) -> Response | None:
 def build_app(
     cfg: UiConfig, credentials: Credentials, line: Line | None = None, link: MqttLink | None = None
 ) -> Starlette:
-    line = line or Line(cfg.stations, cfg.recent_rejects, cfg.score_window)
+    line = line or Line(cfg.stations, cfg.recent_rejects, cfg.score_window, cfg.counting())
     hub = Hub(line)
 
     asking: set[tuple[str, str]] = set()

@@ -7,14 +7,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from datetime import time
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from inspectd.config.base import NAME_PATTERN, ConfigPath, StrictModel
 from inspectd.config.loader import ConfigError, load_yaml_model
 from inspectd.config.mqtt import MqttTls
+from inspectd.ui.tally import Counting
 
 __all__ = ["AccessConfig", "Role", "TokenEntry", "UiConfig", "UserEntry", "load_ui_config"]
 
@@ -178,6 +181,23 @@ class AccessConfig(StrictModel):
         return not self.users and not self.tokens
 
 
+class ShiftEntry(StrictModel):
+    """A shift: the page counts from its start until the next shift's."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="What the shift is called (early, A, ...).")
+    start: str = Field(description="Local start time, HH:MM (24 h), in `timezone`.")
+
+    @field_validator("start")
+    @classmethod
+    def _time_of_day(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?", value):
+            raise ValueError("not a time of day: HH:MM from 00:00 to 23:59 (or HH:MM:SS)")
+        return value
+
+    def at(self) -> time:
+        return time.fromisoformat(self.start)
+
+
 class UiConfig(StrictModel):
     """`inspectd ui`: one page for the stations of a line."""
 
@@ -201,12 +221,54 @@ class UiConfig(StrictModel):
     score_window: int = Field(
         500, ge=10, le=10000, description="Recent scores per station in the histogram."
     )
+    shifts: tuple[ShiftEntry, ...] = Field(
+        (),
+        description="Shift starts; each station's counts by shift (none: no shift counts).",
+    )
+    timezone: str | None = Field(
+        None,
+        description="IANA time zone of the shift starts (Europe/Berlin); null = the server's.",
+    )
+    alarm_rejects_in_a_row: int = Field(
+        5, ge=0, le=10000, description="Flag a station after this many rejects in a row; 0 = off."
+    )
     review_timeout_s: float = Field(
         5.0,
         gt=0,
         le=60,
         description="How long to wait for a station's answer to a review or command.",
     )
+
+    @field_validator("shifts")
+    @classmethod
+    def _distinct_starts(cls, value: tuple[ShiftEntry, ...]) -> tuple[ShiftEntry, ...]:
+        starts = [s.at() for s in value]
+        if len(set(starts)) != len(starts):
+            raise ValueError("two shifts start at the same time")
+        if len({s.name for s in value}) != len(value):
+            raise ValueError("two shifts have the same name")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    "not a time zone: an IANA name such as Europe/Berlin or UTC"
+                ) from None
+        return value
+
+    def counting(self) -> Counting:
+        """How the stations' counts are kept (inspectd.ui.tally)."""
+        starts = sorted(((s.name, s.at()) for s in self.shifts), key=lambda x: x[1])
+        return Counting(
+            starts or None,
+            ZoneInfo(self.timezone) if self.timezone else None,
+            self.alarm_rejects_in_a_row,
+        )
 
     @field_validator("stations")
     @classmethod

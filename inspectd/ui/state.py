@@ -15,6 +15,8 @@ from typing import Any
 
 from paho.mqtt.client import topic_matches_sub
 
+from inspectd.ui.tally import Counting
+
 HOUR_S = 3600.0
 SILENT_INTERVALS = 3  # a station's health this many of its intervals late: flagged
 _SEEN = 5000  # seqs remembered for de-duplication per station
@@ -48,8 +50,15 @@ def _json(payload: bytes) -> dict[str, Any] | None:
 class StationState:
     """One station: its retained status and health, recent verdicts, overlays and reviews."""
 
-    def __init__(self, base: str, recent_rejects: int = 12, score_window: int = 500) -> None:
+    def __init__(
+        self,
+        base: str,
+        recent_rejects: int = 12,
+        score_window: int = 500,
+        counting: Counting | None = None,
+    ) -> None:
         self.base = base
+        self.tally = (counting or Counting()).tally(time.time())
         self.status: dict[str, Any] | None = None
         # when this page saw the state change: a Last Will's own ts is from the connect
         self.changed_at: float | None = None
@@ -128,6 +137,7 @@ class StationState:
         verdict = str(v.get("verdict"))
         t = _epoch(v.get("t_verdict")) or time.time()
         self._hour.append((t, verdict, seq))
+        self.tally.add(v, t)
         if self.last is None or seq >= self.last.get("seq", 0):
             self.last = v
         score = v.get("score")
@@ -215,14 +225,12 @@ class StationState:
             if t >= now - HOUR_S and verdict in counts and (seq > through or t < since):
                 counts[verdict] += 1
         total = sum(counts.values())
-        start = min(since, self._hour[0][0]) if self._hour else since
-        span = min(HOUR_S, now - start) if total else 0.0
-        # no rate from less than a minute of parts: two parts 3 s apart are not 40 parts/min
         return {
             **counts,
             "total": total,
             "reject_rate": (counts["NG"] + counts["ERROR"]) / total if total else None,
-            "per_min": total / (span / 60) if span >= 60 else None,
+            # the recent rate (inspectd.ui.tally), not the hour's average
+            "per_min": self.tally.per_min(now, self.state == "online"),
         }
 
     def check_silence(self, now: float) -> bool:
@@ -251,6 +259,12 @@ class StationState:
                 f"no health for {self._quiet_s:.0f} s (sent every "
                 f"{(self.health or {}).get('interval_s')} s): the station may be hung",
             )
+        if self.tally.alarm:
+            problems.insert(
+                0,
+                f"{self.tally.in_a_row} rejects in a row (alarm at "
+                f"{self.tally.alarm_in_a_row}): check the line",
+            )
         if self.state in ("offline", "stopped"):
             problems.insert(0, f"station {self.state}")
         return problems
@@ -273,7 +287,11 @@ class StationState:
             "state": self.state,
             "health": health_state,
             "silent": self.silent,
-            "attention": self.state != "online" or health_state == "degraded" or self.silent,
+            "attention": self.state != "online"
+            or health_state == "degraded"
+            or self.silent
+            or self.tally.alarm,
+            "alarm": self.tally.alarm,
             "product": s.get("product") or last.get("product"),
             "model": (last.get("model") or {}).get("name"),
             "model_sha256": (
@@ -282,6 +300,7 @@ class StationState:
             "last": {k: last.get(k) for k in (*_VERDICT_FIELDS, "latency_ms")} if last else None,
             "overlay": self._tile_overlay(),
             "counts": self.counts(now),
+            "tally": self.tally.view(time.time() if now is None else now, self.state == "online"),
             "latency_ms": {
                 "p50": lat[len(lat) // 2],
                 "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
@@ -385,9 +404,14 @@ class Line:
     """Every station under the configured base-topic patterns, created on its first message."""
 
     def __init__(
-        self, patterns: tuple[str, ...], recent_rejects: int = 12, score_window: int = 500
+        self,
+        patterns: tuple[str, ...],
+        recent_rejects: int = 12,
+        score_window: int = 500,
+        counting: Counting | None = None,
     ) -> None:
         self.patterns = patterns
+        self.counting = counting
         self.stations: dict[str, StationState] = {}
         self.broker: dict[str, Any] = {"connected": False, "error": "connecting"}
         self._sizes = (recent_rejects, score_window)
@@ -403,7 +427,7 @@ class Line:
 
     def station(self, base: str) -> StationState:
         if base not in self.stations:
-            self.stations[base] = StationState(base, *self._sizes)
+            self.stations[base] = StationState(base, *self._sizes, counting=self.counting)
         return self.stations[base]
 
     def on_message(self, topic: str, payload: bytes, props: dict[str, str]) -> str | None:

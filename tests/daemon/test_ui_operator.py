@@ -20,6 +20,7 @@ import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -478,6 +479,82 @@ def test_reload_refuses_a_calibration_from_too_few_parts_and_the_page_says_why(
     finally:
         for f, data in kept.items():
             (bundle / f).write_bytes(data)
+
+
+# -- counts -------------------------------------------------------------------------------------
+
+
+def test_counts_by_shift_across_its_start_by_product_across_a_switch_and_the_reject_alarm(
+    shop: Shop, browser: Any
+) -> None:
+    # A page of its own whose second shift starts a few seconds from now (the clock the test
+    # sets is the shift table), alarming at 2 rejects in a row.
+    begins = datetime.now(UTC) + timedelta(seconds=4)
+    cfg = {
+        **shop.ui_cfg,
+        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "timezone": "UTC",
+        "shifts": [
+            {"name": "early", "start": "00:00"},
+            {"name": "late", "start": begins.strftime("%H:%M:%S")},
+        ],
+        "alarm_rejects_in_a_row": 2,
+    }
+    (shop.tmp / "ui-shifts.yaml").write_text(json.dumps(cfg))
+    context = browser.new_context(
+        http_credentials={"username": OPERATOR[0], "password": OPERATOR[1]}
+    )
+    page = context.new_page()
+    with ui_process(shop.tmp / "ui-shifts.yaml") as (_, url):
+        page.goto(url + "/")
+        t = tile(page)
+        t.wait_for(timeout=5000)
+        first = shop.drop("good")
+        assert datetime.fromisoformat(first["t_verdict"]) < begins, "the box is too slow"
+        shift = t.locator("[data-testid=shift]")
+        wait_until(lambda: "OK 1 ·" in shift.inner_text(), 5, "the early shift's part")
+        assert shift.inner_text().startswith("early shift since")
+        per_min = t.locator("[data-testid=per-min]")
+        assert per_min.inner_text() == "– parts/min"  # one part is no rate
+        shop.drop("good")
+        wait_until(lambda: per_min.inner_text() != "– parts/min", 5, "a rate from two parts")
+
+        wait_until(lambda: datetime.now(UTC) > begins, 6, "the late shift's start")
+        wait_until(lambda: shift.inner_text().startswith("late shift"), 5, "the late shift")
+        assert "OK 0 · NG 0 · ERROR 0" in shift.inner_text()  # a new shift counts from zero
+        for _ in range(2):
+            shop.drop("crack")
+        wait_until(lambda: "NG 2" in shift.inner_text(), 5, "the late shift's rejects")
+        wait_until(lambda: "alarm" in (t.get_attribute("class") or ""), 5, "the alarm")
+        assert "2 rejects in a row (alarm at 2)" in t.locator("[data-testid=problems]").inner_text()
+        shop.drop("good")
+        wait_until(lambda: "alarm" not in (t.get_attribute("class") or ""), 5, "alarm cleared")
+
+        # a product switch: the product's counts start again
+        page.goto(f"{url}/#/station/{urllib.parse.quote(BASE, safe='')}")
+        page.locator("[data-testid=product-choice]").select_option("button-b")
+        page.locator("[data-testid=switch]").click()
+        page.locator("[data-testid=confirm-yes]").click()
+        answer = page.locator("[data-testid=answer]")
+        wait_until(lambda: "product: done" in answer.inner_text(), 8, "the switch")
+        shop.drop("good")
+        product = page.locator("[data-testid=product-detail]")
+        wait_until(lambda: product.inner_text().startswith("button-b since"), 5, "button-b")
+        assert "OK 1 · NG 0 · ERROR 0" in product.inner_text()
+        panel = page.locator("[data-testid=counts-panel]").inner_text()
+        assert "early shift before: OK 2" in panel and "button before it: OK 3 · NG 2" in panel
+        rows = page.locator("[data-testid=reasons] tr")  # the late shift's two cracks
+        cells = [rows.nth(i).locator("th, td").all_inner_texts() for i in range(rows.count())]
+        assert all(reason.startswith("NG: ") for reason, _ in cells), cells
+        assert sum(int(n) for _, n in cells) == 2, cells
+        assert "last 60 minutes: 6 parts, 2 rejected" in page.locator(
+            "[data-testid=trend]"
+        ).get_attribute("aria-label")
+        page.locator("[data-testid=product-choice]").select_option("button")
+        page.locator("[data-testid=switch]").click()
+        page.locator("[data-testid=confirm-yes]").click()
+        wait_until(lambda: "product button," in answer.inner_text(), 8, "back to button")
+    context.close()
 
 
 # -- a station that stopped answering ----------------------------------------------------------

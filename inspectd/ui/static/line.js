@@ -1,4 +1,5 @@
 // The line view: a tile per station.
+import { productLine, shiftLine } from "./counts.js";
 import { fmt, h, overlayUrl, rerender } from "./dom.js";
 
 const STATE_TEXT = { online: "online", offline: "OFFLINE", stopped: "STOPPED", unknown: "no status" };
@@ -14,6 +15,7 @@ export function tile(s) {
   const c = s.counts;
   const classes = ["tile", `state-${s.state}`];
   if (s.health === "degraded" || s.silent) classes.push("degraded");
+  if (s.alarm) classes.push("alarm");
   if (last) classes.push(`v-${last.verdict}`);
   const ov = s.overlay;
   const img = ov
@@ -45,9 +47,11 @@ export function tile(s) {
       h("span.c-error", {}, "ERROR ", h("b", { dataset: { testid: "count-ERROR" } }, c.ERROR)),
       h("span.muted", {}, "last hour"),
     ),
+    shiftLine(s.tally),
+    productLine(s.tally),
     h("div.facts", {},
       h("span", {}, `reject ${fmt.pct(c.reject_rate)}`),
-      h("span", {}, `${fmt.num(c.per_min)} parts/min`),
+      h("span", { dataset: { testid: "per-min" } }, `${fmt.num(c.per_min)} parts/min`),
       h("span", {}, `latency p50 ${fmt.ms(s.latency_ms && s.latency_ms.p50)}`),
       reviews ? h("span", { dataset: { testid: "tile-reviews" } }, `${reviews.false_reject} false reject${reviews.false_reject === 1 ? "" : "s"} reviewed today`) : null,
     ),

@@ -5,6 +5,7 @@
 // lives here, per station, not in the elements: the answer being waited for or last shown,
 // an open confirmation, the product picked. A rebuild shows them again as they were.
 import { answerText, fmt, h, overlayUrl, post, rerender } from "./dom.js";
+import { countsPanel } from "./counts.js";
 import { drawHistogram, histogramText } from "./histogram.js";
 import { LABEL_BUTTON, LABEL_TEXT, LABEL_WHY, labelsFor } from "./labels.js";
 import { openPart } from "./part.js";
@@ -250,6 +251,7 @@ export function renderStation(root, d, me, refresh) {
         h("p.hist-text", { dataset: { testid: "histogram-text" } }, histogramText(d.histogram)),
         calibration(d)),
     ),
+    countsPanel(d),
     h("h2", {}, "Recent NG and ERROR parts"),
     finder(d, me),
     rejectStrip(d, me),
