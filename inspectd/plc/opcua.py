@@ -38,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 NAMESPACE = "urn:inspectd:plc"
 REFRESH_S = 0.5
+_UNSET = object()
 METHOD_SLACK_S = 5.0  # a method waits this long past the deadline for the core's answer
 VERDICT_NUMBERS = {None: 0, Verdict.OK: 1, Verdict.NG: 2, Verdict.ERROR: 3}
 
@@ -116,6 +117,7 @@ class StationNodes:
         self.server, self.bits, self.loop = server, bits, loop
         self.nodes: dict[str, Node] = {}
         self._dirty = asyncio.Event()
+        self._pushed: dict[str, Any] = {}
 
     async def build(self, idx: int, name: str) -> None:
         objects = self.server.get_objects_node()
@@ -233,9 +235,14 @@ class StationNodes:
         # the result's fields before ResultValid: a PLC that sees it set reads this result
         values.append(("ResultValid", b.result_valid, ua.VariantType.Boolean))
         for key, value, vtype in values:
+            # only what changed: a write is a data change to every subscriber; NaN != NaN
+            last = self._pushed.get(key, _UNSET)
+            if last == value or (isinstance(value, float) and math.isnan(value) and last != last):
+                continue
             await self.server.write_attribute_value(
                 self.nodes[key].nodeid, ua.DataValue(ua.Variant(value, vtype))
             )
+            self._pushed[key] = value
 
     async def _trigger_method(self, parent: ua.NodeId, part_id: ua.Variant) -> list[ua.Variant]:
         part = part_id.Value if isinstance(part_id, ua.Variant) else part_id

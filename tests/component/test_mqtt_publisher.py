@@ -49,6 +49,7 @@ V1_KEYS = {
     "latency_ms",
     "replayed",
     "durable",
+    "late",
     "error",
 }
 STATUS_FIELDS = {

@@ -63,6 +63,7 @@ def test_no_verdict_by_the_deadline_is_ng_late_in_time_and_the_verdict_still_rea
         port=mosquitto.port,
         modbus={"enabled": True, "port": 0},
         result_deadline_ms=200,
+        sections={"archive": {"enabled": True, "dir": str(tmp_path / "archive"), "ok_every": 1}},
     )
     req = Requester(mosquitto.host, mosquitto.port, [f"{BASE}/#", "requester/#"])
     # every inference takes 1.5 s: far past the 200 ms deadline
@@ -93,6 +94,11 @@ def test_no_verdict_by_the_deadline_is_ng_late_in_time_and_the_verdict_still_rea
         assert v[0].json()["late"] is True
         plc.close()
         assert daemon.terminate() == 0, daemon.tail()
+    # the part id names the archived files too (<seq>-<part_id>-<verdict>.*)
+    archived = {p.name for p in (tmp_path / "archive").rglob("*.json")}
+    for part in ("slow-0", "slow-1", "slow-2"):
+        seq = verdicts[part]["seq"]
+        assert f"{seq:010d}-{part}-OK.json" in archived, archived
 
 
 def test_bad_writes_get_their_code_and_lose_nothing(tmp_path: Path):

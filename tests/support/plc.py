@@ -24,10 +24,16 @@ VERDICTS = {0: None, 1: "OK", 2: "NG", 3: "ERROR"}
 
 
 def plc_station_config(
-    tmp: Path, *, port: int | None = None, products_dir: Path = PRODUCTS, **plc: Any
+    tmp: Path,
+    *,
+    port: int | None = None,
+    products_dir: Path = PRODUCTS,
+    sections: dict[str, Any] | None = None,
+    **plc: Any,
 ) -> Path:
     """A station triggered by the PLC (camera.trigger: plc) on a looping folder of good parts;
-    ``plc`` is merged into the plc section (port 0 = any free port, read from the log)."""
+    ``plc`` is merged into the plc section (port 0 = any free port, read from the log),
+    ``sections`` are more overrides for ``station_config``."""
     frames = write_good_frames(tmp / "frames")
     section: dict[str, Any] = {"products": ["button"], **plc}
     return station_config(
@@ -37,6 +43,7 @@ def plc_station_config(
         camera={"path": str(frames), "loop": True, "trigger": "plc"},
         plc=section,
         mqtt={"drain_timeout_s": 2} if port is not None else {"enabled": False},
+        **(sections or {}),
     )
 
 
