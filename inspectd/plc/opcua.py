@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 from asyncua import Node, Server, ua
+from asyncua.common.structures104 import new_enum
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
 
@@ -41,6 +42,7 @@ REFRESH_S = 0.5
 _UNSET = object()
 METHOD_SLACK_S = 5.0  # a method waits this long past the deadline for the core's answer
 VERDICT_NUMBERS = {None: 0, Verdict.OK: 1, Verdict.NG: 2, Verdict.ERROR: 3}
+VERDICT_NAMES = ("None", "OK", "NG", "ERROR")  # VerdictKind, by number
 
 
 def check_scrypt(password: str, stored: str) -> bool:
@@ -127,8 +129,13 @@ class StationNodes:
         counters = await station.add_folder(idx, "Counters")
         V = ua.VariantType
 
-        async def var(parent: Node, key: str, value: Any, vtype: Any, *, writable=False) -> Node:
-            node = await parent.add_variable(idx, key, ua.Variant(value, vtype))
+        # Result/Verdict's data type: an enumeration a client can read the names of
+        verdict_kind = await new_enum(self.server, idx, "VerdictKind", list(VERDICT_NAMES))
+
+        async def var(
+            parent: Node, key: str, value: Any, vtype: Any, *, writable=False, datatype=None
+        ) -> Node:
+            node = await parent.add_variable(idx, key, ua.Variant(value, vtype), datatype=datatype)
             if writable:
                 await node.set_writable()
             return node
@@ -154,7 +161,13 @@ class StationNodes:
             ("ResultPartId", "", V.String),
             ("Late", False, V.Boolean),
         ):
-            self.nodes[key] = await var(res, key.replace("ResultPartId", "PartId"), value, vtype)
+            self.nodes[key] = await var(
+                res,
+                key.replace("ResultPartId", "PartId"),
+                value,
+                vtype,
+                datatype=verdict_kind.nodeid if key == "Verdict" else None,
+            )
         for key, value, vtype in (
             ("Product", "", V.String),
             ("ProductNumber", 0, V.Int32),

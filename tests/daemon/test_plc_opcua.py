@@ -102,6 +102,9 @@ def test_bit_handshake_changeover_counters_and_bad_input(tmp_path: Path):
             got["ok"] = await (await node("Counters", "OK")).read_value()
             got["ready"] = await (await node("Handshake", "Ready")).read_value()
             got["health"] = await (await node("HealthState")).read_value()
+            kind = client.get_node(await (await node("Result", "Verdict")).read_data_type())
+            got["kind"] = (await kind.read_browse_name()).Name
+            got["kinds"] = [f.Name for f in (await kind.read_data_type_definition()).Fields]
             return got
 
     with Daemon(config) as daemon:
@@ -116,6 +119,8 @@ def test_bit_handshake_changeover_counters_and_bad_input(tmp_path: Path):
     assert got["unknown"][0] == "unknown_product"
     assert got["product"] == "button" and got["changeover"] == ["refused", "unknown_product"]
     assert got["ok"] == 3 and got["ready"] is True and got["health"] == "ok"
+    # Verdict is an enumeration as well as the number: its data type names the values
+    assert got["kind"] == "VerdictKind" and got["kinds"] == ["None", "OK", "NG", "ERROR"]
     assert [v["part_id"] for v in jsonl(tmp_path)] == ["bit-0", "bit-1", "bit-2"]
 
 
