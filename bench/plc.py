@@ -38,9 +38,12 @@ from paho.mqtt.properties import Properties
 from pymodbus.client import ModbusTcpClient
 
 from inspectd.demo import REPO_PRODUCTS, write_parts
+from inspectd.inspection import Inspection
 from inspectd.mqtt.broker import LocalBroker
 from inspectd.mqtt.publisher import set_no_delay
 from inspectd.plc import modbus as mb
+from inspectd.plc.handshake import Handshake
+from inspectd.verdict import Verdict, VerdictRecord
 
 BASE = "inspectd/v1/bench/l1/plc"
 WARMUP = 10
@@ -194,6 +197,50 @@ async def opcua_runs(
         return method, bits
 
 
+def core_alone(n: int) -> list[float]:
+    """The handshake core by itself: submit -> answer through its queue, a thread that plays
+    the pipeline (take the request, settle, hand the verdict on) and the answer callback; no
+    camera, model, disk or network. Milliseconds per part."""
+    core = Handshake()
+    done = threading.Event()
+    took: list[float] = []
+
+    def pipeline() -> None:
+        for _ in range(n):
+            request = core.queue.get()
+            now = time.time()
+            record = VerdictRecord(
+                station="bench",
+                product="p",
+                part_id=request.part_id,
+                verdict=Verdict.OK,
+                score=0.1,
+                threshold=0.2,
+                model_name="m",
+                model_sha256="0" * 64,
+                camera_serial="",
+                frame_id=0,
+                t_capture=now,
+                t_verdict=now,
+                latency_ms=0.0,
+                request_id=request.request_id,
+            )
+            core.settle([record])
+            core.handle(Inspection(record, frame=None))  # type: ignore[arg-type]
+
+    worker = threading.Thread(target=pipeline, daemon=True)
+    worker.start()
+    for i in range(n):
+        done.clear()
+        t0 = time.monotonic()
+        core.submit(f"c{i}", f"c{i}", t0 + 10.0, lambda result: done.set())
+        done.wait(5.0)
+        took.append((time.monotonic() - t0) * 1000.0)
+    worker.join(5.0)
+    core.close()
+    return took
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--products", type=Path, default=REPO_PRODUCTS)
@@ -291,6 +338,11 @@ def main() -> None:
             f"  {name:38s} {p50:8.2f}{p99:8.2f} {q50:8.2f}{q99:9.2f} {d50:6.2f}{d99:8.2f} "
             f"{p50 / infer:9.2f}" + (f"  ({late} late)" if late else "")
         )
+    c50, c99 = pct(core_alone(5000))
+    print(
+        f"  the handshake core alone (submit -> answer, two thread hand-overs, 5000 parts): "
+        f"p50 {c50:.3f} ms  p99 {c99:.3f} ms"
+    )
     print(
         "  on top: per part, trigger->result minus its own capture->decided (the verdict's "
         "latency_ms):\n  the request's way to the camera thread, the grab (a PNG read and "
