@@ -529,6 +529,8 @@ def test_counts_by_shift_across_its_start_by_product_across_a_switch_and_the_rej
         assert "2 rejects in a row (alarm at 2)" in t.locator("[data-testid=problems]").inner_text()
         shop.drop("good")
         wait_until(lambda: "alarm" not in (t.get_attribute("class") or ""), 5, "alarm cleared")
+        total = page.locator("[data-testid=line-total]").inner_text()  # the line: one station
+        assert "late shift: OK 1 · NG 2 · ERROR 0 · yield 33.3 %" in total, total
 
         # a product switch: the product's counts start again
         page.goto(f"{url}/#/station/{urllib.parse.quote(BASE, safe='')}")
@@ -555,6 +557,72 @@ def test_counts_by_shift_across_its_start_by_product_across_a_switch_and_the_rej
         page.locator("[data-testid=confirm-yes]").click()
         wait_until(lambda: "product button," in answer.inner_text(), 8, "back to button")
     context.close()
+
+
+# -- the wall display and accessibility ---------------------------------------------------------
+
+SMALLEST_TEXT_JS = """(root) => {
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  let least = Infinity, which = "";
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (!n.textContent.trim() || !n.parentElement.getClientRects().length) continue;
+    const px = parseFloat(getComputedStyle(n.parentElement).fontSize);
+    if (px < least) { least = px; which = n.textContent.trim().slice(0, 30); }
+  }
+  return [least, which];
+}"""
+
+
+def test_the_wall_display_fills_a_1920_px_screen_with_text_readable_from_three_metres(
+    shop: Shop, browser: Any
+) -> None:
+    context = browser.new_context(
+        viewport={"width": 1920, "height": 1080},
+        http_credentials={"username": OPERATOR[0], "password": OPERATOR[1]},
+    )
+    wall = context.new_page()
+    wall.goto(f"{shop.url}/#/wall")
+    t = tile(wall)
+    t.wait_for(timeout=5000)
+    least, which = wall.evaluate(SMALLEST_TEXT_JS, t.element_handle())
+    assert least >= 28, f"{which!r} is {least} px"  # before (no wall view): 13.5 px
+    verdict = t.locator("[data-testid=last-verdict]")
+    assert float(verdict.evaluate("(el) => parseFloat(getComputedStyle(el).fontSize)")) >= 90
+    assert t.bounding_box()["width"] >= 600
+    assert sideways_overflow(wall) == 0
+    assert contrast_failures(wall, f'[data-testid=tile][data-base="{BASE}"]') == []
+    context.close()
+
+
+def test_headings_live_announcements_the_score_meter_and_a_visible_focus_ring(
+    shop: Shop, page: Any
+) -> None:
+    page.goto(f"{shop.url}/#/")
+    tile(page).wait_for()
+    shown_h1 = "() => [...document.querySelectorAll('h1')].filter(e => !e.closest('[hidden]'))"
+    assert page.evaluate(f"{shown_h1}.length") == 1  # before: no h1 on either view
+    v = shop.drop("good")
+    announce = page.locator("[data-testid=announce]")
+    wait_until(
+        lambda: announce.inner_text() == f"cam1: OK #{v['seq']} {v['part_id']}", 5, "announced"
+    )
+    assert announce.get_attribute("aria-live") == "polite"
+
+    station_view(page, shop)
+    wait_until(lambda: shows_part(page, v), 5, "the part")
+    assert page.evaluate(f"{shown_h1}.map(e => e.textContent)") == ["cam1"]
+    meter = page.locator("[data-testid=live] [role=meter]")
+    assert float(meter.get_attribute("aria-valuenow")) == pytest.approx(v["score"])
+    assert float(meter.get_attribute("aria-valuemax")) == pytest.approx(2 * v["threshold"])
+    # keyboard focus shows: a 3 px ring (before: the browser's 1 px default)
+    page.locator("[data-testid=reload]").focus()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")
+    ring = page.evaluate(
+        "() => { const s = getComputedStyle(document.activeElement); "
+        "return [document.activeElement.dataset.testid, s.outlineStyle, s.outlineWidth]; }"
+    )
+    assert ring == ["reload", "solid", "3px"], ring
 
 
 # -- a station that stopped answering ----------------------------------------------------------

@@ -17,9 +17,12 @@ const $ = (id) => document.getElementById(id);
 function route() {
   const m = location.hash.match(/^#\/station\/(.+)$/);
   current = m ? decodeURIComponent(m[1]) : null;
+  // #/wall: the line view for a screen on the line, read from three metres (style.css .wall)
+  const wall = location.hash === "#/wall";
+  document.body.classList.toggle("wall", wall);
   $("line-view").hidden = current !== null;
   $("station-view").hidden = current === null;
-  $("crumb").textContent = current ? `› ${stations.get(current)?.name || current}` : "› line";
+  $("crumb").textContent = current ? `› ${stations.get(current)?.name || current}` : wall ? "› wall" : "› line";
   if (current) refreshStation(); else renderLine($("tiles"), stations);
 }
 

@@ -59,8 +59,23 @@ export function tile(s) {
   );
 }
 
+// The whole line: every station's last hour and current shift added up.
+function lineTotal(list) {
+  const add = (pick) => {
+    const sum = { OK: 0, NG: 0, ERROR: 0 };
+    list.forEach((s) => { const c = pick(s); if (c) ["OK", "NG", "ERROR"].forEach((k) => { sum[k] += c[k] || 0; }); });
+    const total = sum.OK + sum.NG + sum.ERROR;
+    return `OK ${sum.OK} · NG ${sum.NG} · ERROR ${sum.ERROR} · yield ${fmt.pct(total ? sum.OK / total : null)}`;
+  };
+  const shift = list.map((s) => s.tally && s.tally.shift).find(Boolean);
+  return h("div.line-total", { dataset: { testid: "line-total" } },
+    h("b", {}, `Line (${list.length} station${list.length === 1 ? "" : "s"})`),
+    shift ? h("span", {}, `${shift.name} shift: ${add((s) => s.tally && s.tally.shift)}`) : null,
+    h("span", {}, `last hour: ${add((s) => s.counts)}`));
+}
+
 export function renderLine(root, stations) {
   // a fixed order: tiles that jump around are harder to read than a red one in its place
   const list = [...stations.values()].sort((a, b) => a.base.localeCompare(b.base));
-  rerender(root, list.map(tile));
+  rerender(root, list.length ? [lineTotal(list), ...list.map(tile)] : []);
 }
