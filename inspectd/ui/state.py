@@ -15,6 +15,7 @@ from typing import Any
 
 from paho.mqtt.client import topic_matches_sub
 
+from inspectd.ui.histogram import score_histogram
 from inspectd.ui.tally import Counting
 
 HOUR_S = 3600.0
@@ -23,7 +24,6 @@ _SEEN = 5000  # seqs remembered for de-duplication per station
 _LATENCIES = 200
 _ANSWERS = 10
 _LIVE_OVERLAYS = 4  # overlays kept besides the strip's: the newest parts
-_BINS = 30
 # topics a station publishes that the page does not show
 _IGNORED = {"reject", "trigger", "trigger/response"}
 # the verdict fields the page shows, for the last part and for each reject of the strip
@@ -110,6 +110,8 @@ class StationState:
         if suffix == "status":
             if doc.get("state") != self.state:
                 self.changed_at = time.time()
+                if doc.get("state") == "online":
+                    self.products = None  # a restart may come with other bundles: ask again
             self.status = doc
         elif suffix == "health":
             self.health, self.health_at = doc, time.monotonic()
@@ -364,40 +366,8 @@ class StationState:
         return None
 
     def histogram(self, quantiles: dict[str, float]) -> dict[str, Any]:
-        """Recent scores in bins, accepted and rejected apart, with the threshold and the
-        calibration's good-score quantiles to draw against (the drift picture).
-
-        The axis is about the good parts and the threshold: it ends at twice the threshold (or
-        the highest accepted score or quantile above that). A crack scoring 40x the threshold
-        would otherwise squeeze every good part and the threshold into one or two bins; scores
-        past the end are counted in ``over`` and drawn as the last bar."""
-        threshold = self._threshold()
-        scores = [s for s, _ in self.scores]
-        marks = [v for v in quantiles.values() if isinstance(v, (int, float))]
-        accepted = [s for s, verdict in self.scores if verdict == "OK"]
-        if threshold:
-            top = max([2 * threshold, *accepted, *marks])
-        else:
-            top = max([*scores, *marks, 1e-6])
-        width = top / _BINS
-        ok, ng = [0] * _BINS, [0] * _BINS
-        over = 0
-        for score, verdict in self.scores:
-            if score > top:
-                over += 1
-            i = min(_BINS - 1, max(0, int(score / width)))
-            (ok if verdict == "OK" else ng)[i] += 1
-        return {
-            "bin_width": width,
-            "max": top,
-            "ok": ok,
-            "ng": ng,
-            "over": over,
-            "n": len(scores),
-            "n_ok": sum(ok),
-            "threshold": threshold,
-            "quantiles": quantiles,
-        }
+        """Recent scores against the threshold and the calibration's good-score quantiles."""
+        return score_histogram(list(self.scores), self._threshold(), quantiles)
 
 
 class Line:
