@@ -487,9 +487,10 @@ def test_reload_refuses_a_calibration_from_too_few_parts_and_the_page_says_why(
 def test_counts_by_shift_across_its_start_by_product_across_a_switch_and_the_reject_alarm(
     shop: Shop, browser: Any
 ) -> None:
-    # A page of its own whose second shift starts a few seconds from now (the clock the test
-    # sets is the shift table), alarming at 2 rejects in a row.
-    begins = datetime.now(UTC) + timedelta(seconds=4)
+    # A page of its own whose second shift starts seconds from now (the clock the test sets is
+    # the shift table), alarming at 2 rejects in a row.
+    # 8 s: the UI's start and two parts fit before it on a loaded 2-core box
+    begins = datetime.now(UTC) + timedelta(seconds=8)
     cfg = {
         **shop.ui_cfg,
         "listen": {"host": "127.0.0.1", "port": free_port()},
@@ -519,7 +520,7 @@ def test_counts_by_shift_across_its_start_by_product_across_a_switch_and_the_rej
         shop.drop("good")
         wait_until(lambda: per_min.inner_text() != "– parts/min", 5, "a rate from two parts")
 
-        wait_until(lambda: datetime.now(UTC) > begins, 6, "the late shift's start")
+        wait_until(lambda: datetime.now(UTC) > begins, 10, "the late shift's start")
         wait_until(lambda: shift.inner_text().startswith("late shift"), 5, "the late shift")
         assert "OK 0 · NG 0 · ERROR 0" in shift.inner_text()  # a new shift counts from zero
         for _ in range(2):
