@@ -5,6 +5,7 @@ and the security rule: anonymous and unencrypted clients only on loopback."""
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import time
 from pathlib import Path
@@ -212,3 +213,31 @@ def test_off_loopback_only_encrypted_sessions_with_a_user_from_the_password_file
     assert not isinstance(good, Exception), repr(good)
     assert good[1] == "OK" and good[3] == 1
     assert [v["part_id"] for v in jsonl(tmp_path)] == ["secure-1"]
+
+
+def test_the_trigger_method_answers_ng_late_by_the_deadline(tmp_path: Path):
+    config = plc_station_config(
+        tmp_path, opcua={"enabled": True, "port": 0}, result_deadline_ms=200
+    )
+
+    async def drive(url: str) -> list:
+        async with Client(url) as client:
+            station, idx = await opcua_station(client)
+            out = []
+            for part in ("late-0", "late-1"):
+                t0 = time.monotonic()
+                result = await station.call_method(f"{idx}:Trigger", part)
+                out.append((result, time.monotonic() - t0))
+            return out
+
+    # every inference takes 1.5 s
+    with Daemon(config, env={"INSPECTD_SLOW_ENGINE_MS": "1500"}) as daemon:
+        results = asyncio.run(drive(opcua_url(daemon)))
+        # a clean stop finishes the parts in hand: both verdicts are recorded
+        assert daemon.terminate() == 0, daemon.tail()
+    for (verdict, text, score, seq, code, why), seconds in results:
+        assert (verdict, text, seq, code) == (2, "NG", 0, "late"), (text, code, why)
+        assert math.isnan(score)  # no score: nobody has seen the part yet
+        assert seconds < 1.0, seconds  # at the deadline, not after the engine's 1.5 s
+    recorded = {v["part_id"]: v for v in jsonl(tmp_path)}
+    assert recorded["late-0"]["late"] is True and recorded["late-1"]["late"] is True
