@@ -14,10 +14,6 @@ server's certificate, and sessions need a user name and password from ``users_fi
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
 import math
 import time
 from pathlib import Path
@@ -31,6 +27,7 @@ from asyncua.server.user_managers import UserManager
 
 from inspectd.config.plc import OpcUaConfig, is_loopback
 from inspectd.mqtt.inbound import id_problem
+from inspectd.passwords import check_password
 from inspectd.plc.bits import BitHandshake
 from inspectd.plc.handshake import INVALID_PART_ID, Result
 from inspectd.verdict import Verdict
@@ -43,27 +40,6 @@ _UNSET = object()
 METHOD_SLACK_S = 5.0  # a method waits this long past the deadline for the core's answer
 VERDICT_NUMBERS = {None: 0, Verdict.OK: 1, Verdict.NG: 2, Verdict.ERROR: 3}
 VERDICT_NAMES = ("None", "OK", "NG", "ERROR")  # VerdictKind, by number
-
-
-def check_scrypt(password: str, stored: str) -> bool:
-    """``stored`` as ``inspectd ui --hash-password`` writes it: scrypt$n$r$p$salt$hash."""
-    try:
-        kind, n, r, p, salt, digest = stored.strip().split("$")
-        if kind != "scrypt":
-            return False
-        want = base64.b64decode(digest, validate=True)
-        got = hashlib.scrypt(
-            password.encode("utf-8"),
-            salt=base64.b64decode(salt, validate=True),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            dklen=len(want),
-            maxmem=2**26,
-        )
-    except (ValueError, binascii.Error):
-        return False
-    return hmac.compare_digest(got, want)
 
 
 def read_users(path: Path) -> dict[str, str]:
@@ -106,7 +82,7 @@ class PasswordFileUsers(UserManager):
         if username is None:
             return User(role=UserRole.User) if self.anonymous else None
         stored = self.users.get(username)
-        if stored is None or not check_scrypt(password or "", stored):
+        if stored is None or not check_password(password or "", stored):
             log.warning("plc.opcua.login_refused", user=username[:64])
             return None
         return User(role=UserRole.User, name=username)

@@ -15,7 +15,7 @@ from asyncua import Client, ua
 from asyncua.crypto import cert_gen
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from inspectd.ui.auth import hash_password
+from inspectd.passwords import hash_password
 
 from support.daemon_process import Daemon
 from support.paths import needs_bundle

@@ -68,3 +68,23 @@ def test_a_plc_trigger_needs_a_server_and_a_server_needs_triggers(tmp_path: Path
     text = BASE.replace("trigger: plc", "trigger: free_run") + "plc:\n  modbus: {enabled: true}\n"
     [line] = errors(tmp_path, text)
     assert "camera.trigger must be plc or mqtt" in line
+
+
+def test_a_genicam_camera_triggered_by_the_plc_fires_by_software_trigger(tmp_path: Path) -> None:
+    path = tmp_path / "station.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            station: {name: press-3}
+            product: button
+            camera: {source: genicam, trigger: plc}
+            plc: {modbus: {enabled: true}}
+            """
+        )
+    )
+    assert load_station_config(path).camera.trigger_mode == "software"
+    path.write_text(
+        path.read_text().replace("trigger: plc", "trigger: plc, trigger_mode: hardware")
+    )
+    [line] = errors(tmp_path, path.read_text())
+    assert "trigger: plc fires the camera by software trigger" in line
