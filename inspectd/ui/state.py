@@ -16,7 +16,7 @@ from typing import Any
 from paho.mqtt.client import topic_matches_sub
 
 from inspectd.ui.histogram import score_histogram
-from inspectd.ui.tally import Counting
+from inspectd.ui.tally import Counting, jpeg_size
 
 HOUR_S = 3600.0
 SILENT_INTERVALS = 3  # a station's health this many of its intervals late: flagged
@@ -157,6 +157,8 @@ class StationState:
         except ValueError:  # MQTT 3.1.1 has no user properties: the newest overlay, unnamed
             seq = 0
         self.overlays[seq] = bytes(jpeg)
+        # the frame's size (an overlay is the whole frame): where on the part rejects lie
+        self.tally.frame_size(jpeg_size(self.overlays[seq]))
         self.overlays.move_to_end(seq)
         # with mqtt.overlays: all, OK parts' overlays must not push out those of the strip's rejects
         keep = {r.get("seq") for r in self.rejects}

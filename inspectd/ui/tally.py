@@ -21,6 +21,38 @@ TREND_MINUTES = 60
 KINDS = ("OK", "NG", "ERROR")
 # size classes of a reject's largest region, in frame pixels (area)
 SIZES = ((100, "small (< 100 px)"), (2500, "medium (< 2500 px)"), (float("inf"), "large"))
+ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, without decoding it: an overlay is drawn on
+    the whole frame, so its size is the frame's (where on the part a region lies)."""
+    i = 2
+    while i + 9 < len(data) and data[:2] == b"\xff\xd8":
+        if data[i] != 0xFF:
+            return None
+        marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(
+                data[i + 5 : i + 7], "big"
+            )
+        i += 2 + length
+    return None
+
+
+def position_of(v: dict[str, Any], frame: tuple[int, int] | None) -> tuple[int, int] | None:
+    """(row, column) of a 3 x 3 grid over the frame holding the centre of the part's largest
+    region; None without a region or a known frame size."""
+    regions = [r for r in v.get("regions") or [] if isinstance(r, dict)]
+    if not regions or frame is None:
+        return None
+    r = max(regions, key=lambda r: float(r.get("area") or 0))
+    try:
+        cx, cy = float(r["x"]) + float(r["w"]) / 2, float(r["y"]) + float(r["h"]) / 2
+    except (KeyError, TypeError, ValueError):
+        return None
+    w, h = frame
+    return min(2, max(0, int(3 * cy / h))), min(2, max(0, int(3 * cx / w)))
 
 
 def _blank() -> dict[str, int]:
@@ -93,6 +125,23 @@ class Tally:
         self.minutes: deque[tuple[int, dict[str, int]]] = deque()  # (epoch minute, counts)
         self.recent: deque[float] = deque()  # t_verdict of the last minute's parts
         self.in_a_row = 0  # NG and ERROR since the last OK
+        self.frame: tuple[int, int] | None = None  # (width, height), from an overlay
+        # rejects of this shift that came before the first overlay said the frame's size
+        self._unplaced: deque[dict[str, Any]] = deque(maxlen=100)
+
+    def frame_size(self, size: tuple[int, int] | None) -> None:
+        """The frame's size, from an overlay (its JPEG header); places the rejects that waited
+        for it (the first reject's overlay follows its verdict)."""
+        if size is None:
+            return
+        self.frame = size
+        while self._unplaced:
+            self._place(self._unplaced.popleft())
+
+    def _place(self, v: dict[str, Any]) -> None:
+        at = position_of(v, self.frame)
+        if self.shift is not None and at is not None:
+            self.shift["positions"][at[0]][at[1]] += 1
 
     @property
     def alarm(self) -> bool:
@@ -114,13 +163,18 @@ class Tally:
         name, start = shift_start(t, self.starts, self.tz)
         if self.shift is None or start > self.shift["start"]:
             self.previous_shift = self.shift
-            self.shift = {"name": name, "start": start, "counts": _blank(), "reasons": {}}
+            self.shift = _new_shift(name, start)
+            self._unplaced.clear()  # they belong to the shift that ended
         if start != self.shift["start"]:
             return  # a late part of an earlier shift: that shift's count is closed
         self.shift["counts"][kind] += 1
         if kind != "OK":
             reason = reason_of(v)
             self.shift["reasons"][reason] = self.shift["reasons"].get(reason, 0) + 1
+            if self.frame is None:
+                self._unplaced.append(v)
+            else:
+                self._place(v)
 
     def _add_product(self, v: dict[str, Any], kind: str, t: float) -> None:
         name = v.get("product")
@@ -160,8 +214,7 @@ class Tally:
         if self.starts:  # a shift that began with no part yet counts from zero
             name, start = shift_start(now, self.starts, self.tz)
             if current is None or start > current["start"]:
-                blank = {"name": name, "start": start, "counts": _blank(), "reasons": {}}
-                current, previous = blank, current or previous
+                current, previous = _new_shift(name, start), current or previous
         return {
             "counted_from": self.counted_from,
             "per_min": self.per_min(now, online),
@@ -178,6 +231,12 @@ class Tally:
         }
 
 
+def _new_shift(name: str, start: float) -> dict[str, Any]:
+    # positions: NG parts by where their largest region lies, rows top to bottom
+    positions = [[0] * len(COLUMNS) for _ in ROWS]
+    return {"name": name, "start": start, "counts": _blank(), "reasons": {}, "positions": positions}
+
+
 def _shift_view(shift: dict[str, Any] | None) -> dict[str, Any] | None:
     if shift is None:
         return None
@@ -187,6 +246,7 @@ def _shift_view(shift: dict[str, Any] | None) -> dict[str, Any] | None:
         "start": shift["start"],
         **with_yield(shift["counts"]),
         "reasons": [{"reason": r, "n": n} for r, n in reasons],
+        "positions": [list(row) for row in shift["positions"]],
     }
 
 

@@ -550,6 +550,9 @@ def test_counts_by_shift_across_its_start_by_product_across_a_switch_and_the_rej
         cells = [rows.nth(i).locator("th, td").all_inner_texts() for i in range(rows.count())]
         assert all(reason.startswith("NG: ") for reason, _ in cells), cells
         assert sum(int(n) for _, n in cells) == 2, cells
+        # where on the part: the frame's size from the overlays, each crack's region placed
+        grid = page.locator("[data-testid=positions] td").all_inner_texts()
+        assert sum(int(n) for n in grid if n) == 2, grid
         assert "last 60 minutes: 6 parts, 2 rejected" in page.locator(
             "[data-testid=trend]"
         ).get_attribute("aria-label")

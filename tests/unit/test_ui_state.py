@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import time as dt_time
 
 import pytest
 
@@ -181,3 +182,34 @@ def test_counts_by_shift_by_product_and_the_reject_alarm_with_a_clock_the_test_s
     # the trend: one entry a minute for the last hour, this minute last
     trend = st.summary(at(14, 8))["tally"]["trend"]
     assert len(trend) == 60 and trend[-1]["OK"] == 1 and trend[-3]["NG"] == 1
+
+
+def test_where_on_the_part_rejects_lie_from_the_overlay_s_frame_size() -> None:
+    import cv2
+    import numpy as np
+
+    from inspectd.ui.tally import jpeg_size, position_of
+
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((300, 600, 3), np.uint8))
+    assert jpeg_size(jpeg.tobytes()) == (600, 300) and jpeg_size(b"not a jpeg") is None
+    big = {"x": 500, "y": 10, "w": 40, "h": 20, "area": 800}
+    small = {"x": 0, "y": 250, "w": 4, "h": 4, "area": 16}
+    v = {"regions": [small, big]}
+    assert position_of(v, (600, 300)) == (0, 2)  # the largest region: top right
+    assert position_of(v, None) is None and position_of({"regions": []}, (600, 300)) is None
+
+
+def test_a_reject_before_the_first_overlay_is_placed_once_the_frame_size_is_known() -> None:
+    import cv2
+    import numpy as np
+
+    from inspectd.ui.tally import Counting
+
+    line = Line(("inspectd/v1/plant/l1/+",), counting=Counting([("day", dt_time(0))]))
+    region = {"x": 10, "y": 250, "w": 20, "h": 20, "area": 400}  # bottom left of 600 x 300
+    publish(line, "verdict", {"seq": 1, "verdict": "NG", "regions": [region]})
+    st = line.stations[BASE]
+    assert st.summary()["tally"]["shift"]["positions"] == [[0, 0, 0]] * 3
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((300, 600, 3), np.uint8))
+    line.on_message(f"{BASE}/overlay", jpeg.tobytes(), {"seq": "1"})
+    assert st.summary()["tally"]["shift"]["positions"] == [[0, 0, 0], [0, 0, 0], [1, 0, 0]]

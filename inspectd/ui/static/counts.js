@@ -43,6 +43,19 @@ function reasons(s) {
     s.reasons.map((r) => h("tr", {}, h("th", { scope: "row" }, r.reason), h("td", {}, String(r.n)))));
 }
 
+// Where on the part this shift's rejects lie: the frame in 3 x 3, by each NG part's largest
+// region (a cluster in one cell is a fixture, a tool or a mould cavity, not chance).
+function positions(s) {
+  if (!s || !s.positions) return null;
+  const peak = Math.max(1, ...s.positions.flat());
+  const rows = ["top", "middle", "bottom"], cols = ["left", "centre", "right"];
+  return h("table.positions", { dataset: { testid: "positions" } },
+    h("caption", {}, `where on the part, ${s.name} shift (largest region of each NG part)`),
+    h("tr", {}, h("td"), cols.map((c) => h("th", { scope: "col" }, c))),
+    s.positions.map((row, i) => h("tr", {}, h("th", { scope: "row" }, rows[i]),
+      row.map((n) => h("td", { style: `background: rgba(198, 40, 40, ${(0.08 + 0.5 * n / peak).toFixed(2)})` }, String(n))))));
+}
+
 export function countsPanel(d) {
   const t = d.tally || {};
   const prev = t.previous_shift, prevProduct = t.previous_product;
@@ -54,5 +67,5 @@ export function countsPanel(d) {
     prevProduct ? h("div.tally.muted", {}, `${prevProduct.name} before it: ${tallyText(prevProduct)}`) : null,
     h("div.tally", {}, h("b", {}, "last hour"), `: OK ${d.counts.OK} · NG ${d.counts.NG} · ERROR ${d.counts.ERROR} · reject ${fmt.pct(d.counts.reject_rate)} · ${fmt.num(d.counts.per_min)} parts/min`),
     trend(t),
-    reasons(t.shift));
+    h("div.breakdown", {}, reasons(t.shift), positions(t.shift)));
 }
