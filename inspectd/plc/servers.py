@@ -74,6 +74,20 @@ class PlcServers:
             self.bits["opcua"], self.ports["opcua"] = bits, port
             self._stops.append(server.stop)
 
+    def stats(self) -> dict[str, Any]:
+        """health's ``plc``: where each server listens and the handshake's counters (triggers
+        taken, answered late, refused by code, pending)."""
+        cfg = self.config
+        return {
+            "opcua": {"listen": cfg.opcua.listen, "port": self.ports["opcua"]}
+            if "opcua" in self.ports
+            else None,
+            "modbus": {"listen": cfg.modbus.listen, "port": self.ports["modbus"]}
+            if "modbus" in self.ports
+            else None,
+            "handshake": self.link.handshake.stats(),
+        }
+
     def stop(self) -> None:
         if not self._thread.is_alive():
             return

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from inspectd.outputs.archive import ArchiveSink
     from inspectd.outputs.sinks import Pictures
     from inspectd.pipeline import Pipeline
+    from inspectd.plc.servers import PlcServers
     from inspectd.service.metrics_http import MetricsServer
 
 log = structlog.get_logger(__name__)
@@ -172,6 +173,7 @@ class StationHealth:
         )
         self.archive, self.pictures, self.drift = archive, pictures, drift
         self.metrics_server: MetricsServer | None = None
+        self.plc: PlcServers | None = None  # set once they listen (docs/plc.md)
         self._fps = (time.monotonic(), 0, 0.0)  # (when, frames then, fps)
 
     def stalled(self) -> dict[str, float]:
@@ -255,6 +257,7 @@ class StationHealth:
             "outbox": outbox,
             "drift": drift,
             "metrics": {"url": server.url, "port": server.port} if server is not None else None,
+            "plc": self.plc.stats() if self.plc is not None else None,
         }
 
     def _camera(self) -> tuple[dict[str, Any], list[str]]:

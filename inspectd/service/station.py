@@ -166,8 +166,8 @@ class Station:
         self.metrics_server = self.report.metrics_server = self._serve_metrics(
             self.pipeline, self.report
         )
+        self.plc = self.report.plc = self._start_plc()  # before health: it names their ports
         self.health = self._start_health(self.report)
-        self.plc = self._start_plc()
         self._watch_threads()
         log.info(
             "station.started",

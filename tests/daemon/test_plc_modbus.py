@@ -5,6 +5,7 @@ nothing is lost."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -183,7 +184,13 @@ def test_bad_writes_get_their_code_and_lose_nothing(tmp_path: Path):
 def test_a_modbus_client_reads_the_station_state(tmp_path: Path):
     config = plc_station_config(tmp_path, modbus={"enabled": True, "port": 0})
     with Daemon(config) as daemon:
-        client = ModbusTcpClient("127.0.0.1", port=modbus_port(daemon))
+        port = modbus_port(daemon)
+        daemon.wait_event("station.ready")
+        # health names where the servers listen (health.json: also without a broker)
+        health = json.loads((tmp_path / "state" / "health.json").read_text())
+        assert health["plc"]["modbus"] == {"listen": "127.0.0.1", "port": port}
+        assert health["plc"]["opcua"] is None and health["plc"]["handshake"]["late"] == 0
+        client = ModbusTcpClient("127.0.0.1", port=port)
         assert client.connect()
         plc = ModbusPlc.__new__(ModbusPlc)
         plc.client = client
