@@ -78,7 +78,7 @@ function review(d, part, labels, me) {
   return h("div.review-buttons", {}, labels.map((label) => h("button.review", {
     dataset: { testid: `review-${label}`, focus: `review:${part.seq}:${label}` },
     disabled: !!blocked, title: blocked || "",
-    onclick: () => { v.confirm = { kind: "review", seq: part.seq, label }; redraw(); },
+    onclick: () => { v.confirm = { kind: "review", seq: part.seq, part_id: part.part_id, label }; redraw(); },
   }, LABEL_BUTTON[label])));
 }
 
@@ -117,7 +117,19 @@ function livePart(d, me) {
     h("div.score", {}, `score ${fmt.score(last.score)}  threshold ${fmt.score(t)}  latency ${fmt.ms(last.latency_ms)}`),
     last.error ? h("div.reason", {}, last.error) : null,
     review(d, { ...last, reviewed: d.last_reviewed }, labelsFor(last.verdict), me),
+    pendingElsewhere(d, me),
   );
+}
+
+// A confirmation asked on a live part that newer parts have since replaced (and that is not in
+// the strip): still answerable here, so the part the operator meant is the part labelled.
+function pendingElsewhere(d, me) {
+  const c = view(d.base).confirm;
+  if (!me.operator || !c || c.kind !== "review" || c.seq === (d.last || {}).seq) return null;
+  if (d.rejects.some((r) => r.seq === c.seq)) return null;
+  return h("div", { dataset: { testid: "pending-review" } },
+    h("p.muted", {}, `#${c.seq} ${c.part_id} is no longer the live part:`),
+    review(d, { seq: c.seq, part_id: c.part_id, reviewed: null }, [c.label], me));
 }
 
 // Open a part in the part view; a refusal (not archived, station gone) shows under the finder.
