@@ -233,6 +233,9 @@ class StationHealth:
         if self.drift is not None:
             problems += self.drift.problems()
         bundle, thresholds = self.pipeline.bundle, self.pipeline.thresholds
+        short = thresholds.short_of_target()
+        if short is not None:  # loaded at start (a reload refuses them): said, not kept quiet
+            problems.append(f"thresholds: {short}")
         server = self.metrics_server
         return {
             "state": "ok" if not problems else "degraded",

@@ -38,8 +38,14 @@ def config(tmp_path: Path, **camera: Any) -> StationConfig:
     return StationConfig.model_validate(station_dict(tmp_path, camera=camera))
 
 
-def pipeline(capture_failure: str | None = None, stalled: dict[str, float] | None = None) -> Any:
-    thresholds = SimpleNamespace(image=0.2, pixel=0.3, facts=lambda: {"parts": 10})
+def pipeline(
+    capture_failure: str | None = None,
+    stalled: dict[str, float] | None = None,
+    short: str | None = None,
+) -> Any:
+    thresholds = SimpleNamespace(
+        image=0.2, pixel=0.3, facts=lambda: {"parts": 10}, short_of_target=lambda: short
+    )
     return SimpleNamespace(
         bundle=SimpleNamespace(name="button", model_sha256="ab" * 32),
         engine=SimpleNamespace(name="onnxruntime-cpu"),
@@ -105,6 +111,14 @@ def test_problems_come_from_the_components_in_a_fixed_order(tmp_path: Path) -> N
     assert snapshot["camera"]["state"] == "offline"
     assert snapshot["camera"]["process"] == {"state": "offline"}
     assert snapshot["outbox"] == {"depth": 3} and snapshot["drift"] == {"state": "drift"}
+
+
+def test_thresholds_from_too_few_parts_for_their_target_are_a_problem(tmp_path: Path) -> None:
+    """A reload refuses them (issue 35); loaded at start they run, but health says so, and the
+    page shows it on the tile."""
+    why = "calibrated from 1 good part, fewer than the 2995 a false-reject rate of 0.001 needs"
+    snapshot = health(tmp_path, pipeline=pipeline(short=why)).snapshot()
+    assert snapshot["state"] == "degraded" and snapshot["problems"] == [f"thresholds: {why}"]
 
 
 def test_healthz_is_told_of_verdicts_that_got_no_seq_once(tmp_path: Path) -> None:
