@@ -195,18 +195,24 @@ function productPicker(d) {
   const v = view(d.base);
   const blocked = offlineReason(d);
   if (d.products === null || d.products === undefined) return h("span.muted", {}, "asking the station for its products…");
-  if (!d.products.length) return h("span.muted", {}, "the station did not list its products");
-  const chosen = v.product && d.products.includes(v.product) ? v.product : d.product;
-  const select = h("select", {
+  const chosen = v.product && (!d.products.length || d.products.includes(v.product)) ? v.product : d.product;
+  // a station too old to list its products (it refused `products`): its name typed, still confirmed
+  const select = d.products.length ? h("select", {
     "aria-label": "product to switch to", dataset: { testid: "product-choice", focus: "product-choice" },
     disabled: !!blocked,
     onchange: (e) => { v.product = e.target.value; },
-  }, d.products.map((p) => h("option", { value: p, selected: p === chosen }, p === d.product ? `${p} (running)` : p)));
+  }, d.products.map((p) => h("option", { value: p, selected: p === chosen }, p === d.product ? `${p} (running)` : p)))
+    : h("input", {
+      type: "text", value: chosen || "", "aria-label": "product to switch to (the station does not list its products)",
+      dataset: { testid: "product-name", focus: "product-name" }, disabled: !!blocked,
+      oninput: (e) => { v.product = e.target.value; },
+    });
   return h("span.switch", {}, select,
     h("button", {
       dataset: { testid: "switch", focus: "switch" }, disabled: !!blocked, title: blocked || "",
       onclick: () => {
-        const product = select.value;
+        const product = select.value.trim();
+        if (!product) return;
         if (product === d.product) { v.answer = { ok: false, text: `${d.name} already runs ${product}` }; redraw(); return; }
         v.confirm = { kind: "product", product }; redraw();
       },
