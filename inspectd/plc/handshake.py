@@ -106,7 +106,7 @@ class Result:
 
     request_id: str
     part_id: str
-    status: str  # "done", "late" or "not_inspected"
+    status: str  # "done", "late", "not_inspected"; "refused" for what an adapter refused itself
     verdict: Verdict
     code: str | None
     text: str | None
