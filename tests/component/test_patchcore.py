@@ -106,8 +106,10 @@ def test_fp16_weights_keep_every_verdict(bundle: Bundle, data: Path, tmp_path: P
 
 
 def test_the_image_score_is_a_scoring_setting(data: Path, tmp_path: Path) -> None:
-    """--scoring image_score=reweighted reaches the graph (the paper's eq. 7 is never above the
-    plain maximum: its weight is below 1); a setting of another family is refused."""
+    """--scoring image_score=max and =reweighted reach the graph (the paper's eq. 7 is never
+    above the plain maximum: its weight is below 1); the family's default is top_mean, the mean
+    of the map's top 5 %, never above the maximum either; a setting of another family is
+    refused."""
     from inspectd.train.train_bundle import BuildRequest, build_product
 
     def fit(name: str, **scoring: str) -> Bundle:
@@ -121,7 +123,7 @@ def test_the_image_score_is_a_scoring_setting(data: Path, tmp_path: Path) -> Non
         )
         return load_bundle(build_product(req))
 
-    plain, paper = fit("plain"), fit("paper", image_score="reweighted")
+    plain, paper = fit("plain", image_score="max"), fit("paper", image_score="reweighted")
     assert paper.manifest.scoring.image_score == "reweighted"
     frames = np.zeros((2, 128, 128, 3), np.uint8)
     frames[1] = 255
@@ -129,7 +131,8 @@ def test_the_image_score_is_a_scoring_setting(data: Path, tmp_path: Path) -> Non
     s_paper = OnnxRuntimeEngine(paper.model_path).infer(frames).score
     assert (s_paper < s_plain).all() and (s_paper > 0).all()
     # the mean of the map's top 5 %: never above its peak, so never above the largest distance
-    area = fit("area", image_score="top_mean")
+    area = fit("area")
+    assert area.manifest.scoring.image_score == "top_mean"
     assert area.manifest.scoring.top_fraction == 0.05
     s_area = OnnxRuntimeEngine(area.model_path).infer(frames).score
     assert (s_area < s_plain).all() and (s_area > 0).all()
