@@ -2,8 +2,7 @@
 ``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>`` (the standard library's scrypt, no dependency),
 as ``inspectd ui --hash-password`` prints them. Checks are constant-time.
 
-The PLC's OPC UA users (inspectd/plc/opcua.py) use it; inspectd/ui/auth.py has the same two
-functions and can import these instead."""
+The page's users (inspectd/ui/auth.py) and the PLC's OPC UA users (inspectd/plc/opcua.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Who is asking: HTTP Basic for people, bearer tokens for wall displays and scripts.
 
-Passwords are stored as scrypt hashes (the standard library's; no extra dependency):
-``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>``, made by ``inspectd ui --hash-password``. Tokens
+Passwords are stored as scrypt hashes (``inspectd.passwords``, shared with the PLC's OPC UA
+users), made by ``inspectd ui --hash-password``. Tokens
 are compared by their sha256. All comparisons are constant-time.
 
 Roles: ``viewer`` sees the page and its live updates; ``operator`` also reviews parts and sends
@@ -11,7 +11,6 @@ commands. With no credentials configured (allowed on loopback only) everyone is 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import secrets
@@ -26,6 +25,7 @@ from starlette.authentication import (
 )
 from starlette.requests import HTTPConnection
 
+from inspectd.passwords import check_password, hash_password
 from inspectd.ui.config import AccessConfig, credential_path
 
 __all__ = [
@@ -38,35 +38,6 @@ __all__ = [
 ]
 
 TOKEN_COOKIE = "inspectd_ui_token"
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # 16 MiB a check: slow to guess, fine to log in
-
-
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    salt = salt or secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, dklen=32, **_SCRYPT)
-    b64 = base64.b64encode
-    params = f"{_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}"
-    return f"scrypt${params}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def check_password(password: str, stored: str) -> bool:
-    try:
-        kind, n, r, p, salt, digest = stored.strip().split("$")
-        if kind != "scrypt":
-            return False
-        want = base64.b64decode(digest, validate=True)
-        got = hashlib.scrypt(
-            password.encode("utf-8"),
-            salt=base64.b64decode(salt, validate=True),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            dklen=len(want),
-            maxmem=2**26,
-        )
-    except (ValueError, binascii.Error):
-        return False
-    return hmac.compare_digest(got, want)
 
 
 def valid_hash(stored: str) -> bool:
