@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,3 +37,14 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 
 # A path in the config file: relative paths are relative to the config file's directory.
 ConfigPath = Annotated[Path, BeforeValidator(_path_not_empty), AfterValidator(_resolve_path)]
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` reaches this machine only (127.0.0.0/8, ::1, "localhost"); a name or 0.0.0.0
+    does not. What may be served without credentials (the page, OPC UA)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -3,24 +3,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
-from inspectd.config.base import NAME_PATTERN, ConfigPath, StrictModel
+from inspectd.config.base import NAME_PATTERN, ConfigPath, StrictModel, is_loopback
 
 BundleName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-
-
-def is_loopback(host: str) -> bool:
-    """``host`` reaches this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class OpcUaConfig(StrictModel):

@@ -25,7 +25,8 @@ from asyncua.common.structures104 import new_enum
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
 
-from inspectd.config.plc import OpcUaConfig, is_loopback
+from inspectd.config.base import is_loopback
+from inspectd.config.plc import OpcUaConfig
 from inspectd.mqtt.inbound import id_problem
 from inspectd.passwords import check_password
 from inspectd.plc.bits import BitHandshake

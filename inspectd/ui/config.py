@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from inspectd.config.base import NAME_PATTERN, ConfigPath, StrictModel
+from inspectd.config.base import NAME_PATTERN, ConfigPath, StrictModel, is_loopback
 from inspectd.config.loader import ConfigError, load_yaml_model
 from inspectd.config.mqtt import MqttTls
 from inspectd.ui.tally import Counting
@@ -80,16 +80,6 @@ def _is_address(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and "localhost"; a name or 0.0.0.0 is not."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class UiMqtt(StrictModel):
