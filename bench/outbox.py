@@ -27,14 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from inspectd.contract.messages import verdict_messages
+from inspectd.contract.topics import Topics
+from inspectd.contract.verdict import Region, Verdict, VerdictRecord
 from inspectd.delivery import Delivery
 from inspectd.logs import configure_logging
-from inspectd.messages import verdict_messages
 from inspectd.mqtt.broker import LocalBroker
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
 from inspectd.outbox import Outbox
-from inspectd.verdict import Region, Verdict, VerdictRecord
 
 TOPICS = Topics("inspectd/v1/bench/l1/outbox")
 WINDOW_S = 60.0

@@ -37,13 +37,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pymodbus.client import ModbusTcpClient
 
+from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.demo import REPO_PRODUCTS, write_parts
 from inspectd.inspection import Inspection
 from inspectd.mqtt.broker import LocalBroker
 from inspectd.mqtt.publisher import set_no_delay
 from inspectd.plc import modbus as mb
 from inspectd.plc.handshake import Handshake
-from inspectd.verdict import Verdict, VerdictRecord
 
 BASE = "inspectd/v1/bench/l1/plc"
 WARMUP = 10

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from inspectd.contract.verdict import Region, Verdict
 from inspectd.preprocess import Geometry
-from inspectd.verdict import Region, Verdict
 
 MAX_REGIONS = 16  # the strongest ones; a map with more is one big defect to a PLC anyway
 

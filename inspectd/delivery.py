@@ -37,11 +37,11 @@ from typing import Any
 
 import structlog
 
-from inspectd.messages import OutgoingMessage, verdict_messages
+from inspectd.contract.messages import OutgoingMessage, verdict_messages
+from inspectd.contract.topics import Topics
+from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.mqtt.publisher import REFUSED, MqttPublisher, reason_name
-from inspectd.mqtt.topics import Topics
 from inspectd.outbox import MessageLike, Outbox, OutboxError, Row
-from inspectd.verdict import Verdict, VerdictRecord
 
 log = structlog.get_logger(__name__)
 

@@ -31,11 +31,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from inspectd.accuracy import auroc
 from inspectd.config import StationConfig
+from inspectd.contract.verdict import Verdict
 from inspectd.inspection import Inspection
 from inspectd.mqtt.broker import broker_reachable, start_embedded_broker
 from inspectd.service.station import Station
 from inspectd.synthetic import DEFECTS, render_part
-from inspectd.verdict import Verdict
 
 if TYPE_CHECKING:
     from inspectd.ui.server import BackgroundUi

@@ -17,9 +17,9 @@ import threading
 from collections import deque
 from typing import Any
 
+from inspectd.contract.verdict import Verdict
 from inspectd.inspection import Inspection
 from inspectd.threshold_stats import binom_cdf
-from inspectd.verdict import Verdict
 
 CHECKS = {"p10": 0.1, "p50": 0.5, "p90": 0.9}  # the quantiles compared, where recorded
 

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from inspectd.contract.verdict import Verdict, VerdictRecord, iso_utc
 from inspectd.frame import Frame
 from inspectd.preprocess import Geometry
-from inspectd.verdict import Verdict, VerdictRecord, iso_utc
 
 STAGES = ("capture", "preprocess", "infer", "decide", "publish")
 THREADS = ("capture", "infer", "publish")  # capture also preprocesses; infer also decides

@@ -33,6 +33,7 @@ import structlog
 
 from inspectd.bundle import Bundle, Thresholds
 from inspectd.capture.base import RECEIPT, CaptureSource, CaptureTimeout, EndOfStream
+from inspectd.contract.verdict import Region, Verdict, VerdictRecord
 from inspectd.decide import NonFiniteResult, decide
 from inspectd.engine.base import Engine
 from inspectd.frame import Frame, TriggerRequest
@@ -44,7 +45,6 @@ from inspectd.inspection import (
     VerdictSink,
 )
 from inspectd.preprocess import Geometry, PreprocessError, PreprocessSpec, preprocess
-from inspectd.verdict import Region, Verdict, VerdictRecord
 
 log = structlog.get_logger(__name__)
 

@@ -22,13 +22,13 @@ import numpy as np
 from inspectd.bundle import Bundle, BundleError, load_bundle
 from inspectd.capture.base import CaptureSource, EndOfStream
 from inspectd.config.base import NAME_PATTERN
+from inspectd.contract.verdict import VerdictRecord
 from inspectd.engine import EngineError, load_engine
 from inspectd.frame import CameraMeta, Frame
 from inspectd.imagefile import decode_image_file
 from inspectd.inspection import Inspection
 from inspectd.outputs.archive import SUFFIXES, ArchiveEntry, read_entry, scan
 from inspectd.pipeline import Pipeline
-from inspectd.verdict import VerdictRecord
 
 # Scores are published rounded to 6 decimals; beyond that, a different CPU or runtime build may
 # move the last float32 digits. Closer than this is the same score.

@@ -35,9 +35,9 @@ from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
+from inspectd.contract.verdict import iso_utc
 from inspectd.mqtt.commands import CommandError
 from inspectd.outputs.archive import ARCHIVE_SCHEMA, SUFFIXES, ArchiveEntry, find_entry
-from inspectd.verdict import iso_utc
 
 # label -> the verdicts a part must have had for it
 LABELS: dict[str, tuple[str, ...]] = {

@@ -6,8 +6,8 @@ import abc
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from inspectd.contract.verdict import VerdictRecord
 from inspectd.frame import CameraMeta, Frame
-from inspectd.verdict import VerdictRecord
 
 # Frame.extra key of a source that wants its part's bookkeeping committed with the verdict
 # (Outbox.append_many's receipts): the watched folder's file.

@@ -57,10 +57,10 @@ from inspectd.capture.base import (
     CaptureTimeout,
 )
 from inspectd.capture.folder import DEFAULT_PATTERN
+from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.frame import CameraMeta, Frame
 from inspectd.imagefile import decode_image_file
 from inspectd.names import escape_name, file_part_id
-from inspectd.verdict import Verdict, VerdictRecord
 
 log = structlog.get_logger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 
-from inspectd.messages import bound_echoes, error_message, reply_message
+from inspectd.contract.messages import bound_echoes, error_message, reply_message
+from inspectd.contract.topics import Topics, topic_problem
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics, topic_problem
 
 log = structlog.get_logger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 
+from inspectd.contract.topics import Topics
 from inspectd.mqtt.answers import ReplyTo, publish_error, refusal, reply
 from inspectd.mqtt.inbound import RequestError, parse_object
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
 
 log = structlog.get_logger(__name__)
 

@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from inspectd.messages import bounded
+from inspectd.contract.messages import bounded
 
 log = structlog.get_logger(__name__)
 

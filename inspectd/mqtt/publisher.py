@@ -1,6 +1,6 @@
 """The MQTT transport, on paho-mqtt 2.x: connect, reconnect, hand messages over in order.
 
-*What* is published (the v1 contract) is built in ``inspectd.messages``; this module is only
+*What* is published (the v1 contract) is built in ``inspectd.contract``; this module is only
 *how*: ``MqttPublisher.enqueue(message)`` hands an ``OutgoingMessage`` to the client and calls
 ``message.on_ack(reason_code)`` on PUBACK. ``inspectd.delivery`` feeds it the outbox's rows and
 decides by that code what becomes of them (docs/mqtt.md, "Refused acknowledgements"); status,
@@ -38,9 +38,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from inspectd.messages import OutgoingMessage, remaining_s, status_message, status_payload
+from inspectd.contract.messages import OutgoingMessage, remaining_s, status_message, status_payload
+from inspectd.contract.topics import Topics, topic_problem
 from inspectd.mqtt.paho_client import LenientClient, subscribe_requests
-from inspectd.mqtt.topics import Topics, topic_problem
 
 log = structlog.get_logger(__name__)
 

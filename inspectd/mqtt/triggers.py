@@ -29,10 +29,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 
+from inspectd.contract.topics import Topics
 from inspectd.mqtt.answers import ReplyTo, publish_error, refusal, reply
 from inspectd.mqtt.inbound import RequestError, id_problem, parse_object, safe_id
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
 from inspectd.plc.handshake import NOT_INSPECTED, Handshake, Result
 
 log = structlog.get_logger(__name__)

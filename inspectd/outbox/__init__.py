@@ -74,7 +74,6 @@ from inspectd.outbox.rows import (
     OutboxError,
     Row,
     StoredMessage,
-    set_flags,
 )
 from inspectd.outbox.schema import KINDS, SCHEMA_VERSION
 from inspectd.outbox.store import (
@@ -104,5 +103,4 @@ __all__ = [
     "OutboxError",
     "Row",
     "StoredMessage",
-    "set_flags",
 ]

@@ -8,9 +8,9 @@ import sqlite3
 
 import structlog
 
+from inspectd.contract.verdict import Verdict
 from inspectd.outbox.rows import Row
 from inspectd.outbox.schema import KIND_SQL, KINDS, meta, set_meta
-from inspectd.verdict import Verdict
 
 log = structlog.get_logger("inspectd.outbox")
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from inspectd.contract.messages import set_flags
+from inspectd.contract.verdict import Verdict
 from inspectd.outbox.drops import Dropped, drop_in_memory
-from inspectd.outbox.rows import Row, Stored, StoredMessage, set_flags
-from inspectd.verdict import Verdict
+from inspectd.outbox.rows import Row, Stored, StoredMessage
 
 
 class MemoryRows:

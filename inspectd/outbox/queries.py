@@ -8,9 +8,9 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
+from inspectd.contract.verdict import Verdict
 from inspectd.outbox.rows import Row, Stored, key_blob, row_from
 from inspectd.outbox.schema import ROWS_SQL
-from inspectd.verdict import Verdict
 
 Built = list[tuple[int, Verdict, list[Stored]]]  # (seq, kind, checked messages) per verdict
 

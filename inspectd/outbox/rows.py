@@ -3,14 +3,14 @@ when a message is appended and again when a row is read back, since the file may
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from inspectd.mqtt.topics import topic_problem
-from inspectd.verdict import Verdict
+from inspectd.contract.messages import set_flags
+from inspectd.contract.topics import topic_problem
+from inspectd.contract.verdict import Verdict
 
 
 class OutboxError(RuntimeError):
@@ -84,26 +84,6 @@ class Row:
 
 MessagesArg = Sequence[MessageLike] | Callable[[int], Iterable[MessageLike]]
 Stored = tuple[str, bytes, int, int, str | None, float | None, float | None]  # checked
-
-
-def set_flags(payload: bytes, **flags: bool) -> bytes:
-    """Set boolean flags in a JSON object payload, only where the key exists already.
-
-    Same compact form as ``inspectd.messages.encode_json``: a JSON round trip keeps key
-    order and float text, so only the flags change. Anything else passes through unchanged."""
-    if not payload.startswith(b"{"):
-        return payload
-    try:
-        obj = json.loads(payload)
-    except ValueError:
-        return payload
-    if not isinstance(obj, dict):
-        return payload
-    todo = {k: v for k, v in flags.items() if k in obj and obj[k] is not v}
-    if not todo:
-        return payload
-    obj.update(todo)
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def checked(message: MessageLike) -> Stored:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from inspectd.clock import Clock
-from inspectd.verdict import Verdict
+from inspectd.contract.verdict import Verdict
 
 SCHEMA_VERSION = 1
 KINDS = tuple(v.value for v in Verdict)

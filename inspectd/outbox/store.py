@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from inspectd.clock import SYSTEM, Clock
+from inspectd.contract.verdict import Verdict, iso_utc
 from inspectd.outbox import queries
 from inspectd.outbox.drops import (
     NOT_STORABLE,
@@ -45,7 +46,6 @@ from inspectd.outbox.schema import (
     transaction,
 )
 from inspectd.outbox.wal import WAL_LIMIT_BYTES, Checkpointer, wal_bytes
-from inspectd.verdict import Verdict, iso_utc
 
 log = structlog.get_logger("inspectd.outbox")
 

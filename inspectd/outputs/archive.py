@@ -40,9 +40,9 @@ import cv2
 import numpy as np
 import structlog
 
+from inspectd.contract.verdict import Verdict, iso_utc
 from inspectd.inspection import Inspection
 from inspectd.outputs.workers import BackgroundWorker
-from inspectd.verdict import Verdict, iso_utc
 
 log = structlog.get_logger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.inspection import Inspection
 from inspectd.preprocess import Geometry
-from inspectd.verdict import Verdict, VerdictRecord
 
 _COLOURS = {Verdict.OK: (80, 200, 80), Verdict.NG: (40, 40, 230), Verdict.ERROR: (0, 165, 255)}
 

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Literal
 import cv2
 import structlog
 
+from inspectd.contract.messages import overlay_message
+from inspectd.contract.verdict import Verdict
 from inspectd.inspection import Inspection, VerdictSink
-from inspectd.messages import overlay_message
 from inspectd.outputs.overlay import overlay_of, to_jpeg
 from inspectd.outputs.workers import BackgroundWorker
-from inspectd.verdict import Verdict
 
 if TYPE_CHECKING:
     from inspectd.mqtt.publisher import MqttPublisher

@@ -24,10 +24,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
+from inspectd.contract.verdict import Verdict
 from inspectd.mqtt.inbound import id_problem
 from inspectd.plc.handshake import INVALID_PART_ID, OVERLOADED, Result
 from inspectd.plc.link import PlcLink
-from inspectd.verdict import Verdict
 
 MAX_WAITING = 256  # results waiting for ResultAck before triggers are refused (overloaded)
 

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.frame import TriggerRequest
 from inspectd.inspection import TRIGGER_EXPIRED, Inspection
-from inspectd.verdict import Verdict, VerdictRecord
 
 if TYPE_CHECKING:
     from inspectd.pipeline import Recorder

@@ -22,9 +22,9 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 
+from inspectd.contract.verdict import Verdict
 from inspectd.plc.bits import BitHandshake
 from inspectd.plc.handshake import CODES
-from inspectd.verdict import Verdict
 
 log = structlog.get_logger(__name__)
 

@@ -27,11 +27,11 @@ from asyncua.server.user_managers import UserManager
 
 from inspectd.config.base import is_loopback
 from inspectd.config.plc import OpcUaConfig
+from inspectd.contract.verdict import Verdict
 from inspectd.mqtt.inbound import id_problem
 from inspectd.passwords import check_password
 from inspectd.plc.bits import BitHandshake
 from inspectd.plc.handshake import INVALID_PART_ID, Result
-from inspectd.verdict import Verdict
 
 log = structlog.get_logger(__name__)
 

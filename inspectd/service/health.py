@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from inspectd import __version__
-from inspectd.messages import encode_json, health_message, stats_message
+from inspectd.contract.messages import encode_json, health_message, stats_message
+from inspectd.contract.topics import Topics
+from inspectd.contract.verdict import iso_utc
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
 from inspectd.service.threads import ThreadWatch
-from inspectd.verdict import iso_utc
 
 if TYPE_CHECKING:
     from inspectd.capture.base import CaptureSource

@@ -31,8 +31,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from inspectd.contract.verdict import Verdict
 from inspectd.inspection import STAGES, THREADS, Inspection, PipelineStats
-from inspectd.verdict import Verdict
 
 log = structlog.get_logger(__name__)
 disable_created_metrics()  # no *_created series: they double the output and nobody graphs them

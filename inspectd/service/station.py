@@ -44,6 +44,7 @@ from inspectd.capture import open_source
 from inspectd.capture.base import CaptureSource
 from inspectd.config import StationConfig
 from inspectd.config.base import NAME_PATTERN
+from inspectd.contract.topics import Topics
 from inspectd.delivery import Delivery
 from inspectd.drift import DriftMonitor
 from inspectd.engine import Engine, EngineError, load_engine
@@ -52,7 +53,6 @@ from inspectd.inspection import PipelineStats, VerdictSink
 from inspectd.mqtt.commands import CommandDesk, CommandError
 from inspectd.mqtt.inbound import MAX_ID_CHARS
 from inspectd.mqtt.publisher import Credentials, MqttPublisher
-from inspectd.mqtt.topics import Topics
 from inspectd.mqtt.triggers import TriggerDesk
 from inspectd.outbox import Outbox, OutboxError
 from inspectd.outputs.archive import ArchiveSink

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from inspectd.contract.messages import verdict_messages
+from inspectd.contract.topics import Topics
+from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.delivery import Delivery
-from inspectd.messages import verdict_messages
 from inspectd.mqtt.broker import LocalBroker
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
 from inspectd.outbox import Outbox
-from inspectd.verdict import Verdict, VerdictRecord
 
 from support.mqtt_client import Subscriber
 from support.puback_broker import PubackBroker

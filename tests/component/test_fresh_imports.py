@@ -40,6 +40,9 @@ def test_config_package_import_is_light():
 
 def test_no_transport_in_the_contract() -> None:
     """The builders import no MQTT client: the outbox and delivery use them without paho."""
-    code = "import sys, inspectd.messages; print(any(m.startswith('paho') for m in sys.modules))"
+    code = (
+        "import sys, inspectd.contract.messages\n"
+        "print(any(m.startswith('paho') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

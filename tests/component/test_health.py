@@ -6,9 +6,9 @@ import json
 import time
 from pathlib import Path
 
+from inspectd.contract.topics import Topics
 from inspectd.mqtt.broker import LocalBroker, free_port
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
 from inspectd.service.health import HealthMonitor
 
 from support.mqtt_client import Subscriber

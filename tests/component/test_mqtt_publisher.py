@@ -15,7 +15,9 @@ from datetime import datetime
 import pytest
 from structlog.testing import capture_logs
 
-from inspectd.messages import verdict_messages
+from inspectd.contract.messages import verdict_messages
+from inspectd.contract.topics import Topics
+from inspectd.contract.verdict import Region, Verdict, VerdictRecord, iso_utc
 from inspectd.mqtt.broker import (
     LocalBroker,
     amqtt_available,
@@ -24,8 +26,6 @@ from inspectd.mqtt.broker import (
     free_port,
 )
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
-from inspectd.verdict import Region, Verdict, VerdictRecord, iso_utc
 
 from support.mqtt_client import Received, Subscriber
 from support.paths import REPO
@@ -203,7 +203,7 @@ def test_status_online_retained_then_stopped(mosquitto, make_publisher, subscrib
 CHILD = """
 import sys, time
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
+from inspectd.contract.topics import Topics
 pub = MqttPublisher(host="127.0.0.1", port={port}, protocol={protocol!r}, client_id="will-child",
                     keepalive_s=10, topics=Topics({base!r}), status_fields={fields!r})
 pub.start()

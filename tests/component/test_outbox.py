@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from inspectd.contract.verdict import Verdict
 from inspectd.outbox import SEQ_RESERVE, Message, Outbox, OutboxError
 from inspectd.outbox import store as outbox_module
-from inspectd.verdict import Verdict
 
 from support.paths import REPO
 

@@ -13,12 +13,12 @@ import pytest
 
 from inspectd.bundle import load_bundle
 from inspectd.capture.base import CaptureSource, EndOfStream
+from inspectd.contract.topics import Topics
 from inspectd.delivery import Delivery
 from inspectd.engine import load_engine
 from inspectd.engine.base import Engine, InferenceResult
 from inspectd.frame import CameraMeta, Frame
 from inspectd.inspection import Inspection
-from inspectd.mqtt.topics import Topics
 from inspectd.outbox import Outbox
 from inspectd.pipeline import Pipeline
 from inspectd.synthetic import render_part

@@ -19,9 +19,9 @@ from inspectd.capture import CaptureTimeout, WatchedFolderSource
 from inspectd.capture.base import RECEIPT
 from inspectd.capture.watched import ignored
 from inspectd.config import ConfigError, load_station_config
+from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.frame import Frame
 from inspectd.outbox import Outbox
-from inspectd.verdict import Verdict, VerdictRecord
 
 
 def png(seed: int) -> bytes:

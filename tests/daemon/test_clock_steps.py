@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from inspectd.clock import Clock
+from inspectd.contract.topics import Topics
+from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.delivery import Delivery
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
 from inspectd.outbox import Message, Outbox
-from inspectd.verdict import Verdict, VerdictRecord
 
 from support.mqtt_client import Subscriber
 

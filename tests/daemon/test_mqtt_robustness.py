@@ -30,10 +30,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
 
-from inspectd.messages import OutgoingMessage
+from inspectd.contract.messages import OutgoingMessage
+from inspectd.contract.topics import Topics
 from inspectd.mqtt.broker import LocalBroker, find_mosquitto
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
 
 from support.daemon_process import Daemon
 from support.mqtt_client import Received

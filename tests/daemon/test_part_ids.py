@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from inspectd.capture.folder import FolderSource
+from inspectd.contract.topics import Topics
+from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.delivery import Delivery
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.mqtt.topics import Topics
 from inspectd.names import escape_name, unescape_name
 from inspectd.outbox import Outbox
-from inspectd.verdict import Verdict, VerdictRecord
 
 from support.daemon_process import Daemon
 from support.mqtt_client import Subscriber

@@ -12,11 +12,11 @@ import numpy as np
 
 from inspectd.bundle import Bundle, load_bundle
 from inspectd.capture.base import CaptureSource, EndOfStream
+from inspectd.contract.topics import Topics
 from inspectd.delivery import Delivery
 from inspectd.engine import load_engine
 from inspectd.frame import CameraMeta, Frame
 from inspectd.inspection import Inspection, PipelineStats, VerdictSink
-from inspectd.mqtt.topics import Topics
 from inspectd.outbox import Outbox
 from inspectd.pipeline import Pipeline
 from inspectd.synthetic import render_part

@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from inspectd.verdict import iso_utc
+from inspectd.contract.verdict import iso_utc
 
 from support.paths import REPO
 

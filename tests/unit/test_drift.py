@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.drift import DriftMonitor
 from inspectd.inspection import Inspection
-from inspectd.verdict import Verdict, VerdictRecord
 
 QUANTILES = {"p10": 0.1, "p50": 0.5, "p90": 0.9}  # of uniform(0, 1) scores
 

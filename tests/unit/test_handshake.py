@@ -8,9 +8,9 @@ from __future__ import annotations
 import threading
 import time
 
+from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.inspection import Inspection
 from inspectd.plc.handshake import Handshake, Result
-from inspectd.verdict import Verdict, VerdictRecord
 
 
 class Answers:

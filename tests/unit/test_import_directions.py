@@ -63,3 +63,14 @@ def test_the_unit_folder_starts_no_process_or_station() -> None:
         for path in sorted((REPO / "tests" / "unit").glob("*.py"))
     }
     assert {name: names for name, names in found.items() if names} == {}
+
+
+def test_the_contract_imports_no_transport_page_or_outputs() -> None:
+    """inspectd/contract/ is the v1 wire contract (topics, messages, the verdict): before, the
+    message builders imported mqtt/topics.py, an arrow from the contract into the transport."""
+    below = ("inspectd.mqtt", "inspectd.ui", "inspectd.outputs", "paho")
+    found = {
+        path.name: sorted(n for n in imports(path) if n.startswith(below))
+        for path in sorted((REPO / "inspectd" / "contract").glob("*.py"))
+    }
+    assert found and {name: names for name, names in found.items() if names} == {}

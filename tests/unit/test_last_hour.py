@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from inspectd.contract.verdict import Verdict, iso_utc
 from inspectd.inspection import LastHour
-from inspectd.verdict import Verdict, iso_utc
 
 T0 = 1_700_000_000.0  # wall time at the start, 20 s into a minute
 M0 = 5_000.0 + 20.0  # monotonic time at the start, 20 s into a minute: buckets not aligned

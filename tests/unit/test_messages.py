@@ -1,4 +1,4 @@
-"""The message builders (inspectd.messages) against the contract table of docs/mqtt.md.
+"""The message builders (inspectd.contract.messages) against the contract table of docs/mqtt.md.
 
 The table is parsed from the document itself, so the documentation and the code cannot drift:
 a key added to a payload without the table (or the other way round), another QoS, retain flag
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from inspectd.messages import (
+from inspectd.contract.messages import (
     ECHO_MAX_CHARS,
     OutgoingMessage,
     encode_json,
@@ -27,8 +27,8 @@ from inspectd.messages import (
     status_message,
     verdict_messages,
 )
-from inspectd.mqtt.topics import Topics
-from inspectd.verdict import Region, Verdict, VerdictRecord
+from inspectd.contract.topics import Topics
+from inspectd.contract.verdict import Region, Verdict, VerdictRecord
 
 from support.contract import TABLE, check_keys
 

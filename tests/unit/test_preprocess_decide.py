@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inspectd.contract.verdict import Verdict
 from inspectd.decide import NonFiniteResult, decide, regions_of
 from inspectd.preprocess import Geometry, PreprocessError, PreprocessSpec, preprocess
-from inspectd.verdict import Verdict
 
 
 def test_bgr_frame_becomes_rgb_model_input_with_roi_and_geometry() -> None:

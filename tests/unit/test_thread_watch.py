@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 
+from inspectd.contract.topics import Topics
 from inspectd.mqtt.commands import CommandDesk
-from inspectd.mqtt.topics import Topics
 from inspectd.outputs.sinks import Pictures
 from inspectd.service.threads import Threaded, ThreadWatch
 

@@ -9,8 +9,8 @@ from datetime import time as dt_time
 
 import pytest
 
+from inspectd.contract.verdict import iso_utc
 from inspectd.ui.state import SILENT_INTERVALS, Line
-from inspectd.verdict import iso_utc
 
 BASE = "inspectd/v1/plant/l1/cam1"
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import structlog
 
-from inspectd.mqtt.topics import Topics
-from inspectd.verdict import Verdict, VerdictRecord, iso_utc
+from inspectd.contract.topics import Topics
+from inspectd.contract.verdict import Verdict, VerdictRecord, iso_utc
 
 log = structlog.get_logger(__name__)
 
@@ -250,3 +250,24 @@ def error_message(
         label=f"error {code}",
         correlation_data=correlation_data,
     )
+
+
+def set_flags(payload: bytes, **flags: bool) -> bytes:
+    """Set boolean flags (``replayed``, ``durable``) in a JSON object payload, only where the key
+    exists already: the outbox marks a stored verdict so when it sends it again.
+
+    Same compact form as ``encode_json``: a JSON round trip keeps key
+    order and float text, so only the flags change. Anything else passes through unchanged."""
+    if not payload.startswith(b"{"):
+        return payload
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return payload
+    if not isinstance(obj, dict):
+        return payload
+    todo = {k: v for k, v in flags.items() if k in obj and obj[k] is not v}
+    if not todo:
+        return payload
+    obj.update(todo)
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
