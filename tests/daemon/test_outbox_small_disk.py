@@ -14,9 +14,7 @@ from inspectd.outbox import WAL_LIMIT_BYTES, Message, Outbox
 
 from support.small_fs import fill, small_fs
 
-PAYLOAD = json.dumps(
-    {"schema": "inspectd.verdict/1", "part_id": "p", "pad": "x" * 600}
-).encode()
+PAYLOAD = json.dumps({"schema": "inspectd.verdict/1", "part_id": "p", "pad": "x" * 600}).encode()
 
 
 def messages(kind: str) -> list[Message]:
