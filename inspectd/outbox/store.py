@@ -266,7 +266,8 @@ class Outbox:
                 built.append((seq, kind, stored))
             if not built:
                 return []
-            # Spent from here on, whatever fails below: a seq is never handed out twice.
+            # Spent from here on, whatever fails below: a seq is never handed out twice (those
+            # past the reservation, below, are taken back: they reach no one).
             self._last_seq = built[-1][0]
             now = (self.clock.wall(), self.clock.mono())
             if self._conn is not None and self._append_with_retry(built, now, receipts):
