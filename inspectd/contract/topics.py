@@ -27,6 +27,15 @@ def _check_levels(text: str, what: str) -> None:
         raise ValueError(f"{what} {text!r}: empty topic level (leading, trailing or double '/')")
 
 
+def command_topic(topic: str) -> tuple[str, str, str] | None:
+    """(base, command name, "set" or "result") of ``<base>/cmd/<name>/set|result``, else None."""
+    base, sep, rest = topic.rpartition("/cmd/")
+    name, slash, kind = rest.partition("/")
+    if not sep or not base or not name or not slash or kind not in ("set", "result"):
+        return None
+    return base, name, kind
+
+
 @dataclass(frozen=True)
 class Topics:
     """Every topic of a station, from its base, e.g. ``inspectd/v1/site/line1/st1``."""
@@ -79,12 +88,15 @@ class Topics:
     def trigger(self) -> str:
         return self._sub("trigger")
 
-    def cmd(self, name: str) -> str:
-        """The topic a command is set on: ``…/cmd/<name>/set``."""
+    def cmd(self, name: str, kind: str = "set") -> str:
+        """A command's topic: ``…/cmd/<name>/set`` (it is asked there) or, with ``kind``
+        "result", ``…/cmd/<name>/result`` (where a 3.1.1 requester gets the answer)."""
         _check_levels(name, "command name")
         if "/" in name:
             raise ValueError(f"command name {name!r}: must be one topic level")
-        return self._sub(f"cmd/{name}/set")
+        if kind not in ("set", "result"):
+            raise ValueError(f"a command topic ends in set or result, not {kind!r}")
+        return self._sub(f"cmd/{name}/{kind}")
 
     @property
     def cmd_filter(self) -> str:

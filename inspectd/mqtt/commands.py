@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 
-from inspectd.contract.topics import Topics
+from inspectd.contract.topics import Topics, command_topic
 from inspectd.mqtt.answers import ReplyTo, publish_error, refusal, reply
 from inspectd.mqtt.inbound import RequestError, parse_object
 from inspectd.mqtt.publisher import MqttPublisher
@@ -57,8 +57,8 @@ class CommandDesk:
     # paho's network thread
     def on_message(self, msg: mqtt.MQTTMessage) -> None:
         to = ReplyTo.of(msg, self.topics)
-        prefix = f"{self.topics.base}/cmd/"
-        name = msg.topic[len(prefix) : -len("/set")] if msg.topic.startswith(prefix) else ""
+        parsed = command_topic(msg.topic)
+        name = parsed[1] if parsed and parsed[0] == self.topics.base and parsed[2] == "set" else ""
         if name not in self.handlers:
             allowed = ", ".join(sorted(self.handlers))
             self._refuse(
@@ -100,8 +100,8 @@ class CommandDesk:
                 self._refuse(to, "command_failed", f"{type(exc).__name__}: {exc}", command=name)
                 continue
             log.info("command.done", command=name, **result)
-            fallback = f"{self.topics.base}/cmd/{name}/result"
-            reply(self.publisher, to, fallback, {"command": name, "ok": True, **result})
+            answer = {"command": name, "ok": True, **result}
+            reply(self.publisher, to, self.topics.cmd(name, "result"), answer)
 
     def _refuse(self, to: ReplyTo, code: str, detail: str, **fields: Any) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from inspectd.contract.topics import Topics, command_topic
 from inspectd.mqtt.paho_client import LenientClient
 from inspectd.ui.config import UiMqtt
 
@@ -126,11 +127,11 @@ class MqttLink:
     def _arrived(
         self, topic: str, payload: bytes, props: dict[str, str], correlation: bytes | None
     ) -> None:
+        command = command_topic(topic)
         if (
             topic == self.reply_topic
             or topic.endswith("/error")
-            or "/cmd/" in topic
-            and topic.endswith("/result")
+            or (command is not None and command[2] == "result")
         ):
             if self._answer(topic, payload, correlation):
                 return
@@ -152,9 +153,9 @@ class MqttLink:
                 if _hex(doc["correlation_data"])
                 else None
             )
-        if key is None and topic.endswith("/result"):  # 3.1.1: the oldest waiting for it
-            base, _, rest = topic.partition("/cmd/")
-            command = rest.removesuffix("/result")
+        answered = command_topic(topic)
+        if key is None and answered and answered[2] == "result":  # 3.1.1: the oldest waiting
+            base, command, _ = answered
             key = next(
                 (k for k, (_, b, c) in self._pending.items() if b == base and c == command), None
             )
@@ -184,7 +185,7 @@ class MqttLink:
             properties.ResponseTopic = self.reply_topic
             properties.CorrelationData = key.encode("ascii")
         info = self._client.publish(
-            f"{base}/cmd/{command}/set", json.dumps(args), qos=1, properties=properties
+            Topics(base).cmd(command), json.dumps(args), qos=1, properties=properties
         )
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self._pending.pop(key, None)

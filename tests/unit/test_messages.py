@@ -27,7 +27,7 @@ from inspectd.contract.messages import (
     status_message,
     verdict_messages,
 )
-from inspectd.contract.topics import Topics
+from inspectd.contract.topics import Topics, command_topic
 from inspectd.contract.verdict import Region, Verdict, VerdictRecord
 
 from support.contract import TABLE, check_keys
@@ -298,3 +298,15 @@ def test_health_and_stats_are_as_documented() -> None:
     # message here
     check_row("health", health_message(TOPICS, encode_json({"state": "ok"})), keys=False)
     check_row("stats", stats_message(TOPICS, {"verdicts": {"OK": 1}}))
+
+
+def test_command_topics_are_written_and_read_in_one_place() -> None:
+    """The station answers on, and the page sends to and reads answers from, the topics that
+    contract.topics writes and parses (both wrote their own f-strings and partitions)."""
+    assert TOPICS.cmd("product") == f"{TOPICS.base}/cmd/product/set"
+    assert TOPICS.cmd("product", "result") == f"{TOPICS.base}/cmd/product/result"
+    assert command_topic(TOPICS.cmd("reviews", "result")) == (TOPICS.base, "reviews", "result")
+    for other in (TOPICS.status, f"{TOPICS.base}/cmd/product", "cmd/product/set"):
+        assert command_topic(other) is None
+    with pytest.raises(ValueError, match="set or result"):
+        TOPICS.cmd("product", "get")
