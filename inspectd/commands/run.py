@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         notifier.reloading("reloading thresholds")
         status = "thresholds not reloaded"
         try:
-            result = station.reload_thresholds()
+            result = station.control.reload_thresholds()
             status = f"thresholds reloaded: image {result['image']}"
         except CommandError as exc:
             print(f"inspectd: {exc}", file=sys.stderr)

@@ -24,10 +24,8 @@ does (``inspectd.service.threads``).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import re
 import threading
 import time
 import uuid
@@ -39,19 +37,17 @@ import structlog
 
 from inspectd import __version__
 from inspectd.archived_parts import part_view
-from inspectd.bundle import Bundle, BundleError, load_bundle
+from inspectd.bundle import Bundle, load_bundle
 from inspectd.capture import open_source
 from inspectd.capture.base import CaptureSource
 from inspectd.config import StationConfig
-from inspectd.config.base import NAME_PATTERN
 from inspectd.contract.topics import Topics
 from inspectd.delivery import Delivery
 from inspectd.drift import DriftMonitor
-from inspectd.engine import Engine, EngineError, load_engine
+from inspectd.engine import Engine, load_engine
 from inspectd.engine.slowed import SLOW_ENGINE_ENV, SlowedEngine
 from inspectd.inspection import PipelineStats, VerdictSink
-from inspectd.mqtt.commands import CommandDesk, CommandError
-from inspectd.mqtt.inbound import MAX_ID_CHARS
+from inspectd.mqtt.commands import CommandDesk
 from inspectd.mqtt.publisher import Credentials, MqttPublisher
 from inspectd.mqtt.triggers import TriggerDesk
 from inspectd.outbox import Outbox, OutboxError
@@ -60,6 +56,7 @@ from inspectd.outputs.sinks import JsonlSink, MqttOverlaySink, OverlaySink, Pict
 from inspectd.pipeline import Pipeline, Recorder
 from inspectd.plc.handshake import Handshake, SettlingRecorder
 from inspectd.reviews import ReviewDesk
+from inspectd.service.control import ProductControl
 from inspectd.service.health import HealthMonitor, StationHealth
 from inspectd.service.sd_notify import Notifier, ServiceWatch
 from inspectd.service.threads import Threaded, ThreadWatch
@@ -116,7 +113,8 @@ class Station:
         self.threads = ThreadWatch()  # the long-lived threads of the components
         self._line, self._core, self._service = ExitStack(), ExitStack(), ExitStack()
         self._drain_timeout = config.mqtt.drain_timeout_s  # stop()'s, for the closers
-        self._switch_lock = threading.Lock()
+        # the reload and the product switch (docs: service/control.py), attached at start
+        self.control = ProductControl(config.products_dir, self._load_engine)
 
     # -- start: one step per component, each registering its closer -----------------------------
 
@@ -147,6 +145,9 @@ class Station:
             self.sinks.append(self.drift)
         self.sinks.extend(self.extra_sinks)
         self.pipeline = self._make_pipeline(bundle, engine, self.source, self.delivery)
+        self.control.attach(
+            self.pipeline, handshake=self.handshake, drift=self.drift, publisher=self.publisher
+        )
         self.report = StationHealth(
             cfg,
             boot_id=self.boot_id,
@@ -351,9 +352,7 @@ class Station:
             publisher,
             self.topics,
             {
-                "reload_thresholds": self._cmd_reload,
-                "product": self._cmd_product,
-                "products": self._cmd_products,
+                **self.control.commands(),
                 **ReviewDesk(archive).handlers(),
                 "part": functools.partial(part_view, archive),  # the page's part view
             },
@@ -469,7 +468,7 @@ class Station:
             deadline_ms=cfg.plc.result_deadline_ms,
             products_dir=cfg.products_dir,
             numbers=cfg.plc.products,
-            switch=lambda name: self._cmd_product({"product": name}),
+            switch=self.control.switch,
             health=self.health_snapshot,
             counts=counts,
             product=lambda: pipeline.next_bundle().name,
@@ -610,85 +609,6 @@ class Station:
         if self.report is None:
             raise RuntimeError("Station.start() first")
         return self.report
-
-    # -- commands and reload --------------------------------------------------------------------
-
-    def reload_thresholds(self) -> dict[str, Any]:
-        """Read the bundle's thresholds again (SIGHUP, the reload command); the model must be
-        the one running."""
-        pipeline = self._started().pipeline
-        with self._switch_lock:  # no product command meanwhile
-            # the product a switch just asked for, if it is still waiting for the next part
-            current = pipeline.next_bundle()
-            try:
-                fresh = load_bundle(self.config.products_dir / current.name)
-            except BundleError as exc:
-                raise CommandError(f"thresholds not reloaded: {exc}") from exc
-            short = fresh.thresholds.short_of_target()
-            if short is not None:  # a --force calibration from a handful of parts
-                raise CommandError(f"thresholds not reloaded: {short}")
-            if fresh.model_sha256 != current.model_sha256:
-                raise CommandError(
-                    f"thresholds not reloaded: the model of {current.name} changed on disk "
-                    f"({fresh.model_sha256[:12]}…, running {current.model_sha256[:12]}…); "
-                    "switch product or restart to load it"
-                )
-            old = current.thresholds
-            pipeline.replace_thresholds(fresh)
-            if self.drift is not None:
-                self.drift.reset(fresh.thresholds.quantiles)
-        result = {
-            "product": current.name,
-            "image": fresh.thresholds.image,
-            "previous_image": old.image,
-            "pixel": fresh.thresholds.pixel,
-        }
-        log.info("thresholds.reloaded", **result)
-        return result
-
-    def _cmd_reload(self, args: dict[str, Any]) -> dict[str, Any]:
-        if args:
-            raise CommandError(f"reload_thresholds takes no arguments, got {sorted(args)}")
-        return self.reload_thresholds()
-
-    def _cmd_products(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The bundles a product command can switch to (the page offers them, not free text)."""
-        if args:
-            raise CommandError(f"products takes no arguments, got {sorted(args)}")
-        folder = self.config.products_dir
-        names = sorted(p.parent.name for p in folder.glob("*/manifest.yaml"))
-        return {"products": names, "current": self._started().pipeline.next_bundle().name}
-
-    def _cmd_product(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = args.get("product")
-        if (
-            set(args) != {"product"}
-            or not isinstance(name, str)
-            or not re.match(NAME_PATTERN, name)
-            or len(name) > MAX_ID_CHARS  # checked before it is a path: ENAMETOOLONG crashed it
-        ):
-            raise CommandError(
-                'expected {"product": "<bundle name>"} (letters, digits, _ and -, at most '
-                f"{MAX_ID_CHARS})"
-            )
-        pipeline = self._started().pipeline
-        changeover = self.handshake.changeover(name) if self.handshake else contextlib.nullcontext()
-        with self._switch_lock, changeover:  # triggers meanwhile are answered not_ready
-            try:
-                bundle = load_bundle(self.config.products_dir / name)
-            except BundleError as exc:
-                raise CommandError(f"product not switched: {exc}") from exc
-            try:
-                engine = self._load_engine(bundle)
-            except EngineError as exc:  # e.g. a bundle without model.pt on the torch backend
-                raise CommandError(f"product not switched: {exc}") from exc
-            previous = pipeline.bundle.name
-            pipeline.swap_product(bundle, engine)
-            if self.drift is not None:
-                self.drift.reset(bundle.thresholds.quantiles)
-        if self.publisher is not None:
-            self.publisher.set_status_fields(product=bundle.name, model_sha256=bundle.model_sha256)
-        return {"product": bundle.name, "previous": previous, "model_sha256": bundle.model_sha256}
 
     # -- health ---------------------------------------------------------------------------------
 

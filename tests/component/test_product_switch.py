@@ -17,7 +17,7 @@ import yaml
 from inspectd.bundle import MANIFEST, THRESHOLDS, Bundle, Thresholds, load_bundle
 from inspectd.bundle_seal import replace_thresholds, seal
 from inspectd.config import StationConfig
-from inspectd.service import station as station_module
+from inspectd.service import control as control_module
 from inspectd.service.station import Station
 
 from support.paths import BUNDLE
@@ -53,7 +53,7 @@ def test_a_reload_while_a_switch_waits_reloads_the_new_product(
         pipeline = station.pipeline
         assert pipeline is not None
         # the command handler the MQTT desk calls; no part inspected yet: the switch waits
-        station._cmd_product({"product": "other"})
+        station.control.switch("other")
         assert pipeline.bundle.name == "button"
 
         # The inference thread takes the switch while the reload reads a bundle from disk:
@@ -63,8 +63,8 @@ def test_a_reload_while_a_switch_waits_reloads_the_new_product(
             pipeline._apply_swap()
             return bundle
 
-        monkeypatch.setattr(station_module, "load_bundle", load_then_switch)
-        answer = station.reload_thresholds()
+        monkeypatch.setattr(control_module, "load_bundle", load_then_switch)
+        answer = station.control.reload_thresholds()
         assert answer["product"] == "other" and answer["image"] == OTHER_IMAGE
         assert (pipeline.bundle.name, pipeline.thresholds.image) == ("other", OTHER_IMAGE)
 
