@@ -25,6 +25,8 @@ import pytest
 
 from inspectd.mqtt.broker import LocalBroker, find_mosquitto
 
+from support.browser import CHROMIUM
+
 TESTS = Path(__file__).resolve().parent
 FOLDER_MARKERS = ("unit", "component", "daemon", "system")
 
@@ -101,3 +103,15 @@ def _fresh_logging() -> Iterator[None]:
     import structlog
 
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright (support.browser), one per test module: the page
+    tests skip themselves where it is missing."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield b
+        b.close()

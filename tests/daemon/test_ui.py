@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 
 from inspectd.mqtt.broker import LocalBroker, find_mosquitto, free_port
@@ -42,7 +41,7 @@ from support.mqtt_client import Subscriber
 from support.paths import PRODUCTS, REPO, needs_bundle
 from support.secure_broker import find_openssl, make_pki
 from support.station import BASE, station_config
-from support.ui import ui_process, wait_until
+from support.ui import drop_part, ui_process, wait_until
 
 OPERATOR = ("alice", "correct horse battery")
 VIEWER_TOKEN = "wall-display-token-0123456789"
@@ -81,17 +80,7 @@ class Line:
         defect = None if kind == "good" else kind
         image = render_part(11, 2 + self.n if defect is None else 107, defect)[0]
         self.n += 1
-        part = f"p{self.n:03d}_{kind}"
-        ok, data = cv2.imencode(".png", image)
-        assert ok
-        tmp = self.frames / f"{part}.tmp"  # not matched by the camera's pattern: rename is atomic
-        tmp.write_bytes(data.tobytes())
-        os.replace(tmp, self.frames / f"{part}.png")
-        before = len(self.verdicts.messages())
-        got = self.verdicts.wait_for(before + 1, timeout=20)
-        v = got[before].json()
-        assert v["part_id"] == part, v
-        return v
+        return drop_part(self.frames, self.verdicts, f"p{self.n:03d}_{kind}", image)
 
 
 @pytest.fixture(scope="module")
@@ -134,16 +123,6 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
         ):
             station.wait_event("station.ready", timeout=30)
             yield Line(tmp, broker, station, ui, url, verdicts)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

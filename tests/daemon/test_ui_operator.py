@@ -12,7 +12,6 @@ may recalibrate and switch it. Tests run in file order; the last one stops the s
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -37,7 +36,13 @@ from support.daemon_process import Daemon
 from support.mqtt_client import Subscriber
 from support.paths import BUNDLE, REPO, needs_bundle
 from support.station import BASE, station_config
-from support.ui import contrast_failures, sideways_overflow, ui_process, wait_until
+from support.ui import (
+    contrast_failures,
+    drop_part,
+    sideways_overflow,
+    ui_process,
+    wait_until,
+)
 
 OPERATOR = ("alice", "correct horse battery")
 
@@ -72,16 +77,7 @@ class Shop:
             seed = 2 + self.n if defect is None else 107 + self.n
         image = render_part(11, seed, defect)[0]
         self.n += 1
-        part = f"q{self.n:03d}_{kind}"
-        ok, data = cv2.imencode(".png", image)
-        assert ok
-        tmp = self.frames / f"{part}.tmp"  # not matched by the camera's pattern: rename is atomic
-        tmp.write_bytes(data.tobytes())
-        os.replace(tmp, self.frames / f"{part}.png")
-        before = len(self.verdicts.messages())
-        v = self.verdicts.wait_for(before + 1, timeout=20)[before].json()
-        assert v["part_id"] == part, v
-        return v
+        return drop_part(self.frames, self.verdicts, f"q{self.n:03d}_{kind}", image)
 
 
 @pytest.fixture(scope="module")
@@ -126,16 +122,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         ):
             station.wait_event("station.ready", timeout=30)
             yield Shop(tmp, station, url, verdicts, ui_cfg)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

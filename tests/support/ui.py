@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import signal
 import ssl
 import subprocess
@@ -15,7 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
 from support import waiting
+from support.mqtt_client import Subscriber
 from support.paths import REPO
 
 # The page is asked every 20 ms: some checks time how soon it shows a verdict.
@@ -73,3 +78,17 @@ def sideways_overflow(page: Any) -> int:
     return page.evaluate(
         "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )
+
+
+def drop_part(frames: Path, verdicts: Subscriber, part: str, image: np.ndarray) -> dict[str, Any]:
+    """``image`` into the station's watched folder as ``part``.png, and its verdict once the
+    station sent it on …/verdict (``verdicts`` subscribes there)."""
+    ok, data = cv2.imencode(".png", image)
+    assert ok
+    tmp = frames / f"{part}.tmp"  # not matched by the camera's pattern: rename is atomic
+    tmp.write_bytes(data.tobytes())
+    os.replace(tmp, frames / f"{part}.png")
+    before = len(verdicts.messages())
+    v = verdicts.wait_for(before + 1, timeout=20)[before].json()
+    assert v["part_id"] == part, v
+    return v
