@@ -141,9 +141,8 @@ class ProductControl:
         return self.reload_thresholds()
 
     def _cmd_product(self, args: dict[str, Any]) -> dict[str, Any]:
-        if set(args) != {"product"}:
-            return self.switch(None)  # the same refusal as a bad name
-        return self.switch(args["product"])
+        # anything but {"product": <name>} gets the refusal of a bad name
+        return self.switch(args["product"] if set(args) == {"product"} else None)
 
     def _cmd_products(self, args: dict[str, Any]) -> dict[str, Any]:
         if args:
