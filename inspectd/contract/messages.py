@@ -209,6 +209,35 @@ def bound_echoes(fields: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return {k: bounded(v) if k in cut else v for k, v in fields.items()}, cut
 
 
+def command_answer(command: str, result: dict[str, Any]) -> dict[str, Any]:
+    """…/cmd/<name>/result (or the response topic): a command that ran, and what it returned."""
+    return {"command": command, "ok": True, **result}
+
+
+def trigger_answer(
+    request_id: str,
+    part_id: str,
+    status: str,
+    verdict: Verdict,
+    record: VerdictRecord | None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """…/trigger/response (or the response topic): the part's verdict, recorded (``record``)
+    or, for a ``late`` answer, the NG that rejects it before the verdict exists (no seq yet)."""
+    if record is not None:
+        payload = record.to_payload()
+    else:
+        payload = {
+            "verdict": verdict.value,
+            "seq": None,
+            "part_id": part_id,
+            "request_id": request_id,
+            "late": True,
+            "error": error,
+        }
+    return {"request_id": request_id, "part_id": part_id, "status": status, "verdict": payload}
+
+
 def reply_message(
     topic: str, payload: dict[str, Any], *, source_topic: str, correlation_data: bytes | None
 ) -> OutgoingMessage:

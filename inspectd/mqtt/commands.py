@@ -17,6 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 
+from inspectd.contract.messages import command_answer
 from inspectd.contract.topics import Topics, command_topic
 from inspectd.mqtt.answers import ReplyTo, publish_error, refusal, reply
 from inspectd.mqtt.inbound import RequestError, parse_object
@@ -100,8 +101,7 @@ class CommandDesk:
                 self._refuse(to, "command_failed", f"{type(exc).__name__}: {exc}", command=name)
                 continue
             log.info("command.done", command=name, **result)
-            answer = {"command": name, "ok": True, **result}
-            reply(self.publisher, to, self.topics.cmd(name, "result"), answer)
+            reply(self.publisher, to, self.topics.cmd(name, "result"), command_answer(name, result))
 
     def _refuse(self, to: ReplyTo, code: str, detail: str, **fields: Any) -> None:
         with self._lock:

@@ -29,6 +29,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 
+from inspectd.contract.messages import trigger_answer
 from inspectd.contract.topics import Topics
 from inspectd.mqtt.answers import ReplyTo, publish_error, refusal, reply
 from inspectd.mqtt.inbound import RequestError, id_problem, parse_object, safe_id
@@ -240,23 +241,14 @@ class TriggerDesk:
             for to, _ in waiting:
                 self._refuse(to, NOT_INSPECTED, result.text or "", request_id=request_id)
             return
-        if result.record is not None:
-            verdict = result.record.to_payload()
-        else:  # late: the verdict does not exist yet; NG so that the part is rejected
-            verdict = {
-                "verdict": result.verdict.value,
-                "seq": None,
-                "part_id": result.part_id,
-                "request_id": request_id,
-                "late": True,
-                "error": f"{result.code}: {result.text}",
-            }
-        answer = {
-            "request_id": request_id,
-            "part_id": result.part_id,
-            "status": result.status,
-            "verdict": verdict,
-        }
+        answer = trigger_answer(
+            request_id,
+            result.part_id,
+            result.status,
+            result.verdict,
+            result.record,
+            f"{result.code}: {result.text}",
+        )
         with self._lock:
             self._answered[request_id] = answer
             while len(self._answered) > self.cache_size:
