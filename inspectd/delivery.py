@@ -31,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -41,7 +41,7 @@ from inspectd.contract.messages import OutgoingMessage, verdict_messages
 from inspectd.contract.topics import Topics
 from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.mqtt.publisher import REFUSED, MqttPublisher, reason_name
-from inspectd.outbox import MessageLike, Outbox, OutboxError, Row
+from inspectd.outbox import Outbox, OutboxError, Row
 
 log = structlog.get_logger(__name__)
 
@@ -289,7 +289,7 @@ class Delivery:
         finally:
             self._handing.release()
 
-    def _send_row(self, seq: int, messages: Iterable[tuple[int, MessageLike]]) -> None:
+    def _send_row(self, seq: int, messages: Iterable[tuple[int, OutgoingMessage]]) -> None:
         """Hand one row's (idx, message) pairs to the publisher (idx is the outbox's, for the
         acks), skipping those in flight. A row the publisher refuses to take is quarantined."""
         try:
@@ -298,7 +298,7 @@ class Delivery:
         except (ValueError, TypeError) as exc:
             self.outbox.quarantine(seq, f"the publisher cannot send it: {exc}")
 
-    def _send(self, seq: int, idx: int, m: MessageLike) -> None:
+    def _send(self, seq: int, idx: int, m: OutgoingMessage) -> None:
         key = (seq, idx)
         with self._cv:
             if key in self._flying:
@@ -307,17 +307,7 @@ class Delivery:
         sent = False
         try:
             sent = self.publisher.enqueue(  # type: ignore[union-attr]
-                OutgoingMessage(
-                    m.topic,
-                    m.payload,
-                    m.qos,
-                    m.retain,
-                    label=f"seq={seq}",
-                    on_ack=partial(self._on_ack, seq, idx, m.topic),
-                    content_type=m.content_type,
-                    expires=m.expires,
-                    expires_mono=getattr(m, "expires_mono", None),
-                )
+                replace(m, label=f"seq={seq}", on_ack=partial(self._on_ack, seq, idx, m.topic))
             )
         finally:
             if not sent:  # raised, or not taken: it stays in the outbox (for the next start)
@@ -388,7 +378,7 @@ class Delivery:
         last = self.outbox.last_seq  # read before the rows: all up to it are in them
         rows = self.outbox.pending(space, after=self._cursor) if space > 0 else []
         for row in rows:
-            self._send_row(row.seq, ((m.idx, m) for m in row.messages))
+            self._send_row(row.seq, row.messages.items())
             self._cursor = row.seq
         if 0 < space and len(rows) < space:
             self._cursor = max(self._cursor, last)  # caught up (gaps: acked, dropped)
@@ -447,7 +437,7 @@ class Delivery:
         found: set[_Key] = set()
         for row in rows:
             if row.seq in wanted:
-                messages = [(m.idx, m) for m in row.messages if m.idx in wanted[row.seq]]
+                messages = [(i, m) for i, m in row.messages.items() if i in wanted[row.seq]]
                 found.update((row.seq, idx) for idx, _ in messages)
                 self._send_row(row.seq, messages)
         with self._cv:
@@ -465,7 +455,7 @@ class Delivery:
         if rows:
             log.info("outbox.quarantine_retry", count=len(rows), seqs=[r.seq for r in rows][:50])
         for row in rows:
-            self._send_row(row.seq, ((m.idx, m) for m in row.messages))
+            self._send_row(row.seq, row.messages.items())
 
 
 def _not_publishable(record: VerdictRecord, why: str) -> None:

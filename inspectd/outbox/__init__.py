@@ -67,14 +67,7 @@ two processes at once (reading it with the sqlite3 shell while the daemon runs i
 """
 
 from inspectd.outbox.drops import NOT_STORABLE
-from inspectd.outbox.rows import (
-    Message,
-    MessageLike,
-    MessagesArg,
-    OutboxError,
-    Row,
-    StoredMessage,
-)
+from inspectd.outbox.rows import MessagesArg, OutboxError, Row
 from inspectd.outbox.schema import KINDS, SCHEMA_VERSION
 from inspectd.outbox.store import (
     DEFAULT_MAX_AGE_S,
@@ -96,11 +89,8 @@ __all__ = [
     "SEQ_RESERVE",
     "SYNC_MODES",
     "WAL_LIMIT_BYTES",
-    "Message",
-    "MessageLike",
     "MessagesArg",
     "Outbox",
     "OutboxError",
     "Row",
-    "StoredMessage",
 ]

@@ -9,7 +9,7 @@ from dataclasses import replace
 from inspectd.contract.messages import set_flags
 from inspectd.contract.verdict import Verdict
 from inspectd.outbox.drops import Dropped, drop_in_memory
-from inspectd.outbox.rows import Row, Stored, StoredMessage
+from inspectd.outbox.rows import Row, Stored, message_of
 
 
 class MemoryRows:
@@ -34,10 +34,10 @@ class MemoryRows:
                 continue
             if len(self.rows) >= self.max_rows:
                 dropped += drop_in_memory(self.rows, len(self.rows) - self.max_rows + 1, cutoff)
-            stored = tuple(
-                StoredMessage(seq, i, t, set_flags(p, durable=False), q, bool(r), c, e, em)
+            stored = {
+                i: message_of((t, set_flags(p, durable=False), q, r, c, e, em))
                 for i, (t, p, q, r, c, e, em) in enumerate(msgs)
-            )
+            }
             self.rows[seq] = Row(
                 seq, kind, now[0], False, stored, durable=False, created_mono=now[1]
             )
@@ -48,7 +48,7 @@ class MemoryRows:
         row = self.rows.get(seq)
         if row is None:
             return None
-        kept = tuple(m for m in row.messages if idx is not None and m.idx != idx)
+        kept = {i: m for i, m in row.messages.items() if idx is not None and i != idx}
         if kept:
             self.rows[seq] = replace(row, messages=kept)
         else:

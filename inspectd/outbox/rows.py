@@ -6,61 +6,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
-from inspectd.contract.messages import set_flags
+from inspectd.contract.messages import OutgoingMessage, set_flags
 from inspectd.contract.topics import topic_problem
 from inspectd.contract.verdict import Verdict
 
 
 class OutboxError(RuntimeError):
     """The outbox file cannot be opened or read, or the outbox is closed."""
-
-
-class MessageLike(Protocol):
-    """What ``append`` stores of a message."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def payload(self) -> bytes: ...
-    @property
-    def qos(self) -> int: ...
-    @property
-    def retain(self) -> bool: ...
-    @property
-    def content_type(self) -> str | None: ...
-    @property
-    def expires(self) -> float | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message to store. ``expires``: wall time after which it is not worth sending (a reject
-    for a part that has left the diverter); the publisher turns it into MQTT 5 message expiry."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-    content_type: str | None = "application/json"
-    expires: float | None = None
-    expires_mono: float | None = None  # the same deadline on the monotonic clock; it decides
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A message read back from the outbox; ``ack(seq, idx)`` deletes it."""
-
-    seq: int
-    idx: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    content_type: str | None
-    expires: float | None
-    expires_mono: float | None = None  # this process's monotonic clock (rebased at open)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +30,17 @@ class Row:
     kind: Verdict
     created: float
     replayed: bool
-    messages: tuple[StoredMessage, ...]
+    messages: dict[int, OutgoingMessage]  # by their index in the row (the acks name it), in order
     durable: bool = True
     created_mono: float | None = None  # this process's monotonic clock (rebased at open)
     quarantined: str | None = None  # why it is set aside (see the module docstring)
 
 
-MessagesArg = Sequence[MessageLike] | Callable[[int], Iterable[MessageLike]]
+MessagesArg = Sequence[OutgoingMessage] | Callable[[int], Iterable[OutgoingMessage]]
 Stored = tuple[str, bytes, int, int, str | None, float | None, float | None]  # checked
 
 
-def checked(message: MessageLike) -> Stored:
+def checked(message: OutgoingMessage) -> Stored:
     topic, payload, qos = message.topic, message.payload, message.qos
     problem = topic_problem(topic) if isinstance(topic, str) else "not text"
     if problem is not None:
@@ -96,11 +50,11 @@ def checked(message: MessageLike) -> Stored:
     if qos not in (0, 1, 2):
         raise ValueError(f"invalid QoS {qos!r}")
     topic.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
-    content_type = getattr(message, "content_type", None)
+    content_type = message.content_type
     if content_type is not None:
         content_type.encode("utf-8")
-    expires = deadline(getattr(message, "expires", None))
-    expires_mono = deadline(getattr(message, "expires_mono", None))
+    expires = deadline(message.expires)
+    expires_mono = deadline(message.expires_mono)
     return (
         topic,
         bytes(payload),
@@ -109,6 +63,20 @@ def checked(message: MessageLike) -> Stored:
         content_type,
         expires,
         expires_mono,
+    )
+
+
+def message_of(stored: Stored) -> OutgoingMessage:
+    """A stored message as the publisher takes it."""
+    topic, payload, qos, retain, content_type, expires, expires_mono = stored
+    return OutgoingMessage(
+        topic,
+        payload,
+        qos,
+        bool(retain),
+        content_type=content_type,
+        expires=expires,
+        expires_mono=expires_mono,
     )
 
 
@@ -134,21 +102,19 @@ def row_from(joined: list[tuple[Any, ...]]) -> Row:
     seq, kind, created, replayed, created_mono, quarantined, first_idx, *_ = joined[0]
     if first_idx is None:  # LEFT JOIN: no message (each acknowledgement deletes its verdict)
         raise ValueError("no message left to send")
-    messages = []
+    messages = {}
     for *_, idx, topic, payload, qos, retain, content_type, expires, expires_mono in joined:
-        m = StoredMessage(
-            seq, idx, topic, payload, qos, bool(retain), content_type, expires, expires_mono
-        )
+        m = message_of((topic, payload, qos, retain, content_type, expires, expires_mono))
         checked(m)
         if replayed:
             m = replace(m, payload=set_flags(payload, replayed=True))
-        messages.append(m)
+        messages[idx] = m
     return Row(
         seq,
         Verdict(kind),
         created,
         bool(replayed),
-        tuple(messages),
+        messages,
         created_mono=created_mono,
         quarantined=quarantined,
     )

@@ -17,23 +17,24 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from inspectd.contract.messages import OutgoingMessage
 from inspectd.contract.verdict import Verdict
-from inspectd.outbox import SEQ_RESERVE, Message, Outbox, OutboxError
+from inspectd.outbox import SEQ_RESERVE, Outbox, OutboxError
 from inspectd.outbox import store as outbox_module
 
 from support.paths import REPO
 
 
-def verdict_messages(seq: int, kind: str) -> list[Message]:
+def verdict_messages(seq: int, kind: str) -> list[OutgoingMessage]:
     """What the publisher stores per verdict: the verdict payload, plus the reject for NG/ERROR."""
     verdict = json.dumps(
         {"schema": "inspectd.verdict/1", "seq": seq, "verdict": kind, "replayed": False},
         separators=(",", ":"),
     ).encode()
-    messages = [Message("inspectd/v1/s/l/st1/verdict", verdict)]
+    messages = [OutgoingMessage("inspectd/v1/s/l/st1/verdict", verdict)]
     if kind != "OK":
         reject = json.dumps({"part_id": f"P{seq}", "seq": seq, "verdict": kind}).encode()
-        messages.append(Message("inspectd/v1/s/l/st1/reject", reject))
+        messages.append(OutgoingMessage("inspectd/v1/s/l/st1/reject", reject))
     return messages
 
 
@@ -70,10 +71,11 @@ def test_rows_survive_a_killed_process(tmp_path: Path, sync: str) -> None:
         f"""
         import os, signal
         from pathlib import Path
-        from inspectd.outbox import Message, Outbox
+        from inspectd.contract.messages import OutgoingMessage
+        from inspectd.outbox import Outbox
         outbox = Outbox(Path({str(path)!r}), sync={sync!r})
         for kind in ["OK", "NG", "OK", "ERROR", "OK"]:
-            seq = outbox.append(kind, lambda s: [Message("t/verdict", b'{{"seq":%d}}' % s)])
+            seq = outbox.append(kind, lambda s: [OutgoingMessage("t/verdict", b'{{"seq":%d}}' % s)])
             print("appended", seq, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)  # no close(), no checkpoint, no atexit
         """
@@ -104,7 +106,7 @@ def test_pending_in_seq_order_with_limit_and_after(tmp_path: Path) -> None:
         assert outbox.pending(10, after=5) == []
         ng = outbox.pending(10)[1]
         assert ng.kind is Verdict.NG and not ng.replayed
-        assert [(m.idx, m.topic.rsplit("/", 1)[1]) for m in ng.messages] == [
+        assert [(i, m.topic.rsplit("/", 1)[1]) for i, m in ng.messages.items()] == [
             (0, "verdict"),
             (1, "reject"),
         ]
@@ -123,7 +125,7 @@ def test_ack_deletes_per_message_and_per_verdict(tmp_path: Path) -> None:
         # NG: the verdict stays until both of its messages are acknowledged
         assert outbox.ack(2, 1)
         (row,) = outbox.pending(1)
-        assert row.seq == 2 and [m.idx for m in row.messages] == [0]
+        assert row.seq == 2 and list(row.messages) == [0]
         assert outbox.stats()["depth"] == 2
         assert outbox.ack(2, 0)
         assert seqs(outbox) == [3]
@@ -139,7 +141,7 @@ def test_unacknowledged_rows_are_replayed_after_reopen(tmp_path: Path) -> None:
     with Outbox(path) as outbox:
         add(outbox, "OK")
         add(outbox, "NG")
-        outbox.append("OK", [Message("t/bin", b"\xff\x00 not json", content_type=None)])
+        outbox.append("OK", [OutgoingMessage("t/bin", b"\xff\x00 not json", content_type=None)])
         assert outbox.mark_replayed() == 0  # nothing was left by an earlier process
         stored_ng = outbox.pending(10)[1].messages
     with Outbox(path) as outbox:
@@ -149,7 +151,7 @@ def test_unacknowledged_rows_are_replayed_after_reopen(tmp_path: Path) -> None:
         assert logs[0]["event"] == "outbox.replaying" and logs[0]["count"] == 3
         rows = outbox.pending(10)
         assert [r.replayed for r in rows] == [True, True, True, False]
-        verdict, reject = rows[1].messages
+        verdict, reject = rows[1].messages.values()
         assert json.loads(verdict.payload) == {**json.loads(stored_ng[0].payload), "replayed": True}
         assert verdict.payload.replace(b'"replayed":true', b'"replayed":false') == (
             stored_ng[0].payload
@@ -248,12 +250,12 @@ def test_a_record_that_cannot_be_stored_costs_only_itself_and_its_seq_is_never_r
 ) -> None:
     # Issue 15, bug 2: one verdict whose payload raised (encode_json on a lone surrogate) cost
     # its whole batch, and the next batch was handed the same seqs again.
-    def broken(seq: int) -> list[Message]:
+    def broken(seq: int) -> list[OutgoingMessage]:
         "\udcff".encode()  # what encode_json did for a part id from a non-UTF-8 file name
         return []
 
-    def bad_topic(seq: int) -> list[Message]:
-        return [Message("station/\udcff/verdict", b"{}")]  # not storable either
+    def bad_topic(seq: int) -> list[OutgoingMessage]:
+        return [OutgoingMessage("station/\udcff/verdict", b"{}")]  # not storable either
 
     with Outbox(tmp_path / "o.db") as outbox:
         assert outbox.append_many(
@@ -304,14 +306,16 @@ def test_an_append_that_cannot_be_stored_spends_its_seq_and_is_counted(tmp_path:
     with Outbox(tmp_path / "o.db") as outbox:
         add(outbox, "OK")
 
-        def broken(seq: int) -> list[Message]:
+        def broken(seq: int) -> list[OutgoingMessage]:
             raise RuntimeError("payload could not be built")
 
         assert outbox.append("NG", broken) == 2
-        assert outbox.append("OK", [Message("t/#", b"{}")]) == 3  # not a topic to publish on
-        assert outbox.append("NG", [Message("t/reject", b"{}", expires=float("nan"))]) == 4
+        assert (
+            outbox.append("OK", [OutgoingMessage("t/#", b"{}")]) == 3
+        )  # not a topic to publish on
+        assert outbox.append("NG", [OutgoingMessage("t/reject", b"{}", expires=float("nan"))]) == 4
         with pytest.raises(ValueError):  # not a verdict kind: the caller's bug, before any seq
-            outbox.append("MAYBE", [Message("t/verdict", b"{}")])
+            outbox.append("MAYBE", [OutgoingMessage("t/verdict", b"{}")])
         assert add(outbox, "NG") == 5
         assert seqs(outbox) == [1, 5]
         assert outbox.stats()["dropped"] == {"OK": 1, "NG": 2, "ERROR": 0}
@@ -328,7 +332,9 @@ def test_disk_full_keeps_verdicts_in_memory_marked_not_durable(tmp_path: Path) -
         assert conn is not None
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages}")
-        big = [Message("t/verdict", b'{"seq":3,"durable":true,"pad":"%s"}' % (b"x" * 300_000))]
+        big = [
+            OutgoingMessage("t/verdict", b'{"seq":3,"durable":true,"pad":"%s"}' % (b"x" * 300_000))
+        ]
         with capture_logs() as logs:
             assert outbox.append("ERROR", big) == 3  # never fails: kept in memory
         assert any(e["event"] == "outbox.disk_failed" and "full" in e["error"] for e in logs)
@@ -362,7 +368,7 @@ def test_an_outbox_that_cannot_be_opened_gives_no_seq_until_it_can(
     memory = Outbox.in_memory(path, "read-only file system")
     assert memory.stats()["durable"] is False and memory.stats()["error"] == "read-only file system"
     with capture_logs() as logs:
-        assert memory.append_many([("OK", []), ("NG", [Message("t/v", b"{}")])]) == [0, 0]
+        assert memory.append_many([("OK", []), ("NG", [OutgoingMessage("t/v", b"{}")])]) == [0, 0]
         assert add(memory, "ERROR") == 0
     assert [e["event"] for e in logs].count("outbox.seq_unavailable") == 1  # once an episode
     assert memory.pending() == [] and memory.stats()["depth"] == 0  # nothing kept to publish
@@ -389,7 +395,7 @@ def test_past_the_reservation_a_failing_disk_gives_no_seq(
     conn = outbox._conn
     assert conn is not None
     conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
-    big = [Message("t/verdict", b"x" * 300_000)]  # does not fit: a real SQLITE_FULL
+    big = [OutgoingMessage("t/verdict", b"x" * 300_000)]  # does not fit: a real SQLITE_FULL
     assert [outbox.append("NG", big) for _ in range(5)] == [2, 3, 4, 0, 0]
     assert [r.seq for r in outbox.pending()] == [1, 2, 3, 4]
     # Killed before the disk recovers (no close): the next process starts above the mark.

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from inspectd.clock import Clock
+from inspectd.contract.messages import OutgoingMessage
 from inspectd.contract.topics import Topics
 from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.delivery import Delivery
 from inspectd.mqtt.publisher import MqttPublisher
-from inspectd.outbox import Message, Outbox
+from inspectd.outbox import Outbox
 
 from support.mqtt_client import Subscriber
 
@@ -39,10 +40,10 @@ class SteppedClock:
         return Clock(wall=lambda: self.t + self.offset, mono=lambda: self.t, boot_id=self.boot_id)
 
 
-def reject(clock: Clock, window: float) -> list[Message]:
+def reject(clock: Clock, window: float) -> list[OutgoingMessage]:
     return [
-        Message("t/verdict", b"{}"),
-        Message(
+        OutgoingMessage("t/verdict", b"{}"),
+        OutgoingMessage(
             "t/reject", b"{}", expires=clock.wall() + window, expires_mono=clock.mono() + window
         ),
     ]
@@ -53,7 +54,7 @@ def test_outbox_ages_ignore_wall_clock_steps(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.db", max_age_s=HOUR, clock=fake.clock()) as outbox:
         first = outbox.append("NG", reject(outbox.clock, 10))
         fake.offset += 2 * HOUR  # NTP after an outage: +2 h
-        second = outbox.append("OK", [Message("t/verdict", b"{}")])
+        second = outbox.append("OK", [OutgoingMessage("t/verdict", b"{}")])
         assert outbox.prune() == 0
         assert [r.seq for r in outbox.pending()] == [first, second]  # nothing dropped for age
         fake.offset -= 5 * HOUR  # and back, -3 h from the start

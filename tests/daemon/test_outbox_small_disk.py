@@ -10,17 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from inspectd.outbox import WAL_LIMIT_BYTES, Message, Outbox
+from inspectd.contract.messages import OutgoingMessage
+from inspectd.outbox import WAL_LIMIT_BYTES, Outbox
 
 from support.small_fs import fill, small_fs
 
 PAYLOAD = json.dumps({"schema": "inspectd.verdict/1", "part_id": "p", "pad": "x" * 600}).encode()
 
 
-def messages(kind: str) -> list[Message]:
-    out = [Message("t/verdict", PAYLOAD)]
+def messages(kind: str) -> list[OutgoingMessage]:
+    out = [OutgoingMessage("t/verdict", PAYLOAD)]
     if kind != "OK":
-        out.append(Message("t/reject", PAYLOAD[:200]))
+        out.append(OutgoingMessage("t/reject", PAYLOAD[:200]))
     return out
 
 
