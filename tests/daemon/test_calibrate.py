@@ -18,7 +18,7 @@ from inspectd.bundle import load_bundle, sha256_of
 from inspectd.bundle_seal import replace_thresholds
 from inspectd.engine import load_engine
 from inspectd.preprocess import load_inputs
-from inspectd.synthetic import DEFECTS, _write_png, render_part
+from inspectd.synthetic import DEFECTS, render_part, write_png
 
 from support.daemon_process import Daemon
 from support.paths import BUNDLE, LEAN_RUN, REPO, needs_bundle
@@ -36,7 +36,7 @@ def write_good(folder: Path, start: int, count: int, seed: int = 3) -> list[Path
     paths = []
     for i in range(start, start + count):
         paths.append(folder / f"{i:05d}.png")
-        _write_png(paths[-1], render_part(seed, i, None)[0])
+        write_png(paths[-1], render_part(seed, i, None)[0])
     return paths
 
 
@@ -134,7 +134,7 @@ def test_images_the_model_was_trained_on_are_refused_or_left_out(good, products,
     folder = tmp_path / "mixed"
     shutil.copytree(good, folder)
     for i in (0, 7, 42):  # the demo bundle's training images, byte for byte
-        _write_png(folder / f"train_{i}.png", render_part(0, i, None, split="train")[0])
+        write_png(folder / f"train_{i}.png", render_part(0, i, None, split="train")[0])
     proc = calibrate(products, "--images", str(folder), "--target-frr", str(TARGET))
     assert proc.returncode == 2
     assert f"3 of {N_GOOD + 3} images in {folder} were used to train this model" in proc.stderr
@@ -153,8 +153,8 @@ def test_defects_give_recall_f1_and_a_roc(good, products, tmp_path):
         (data / "ground_truth" / d).mkdir(parents=True)
         for i in range(3):
             image, mask = render_part(3, 20_000 + 100 * k + i, d)
-            _write_png(data / "test" / d / f"{i:03d}.png", image)
-            _write_png(data / "ground_truth" / d / f"{i:03d}_mask.png", mask)
+            write_png(data / "test" / d / f"{i:03d}.png", image)
+            write_png(data / "ground_truth" / d / f"{i:03d}_mask.png", mask)
     proc = calibrate(
         products, "--images", str(good), "--target-frr", str(TARGET), "--defects", str(data)
     )
@@ -242,7 +242,7 @@ def test_drift_is_raised_when_the_good_parts_are_brightened(good, products, tmp_
     frames.mkdir()
     for i in range(150):  # new good parts; the light got brighter by `brighten` grey levels
         image = render_part(3, 30_000 + i, None)[0].astype(np.int16) + brighten
-        _write_png(frames / f"{i:04d}.png", np.clip(image, 0, 255).astype(np.uint8))
+        write_png(frames / f"{i:04d}.png", np.clip(image, 0, 255).astype(np.uint8))
     window = {"window": 150, "min_parts": 100}
     config = StationConfig.model_validate(
         station_dict(tmp_path, products_dir=products, output=None, drift=window)
@@ -273,16 +273,16 @@ def test_defect_folders_with_and_without_masks(tmp_path):
     image = render_part(3, 1, "crack")[0]
     plain = tmp_path / "plain"
     plain.mkdir()
-    _write_png(plain / "a.png", image)
+    write_png(plain / "a.png", image)
     assert [(s.defect, s.mask_path) for s in defect_samples(plain)] == [("defect", None)]
 
     root = tmp_path / "mvtec"
     for folder in ("test/good", "test/crack", "test/stain", "ground_truth/crack"):
         (root / folder).mkdir(parents=True)
-    _write_png(root / "test/good/000.png", image)  # a good part: not a defect
-    _write_png(root / "test/crack/000.png", image)
-    _write_png(root / "test/stain/000.png", image)  # no mask for this one
-    _write_png(root / "ground_truth/crack/000_mask.png", np.zeros((256, 256), np.uint8))
+    write_png(root / "test/good/000.png", image)  # a good part: not a defect
+    write_png(root / "test/crack/000.png", image)
+    write_png(root / "test/stain/000.png", image)  # no mask for this one
+    write_png(root / "ground_truth/crack/000_mask.png", np.zeros((256, 256), np.uint8))
     found = {(s.defect, s.mask_path is not None) for s in defect_samples(root)}
     assert found == {("crack", True), ("stain", False)}
     (tmp_path / "empty").mkdir()

@@ -13,10 +13,10 @@ from inspectd.synthetic import (
     DEFECT_INDEX_STRIDE,
     DEFECTS,
     ButtonStyle,
-    main,
     render_part,
     write_dataset,
 )
+from inspectd.synthetic.dataset import main
 
 SMALL = {"n_train_good": 3, "n_test_good": 2, "n_test_per_defect": 2}
 
