@@ -68,12 +68,11 @@ two processes at once (reading it with the sqlite3 shell while the daemon runs i
 
 from inspectd.outbox.drops import NOT_STORABLE
 from inspectd.outbox.rows import MessagesArg, OutboxError, Row
-from inspectd.outbox.schema import KINDS, SCHEMA_VERSION
+from inspectd.outbox.schema import KINDS, SCHEMA_VERSION, SEQ_RESERVE
 from inspectd.outbox.store import (
     DEFAULT_MAX_AGE_S,
     DEFAULT_MAX_ROWS,
     REOPEN_S,
-    SEQ_RESERVE,
     SYNC_MODES,
     Outbox,
 )

@@ -7,11 +7,14 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from inspectd.clock import Clock
 from inspectd.contract.verdict import Verdict
+from inspectd.outbox.wal import WAL_LIMIT_BYTES
 
 SCHEMA_VERSION = 1
+SEQ_RESERVE = 100_000  # numbers reserved ahead on disk; the most seq can jump after a crash
 KINDS = tuple(v.value for v in Verdict)
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
@@ -165,3 +168,53 @@ def read_high_water(path: Path) -> int | None:
         return None
     finally:
         conn.close()
+
+
+class Opened(NamedTuple):
+    conn: sqlite3.Connection
+    depth: int  # verdicts stored
+    quarantined: int
+    last_seq: int  # the highest seq that may have been handed out (the reservation's start)
+    max_row_seq: int  # the highest seq of a stored row
+    rebased: int  # rows whose monotonic times were moved to this boot's clock
+
+
+def open_database(
+    path: Path, sync: str, clock: Clock, start_after: int, reserve: int = SEQ_RESERVE
+) -> Opened:
+    """Open (or create) the outbox file in WAL mode, check its schema version, bring its
+    columns and clocks up to date, and reserve the next ``reserve`` seqs on disk."""
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":  # e.g. a file system without shared memory for the WAL
+            raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL could not be enabled")
+        conn.execute(f"PRAGMA synchronous={sync.upper()}")  # see the package docstring
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread's work (wal.py)
+        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        conn.execute("PRAGMA foreign_keys=ON")  # deleting a verdict deletes its messages
+        with transaction(conn):
+            for statement in SCHEMA:  # not executescript(): it would COMMIT our BEGIN first
+                conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (SCHEMA_VERSION,),
+            )
+            version = meta(conn, "schema_version")
+            if version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"outbox schema version {version}, this inspectd reads {SCHEMA_VERSION}"
+                )
+            # max() with the rows too: seq must not repeat even if meta were edited by hand
+            (max_row_seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM verdicts").fetchone()
+            last = max(meta(conn, "reserved_seq"), max_row_seq, start_after)
+            set_meta(conn, "reserved_seq", last + reserve)
+            add_columns(conn)
+            rebased = rebase_clocks(conn, clock)
+            (depth,) = conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()
+            quarantined = count_quarantined(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return Opened(conn, depth, quarantined, last, max_row_seq, rebased)

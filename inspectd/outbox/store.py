@@ -6,7 +6,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -14,18 +13,16 @@ from typing import Any
 import structlog
 
 from inspectd.clock import SYSTEM, Clock
-from inspectd.contract.verdict import Verdict, iso_utc
+from inspectd.contract.verdict import Verdict
 from inspectd.outbox import queries
+from inspectd.outbox.disk import OutboxFile
 from inspectd.outbox.drops import (
     NOT_STORABLE,
     Dropped,
     count_drops,
     drop_for_age,
     drop_in_memory,
-    drop_oldest,
-    note_drops,
 )
-from inspectd.outbox.memory_rows import MemoryRows
 from inspectd.outbox.rows import (
     MessagesArg,
     OutboxError,
@@ -34,31 +31,20 @@ from inspectd.outbox.rows import (
     checked,
 )
 from inspectd.outbox.schema import (
-    KINDS,
-    SCHEMA,
-    SCHEMA_VERSION,
-    add_columns,
-    count_quarantined,
-    meta,
     read_high_water,
-    rebase_clocks,
     set_meta,
     transaction,
 )
-from inspectd.outbox.wal import WAL_LIMIT_BYTES, Checkpointer, wal_bytes
 
 log = structlog.get_logger("inspectd.outbox")
 
 DEFAULT_MAX_ROWS = 100_000
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 SYNC_MODES = ("full", "normal")
-SEQ_RESERVE = 100_000  # numbers reserved ahead on disk; the most seq can jump after a crash
 REOPEN_S = 1.0  # an outbox that could not be opened tries again at most this often
 
-_Now = tuple[float, float]  # (wall, monotonic)
 
-
-class Outbox:
+class Outbox(OutboxFile):
     """Durable, bounded, thread-safe store of verdict messages that owns ``seq``.
 
     ``append``/``append_many`` commit (fsync) before they return. All methods may be called from
@@ -85,45 +71,14 @@ class Outbox:
             raise ValueError(f"start_after must be >= 0, got {start_after}")
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {SYNC_MODES}, got {sync!r}")
-        self.path = Path(path)
-        self.sync = sync
-        self.max_rows = max_rows
-        self.max_age_s = float(max_age_s)
-        self.clock = clock
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
-        self._checkpointer: Checkpointer | None = None
-        self._closed = False
-        self._memory = MemoryRows(max_rows)  # verdicts the disk could not take
-        self._write_error: str | None = None  # why the last write failed; None once one worked
-        self._no_seq: tuple[int, str] | None = None  # verdicts given no seq, since when (wall)
-        self._reopen_at = 0.0  # monotonic; for an outbox that could not be opened
-        self._acks_to_retry: list[tuple[int, int | None]] = []  # acks the disk refused
-        self._depth = 0
-        self._quarantined = 0  # rows on disk set aside (see the module docstring)
-        self._quarantine_last: str | None = None  # the latest: "seq N: why"
-        self._last_seq = self._reserved = self._inherited_seq = start_after
-        self._dropped = dict.fromkeys(KINDS, 0)
-        self._dropped_at_open = 0
+        super().__init__(path, sync, max_rows, max_age_s, clock, start_after)
         if _open:
             self._connect(start_after)
-
-    def _connect(self, start_after: int) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = self._open(start_after)
-            self._checkpointer = Checkpointer(self.path, self.sync)
-        except (sqlite3.Error, OSError) as exc:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
-        self._dropped_at_open = sum(self._dropped.values())  # the file counts since it was made
 
     @classmethod
     def in_memory(cls, path: Path, reason: str, **bounds: Any) -> Outbox:
         """An outbox for a file that cannot be opened. It holds no seq reservation, so it gives
-        verdicts no seq (see the module docstring) until an append finds the file can be opened
+        verdicts no seq (see the package docstring) until an append finds the file can be opened
         again (tried at most every ``REOPEN_S``); from then on it is an ordinary outbox."""
         outbox = cls(path, _open=False, **bounds)
         known = read_high_water(outbox.path) or 0
@@ -154,54 +109,6 @@ class Outbox:
         self._write_error = None
         self.mark_replayed()
 
-    def _open(self, start_after: int) -> sqlite3.Connection:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
-        conn = sqlite3.connect(
-            self.path, timeout=5.0, isolation_level=None, check_same_thread=False
-        )
-        self._conn = conn  # closed by __init__ if anything below fails
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":  # e.g. a file system without shared memory for the WAL
-            raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL could not be enabled")
-        conn.execute(f"PRAGMA synchronous={self.sync.upper()}")  # see the module docstring
-        conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread's work, see above
-        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-        conn.execute("PRAGMA foreign_keys=ON")  # deleting a verdict deletes its messages
-        with transaction(conn):
-            for statement in SCHEMA:  # not executescript(): it would COMMIT our BEGIN first
-                conn.execute(statement)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (SCHEMA_VERSION,),
-            )
-            version = meta(conn, "schema_version")
-            if version != SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"outbox schema version {version}, this inspectd reads {SCHEMA_VERSION}"
-                )
-            # max() with the rows too: seq must not repeat even if meta were edited by hand
-            (max_row_seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM verdicts").fetchone()
-            last = max(meta(conn, "reserved_seq"), max_row_seq, start_after)
-            set_meta(conn, "reserved_seq", last + SEQ_RESERVE)
-            add_columns(conn)
-            rebased = rebase_clocks(conn, self.clock)
-            (self._depth,) = conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()
-            self._quarantined = count_quarantined(conn)
-        self._last_seq = last
-        self._reserved = last + SEQ_RESERVE
-        self._inherited_seq = max_row_seq  # rows up to here were left by an earlier process
-        self._dropped = {k: meta(conn, f"dropped_{k}") for k in KINDS}
-        log.info(
-            "outbox.opened",
-            path=str(self.path),
-            depth=self._depth,
-            last_seq=last,
-            start_after=start_after or None,
-            rebased=rebased or None,
-            quarantined=self._quarantined or None,
-        )
-        return conn
-
     # -- public API -----------------------------------------------------------------------------
 
     @property
@@ -227,7 +134,7 @@ class Outbox:
         receipts: Sequence[str | None] = (),
     ) -> list[int]:
         """Store verdicts under consecutive seqs, in one transaction; returns the seqs, 0 for
-        a verdict that can be given no safe seq (none stored, see the module docstring).
+        a verdict that can be given no safe seq (none stored, see the package docstring).
 
         ``receipts[i]`` (if given and not None) is stored with item i in the same transaction
         (see ``receipts()``); kept in memory verdicts store none.
@@ -238,8 +145,8 @@ class Outbox:
         its seq is used up all the same (never handed out twice), and it is counted and logged
         as dropped (reason ``not_storable``); the others are stored. No messages (MQTT off): the
         verdict only takes a seq. Makes room first when the outbox is at ``max_rows`` or holds rows
-        older than ``max_age_s`` (dropping, see the module docstring). Never fails because the
-        outbox is full or the disk refuses the write (see the module docstring)."""
+        older than ``max_age_s`` (dropping, see the package docstring). Never fails because the
+        outbox is full or the disk refuses the write (see the package docstring)."""
         kinds = [Verdict(kind) for kind, _ in items]  # ValueError for anything but OK/NG/ERROR
         with self._lock:
             if self._closed:
@@ -285,18 +192,6 @@ class Outbox:
                 self._refuse_seqs(len(items) - len(spent), now[0])
             return [seq if seq in spent else 0 for seq in range(first, first + len(items))]
 
-    def _append_with_retry(
-        self,
-        built: list[tuple[int, Verdict, list[Stored]]],
-        now: _Now,
-        receipts: Sequence[str | None],
-    ) -> bool:
-        """A write the disk refused is tried once more if a TRUNCATE checkpoint frees the WAL's
-        space (a full disk that only the WAL filled)."""
-        if self._append_to_disk(built, now, receipts):
-            return True
-        return self._checkpoint() and self._append_to_disk(built, now, receipts)
-
     def pending(self, limit: int = 100, *, after: int = 0) -> list[Row]:
         """Up to ``limit`` verdicts with seq > ``after``, in seq order, with their messages not
         yet acknowledged. Does not drop anything; a row that cannot be read back as it must be
@@ -321,7 +216,7 @@ class Outbox:
         return rows
 
     def quarantine(self, seq: int, reason: str) -> None:
-        """Set verdict ``seq`` aside (see the module docstring): it stays, counted, and is no
+        """Set verdict ``seq`` aside (see the package docstring): it stays, counted, and is no
         longer ``pending()``. Unknown seqs are ignored (acknowledged or dropped meanwhile)."""
         with self._lock:
             self._check_open()
@@ -524,201 +419,3 @@ class Outbox:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    # -- internals (call with the lock held) ----------------------------------------------------
-
-    def _check_open(self) -> sqlite3.Connection | None:
-        if self._closed:
-            raise OutboxError(f"outbox {self.path} is closed")
-        return self._conn
-
-    def _append_to_disk(
-        self,
-        built: list[tuple[int, Verdict, list[Stored]]],
-        now: _Now,
-        receipts: Sequence[str | None] = (),
-    ) -> bool:
-        conn = self._conn
-        assert conn is not None
-        last = built[-1][0]
-        with_rows = sum(1 for _, _, msgs in built if msgs)
-        try:
-            with transaction(conn):
-                dropped = drop_for_age(conn, now[1] - self.max_age_s)
-                depth = self._depth - len(dropped)
-                excess = depth + with_rows - self.max_rows
-                if excess > 0:
-                    dropped += drop_oldest(conn, excess)
-                count_drops(conn, dropped)
-                queries.insert_verdicts(conn, built, now, self.clock.boot_id, receipts)
-                reserved = self._reserved
-                if last > self._reserved - SEQ_RESERVE // 2:
-                    reserved = max(last, self._reserved) + SEQ_RESERVE
-                    set_meta(conn, "reserved_seq", reserved)
-        except Exception as exc:  # sqlite's errors, or a value it cannot bind
-            self._disk_failed(f"store seq {built[0][0]}..{last}", exc)
-            return False
-        # committed: only now does the in-memory state move on
-        self._reserved = reserved
-        self._depth += with_rows - len(dropped)
-        if dropped:
-            self._recount_quarantined()
-        self._note_drops(dropped)
-        if self._write_error is not None:
-            log.warning("outbox.disk_ok_again", path=str(self.path), seq=built[0][0])
-            self._write_error = None
-            self._checkpoint()  # give back what the WAL took while the disk was short
-        else:
-            self._bound_wal()
-        self._retry_acks()
-        return True
-
-    def _refuse_seqs(self, count: int, wall: float) -> None:
-        if self._no_seq is None:
-            log.error(
-                "outbox.seq_unavailable",
-                path=str(self.path),
-                last_seq=self._last_seq,
-                reason=self._write_error,
-                detail="no seq is handed out that a restart could repeat: verdicts are ERROR "
-                "and not published until the disk takes the reservation",
-            )
-            self._no_seq = (0, iso_utc(wall))
-        self._no_seq = (self._no_seq[0] + count, self._no_seq[1])
-
-    def _disk_failed(self, what: str, exc: Exception) -> None:
-        first = self._write_error is None
-        self._write_error = f"cannot {what} in {self.path}: {exc}"
-        (log.error if first else log.debug)(
-            "outbox.disk_failed",
-            path=str(self.path),
-            error=self._write_error,
-            detail="verdicts are kept in memory and published, not durable, until it works",
-        )
-
-    def _valid_rows(self, where: str, after: int, limit: int, *, set_aside: bool) -> list[Row]:
-        """Up to ``limit`` rows with seq > ``after`` that ``where`` selects and that can be read
-        back (``_row``), in seq order. One that cannot is quarantined if ``set_aside`` and more
-        are read in its place: fewer than ``limit`` still means there are no more."""
-        rows: list[Row] = []
-        while self._conn is not None and len(rows) < limit:
-            try:
-                read, bad, last = queries.read_rows(self._conn, where, after, limit - len(rows))
-            except sqlite3.Error as exc:
-                raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
-            rows += read
-            if bad and set_aside:
-                self._set_aside(bad)
-            if not bad or last is None:
-                break
-            after = last
-        return rows
-
-    def _set_aside(self, reasons: dict[int, str]) -> None:
-        conn = self._conn
-        assert conn is not None
-        try:
-            with transaction(conn):
-                stored = queries.set_quarantined(conn, reasons)
-                self._quarantined = count_quarantined(conn)
-        except sqlite3.Error as exc:  # skipped all the same; set aside when read again
-            log.error(
-                "outbox.quarantine_failed", path=str(self.path), reasons=reasons, error=str(exc)
-            )
-            return
-        self._note_quarantined(stored)
-
-    def _note_quarantined(self, reasons: dict[int, str]) -> None:
-        for seq, why in reasons.items():
-            self._quarantine_last = f"seq {seq}: {why}"
-            log.error(
-                "outbox.quarantined",
-                path=str(self.path),
-                seq=seq,
-                reason=why,
-                quarantined=self._quarantined_total(),
-                detail="set aside, not deleted: kept in the outbox, counted, tried again later",
-            )
-
-    def _quarantined_total(self) -> int:
-        return self._quarantined + len(self._memory.quarantined())
-
-    def _recount_quarantined(self) -> None:
-        """After rows were deleted: some may have been quarantined (only then is it read)."""
-        if self._quarantined and self._conn is not None:
-            try:
-                self._quarantined = count_quarantined(self._conn)
-            except sqlite3.Error:
-                pass  # the next delete counts again
-
-    def _ack_on_disk(self, acks: list[tuple[int, int | None]]) -> int:
-        conn = self._conn
-        assert conn is not None
-        try:  # unsynced: see ack_many, an ack may be lost
-            with queries.unsynced(conn, self.sync), transaction(conn):
-                changed, gone = queries.delete_acked(conn, acks)
-        except sqlite3.Error as exc:
-            # kept and tried again with the next write that works (a full disk frees up)
-            self._acks_to_retry.extend(acks)
-            log.warning(
-                "outbox.ack_not_stored",
-                path=str(self.path),
-                seqs=[s for s, _ in acks][:50],
-                error=str(exc),
-                detail="tried again with the next write; if the daemon stops first, sent again"
-                " after the restart (consumers de-duplicate on seq)",
-            )
-            return 0
-        self._depth -= gone
-        if gone:
-            self._recount_quarantined()
-        self._bound_wal()
-        return changed
-
-    def _retry_acks(self) -> None:
-        if self._acks_to_retry and self._conn is not None:
-            acks, self._acks_to_retry = self._acks_to_retry, []
-            self._ack_on_disk(acks)
-
-    def _bound_wal(self) -> None:
-        """After a commit: past the limit the checkpoint thread copies the WAL back; at twice
-        the limit its passive checkpoints could not finish (writes without a pause), and this
-        thread checkpoints itself."""
-        size = wal_bytes(self.path)
-        if size > 2 * WAL_LIMIT_BYTES:
-            self._checkpoint()
-        elif size > WAL_LIMIT_BYTES and self._checkpointer is not None:
-            self._checkpointer.request()
-
-    def _checkpoint(self) -> bool:
-        """Copy the WAL into the database and truncate it to 0 bytes; False if it could not."""
-        conn = self._conn
-        if conn is None:
-            return False
-        try:
-            with self._checkpointer.lock if self._checkpointer else nullcontext():
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        except sqlite3.Error as exc:
-            log.debug("outbox.checkpoint_failed", path=str(self.path), error=str(exc))
-            return False
-        return not busy
-
-    def _count_not_storable(self, failed: Dropped) -> None:
-        """Counted as dropped, persisted where the disk allows: health shows it either way."""
-        conn = self._conn
-        if conn is not None:
-            try:
-                with transaction(conn):
-                    count_drops(conn, failed)
-            except sqlite3.Error as exc:
-                self._disk_failed(f"count seqs {[s for s, _, _ in failed]} not stored", exc)
-        self._note_drops(failed)
-
-    def _note_drops(self, dropped: Dropped) -> None:
-        note_drops(
-            dropped,
-            self._dropped,
-            path=str(self.path),
-            max_rows=self.max_rows,
-            max_age_s=self.max_age_s,
-        )

@@ -28,6 +28,7 @@ class Checkpointer:
     connection takes it first rather than fail on SQLite's checkpoint lock."""
 
     def __init__(self, path: Path, sync: str) -> None:
+        self._path = path
         self._conn = sqlite3.connect(
             path, timeout=5.0, isolation_level=None, check_same_thread=False
         )
@@ -44,6 +45,27 @@ class Checkpointer:
 
     def request(self) -> None:
         self._wake.set()
+
+    def bound(self, conn: sqlite3.Connection) -> None:
+        """After a commit on ``conn``: past the limit this thread copies the WAL back; at twice
+        the limit its passive checkpoints could not finish (writes without a pause), and the
+        committing thread checkpoints itself."""
+        size = wal_bytes(self._path)
+        if size > 2 * WAL_LIMIT_BYTES:
+            self.truncate(conn)
+        elif size > WAL_LIMIT_BYTES:
+            self.request()
+
+    def truncate(self, conn: sqlite3.Connection) -> bool:
+        """Copy the WAL into the database on ``conn`` and truncate it to 0 bytes; False if it
+        could not (busy, or the disk refused)."""
+        try:
+            with self.lock:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("outbox.checkpoint_failed", path=str(self._path), error=str(exc))
+            return False
+        return not busy
 
     def _run(self) -> None:
         while True:

@@ -388,7 +388,7 @@ def test_past_the_reservation_a_failing_disk_gives_no_seq(
 ) -> None:
     """Issue 31, item 4: seqs past the reservation on disk used to come from memory; a process
     that died before the disk recovered left a file whose next open handed them out again."""
-    monkeypatch.setattr(outbox_module, "SEQ_RESERVE", 4)
+    monkeypatch.setattr(Outbox, "seq_reserve", 4)
     path = tmp_path / "o.db"
     outbox = Outbox(path)
     assert add(outbox, "OK") == 1  # the reservation on disk now covers up to 4
