@@ -40,6 +40,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from inspectd.contract.messages import OutgoingMessage, remaining_s, status_message, status_payload
 from inspectd.contract.topics import Topics, topic_problem
+from inspectd.mqtt import login
+from inspectd.mqtt.login import Credentials
 from inspectd.mqtt.paho_client import LenientClient, subscribe_requests
 
 log = structlog.get_logger(__name__)
@@ -71,17 +73,6 @@ def set_no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # TLS sockets take it too
     except OSError:
         pass  # a unix socket: no Nagle to turn off
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """How to log in: username/password and TLS (all optional)."""
-
-    username: str | None = None
-    password: str | None = None
-    ca_file: str | None = None  # TLS on when given
-    cert_file: str | None = None  # client certificate, with key_file
-    key_file: str | None = None
 
 
 class State(enum.Enum):
@@ -175,7 +166,7 @@ class MqttPublisher:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._subscriptions: dict[str, Callable[[mqtt.MQTTMessage], None]] = {}
-        self._apply_credentials()
+        login.apply(self._client, self.credentials)
 
         self._publish_props: dict[str, Properties] = {}  # by content type, MQTT 5 only
 
@@ -427,21 +418,6 @@ class MqttPublisher:
             "connected": self._state.connected,
             "error": self._error,
         }
-
-    def _apply_credentials(self) -> None:
-        c = self.credentials
-        if c.username is not None:
-            self._client.username_pw_set(c.username, c.password)
-        if c.ca_file is not None:
-            what = f"ca_file {c.ca_file}"  # ssl's errors do not name the file
-            try:
-                context = ssl.create_default_context(cafile=c.ca_file)
-                if c.cert_file is not None:
-                    what = f"cert_file {c.cert_file} / key_file {c.key_file}"
-                    context.load_cert_chain(c.cert_file, c.key_file)
-            except (OSError, ssl.SSLError) as exc:  # unreadable or not PEM: a config problem
-                raise ValueError(f"MQTT TLS files: {what}: {exc}") from exc
-            self._client.tls_set_context(context)
 
     def _status_props(self, packet_type: int) -> Properties | None:
         if not self._v5:

@@ -47,8 +47,9 @@ from inspectd.drift import DriftMonitor
 from inspectd.engine import Engine, load_engine
 from inspectd.engine.slowed import SLOW_ENGINE_ENV, SlowedEngine
 from inspectd.inspection import PipelineStats, VerdictSink
+from inspectd.mqtt import login
 from inspectd.mqtt.commands import CommandDesk
-from inspectd.mqtt.publisher import Credentials, MqttPublisher
+from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.mqtt.triggers import TriggerDesk
 from inspectd.outbox import Outbox, OutboxError
 from inspectd.outputs.archive import ArchiveSink
@@ -250,24 +251,10 @@ class Station:
         m = self.config.mqtt
         if not m.enabled:
             return None
-        password = m.password
-        if m.password_file is not None:
-            try:
-                password = m.password_file.read_text(encoding="utf-8").splitlines()[0]
-            except (OSError, UnicodeDecodeError, IndexError) as exc:
-                raise StartupError(
-                    f"mqtt.password_file {m.password_file}: cannot read a password "
-                    f"from it ({exc or 'empty file'})"
-                ) from exc
-        tls = m.tls
-        credentials = Credentials(
-            username=m.username,
-            password=password,
-            ca_file=str(tls.ca_file) if tls else None,
-            cert_file=str(tls.cert_file) if tls and tls.cert_file else None,
-            key_file=str(tls.key_file) if tls and tls.key_file else None,
-        )
         try:
+            credentials = login.credentials(
+                m.username, password=m.password, password_file=m.password_file, tls=m.tls
+            )
             publisher = MqttPublisher(
                 host=m.host,
                 port=m.port,
@@ -284,8 +271,8 @@ class Station:
                 credentials=credentials,
                 ack_timeout_s=m.ack_timeout_s,
             )
-        except ValueError as exc:
-            raise StartupError(f"mqtt.tls: {exc}") from exc
+        except login.LoginError as exc:
+            raise StartupError(str(exc)) from exc
         # after the drain: publishes "stopped" and disconnects cleanly (no Last Will)
         self._core.callback(lambda: publisher.stop(timeout=min(self._drain_timeout, 5.0) or 1.0))
         return publisher

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from inspectd.config.base import NAME_PATTERN, ConfigPath, StrictModel, is_loopback
 from inspectd.config.loader import ConfigError, load_yaml_model
 from inspectd.config.mqtt import MqttTls
+from inspectd.mqtt import login
 from inspectd.ui.tally import Counting
 
 __all__ = ["AccessConfig", "Role", "TokenEntry", "UiConfig", "UserEntry", "load_ui_config"]
@@ -340,9 +341,10 @@ def check_secret_files(cfg: UiConfig, name: str) -> None:
                     )
                 elif not os.access(target, os.R_OK) or not target.is_file():
                     problems.append(f"{where}: {target}: not a readable file")
-    if cfg.mqtt.password_file is not None and not os.access(cfg.mqtt.password_file, os.R_OK):
-        problems.append(
-            f"{name}: mqtt.password_file: {cfg.mqtt.password_file}: not a readable file"
-        )
+    if cfg.mqtt.password_file is not None:
+        try:  # the daemon's rule (inspectd.mqtt.login): the first line, never an empty file
+            login.read_password(cfg.mqtt.password_file)
+        except login.LoginError as exc:
+            problems.append(f"{name}: {exc}")
     if problems:
         raise ConfigError(name, problems)

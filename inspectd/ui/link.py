@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from inspectd.contract.topics import Topics, command_topic
+from inspectd.mqtt import login
 from inspectd.mqtt.paho_client import LenientClient
 from inspectd.ui.config import UiMqtt
 
@@ -65,20 +65,10 @@ class MqttLink:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        if cfg.username is not None:
-            password = None
-            if cfg.password_file is not None:
-                password = (
-                    cfg.password_file.read_text().splitlines()[0]
-                    if cfg.password_file.stat().st_size
-                    else ""
-                )
-            self._client.username_pw_set(cfg.username, password)
-        if cfg.tls is not None:
-            context = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
-            if cfg.tls.cert_file is not None:
-                context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
-            self._client.tls_set_context(context)
+        login.apply(
+            self._client,
+            login.credentials(cfg.username, password_file=cfg.password_file, tls=cfg.tls),
+        )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
