@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from inspectd.config import StationConfig
 from inspectd.inspection import Inspection, PipelineStats
 from inspectd.mqtt.broker import LocalBroker
-from inspectd.mqtt.publisher import set_no_delay
+from inspectd.mqtt.paho_client import set_no_delay
 from inspectd.service.station import Station
 
 # The camera rate for latency figures: a brisk line. Faster than the daemon's own per-part work

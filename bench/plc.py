@@ -41,7 +41,7 @@ from inspectd.contract.verdict import Verdict, VerdictRecord
 from inspectd.demo import REPO_PRODUCTS, write_parts
 from inspectd.inspection import Inspection
 from inspectd.mqtt.broker import LocalBroker
-from inspectd.mqtt.publisher import set_no_delay
+from inspectd.mqtt.paho_client import set_no_delay
 from inspectd.plc import modbus as mb
 from inspectd.plc.handshake import Handshake
 

@@ -40,7 +40,8 @@ import structlog
 from inspectd.contract.messages import OutgoingMessage, verdict_messages
 from inspectd.contract.topics import Topics
 from inspectd.contract.verdict import Verdict, VerdictRecord
-from inspectd.mqtt.publisher import REFUSED, MqttPublisher, reason_name
+from inspectd.mqtt.properties import REFUSED, reason_name
+from inspectd.mqtt.publisher import MqttPublisher
 from inspectd.outbox import Outbox, OutboxError, Row
 
 log = structlog.get_logger(__name__)

@@ -19,16 +19,13 @@ older messages, or on the first PUBACK of the new connection (paho's resend is d
 
 from __future__ import annotations
 
-import enum
-import math
-import socket
 import ssl
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -42,7 +39,9 @@ from inspectd.contract.messages import OutgoingMessage, remaining_s, status_mess
 from inspectd.contract.topics import Topics, topic_problem
 from inspectd.mqtt import login
 from inspectd.mqtt.login import Credentials
-from inspectd.mqtt.paho_client import LenientClient, subscribe_requests
+from inspectd.mqtt.paho_client import LenientClient, guarded, set_no_delay, subscribe_requests
+from inspectd.mqtt.properties import REFUSED, PublishProperties, new_properties, reason_name
+from inspectd.mqtt.publisher_state import Counters, Entry, State
 
 log = structlog.get_logger(__name__)
 
@@ -53,63 +52,6 @@ DEFAULT_MAX_QUEUED = 50_000  # messages not yet acknowledged, held in memory (un
 _PAHO_WINDOW = 1000  # most messages handed to paho and not yet acknowledged (mids are 16-bit)
 _HANDOFF_BATCH = 100
 _MAX_PAYLOAD = 268_435_455
-REFUSED = 0x80  # PUBACK reason codes from here on are failures (MQTT 5.0, 3.4.2.1)
-
-
-def reason_name(code: int) -> str:
-    """A PUBACK reason code as MQTT 5 names it, with its number: "Not authorized (0x87)"."""
-    try:
-        name = ReasonCode(PacketTypes.PUBACK, identifier=code).getName()
-    except (KeyError, ValueError):
-        name = "not a PUBACK reason code"
-    return f"{name} (0x{code:02x})"
-
-
-def set_no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """paho's ``on_socket_open``: turn Nagle's algorithm off. paho leaves it on, so a small
-    PUBLISH written while the previous one is unacknowledged at the TCP level (the reject right
-    after its verdict) waited for the broker's delayed ACK (docs/performance.md)."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # TLS sockets take it too
-    except OSError:
-        pass  # a unix socket: no Nagle to turn off
-
-
-class State(enum.Enum):
-    """Where the publisher is. NEW -> CONNECTING -> RESENDING -> OPEN, back to CONNECTING on a
-    disconnect, STOPPED from ``stop()`` on (for good; it no longer counts as connected, even
-    while the socket is still being closed)."""
-
-    NEW = "new"  # start() not called yet
-    CONNECTING = "connecting"  # started, no connection: messages wait in our FIFO
-    RESENDING = "resending"  # connected, gate closed: paho still resends older messages
-    OPEN = "open"  # connected, gate open: the sender hands messages to paho
-    STOPPED = "stopped"  # stop() began refusing messages
-
-    @property
-    def connected(self) -> bool:
-        return self in (State.RESENDING, State.OPEN)
-
-
-@dataclass(slots=True)
-class Counters:
-    """Since start; ``stats()`` reports them in this order, under these names."""
-
-    published: int = 0  # accepted by enqueue
-    acked: int = 0
-    refused: int = 0  # an MQTT 5 PUBACK with a failure reason code
-    dropped: int = 0  # not accepted (queue full, stopped) or paho refused it
-    expired: int = 0  # a reject past its deadline, not sent
-    connects: int = 0
-    skipped_offline: int = 0  # QoS 0 enqueued while not connected
-    handler_errors: int = 0  # exceptions out of subscription handlers
-
-
-@dataclass(slots=True, eq=False)
-class _Entry:
-    id: int
-    message: OutgoingMessage
-    mid: int | None = field(default=None)
 
 
 class MqttPublisher:
@@ -168,14 +110,14 @@ class MqttPublisher:
         self._subscriptions: dict[str, Callable[[mqtt.MQTTMessage], None]] = {}
         login.apply(self._client, self.credentials)
 
-        self._publish_props: dict[str, Properties] = {}  # by content type, MQTT 5 only
+        self._properties = PublishProperties()
 
         # Lock order: _handoff -> paho's locks -> _cv. Never call paho while holding _cv.
         self._cv = threading.Condition()
         self._handoff = threading.Lock()
-        self._backlog: deque[_Entry] = deque()  # accepted, not yet handed to paho
-        self._outstanding: dict[int, _Entry] = {}  # accepted, not yet acknowledged; in id order
-        self._by_mid: dict[int, _Entry] = {}  # handed to paho, not yet acknowledged
+        self._backlog: deque[Entry] = deque()  # accepted, not yet handed to paho
+        self._outstanding: dict[int, Entry] = {}  # accepted, not yet acknowledged; in id order
+        self._by_mid: dict[int, Entry] = {}  # handed to paho, not yet acknowledged
         self._early_acks: dict[int, int] = {}  # PUBACK reason codes that beat the mid
         self._status_mids: set[int] = set()  # "online" publishes made in on_connect
         self._in_paho = 0
@@ -255,39 +197,13 @@ class MqttPublisher:
         must not block. Call before ``start``. An exception out of ``handler`` is logged,
         counted (``stats()["handler_errors"]``) and given to ``on_crash`` (to answer it)."""
         self._subscriptions[topic_filter] = handler
+        self._client.message_callback_add(
+            topic_filter, guarded(handler, on_crash, self._count_handler_error)
+        )
 
-        def dispatch(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-            # Last resort: paho re-raises a callback's exception, which ends its network
-            # thread; no PUBACK is read after that and verdicts silently stop (issue 15).
-            try:
-                handler(msg)
-            except Exception as exc:
-                self._handler_failed(msg, exc, on_crash)
-
-        self._client.message_callback_add(topic_filter, dispatch)
-
-    def _handler_failed(
-        self,
-        msg: mqtt.MQTTMessage,
-        exc: Exception,
-        on_crash: Callable[[mqtt.MQTTMessage, BaseException], None] | None,
-    ) -> None:
+    def _count_handler_error(self) -> None:
         with self._cv:
             self._counts.handler_errors += 1
-        topic = getattr(msg, "_topic", b"")  # bytes: .topic decodes, which may be what failed
-        where = topic.decode("utf-8", "replace") if isinstance(topic, bytes) else str(topic)
-        try:
-            log.error(
-                "mqtt.handler_failed",
-                topic=where,
-                error=type(exc).__name__,
-                payload_bytes=len(msg.payload or b""),
-                exc_info=exc,
-            )
-            if on_crash is not None:
-                on_crash(msg, exc)
-        except Exception:  # the answer failed too: still nothing may reach paho
-            log.exception("mqtt.handler_failed", topic=where, detail="the error answer failed too")
 
     def ack_wait_s(self) -> float:
         """Seconds the publisher has been connected with QoS 1 messages awaiting a PUBACK and
@@ -348,7 +264,7 @@ class MqttPublisher:
             elif len(self._outstanding) >= self.max_queued:
                 reason = "queue full"
             if reason is None:
-                entry = _Entry(self._next_id, message)
+                entry = Entry(self._next_id, message)
                 self._next_id += 1
                 self._outstanding[entry.id] = entry
                 self._backlog.append(entry)
@@ -420,40 +336,7 @@ class MqttPublisher:
         }
 
     def _status_props(self, packet_type: int) -> Properties | None:
-        if not self._v5:
-            return None
-        return self._new_props("application/json", packet_type)
-
-    def _props_for(self, message: OutgoingMessage) -> Properties | None:
-        if not self._v5:
-            return None
-        left = remaining_s(message)
-        plain = left is None and not message.user_properties and message.correlation_data is None
-        if plain:  # shared, by content type; only the sender thread gets here
-            if message.content_type is None:
-                return None
-            props = self._publish_props.get(message.content_type)
-            if props is None:
-                props = self._new_props(message.content_type)
-                self._publish_props[message.content_type] = props
-            return props
-        props = self._new_props(message.content_type)
-        if left is not None:
-            props.MessageExpiryInterval = max(1, math.ceil(left))
-        if message.user_properties:
-            props.UserProperty = list(message.user_properties)
-        if message.correlation_data is not None:
-            props.CorrelationData = message.correlation_data
-        return props
-
-    @staticmethod
-    def _new_props(content_type: str | None, packet_type: int = PacketTypes.PUBLISH) -> Properties:
-        props = Properties(packet_type)
-        if content_type is not None:
-            if content_type == "application/json" or content_type.startswith("text/"):
-                props.PayloadFormatIndicator = 1  # UTF-8 text
-            props.ContentType = content_type
-        return props
+        return new_properties("application/json", packet_type) if self._v5 else None
 
     def _set_will(self) -> None:
         # ts: when the connection that died was opened (the will is fixed at CONNECT time)
@@ -497,7 +380,7 @@ class MqttPublisher:
                             self._awaiting_ack += 1
                     self._hand_to_paho(entry)
 
-    def _hand_to_paho(self, entry: _Entry) -> None:
+    def _hand_to_paho(self, entry: Entry) -> None:
         m = entry.message
         left = remaining_s(m)
         if left is not None and left <= 0:
@@ -508,7 +391,7 @@ class MqttPublisher:
                 self._complete_locked(entry, 0, expired=True)
             self._after_ack(entry, 0)
             return
-        props = self._props_for(m)
+        props = self._properties.of(m) if self._v5 else None
         error: str | None = None
         try:
             info = self._client.publish(m.topic, m.payload, m.qos, m.retain, props)
@@ -538,7 +421,7 @@ class MqttPublisher:
             self._complete_locked(entry, code)
         self._after_ack(entry, code)
 
-    def _complete_locked(self, entry: _Entry, code: int, *, expired: bool = False) -> None:
+    def _complete_locked(self, entry: Entry, code: int, *, expired: bool = False) -> None:
         self._in_paho -= 1
         if entry.message.qos > 0:
             self._awaiting_ack -= 1
@@ -553,7 +436,7 @@ class MqttPublisher:
             self._counts.refused += 1
         self._cv.notify_all()
 
-    def _after_ack(self, entry: _Entry, code: int) -> None:
+    def _after_ack(self, entry: Entry, code: int) -> None:
         m = entry.message
         if code >= REFUSED and m.on_ack is None:  # delivery logs its own, once for many
             log.error(
