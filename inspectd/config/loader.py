@@ -11,32 +11,38 @@ The loader knows nothing about stations: the product bundle's manifest and thres
 
 from __future__ import annotations
 
-import collections.abc
 import datetime
 import difflib
 import os
-import types
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, RootModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from inspectd.config.model_walk import (
+    KeyPath,
+    Walk,
+    allowed_keys,
+    allowed_values,
+    is_model,
+    union_tags,
+    walk_loc,
+)
+
 __all__ = ["ConfigError", "load_yaml_model"]
 
 M = TypeVar("M", bound=BaseModel)
 
-KeyPath = tuple[Any, ...]
 Pos = tuple[int, int]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _NULL_TAG = "tag:yaml.org,2002:null"
-_NONE_TYPE = type(None)
 _MISSING = object()
 
 
@@ -321,141 +327,6 @@ def _split_expected(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Walking the model class along an error's loc
-
-
-def _unwrap(tp: Any, disc: str | None) -> tuple[Any, str | None]:
-    """Strip Annotated (noting a discriminator) and Optional."""
-    while True:
-        origin = get_origin(tp)
-        if origin is Annotated:
-            tp, *meta = get_args(tp)
-            for item in meta:
-                found = getattr(item, "discriminator", None)
-                found = getattr(found, "discriminator", found)  # pydantic.Discriminator
-                if isinstance(found, str):
-                    disc = found
-            continue
-        if origin in (Union, types.UnionType):
-            members = [a for a in get_args(tp) if a is not _NONE_TYPE]
-            if len(members) == 1:
-                tp = members[0]
-                continue
-        return tp, disc
-
-
-def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, BaseModel)
-
-
-def _model_field(model: type[BaseModel], key: Any) -> Any:
-    for name, info in model.model_fields.items():
-        if key == (info.alias or name):
-            return info
-    return None
-
-
-def _allowed_keys(model: type[BaseModel]) -> list[str]:
-    return sorted(info.alias or name for name, info in model.model_fields.items())
-
-
-def _tags(member: Any, disc: str) -> list[Any]:
-    member, _ = _unwrap(member, None)
-    if _is_model(member):
-        info = _model_field(member, disc)
-        if info is not None:
-            ann, _ = _unwrap(info.annotation, None)
-            if get_origin(ann) is Literal:
-                return list(get_args(ann))
-    return []
-
-
-def _label_matches(member: Any, label: Any) -> bool:
-    """Pydantic names union members in a loc: 'int', 'constrained-str', 'FolderCamera', ..."""
-    if not isinstance(label, str):
-        return False
-    member, _ = _unwrap(member, None)
-    base = get_origin(member) or member
-    names = {getattr(base, "__name__", None), str(member)}
-    label = label.removeprefix("constrained-")
-    return label in names or label.split("[")[0] in names
-
-
-@dataclass
-class _Walk:
-    keys: KeyPath  # the loc without union member labels: a path into the data
-    tp: Any  # the annotation at the end of the loc
-    disc: str | None  # its discriminator, if it is a tagged union
-    union_at: KeyPath | None = None  # data path of the first untagged union the loc went through
-
-
-def _walk(model: Any, loc: tuple[Any, ...]) -> _Walk:
-    tp: Any = model
-    disc: str | None = None
-    keys: list[Any] = []
-    union_at: KeyPath | None = None
-    for elem in loc:
-        tp, disc = _unwrap(tp, disc)
-        while _is_model(tp) and issubclass(tp, RootModel):
-            tp, disc = _unwrap(tp.model_fields["root"].annotation, None)
-        origin = get_origin(tp)
-        if origin in (Union, types.UnionType):
-            members = [a for a in get_args(tp) if a is not _NONE_TYPE]
-            if disc:
-                chosen = [m for m in members if elem in _tags(m, disc)]
-            else:
-                chosen = [m for m in members if _label_matches(m, elem)]
-                if union_at is None:
-                    union_at = tuple(keys)
-            tp, disc = (chosen[0] if chosen else Any), None
-            continue  # the tag or label is not a key in the data
-        keys.append(elem)
-        disc = None
-        if _is_model(tp):
-            info = _model_field(tp, elem)
-            tp = Any if info is None else info.annotation
-            disc = None if info is None else _field_discriminator(info)
-        elif origin in (list, set, frozenset, collections.abc.Sequence, collections.abc.Set):
-            args = get_args(tp)
-            tp = args[0] if args else Any
-        elif origin is tuple:
-            args = get_args(tp)
-            if len(args) == 2 and args[1] is Ellipsis:
-                tp = args[0]
-            elif isinstance(elem, int) and 0 <= elem < len(args):
-                tp = args[elem]
-            else:
-                tp = Any
-        elif origin in (dict, collections.abc.Mapping, collections.abc.MutableMapping):
-            args = get_args(tp)
-            tp = args[1] if len(args) == 2 else Any
-        else:
-            tp = Any
-    tp, disc = _unwrap(tp, disc)
-    return _Walk(keys=tuple(keys), tp=tp, disc=disc, union_at=union_at)
-
-
-def _field_discriminator(info: Any) -> str | None:
-    found = getattr(info, "discriminator", None)
-    found = getattr(found, "discriminator", found)
-    return found if isinstance(found, str) else None
-
-
-def _allowed_values(tp: Any) -> list[Any] | None:
-    if get_origin(tp) is Literal:
-        return list(get_args(tp))
-    if isinstance(tp, type) and issubclass(tp, Enum):
-        return [m.value for m in tp]
-    return None
-
-
-def _union_tags(tp: Any, disc: str) -> list[Any]:
-    if get_origin(tp) not in (Union, types.UnionType):
-        return []
-    return [tag for member in get_args(tp) for tag in _tags(member, disc)]
-
-
-# ---------------------------------------------------------------------------------------------
 # Turning pydantic errors into lines
 
 _TYPE_WORDS = {
@@ -512,12 +383,12 @@ def _position(doc: _Document, keys: KeyPath, *, at_key: bool) -> Pos:
     return doc.value_pos.get(keys, doc.root)
 
 
-def _message(err: ErrorDetails, value: Any, walk: _Walk) -> str:
+def _message(err: ErrorDetails, value: Any, walk: Walk) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     shown = _show(value)
     if kind in ("literal_error", "enum"):
-        allowed = _allowed_values(walk.tp)
+        allowed = allowed_values(walk.tp)
         names = (
             [_plain(v) for v in allowed] if allowed else _split_expected(ctx.get("expected", ""))
         )
@@ -558,7 +429,7 @@ def _convert_errors(
     exc: ValidationError, model: type[BaseModel], doc: _Document
 ) -> list[tuple[Pos, KeyPath, str]]:
     errors = exc.errors(include_url=False)
-    walks = [_walk(model, tuple(err["loc"])) for err in errors]
+    walks = [walk_loc(model, tuple(err["loc"])) for err in errors]
 
     # An untagged union (e.g. ``int | str``) fails once per member. Keep the members' errors that
     # are about the value (a bound, a pattern) over "wrong type" ones; if only type errors are
@@ -599,10 +470,10 @@ def _convert_errors(
             continue
         if kind == "extra_forbidden":
             key = keys[-1] if keys else "?"
-            parent = _walk(model, tuple(err["loc"])[:-1]).tp
+            parent = walk_loc(model, tuple(err["loc"])[:-1]).tp
             msg = f"unknown key {_show_key(key)}"
-            if _is_model(parent):
-                allowed = _allowed_keys(parent)
+            if is_model(parent):
+                allowed = allowed_keys(parent)
                 msg += f" (allowed: {', '.join(allowed)})"
                 close = difflib.get_close_matches(str(key), allowed, n=1)
                 if close:
@@ -612,7 +483,7 @@ def _convert_errors(
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             ctx = err.get("ctx") or {}
             disc = walk.disc or _split_expected(str(ctx.get("discriminator", "?")))[0]
-            tags = [_plain(t) for t in _union_tags(walk.tp, disc)] or _split_expected(
+            tags = [_plain(t) for t in union_tags(walk.tp, disc)] or _split_expected(
                 str(ctx.get("expected_tags", ""))
             )
             if kind == "union_tag_not_found":
