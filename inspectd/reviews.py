@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from inspectd.contract.verdict import iso_utc
+from inspectd.contract.vocabulary import Command
 from inspectd.mqtt.commands import CommandError
 from inspectd.outputs.archive import ARCHIVE_SCHEMA, SUFFIXES, ArchiveEntry, find_entry
 
@@ -67,7 +68,11 @@ class ReviewDesk:
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         """For the station's command desk: …/cmd/review/set, …/cmd/unreview/set and
         …/cmd/reviews/set."""
-        return {"review": self.review, "unreview": self.unreview, "reviews": self.counts}
+        return {
+            Command.REVIEW: self.review,
+            Command.UNREVIEW: self.unreview,
+            Command.REVIEWS: self.counts,
+        }
 
     def review(self, args: dict[str, Any]) -> dict[str, Any]:
         """``{"seq", "part_id", "label", "by"?, "note"?}`` -> where it was stored and today's

@@ -19,6 +19,7 @@ import structlog
 
 from inspectd.contract.topics import Topics
 from inspectd.contract.verdict import Verdict, VerdictRecord, iso_utc
+from inspectd.contract.vocabulary import StationState
 
 log = structlog.get_logger(__name__)
 
@@ -90,14 +91,18 @@ def encode_answer(payload: dict[str, Any]) -> bytes:
 # -- …/status -----------------------------------------------------------------------------------
 
 
-def status_payload(state: str, status_fields: dict[str, Any], t: float | None = None) -> bytes:
+def status_payload(
+    state: StationState, status_fields: dict[str, Any], t: float | None = None
+) -> bytes:
     """``state`` (online, stopped, offline) with boot_id, version, product, model_sha256."""
     return encode_json(
         {"state": state, **status_fields, "ts": iso_utc(time.time() if t is None else t)}
     )
 
 
-def status_message(topics: Topics, state: str, status_fields: dict[str, Any]) -> OutgoingMessage:
+def status_message(
+    topics: Topics, state: StationState, status_fields: dict[str, Any]
+) -> OutgoingMessage:
     """Retained: a subscriber that comes later still learns whether the station is up."""
     return OutgoingMessage(
         topics.status,

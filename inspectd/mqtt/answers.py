@@ -20,6 +20,7 @@ import structlog
 
 from inspectd.contract.messages import bound_echoes, error_message, reply_message
 from inspectd.contract.topics import Topics, topic_problem
+from inspectd.contract.vocabulary import ErrorCode
 from inspectd.mqtt.publisher import MqttPublisher
 
 log = structlog.get_logger(__name__)
@@ -60,12 +61,12 @@ def _response_topic_problem(topic: str, topics: Topics) -> str | None:
     return None if why is None else f"response topic refused ({why}): {topic!r}"
 
 
-def refusal(msg: mqtt.MQTTMessage, to: ReplyTo) -> tuple[str, str] | None:
+def refusal(msg: mqtt.MQTTMessage, to: ReplyTo) -> tuple[ErrorCode, str] | None:
     """``(code, detail)`` for a request refused whatever its payload, else None."""
     if msg.retain:  # only the broker's store sets it (retain-as-published is off)
-        return "retained", RETAINED
+        return ErrorCode.RETAINED, RETAINED
     if to.refused is not None:
-        return "invalid_request", to.refused
+        return ErrorCode.INVALID_REQUEST, to.refused
     return None
 
 

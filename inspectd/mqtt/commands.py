@@ -19,6 +19,7 @@ import structlog
 
 from inspectd.contract.messages import command_answer
 from inspectd.contract.topics import Topics, command_topic
+from inspectd.contract.vocabulary import ErrorCode
 from inspectd.mqtt.answers import ReplyTo, publish_error, refusal, reply
 from inspectd.mqtt.inbound import RequestError, parse_object
 from inspectd.mqtt.publisher import MqttPublisher
@@ -63,7 +64,7 @@ class CommandDesk:
         if name not in self.handlers:
             allowed = ", ".join(sorted(self.handlers))
             self._refuse(
-                to, "unknown_command", f"{name[:64]!r} is not a command; allowed: {allowed}"
+                to, ErrorCode.UNKNOWN_COMMAND, f"{name[:64]!r} is not a command; allowed: {allowed}"
             )
             return
         refused = refusal(msg, to)
@@ -84,7 +85,7 @@ class CommandDesk:
         """The publisher's last-resort guard caught ``exc`` from ``on_message``: answered."""
         self._refuse(
             ReplyTo.of(msg, self.topics),
-            "internal_error",
+            ErrorCode.INTERNAL_ERROR,
             f"the station failed on this command ({type(exc).__name__}); it was not run",
         )
 
@@ -94,11 +95,13 @@ class CommandDesk:
             try:
                 result = self.handlers[name](args)
             except CommandError as exc:
-                self._refuse(to, "command_failed", str(exc), command=name)
+                self._refuse(to, ErrorCode.COMMAND_FAILED, str(exc), command=name)
                 continue
             except Exception as exc:  # a bug must not end the command thread
                 log.exception("command.crashed", command=name)
-                self._refuse(to, "command_failed", f"{type(exc).__name__}: {exc}", command=name)
+                self._refuse(
+                    to, ErrorCode.COMMAND_FAILED, f"{type(exc).__name__}: {exc}", command=name
+                )
                 continue
             log.info("command.done", command=name, **result)
             reply(self.publisher, to, self.topics.cmd(name, "result"), command_answer(name, result))

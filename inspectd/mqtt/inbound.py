@@ -16,6 +16,8 @@ import json
 import unicodedata
 from typing import Any
 
+from inspectd.contract.vocabulary import ErrorCode
+
 MAX_ID_CHARS = 128
 _BOM = "\ufeff"
 
@@ -23,7 +25,7 @@ _BOM = "\ufeff"
 class RequestError(Exception):
     """A request refused with ``code`` (one of docs/mqtt.md's) and a detail for the requester."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: ErrorCode, detail: str) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
@@ -52,14 +54,16 @@ def parse_object(
     """The JSON object in ``payload``; ``RequestError`` (payload_too_large, malformed_json,
     invalid_request) for anything else. ``empty_ok``: an empty payload is ``{}``."""
     if len(payload) > max_bytes:
-        raise RequestError("payload_too_large", f"{len(payload)} bytes, at most {max_bytes}")
+        raise RequestError(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes, at most {max_bytes}"
+        )
     try:
         # strict UTF-8: json.loads(bytes) would also take UTF-16/32 and, with "surrogatepass",
         # turn encoded surrogates into lone surrogates
         text = bytes(payload).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RequestError(
-            "malformed_json", f"not UTF-8: invalid byte at offset {exc.start}"
+            ErrorCode.MALFORMED_JSON, f"not UTF-8: invalid byte at offset {exc.start}"
         ) from None
     text = text.removeprefix(_BOM)  # RFC 8259 8.1: a parser may ignore a byte order mark
     if empty_ok and not text.strip():
@@ -67,13 +71,15 @@ def parse_object(
     try:
         body = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except _DuplicateKey as exc:
-        raise RequestError("invalid_request", str(exc)) from None
+        raise RequestError(ErrorCode.INVALID_REQUEST, str(exc)) from None
     except RecursionError:
-        raise RequestError("malformed_json", "not JSON: nested too deeply") from None
+        raise RequestError(ErrorCode.MALFORMED_JSON, "not JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, an integer of more than 4300 digits
-        raise RequestError("malformed_json", f"not JSON: {exc}") from None
+        raise RequestError(ErrorCode.MALFORMED_JSON, f"not JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise RequestError("invalid_request", f"expected a JSON object, got {_json_type(body)}")
+        raise RequestError(
+            ErrorCode.INVALID_REQUEST, f"expected a JSON object, got {_json_type(body)}"
+        )
     return body
 
 

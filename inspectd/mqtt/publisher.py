@@ -37,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from inspectd.contract.messages import OutgoingMessage, remaining_s, status_message, status_payload
 from inspectd.contract.topics import Topics, topic_problem
+from inspectd.contract.vocabulary import StationState
 from inspectd.mqtt import login
 from inspectd.mqtt.login import Credentials
 from inspectd.mqtt.paho_client import LenientClient, guarded, set_no_delay, subscribe_requests
@@ -241,7 +242,7 @@ class MqttPublisher:
         ``online`` with them again; the Last Will takes them at the next connect."""
         self.status_fields.update(fields)
         if self._state.connected:
-            self.enqueue(status_message(self.topics, "online", self.status_fields))
+            self.enqueue(status_message(self.topics, StationState.ONLINE, self.status_fields))
 
     def enqueue(self, message: OutgoingMessage) -> bool:
         """Queue one message for publishing, in order. False (and an error logged) if it cannot
@@ -298,7 +299,7 @@ class MqttPublisher:
         if self._state in (State.NEW, State.STOPPED):
             return
         deadline = time.monotonic() + timeout
-        self.enqueue(status_message(self.topics, "stopped", self.status_fields))
+        self.enqueue(status_message(self.topics, StationState.STOPPED, self.status_fields))
         self.wait_published(timeout)
         with self._cv:
             self._state = State.STOPPED  # refuses new messages and ends the sender thread
@@ -342,7 +343,7 @@ class MqttPublisher:
         # ts: when the connection that died was opened (the will is fixed at CONNECT time)
         self._client.will_set(
             self.topics.status,
-            status_payload("offline", self.status_fields),
+            status_payload(StationState.OFFLINE, self.status_fields),
             qos=1,
             retain=True,
             properties=self._status_props(PacketTypes.WILLMESSAGE),
@@ -479,7 +480,7 @@ class MqttPublisher:
             subscribe_requests(client, topic_filter, v5=self._v5)  # no retained messages
         info = client.publish(
             self.topics.status,
-            status_payload("online", self.status_fields),
+            status_payload(StationState.ONLINE, self.status_fields),
             qos=1,
             retain=True,
             properties=self._status_props(PacketTypes.PUBLISH),

@@ -31,6 +31,7 @@ import structlog
 
 from inspectd.contract.messages import trigger_answer
 from inspectd.contract.topics import Topics
+from inspectd.contract.vocabulary import ErrorCode
 from inspectd.mqtt.answers import ReplyTo, publish_error, refusal, reply
 from inspectd.mqtt.inbound import RequestError, id_problem, parse_object, safe_id
 from inspectd.mqtt.publisher import MqttPublisher
@@ -97,7 +98,7 @@ class TriggerDesk:
         if not self.accepting:  # before parsing: nothing in the payload matters then
             self._refuse(
                 to,
-                "not_triggered",
+                ErrorCode.NOT_TRIGGERED,
                 "this station's camera runs free (camera.trigger: "
                 "free_run); it inspects every frame without requests",
                 request_id=self._request_id_of(msg.payload),
@@ -136,7 +137,7 @@ class TriggerDesk:
         so the requester is not left waiting (the log has the traceback)."""
         self._refuse(
             ReplyTo.of(msg, self.topics),
-            "internal_error",
+            ErrorCode.INTERNAL_ERROR,
             f"the station failed on this request ({type(exc).__name__}); it was not inspected",
         )
 
@@ -175,7 +176,9 @@ class TriggerDesk:
             shown = [k[:40] for k in unknown[:10]]  # repr escapes what cannot be encoded
             problem = f"unknown field(s) {shown}; allowed: request_id, part_id, deadline_ms"
         if problem is not None:
-            self._refuse(to, "invalid_request", problem, request_id=safe_id(body.get("request_id")))
+            self._refuse(
+                to, ErrorCode.INVALID_REQUEST, problem, request_id=safe_id(body.get("request_id"))
+            )
             return None
         deadline = None if deadline_ms is None else time.monotonic() + deadline_ms / 1000.0
         return body["request_id"], body["part_id"], deadline

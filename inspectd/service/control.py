@@ -18,6 +18,7 @@ import structlog
 
 from inspectd.bundle import Bundle, BundleError, load_bundle
 from inspectd.config.base import NAME_PATTERN
+from inspectd.contract.vocabulary import Command
 from inspectd.engine.base import Engine, EngineError
 from inspectd.mqtt.commands import CommandError
 from inspectd.mqtt.inbound import MAX_ID_CHARS
@@ -55,9 +56,9 @@ class ProductControl:
     def commands(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         """Its MQTT commands (docs/mqtt.md)."""
         return {
-            "reload_thresholds": self._cmd_reload,
-            "product": self._cmd_product,
-            "products": self._cmd_products,
+            Command.RELOAD_THRESHOLDS: self._cmd_reload,
+            Command.PRODUCT: self._cmd_product,
+            Command.PRODUCTS: self._cmd_products,
         }
 
     @property

@@ -31,6 +31,7 @@ from inspectd.contract.messages import (
 )
 from inspectd.contract.topics import Topics, command_topic
 from inspectd.contract.verdict import Region, Verdict, VerdictRecord
+from inspectd.contract.vocabulary import StationState
 
 from support.contract import TABLE, check_keys
 
@@ -182,7 +183,7 @@ def check_row(topic: str, message: OutgoingMessage, *, keys: bool = True) -> dic
 
 @pytest.mark.parametrize("state", sorted(TABLE["status"].keys["state"].values))  # type: ignore[index]
 def test_status_is_as_documented(state: str) -> None:
-    payload = check_row("status", status_message(TOPICS, state, STATUS_FIELDS))
+    payload = check_row("status", status_message(TOPICS, StationState(state), STATUS_FIELDS))
     assert payload["state"] == state
 
 
