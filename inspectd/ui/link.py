@@ -43,6 +43,8 @@ class MqttLink:
         patterns: tuple[str, ...],
         deliver: Deliver,
         on_connection: Callable[[bool, str | None], None],
+        *,
+        password: str | None = None,  # a station config's inline one (the page's is a file)
     ) -> None:
         self.cfg = cfg
         self.patterns = patterns
@@ -66,7 +68,6 @@ class MqttLink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         if cfg.username is not None:
-            password = None
             if cfg.password_file is not None:
                 password = (
                     cfg.password_file.read_text().splitlines()[0]
