@@ -77,6 +77,14 @@ def version_ids(product: Path) -> list[int]:
     return sorted(ids)
 
 
+def has_versions(product: Path) -> bool:
+    """Versions beyond the bundle as built, or a pointer: tools that rewrite a bundle in place
+    (train, export) must not, since stations load the active version, not the top."""
+    return (versions_dir(product) / ACTIVE).is_file() or any(
+        n > BASE for n in version_ids(product)
+    )
+
+
 def read_pointer(product: Path) -> ActivePointer | None:
     """The pointer, or None when the product has none (version 1 is active)."""
     path = versions_dir(product) / ACTIVE

@@ -121,33 +121,11 @@ def write_version(
         number = max(layout.version_ids(product) + [BASE]) + 1
         stage = versions_dir(product) / f"{STAGING}{number}"
         stage.mkdir()
-        manifest, files = fill(stage, base)
-        for name in files:  # what the version keeps from its parent
-            if not (stage / name).exists():
-                _link(base.path / name, stage / name)
-        if provenance.parts:
-            _write_parts(stage / PARTS_FILE, provenance.parts)
-            files = [*files, PARTS_FILE]
-        manifest["version"] = {
-            "id": number,
-            "parent": base.version,
-            "origin": provenance.origin,
-            "by": provenance.by,
-            "created": layout.now_utc(),
-            "parts": len(provenance.parts),
-            "parts_file": PARTS_FILE if provenance.parts else None,
-            "figures": provenance.figures,
-            "note": provenance.note,
-        }
-        layout.on_step("staged")
-        seal(stage, manifest, sorted(set(files)))  # the manifest last
-        for f in stage.iterdir():
-            fsync_file(f)
-        fsync_dir(stage)
-        try:  # the daemon's own check, before anyone can see it
-            load_bundle_folder(stage, product.name, number)
-        except BundleError as exc:
-            raise VersionStoreError(f"version {number} not written: {exc}") from exc
+        try:
+            _stage(stage, product, number, base, provenance, fill)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)  # a kill leaves it to the next writer
+            raise
         layout.on_step("sealed")
         final = layout.version_path(product, number)
         os.rename(stage, final)
@@ -164,6 +142,39 @@ def write_version(
             _point(product, number, provenance.by, provenance.origin)
         prune(product, keep, _locked=True)
     return load_bundle(product, number)
+
+
+def _stage(
+    stage: Path, product: Path, number: int, base: Bundle, provenance: Provenance, fill: Fill
+) -> None:
+    """Write, seal, fsync and check version ``number`` in its staging folder."""
+    manifest, files = fill(stage, base)
+    for name in files:  # what the version keeps from its parent
+        if not (stage / name).exists():
+            _link(base.path / name, stage / name)
+    if provenance.parts:
+        _write_parts(stage / PARTS_FILE, provenance.parts)
+        files = [*files, PARTS_FILE]
+    manifest["version"] = {
+        "id": number,
+        "parent": base.version,
+        "origin": provenance.origin,
+        "by": provenance.by,
+        "created": layout.now_utc(),
+        "parts": len(provenance.parts),
+        "parts_file": PARTS_FILE if provenance.parts else None,
+        "figures": provenance.figures,
+        "note": provenance.note,
+    }
+    layout.on_step("staged")
+    seal(stage, manifest, sorted(set(files)))  # the manifest last
+    for f in stage.rglob("*"):
+        fsync_file(f)
+    fsync_dir(stage)
+    try:  # the daemon's own check, before anyone can see it
+        load_bundle_folder(stage, product.name, number)
+    except BundleError as exc:
+        raise VersionStoreError(f"version {number} not written: {exc}") from exc
 
 
 def activate(product: Path, version: int, by: str, why: Why = "activate") -> ActivePointer:
