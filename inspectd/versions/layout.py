@@ -25,6 +25,7 @@ BASE = 1  # the bundle at the top of the product folder
 STAGING = ".new-"  # versions/.new-<n>: being written
 TRASH = ".old-"  # versions/.old-<n>: being deleted
 LOCK = ".lock"
+POINTER_TEMP = f".{ACTIVE}."  # versions/.active.yaml.<pid>.tmp: a pointer being written
 
 Why = Literal["build", "calibrate", "teach", "refit", "rollback", "activate"]
 
@@ -80,9 +81,7 @@ def version_ids(product: Path) -> list[int]:
 def has_versions(product: Path) -> bool:
     """Versions beyond the bundle as built, or a pointer: tools that rewrite a bundle in place
     (train, export) must not, since stations load the active version, not the top."""
-    return (versions_dir(product) / ACTIVE).is_file() or any(
-        n > BASE for n in version_ids(product)
-    )
+    return (versions_dir(product) / ACTIVE).is_file() or any(n > BASE for n in version_ids(product))
 
 
 def read_pointer(product: Path) -> ActivePointer | None:
@@ -155,7 +154,7 @@ def write_pointer(product: Path, pointer: ActivePointer) -> None:
     """Replace versions/active.yaml atomically: a reader sees the old pointer or the new one,
     after a crash too (temp file fsynced, renamed over, folder fsynced)."""
     folder = versions_dir(product)
-    tmp = folder / f".{ACTIVE}.{os.getpid()}.tmp"
+    tmp = folder / f"{POINTER_TEMP}{os.getpid()}.tmp"
     with tmp.open("w") as f:
         f.write(yaml.safe_dump(pointer.model_dump(mode="json"), sort_keys=False))
         f.flush()

@@ -236,11 +236,15 @@ def _parent_of(product: Path, version: int) -> int | None:
 
 
 def _sweep(product: Path) -> None:
-    """Remove what a killed writer left: staging and half-deleted folders."""
+    """Remove what a killed writer left: staging and half-deleted folders, a pointer's temp."""
     for entry in versions_dir(product).iterdir():
         if entry.is_dir() and entry.name.startswith((STAGING, TRASH)):
             shutil.rmtree(entry)
-            log.warning("version.stale_removed", product=product.name, folder=entry.name)
+        elif entry.name.startswith(layout.POINTER_TEMP) and entry.name.endswith(".tmp"):
+            entry.unlink()
+        else:
+            continue
+        log.warning("version.stale_removed", product=product.name, left=entry.name)
 
 
 def _link(source: Path, target: Path) -> None:

@@ -163,6 +163,7 @@ def test_a_killed_writer_s_leftovers_are_never_listed_and_the_next_writer_remove
     (product / "versions" / ".new-3" / "thresholds.yaml").write_text("image: 0.1")
     (product / "versions" / ".old-9").mkdir()  # a pruned one, half deleted
     (product / "versions" / "8").mkdir()  # never: versions are renamed in only when sealed
+    (product / "versions" / ".active.yaml.4242.tmp").write_text("version: 8")  # not renamed over
     assert layout.version_ids(product) == [1, 2]
     assert load_bundle(product).version == 2
     v3 = threshold_version(product, 0.6)
