@@ -87,8 +87,9 @@ class ProductControl:
             if fresh.model_sha256 != current.model_sha256:
                 raise CommandError(
                     f"thresholds not reloaded: the model of {current.name} changed on disk "
-                    f"({fresh.model_sha256[:12]}…, running {current.model_sha256[:12]}…); "
-                    "switch product or restart to load it"
+                    f"(version {fresh.version}: {fresh.model_sha256[:12]}…, running version "
+                    f"{current.version}: {current.model_sha256[:12]}…); switch to the product "
+                    "(the product command) or restart to load it"
                 )
             old = current.thresholds
             pipeline.replace_thresholds(fresh)
