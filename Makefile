@@ -83,6 +83,7 @@ demo-bundle: $(VENV)/.stamp-dev
 	rm -rf $(BUTTON_DATA) $(BUTTON_CALIBRATION)
 	$(BUTTON_TRAINING_SET)
 	$(BUTTON_CALIBRATION_SET)
+	rm -rf products/button/versions  # a build from scratch: calibrate makes version 2 of it
 	$(BIN)/inspectd train --product button --data $(BUTTON_DATA) --model hybrid \
 		--input-size 128 --param dim=256 --param depth=2 --epochs 40 --early-stop-start 0 \
 		--patience 10 --lr 3e-4 --seed 0 $(if $(VGG_WEIGHTS),--vgg-weights $(VGG_WEIGHTS))
@@ -96,6 +97,7 @@ patchcore-bundle: $(VENV)/.stamp-dev
 	rm -rf $(BUTTON_DATA) $(BUTTON_CALIBRATION)
 	$(BUTTON_TRAINING_SET)
 	$(BUTTON_CALIBRATION_SET)
+	rm -rf products/button-patchcore/versions
 	$(BIN)/inspectd train --product button-patchcore --data $(BUTTON_DATA) --model patchcore \
 		--seed 0
 	$(BIN)/inspectd calibrate --product button-patchcore --images $(BUTTON_CALIBRATION)/test/good \

@@ -53,6 +53,7 @@ def make_records(n: int) -> list[VerdictRecord]:
             threshold=0.5,
             model_name="ae",
             model_sha256="ab" * 32,
+            model_version=1,
             camera_serial="SIM-0001",
             frame_id=i,
             t_capture=now,

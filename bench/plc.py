@@ -218,6 +218,7 @@ def core_alone(n: int) -> list[float]:
                 threshold=0.2,
                 model_name="m",
                 model_sha256="0" * 64,
+                model_version=1,
                 camera_serial="",
                 frame_id=0,
                 t_capture=now,

@@ -1,12 +1,14 @@
 """`inspectd calibrate`: score known-good parts (and defects, if given) with the bundle's own
-model and preprocessing, set the thresholds, write the report, and re-seal the bundle.
+model and preprocessing, set the thresholds, and write them with the report as a new version of
+the product (inspectd.versions), which becomes the active one.
 
-Runs on the inspection box (ONNX Runtime, no torch). Nothing in the bundle changes until every
-number is computed: report files first, thresholds.yaml next, manifest.yaml last.
+Runs on the inspection box (ONNX Runtime, no torch). Nothing on disk changes until every number
+is computed, and the version calibrated stays as it was: a rollback goes back to it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 from collections.abc import Iterator
@@ -20,8 +22,16 @@ from tqdm import tqdm
 
 from inspectd import threshold_stats as stats
 from inspectd.accuracy import auroc, f1_max, operating_points, recall_at_points
-from inspectd.bundle import MANIFEST, TRAIN_IMAGES, Bundle, BundleError, load_bundle, sha256_of
-from inspectd.bundle_seal import replace_thresholds
+from inspectd.bundle import (
+    MANIFEST,
+    THRESHOLDS,
+    TRAIN_IMAGES,
+    Bundle,
+    BundleError,
+    load_bundle,
+    sha256_of,
+)
+from inspectd.bundle_seal import write_thresholds
 from inspectd.calibrate.thresholds import (
     MAP_PIXELS,
     PIXEL_QUANTILE,
@@ -35,6 +45,14 @@ from inspectd.engine.base import infer_batches
 from inspectd.preprocess import PreprocessError, load_inputs, preprocess
 from inspectd.reviews import is_reviewed_frame
 from inspectd.train.datasets.mvtec import GOOD, Sample, image_files
+from inspectd.versions.store import (
+    DEFAULT_KEEP,
+    Part,
+    Provenance,
+    VersionStoreError,
+    parent_manifest,
+    write_version,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +66,7 @@ class CalibrationError(Exception):
 
 @dataclass
 class Request:
-    bundle_dir: Path
+    bundle_dir: Path  # the product folder: its active version is calibrated
     images: list[Path] | None = None  # good parts from files (folders taken together) ...
     camera: Any = None  # ... or live from a station's camera (its config section)
     count: int = 0
@@ -62,6 +80,8 @@ class Request:
     pixel_quantile: float = PIXEL_QUANTILE
     min_area: int | None = None  # map pixels; None keeps the bundle's
     progress: bool = True
+    by: str = "unknown"  # who calibrates: the new version's provenance
+    keep: int = DEFAULT_KEEP  # versions of the product kept on disk
 
 
 @dataclass
@@ -74,6 +94,7 @@ class Scored:
     inputs: np.ndarray  # N x h x w x 3, RGB model inputs (thumbnails of the worst parts)
     defects: list[str] = field(default_factory=list)  # defect type per part (defect sets)
     masks: np.ndarray | None = None  # N x h x w bool, when every defect has a mask
+    digests: list[str] = field(default_factory=list)  # sha256 per part: file, or frame pixels
 
 
 @dataclass
@@ -93,6 +114,7 @@ class Result:
     skipped: list[str]  # parts that could not be inspected, with the reason
     defect_metrics: dict[str, Any]
     files: list[Path] = field(default_factory=list)
+    version: Bundle | None = None  # the version write() made
 
 
 # -- input ---------------------------------------------------------------------------------------
@@ -188,6 +210,7 @@ def score_files(
     named (they would be ERROR verdicts on the line, not good parts)."""
     spec = bundle.manifest.preprocess
     kept: list[Path] = []
+    digests: list[str] = []
     skipped: list[str] = []
 
     def batches() -> Iterator[np.ndarray]:
@@ -196,6 +219,7 @@ def score_files(
             try:
                 ready.append(load_inputs([p], spec)[0])
                 kept.append(p)
+                digests.append(sha256_of(p))
             except (PreprocessError, OSError, ValueError) as exc:
                 skipped.append(str(exc) if str(p) in str(exc) else f"{p}: {exc}")
             if len(ready) == BATCH:
@@ -205,7 +229,7 @@ def score_files(
             yield np.stack(ready)
 
     scores, maps, inputs = _score(engine, batches(), len(paths), desc, progress)
-    return Scored([str(p) for p in kept], scores, maps, inputs), skipped
+    return Scored([str(p) for p in kept], scores, maps, inputs, digests=digests), skipped
 
 
 def score_camera(
@@ -218,6 +242,7 @@ def score_camera(
     timeout = getattr(camera, "timeout_s", 5.0)
     spec = bundle.manifest.preprocess
     names: list[str] = []
+    digests: list[str] = []
     skipped: list[str] = []
     grabbed: list[np.ndarray] = []
     with open_source(camera) as source, _bar(count, "capturing", progress) as bar:
@@ -236,6 +261,7 @@ def score_camera(
                     raise PreprocessError(frame.error or "the frame holds no image")
                 grabbed.append(preprocess(frame.image, spec)[0])
                 names.append(frame.part_id)
+                digests.append(hashlib.sha256(frame.image.tobytes()).hexdigest())
                 bar.update(1)
             except PreprocessError as exc:
                 skipped.append(f"{frame.part_id}: {exc}")
@@ -243,7 +269,7 @@ def score_camera(
         log.warning("calibrate.camera_short", wanted=count, got=len(grabbed))
     chunks = (np.stack(grabbed[i : i + BATCH]) for i in range(0, len(grabbed), BATCH))
     scores, maps, inputs = _score(engine, chunks, len(grabbed), "scoring", progress)
-    return Scored(names, scores, maps, inputs), skipped
+    return Scored(names, scores, maps, inputs, digests=digests), skipped
 
 
 def defect_samples(folder: Path) -> list[Sample]:
@@ -414,10 +440,10 @@ def calibrate(req: Request) -> Result:
 
 
 def write(result: Result, req: Request) -> list[Path]:
-    """Report, thresholds.yaml, then the re-sealed manifest (the bundle stays loadable)."""
+    """The report and thresholds as a new version of the product, made from the version
+    calibrated, sealed and then made active (inspectd.versions.store)."""
     from inspectd.calibrate.report import write_report
 
-    bundle_dir = result.bundle.path
     alternatives = {"order_statistic": result.order.threshold}
     if result.tail is not None:
         alternatives["tail_fit"] = result.tail.threshold
@@ -437,10 +463,49 @@ def write(result: Result, req: Request) -> list[Path]:
         frr_bound=bound,
         alternatives=alternatives,
     )
-    files = write_report(result, thresholds, bundle_dir)
-    replace_thresholds(bundle_dir, thresholds)
-    load_bundle(bundle_dir)  # prove the daemon accepts what we wrote
-    return [*files, bundle_dir / "thresholds.yaml", bundle_dir / MANIFEST]
+    report: list[str] = []
+
+    def fill(stage: Path, parent: Bundle) -> tuple[dict[str, Any], list[str]]:
+        report.extend(f.name for f in write_report(result, thresholds, stage))
+        write_thresholds(stage, thresholds)
+        return parent_manifest(parent), [*parent.manifest.files, *report]
+
+    try:
+        version = write_version(
+            req.bundle_dir,
+            provenance(result, thresholds.frr_bound, req),
+            fill,
+            parent=result.bundle.version,
+            keep=req.keep,
+        )
+    except VersionStoreError as exc:
+        raise CalibrationError(str(exc)) from exc
+    result.version = version
+    return [*(version.path / f for f in report), version.path / THRESHOLDS, version.path / MANIFEST]
+
+
+def provenance(result: Result, frr_bound: float | None, req: Request) -> Provenance:
+    """Who calibrated, from which parts, and the report's figures: the version's record."""
+    parts = [Part(n, d) for n, d in zip(result.good.names, result.good.digests, strict=True)]
+    if result.defects is not None:
+        d = result.defects
+        parts += [Part(n, h, "defect") for n, h in zip(d.names, d.digests, strict=True)]
+    figures: dict[str, Any] = {
+        "n_good": int(result.good.scores.size),
+        "image_threshold": float(result.image),
+        "pixel_threshold": float(result.pixel),
+        "target_frr": req.target_frr,
+        "frr_bound": frr_bound,
+        "method": req.method,
+        "dropped_training": result.dropped_training,
+        "skipped": len(result.skipped),
+    }
+    m = result.defect_metrics
+    if m:
+        figures.update(
+            n_defects=m["n_defects"], recall=m["recall"], image_auroc=float(m["image_auroc"])
+        )
+    return Provenance(origin="calibrate", by=req.by, parts=parts, figures=figures)
 
 
 def good_regions_text(result: Result) -> str:

@@ -140,8 +140,15 @@ def reexport(bundle_dir: Path, *, fp16_weights: bool = False, images: Path | Non
     from inspectd.deploy.parity import compare, format_comparison, run_all, sample_images
     from inspectd.engine.onnxruntime import OnnxRuntimeEngine
     from inspectd.models import load_graph
+    from inspectd.versions.layout import has_versions
 
     bundle = load_bundle(bundle_dir)
+    if has_versions(bundle_dir):
+        # export rewrites the bundle in place: only the bundle as built, before any version
+        raise ExportError(
+            f"{bundle_dir} has versions (inspectd versions --product {bundle.name}): export "
+            "rewrites a bundle as built, before it is calibrated into versions"
+        )
     spec = bundle.manifest.preprocess
     model = bundle.manifest.model
     if model.checkpoint is None:

@@ -6,7 +6,8 @@ model.pt        the trained weights (torch state dict): the torch engine and ret
 thresholds.yaml what calibration decided, for which model (by sha256)
 
 Loading verifies every hash, so a bundle edited by hand or half-copied is refused instead of
-producing verdicts nobody can reproduce.
+producing verdicts nobody can reproduce. A product folder holds versions of its bundle
+(``inspectd.versions``); ``load_bundle`` loads the active one.
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ from inspectd.config.base import StrictModel
 from inspectd.config.loader import ConfigError, load_yaml_model
 from inspectd.families import FamilyName
 from inspectd.preprocess import PreprocessSpec
+from inspectd.versions.layout import (
+    BASE,
+    MANIFEST,
+    VersionError,
+    active_version,
+    checked_path,
+    is_product,
+)
 
-MANIFEST = "manifest.yaml"
 THRESHOLDS = "thresholds.yaml"
 TRAIN_IMAGES = "train_images.sha256"  # lets calibrate refuse images the model was trained on
 BUNDLE_SCHEMA = "inspectd.bundle/1"
@@ -68,6 +76,24 @@ class ScoringSpec(StrictModel):
     )
 
 
+class VersionRecord(StrictModel):
+    """Where a version of a product came from (absent in version 1, the bundle as built)."""
+
+    id: int = Field(gt=BASE, description="the version: its folder versions/<id>")
+    parent: int | None = Field(ge=BASE, description="the version it was made from")
+    origin: Literal["build", "calibrate", "teach", "refit"] = Field(description="what made it")
+    by: str = Field(min_length=1, description="who made it")
+    created: str = Field(description="when, UTC ISO 8601")
+    parts: int = Field(0, ge=0, description="parts it was made from (listed in parts_file)")
+    parts_file: str | None = Field(
+        None, description="one line per part: sha256, role (good, defect), path or part id"
+    )
+    figures: dict[str, Any] = Field(
+        default_factory=dict, description="the report's figures (threshold, bound, recall ...)"
+    )
+    note: str = ""
+
+
 class Manifest(StrictModel):
     schema_: Literal["inspectd.bundle/1"] = Field(alias="schema")
     name: str
@@ -79,6 +105,7 @@ class Manifest(StrictModel):
     training: dict[str, Any] = Field(default_factory=dict, description="how it was built")
     metrics: dict[str, Any] = Field(default_factory=dict, description="evaluation at build time")
     files: dict[str, str] = Field(description="file name -> sha256 of every file of the bundle")
+    version: VersionRecord | None = Field(None, description="provenance of a later version")
 
 
 class Thresholds(StrictModel):
@@ -138,13 +165,19 @@ def sha256_of(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Bundle:
-    path: Path
+    path: Path  # the folder of its files: the product folder, or versions/<n> in it
     manifest: Manifest
     thresholds: Thresholds
+    version: int = BASE
 
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def product_dir(self) -> Path:
+        """products/<name>/, whichever version this is."""
+        return self.path if self.version == BASE else self.path.parent.parent
 
     @property
     def model_path(self) -> Path:
@@ -155,25 +188,40 @@ class Bundle:
         return self.manifest.files[self.manifest.model.file]
 
 
-def load_bundle(path: Path) -> Bundle:
-    """Load and verify products/<name>/; raises BundleError saying what is wrong and where."""
-    if not (path / MANIFEST).is_file():
-        raise BundleError(f"{path}: not a product bundle (no {MANIFEST})")
+def load_bundle(product: Path, version: int | None = None) -> Bundle:
+    """Load and verify products/<name>/ at its active version (or at ``version``); raises
+    BundleError saying what is wrong and where."""
+    if not is_product(product):
+        raise BundleError(f"{product}: not a product bundle (no {MANIFEST})")
+    try:
+        number = active_version(product) if version is None else version
+        path = checked_path(product, number)
+    except VersionError as exc:
+        raise BundleError(str(exc)) from exc
+    return load_bundle_folder(path, product.name, number)
+
+
+def load_bundle_folder(path: Path, name: str, number: int) -> Bundle:
+    """Load and verify the bundle in ``path`` as version ``number`` of product ``name`` (a
+    version about to be published is checked with it)."""
     try:
         manifest = load_yaml_model(path / MANIFEST, Manifest)
     except ConfigError as exc:
         raise BundleError(str(exc)) from exc
-    if manifest.name != path.name:
+    if manifest.name != name:
         # stations, commands and reloads find a bundle by name: the folder must carry it
         raise BundleError(
-            f"{path / MANIFEST}: name {manifest.name!r} does not match its folder {path.name!r}; "
+            f"{path / MANIFEST}: name {manifest.name!r} does not match its folder {name!r}; "
             f"rename the folder to {manifest.name!r}"
         )
+    recorded = manifest.version.id if manifest.version is not None else BASE
+    if recorded != number:  # a version folder copied or renamed by hand
+        raise BundleError(f"{path / MANIFEST}: records version {recorded}, its folder is {number}")
     for required in (manifest.model.file, THRESHOLDS):
         if required not in manifest.files:
             raise BundleError(f"{path / MANIFEST}: files does not list {required}")
-    for name, want in manifest.files.items():
-        f = path / name
+    for file, want in manifest.files.items():
+        f = path / file
         if not f.is_file():
             raise BundleError(f"{f}: missing (listed in {MANIFEST})")
         got = sha256_of(f)
@@ -193,4 +241,4 @@ def load_bundle(path: Path) -> Bundle:
             f"model is {model_sha[:12]}…; recalibrate (inspectd calibrate --product "
             f"{manifest.name})"
         )
-    return Bundle(path=path, manifest=manifest, thresholds=thresholds)
+    return Bundle(path=path, manifest=manifest, thresholds=thresholds, version=number)

@@ -15,10 +15,12 @@ from inspectd.commands import (
     evaluate,
     export,
     replay,
+    rollback,
     run,
     train,
     ui,
     verify_engine,
+    versions,
 )
 
 __all__ = ["EXIT_CONFIG", "build_parser", "main"]
@@ -31,6 +33,8 @@ COMMANDS = (
     train,
     export,
     calibrate,
+    versions,
+    rollback,
     evaluate,
     build_engine,
     verify_engine,

@@ -371,6 +371,7 @@ class Pipeline:
             regions=regions,
             model_name=self.bundle.manifest.model.family,
             model_sha256=self.bundle.model_sha256,
+            model_version=self.bundle.version,
             camera_serial=frame.camera.serial,
             frame_id=frame.frame_id,
             t_capture=frame.t_capture,

@@ -50,6 +50,7 @@ from inspectd.train.evaluate import evaluate
 from inspectd.train.families import Family, family
 from inspectd.train.loop import TrainSettings, seed_everything, split_indices, train_model
 from inspectd.train.memory import fit_memory
+from inspectd.versions.layout import has_versions
 
 log = structlog.get_logger(__name__)
 
@@ -212,6 +213,13 @@ def scoring_spec(fam: Family, overrides: dict[str, Any] | None) -> ScoringSpec:
 
 def build_product(req: BuildRequest) -> Path:
     t0 = time.monotonic()
+    if has_versions(req.out):
+        # the build would rewrite version 1 in place while stations load the active version
+        raise ValueError(
+            f"{req.out} has versions (inspectd versions --product {req.product}): train builds "
+            "a product from scratch; train into a new products folder (--products DIR), or "
+            f"remove {req.out / 'versions'} to start the product over"
+        )
     fam = family(req.model)
     settings = req.settings or training_settings(fam, req.product)
     seed_everything(settings.seed)  # the initial weights too, whatever ran before in this process

@@ -34,3 +34,30 @@ def add_bundle_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--products", type=Path, default=Path("products"), help="folder holding the bundles"
     )
+
+
+def add_version_args(parser: argparse.ArgumentParser, *, keep: bool = True) -> None:
+    """--by (and --keep), for the commands that write or activate a product's versions."""
+    import getpass
+
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's)
+        who = "unknown"
+    parser.add_argument(
+        "--by", default=who, help=f"who does it, for the versions' record (default: {who})"
+    )
+    if keep:
+        parser.add_argument(
+            "--keep",
+            type=_keep,
+            default=None,
+            help="versions of the product kept on disk, >= 2 (default: the station config's "
+            "versions.keep, else 10); the active one and its parent are always kept",
+        )
+
+
+def _keep(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 2")
+    return int(text)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from inspectd.commands import EXIT_CONFIG, Subparsers, load_config
+from inspectd.commands import EXIT_CONFIG, Subparsers, add_version_args, load_config
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -15,8 +15,9 @@ def add_parser(sub: Subparsers) -> None:
         help="set thresholds from known-good parts, with a stated false-reject rate",
         description="Score known-good parts (files or the station's camera), set the image "
         "threshold with a stated false-reject rate and confidence bound, the pixel threshold "
-        "and the smallest region, write calibration.png/.md and re-seal the bundle. A running "
-        "daemon picks the thresholds up on SIGHUP or the reload command.",
+        "and the smallest region, and write them with calibration.png/.md as a new version of "
+        "the product, made active (inspectd rollback goes back). A running daemon picks the "
+        "thresholds up on SIGHUP or the reload command.",
     )
     cal.add_argument("--product", required=True)
     cal.add_argument(
@@ -78,6 +79,7 @@ def add_parser(sub: Subparsers) -> None:
         help="smallest defect region in map pixels (default: keep the bundle's); "
         "a product specification, reported beside the regions good parts show",
     )
+    add_version_args(cal)
     cal.set_defaults(func=run)
 
 
@@ -85,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
     from inspectd.calibrate.calibration import CalibrationError, Request, calibrate, summary, write
     from inspectd.capture.base import CaptureError
     from inspectd.logs import configure_logging
+    from inspectd.versions.store import DEFAULT_KEEP
 
     configure_logging("warning", "console")
-    products, camera = args.products, None
+    products, camera, keep = args.products, None, DEFAULT_KEEP
     if args.config is not None:
         if args.count < 1:
             print(
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         if config is None:
             return EXIT_CONFIG
         products, camera = products or config.products_dir, config.camera
+        keep = config.versions.keep
     req = Request(
         bundle_dir=(products or Path("products")) / args.product,
         images=args.images,
@@ -113,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         pixel_quantile=args.pixel_quantile,
         min_area=args.min_region_area,
         progress=sys.stderr.isatty(),
+        by=args.by,
+        keep=args.keep or keep,
     )
     try:
         result = calibrate(req)
@@ -125,6 +131,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(summary(result, req))
     print("wrote " + ", ".join(str(f) for f in files))
+    if result.version is not None:
+        print(
+            f"version {result.version.version} of {result.bundle.name} (from version "
+            f"{result.bundle.version}) is now active; inspectd rollback --product "
+            f"{result.bundle.name} goes back"
+        )
     print(
         "a running daemon takes them on SIGHUP (systemctl reload) or the reload_thresholds command"
     )

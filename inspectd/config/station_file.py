@@ -24,6 +24,7 @@ from inspectd.config.outbox import OutboxConfig
 from inspectd.config.output import OutputConfig
 from inspectd.config.plc import PlcConfig
 from inspectd.config.service import MetricsConfig, ServiceConfig
+from inspectd.config.versions import VersionsConfig
 
 
 class StationId(StrictModel):
@@ -55,6 +56,9 @@ class StationConfig(StrictModel):
     )
     products_dir: ConfigPath = Field(
         Path("/etc/inspectd/products"), description="Folder holding the product bundles."
+    )
+    versions: VersionsConfig = Field(
+        default_factory=VersionsConfig, description="Versions of each product kept on disk."
     )
     state_dir: ConfigPath = Field(
         Path("/var/lib/inspectd"), description="Folder for the daemon's own state."

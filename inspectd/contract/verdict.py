@@ -68,6 +68,7 @@ class VerdictRecord:
     threshold: float | None
     model_name: str
     model_sha256: str
+    model_version: int  # the product's bundle version that judged it (1: the bundle as built)
     camera_serial: str
     frame_id: int
     t_capture: float
@@ -110,7 +111,11 @@ class VerdictRecord:
             "score": self.score,
             "threshold": self.threshold,
             "regions": [asdict(r) for r in self.regions],
-            "model": {"name": self.model_name, "sha256": self.model_sha256},
+            "model": {
+                "name": self.model_name,
+                "sha256": self.model_sha256,
+                "version": self.model_version,
+            },
             "camera": {"serial": self.camera_serial, "frame_id": self.frame_id},
             "t_capture": iso_utc(self.t_capture),
             "t_verdict": iso_utc(self.t_verdict),

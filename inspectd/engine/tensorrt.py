@@ -227,7 +227,8 @@ def load_tensorrt_engine(
         out = state_dir / "engines" / cache_key(onnx_sha, target, precision, max_batch)
         try:
             path = build_engine(
-                bundle.path,
+                bundle.product_dir,
+                version=bundle.version,
                 precision=precision,
                 batch=max_batch,
                 out=out,

@@ -53,7 +53,7 @@ from typing import Any, TextIO
 import numpy as np
 import yaml
 
-from inspectd.bundle import MANIFEST, load_bundle, sha256_of
+from inspectd.bundle import MANIFEST, load_bundle, load_bundle_folder, sha256_of
 from inspectd.bundle_seal import seal
 from inspectd.engine.gpu import checked, cudart, current_target, import_tensorrt
 from inspectd.engine.trt_files import (
@@ -303,6 +303,7 @@ def _parse(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
 def build_engine(
     bundle_path: Path,
     *,
+    version: int | None = None,
     precision: str = "fp16",
     batch: int = 1,
     calib_images: Path | None = None,
@@ -316,8 +317,9 @@ def build_engine(
 ) -> Path:
     """Build the bundle's ONNX into a TensorRT engine for this GPU; returns the engine's path.
 
-    `out` defaults to `model.<tag>.engine` beside the ONNX; with `seal_into_bundle` the
-    manifest then lists it and its sidecar with their sha256. The timing cache (and an INT8
+    `bundle_path` is the product folder, built at its active version (or `version`). `out`
+    defaults to `model.<tag>.engine` beside the ONNX; with `seal_into_bundle` the manifest then
+    lists it and its sidecar with their sha256. The timing cache (and an INT8
     calibration cache) live in `state_dir` (default: the bundle's parent's `.trt-cache`).
     """
     trt = import_tensorrt()
@@ -326,14 +328,14 @@ def build_engine(
             "this TensorRT has no builder (only the runtime is installed); build "
             "the engine on a machine with the full TensorRT of the same version"
         )
-    bundle = load_bundle(bundle_path)
+    bundle = load_bundle(bundle_path, version)
     target = target or current_target(trt.__version__)
     flags = builder_flags(precision, trt.__version__)
     bmin, bopt, bmax = batch_profile(batch)
     state_dir = state_dir or bundle_path.parent / ".trt-cache"
     state_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = bundle.model_path
-    out = out or bundle_path / engine_file_name(target, bundle.manifest.model.file)
+    out = out or bundle.path / engine_file_name(target, bundle.manifest.model.file)
     say(
         f"building {out.name}: {precision}, batch {bmin}..{bmax}, TensorRT {trt.__version__}, "
         f"{target.gpu_name} (sm{target.compute_capability[0]}{target.compute_capability[1]})"
@@ -395,8 +397,8 @@ def build_engine(
     )
     sidecar_of(out).write_text(info.to_json())
     say(f"built {out} in {time.monotonic() - t0:.0f} s ({out.stat().st_size / 1e6:.1f} MB)")
-    if seal_into_bundle and out.parent == bundle_path:
-        add_engine_to_manifest(bundle_path, out.name)
+    if seal_into_bundle and out.parent == bundle.path:
+        add_engine_to_manifest(bundle.path, out.name)
     return out
 
 
@@ -406,4 +408,5 @@ def add_engine_to_manifest(bundle_path: Path, engine_name: str) -> None:
         raise ValueError(engine_name)
     manifest = yaml.safe_load((bundle_path / MANIFEST).read_text())
     seal(bundle_path, manifest, files_with_engine(list(manifest["files"]), engine_name))
-    load_bundle(bundle_path)  # prove the daemon accepts what we wrote
+    # prove the daemon accepts what we wrote (the folder may be a version of its product)
+    load_bundle_folder(bundle_path, manifest["name"], (manifest.get("version") or {}).get("id", 1))

@@ -20,6 +20,7 @@ from inspectd.plc.handshake import (
     Handshake,
     Refusal,
 )
+from inspectd.versions.layout import is_product
 
 log = structlog.get_logger(__name__)
 
@@ -84,9 +85,9 @@ class PlcLink:
         """Start switching to ``product`` (in a thread: loading an engine takes seconds), or a
         Refusal at once: an unknown product, or a switch already under way. The state says
         ``switching``, then ``ready`` with the new product, or ``refused`` with the code."""
-        if (self.numbers and product not in self.numbers) or not (
-            self.products_dir / product / "manifest.yaml"
-        ).is_file():
+        if (self.numbers and product not in self.numbers) or not is_product(
+            self.products_dir / product
+        ):
             refusal = Refusal(UNKNOWN_PRODUCT, f"no product {product!r} here")
             self.set_changeover("refused", refusal.code, refusal.text)
             return refusal

@@ -3,7 +3,11 @@
 SelectProduct). One lock for both, and both go through the pipeline's swap: the reload takes the
 bundle the next part is judged with (a waiting switch's) and replaces its thresholds under the
 switch's lock, so model and thresholds change together between two parts (issue 31: a reload
-racing a switch judged the new model with the old product's thresholds)."""
+racing a switch judged the new model with the old product's thresholds).
+
+Both load a product's active version (inspectd.versions): a switch to the running product
+takes a version with another model (``inspectd rollback`` sends one), a reload one with new
+thresholds for the running model (what ``inspectd calibrate`` writes)."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from inspectd.contract.vocabulary import Command
 from inspectd.engine.base import Engine, EngineError
 from inspectd.mqtt.commands import CommandError
 from inspectd.mqtt.inbound import MAX_ID_CHARS
+from inspectd.versions.layout import product_names
 
 if TYPE_CHECKING:
     from inspectd.drift import DriftMonitor
@@ -83,8 +88,9 @@ class ProductControl:
             if fresh.model_sha256 != current.model_sha256:
                 raise CommandError(
                     f"thresholds not reloaded: the model of {current.name} changed on disk "
-                    f"({fresh.model_sha256[:12]}…, running {current.model_sha256[:12]}…); "
-                    "switch product or restart to load it"
+                    f"(version {fresh.version}: {fresh.model_sha256[:12]}…, running version "
+                    f"{current.version}: {current.model_sha256[:12]}…); switch to the product "
+                    "(the product command) or restart to load it"
                 )
             old = current.thresholds
             pipeline.replace_thresholds(fresh)
@@ -92,6 +98,7 @@ class ProductControl:
                 self._drift.reset(fresh.thresholds.quantiles)
         result = {
             "product": current.name,
+            "version": fresh.version,
             "image": fresh.thresholds.image,
             "previous_image": old.image,
             "pixel": fresh.thresholds.pixel,
@@ -123,18 +130,26 @@ class ProductControl:
                 engine = self.load_engine(bundle)
             except EngineError as exc:  # e.g. a bundle without model.pt on the torch backend
                 raise CommandError(f"product not switched: {exc}") from exc
-            previous = pipeline.bundle.name
+            previous = pipeline.bundle
             pipeline.swap_product(bundle, engine)
             if self._drift is not None:
                 self._drift.reset(bundle.thresholds.quantiles)
         if self._publisher is not None:
             self._publisher.set_status_fields(product=bundle.name, model_sha256=bundle.model_sha256)
-        return {"product": bundle.name, "previous": previous, "model_sha256": bundle.model_sha256}
+        return {
+            "product": bundle.name,
+            "version": bundle.version,
+            "model_sha256": bundle.model_sha256,
+            "previous": previous.name,
+            "previous_version": previous.version,
+        }
 
     def products(self) -> dict[str, Any]:
         """The bundles a switch can go to (the page offers them, not free text)."""
-        names = sorted(p.parent.name for p in self.products_dir.glob("*/manifest.yaml"))
-        return {"products": names, "current": self.pipeline.next_bundle().name}
+        return {
+            "products": product_names(self.products_dir),
+            "current": self.pipeline.next_bundle().name,
+        }
 
     def _cmd_reload(self, args: dict[str, Any]) -> dict[str, Any]:
         if args:

@@ -244,6 +244,7 @@ class StationHealth:
             "boot_id": self.boot_id,
             "version": __version__,
             "product": bundle.name,
+            "product_version": bundle.version,
             "model_sha256": bundle.model_sha256,
             # when the next one is due at the latest: a reader can tell a station gone quiet
             # (hung, its broker connection kept alive) from one with nothing new to say

@@ -208,6 +208,7 @@ class Station:
         log.info(
             "bundle.loaded",
             product=bundle.name,
+            version=bundle.version,
             model=bundle.manifest.model.family,
             sha256=bundle.model_sha256[:12],
             threshold=bundle.thresholds.image,

@@ -43,6 +43,8 @@ class MqttLink:
         patterns: tuple[str, ...],
         deliver: Deliver,
         on_connection: Callable[[bool, str | None], None],
+        *,
+        password: str | None = None,  # a station config's inline one (the page's is a file)
     ) -> None:
         self.cfg = cfg
         self.patterns = patterns
@@ -67,7 +69,9 @@ class MqttLink:
         self._client.on_message = self._on_message
         login.apply(
             self._client,
-            login.credentials(cfg.username, password_file=cfg.password_file, tls=cfg.tls),
+            login.credentials(
+                cfg.username, password=password, password_file=cfg.password_file, tls=cfg.tls
+            ),
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -44,6 +44,7 @@ def record(i: int, seq: int = 0) -> VerdictRecord:
         threshold=0.5,
         model_name="m",
         model_sha256="ab" * 32,
+        model_version=1,
         camera_serial="cam",
         frame_id=i,
         t_capture=now,

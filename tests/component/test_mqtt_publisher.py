@@ -78,6 +78,7 @@ def make_record(seq: int, verdict: Verdict = Verdict.OK) -> VerdictRecord:
         threshold=0.5,
         model_name="hybrid",
         model_sha256="ab" * 32,
+        model_version=1,
         camera_serial="SIM-0001",
         frame_id=seq,
         t_capture=now - 0.05,

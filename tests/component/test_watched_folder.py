@@ -41,6 +41,7 @@ def record(frame: Frame, verdict: Verdict, seq: int) -> VerdictRecord:
         threshold=None,
         model_name="m",
         model_sha256="0",
+        model_version=1,
         camera_serial="",
         frame_id=frame.frame_id,
         t_capture=0.0,

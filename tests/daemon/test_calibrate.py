@@ -85,9 +85,10 @@ def test_thresholds_from_good_parts_hold_their_false_reject_rate(good, products,
     before = (products / "button" / "thresholds.yaml").read_bytes()
     proc = calibrate(products, "--images", str(good), "--target-frr", str(TARGET))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    bundle = load_bundle(products / "button")  # re-sealed: the daemon accepts it
+    bundle = load_bundle(products / "button")  # a new version, sealed: the daemon accepts it
     t = bundle.thresholds
-    assert (products / "button" / "thresholds.yaml").read_bytes() != before
+    assert bundle.version == 2 and (bundle.path / "thresholds.yaml").read_bytes() != before
+    assert (products / "button" / "thresholds.yaml").read_bytes() == before  # version 1 kept
     assert t.n_good == N_GOOD and t.target_frr == TARGET and t.confidence == 0.95
     assert t.frr_bound is not None and t.frr_bound <= TARGET
     assert t.model_sha256 == bundle.model_sha256 and t.method.startswith("order statistic")
@@ -108,9 +109,9 @@ def test_thresholds_from_good_parts_hold_their_false_reject_rate(good, products,
     assert rejected <= sps.binom.ppf(0.999, 600, TARGET), (rejected, t.image)
 
     # the report: a PNG of the documented size and the Markdown that links it
-    png = cv2.imread(str(products / "button" / "calibration.png"))
+    png = cv2.imread(str(bundle.path / "calibration.png"))
     assert png is not None and png.shape == (960, 1600, 3)
-    md = (products / "button" / "calibration.md").read_text()
+    md = (bundle.path / "calibration.md").read_text()
     assert f"| image threshold | {t.image:.6g} |" in md and "![calibration](calibration.png)" in md
 
 
@@ -164,7 +165,7 @@ def test_defects_give_recall_f1_and_a_roc(good, products, tmp_path):
     recall = (defect_scores >= t.image).mean()
     assert f"defects: {3 * len(DEFECTS)}, recall {recall:.1%} at the threshold" in proc.stdout
     assert "pixel AUROC" in proc.stdout and "f1_optimal" in t.alternatives
-    md = (products / "button" / "calibration.md").read_text()
+    md = (load_bundle(products / "button").path / "calibration.md").read_text()
     assert "| recall at the threshold |" in md and "| pixel AUROC |" in md
     assert all(f"| {d} |" in md for d in DEFECTS)
     # recall at 1 % FRR of the 300 good parts: 3 of them may be rejected, no more
@@ -214,13 +215,13 @@ def test_a_running_daemon_takes_new_thresholds_on_sighup_and_refuses_another_mod
         new = load_bundle(products / "button").thresholds.image
         daemon.signal(signal.SIGHUP)
         reloaded = daemon.wait_event("thresholds.reloaded", timeout=30)[0]
-        assert reloaded["image"] == new
+        assert reloaded["image"] == new and reloaded["version"] == 2
 
         # thresholds made for another model: refused, the running ones stay
         thresholds = load_bundle(products / "button").thresholds.model_copy(
             update={"model_sha256": "0" * 64}
         )
-        replace_thresholds(products / "button", thresholds)
+        replace_thresholds(load_bundle(products / "button").path, thresholds)  # the active one
         daemon.signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
         while not any("made for model 000000000000" in line for line in daemon.lines):

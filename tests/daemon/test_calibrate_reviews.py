@@ -12,8 +12,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-import yaml
 
+from inspectd.bundle import load_bundle
 from inspectd.outputs.archive import ARCHIVE_SCHEMA
 from inspectd.reviews import ReviewDesk
 from inspectd.synthetic import render_part
@@ -62,7 +62,8 @@ def calibrate(products: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def n_good(products: Path) -> int:
-    return yaml.safe_load((products / "button" / "thresholds.yaml").read_text())["n_good"]
+    """The active version's (calibrate writes a new version of the product)."""
+    return load_bundle(products / "button").thresholds.n_good
 
 
 def test_reviewed_parts_alone_are_refused_even_with_force(parts: Path, products: Path) -> None:

@@ -146,6 +146,7 @@ def record(i: int, wall_shift: float) -> VerdictRecord:
         threshold=0.5,
         model_name="m",
         model_sha256="ab" * 32,
+        model_version=1,
         camera_serial="cam",
         frame_id=i,
         t_capture=wall,

@@ -70,6 +70,7 @@ def record(i: int, part_id: str, request_id: str | None = None) -> VerdictRecord
         threshold=0.5,
         model_name="m",
         model_sha256="ab" * 32,
+        model_version=1,
         camera_serial="cam",
         frame_id=i,
         t_capture=now,

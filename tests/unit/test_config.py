@@ -65,8 +65,8 @@ def test_unknown_key_top_level(tmp_path):
     assert errors_of(path) == [
         ":7:1 prodcut: unknown key 'prodcut' (allowed: archive, camera, drift, engine, logging, "
         "metrics, mqtt, "
-        "outbox, output, plc, product, products_dir, service, state_dir, station); did you mean "
-        "'product'?"
+        "outbox, output, plc, product, products_dir, service, state_dir, station, versions); did "
+        "you mean 'product'?"
     ]
 
 

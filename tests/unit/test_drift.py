@@ -22,6 +22,7 @@ def feed(monitor: DriftMonitor, scores, verdict: Verdict = Verdict.OK) -> None:
             threshold=1.0,
             model_name="m",
             model_sha256="0",
+            model_version=1,
             camera_serial="",
             frame_id=0,
             t_capture=0.0,

@@ -40,6 +40,7 @@ def record_for(request_id: str, part_id: str, verdict: Verdict = Verdict.OK) -> 
         threshold=0.2,
         model_name="ae",
         model_sha256="0" * 64,
+        model_version=1,
         camera_serial="folder",
         frame_id=1,
         t_capture=now,

@@ -64,7 +64,8 @@ def test_the_table_parses_as_documented() -> None:
     verdict = TABLE["verdict"].keys
     assert verdict is not None
     assert set(verdict["regions"].children or {}) == {"x", "y", "w", "h", "area", "peak"}
-    assert set(verdict["model"].children or {}) == {"name", "sha256"}
+    # the bundle version that judged the part (issue 34): added deliberately
+    assert set(verdict["model"].children or {}) == {"name", "sha256", "version"}
     error = TABLE["error"].keys
     assert error is not None and error["request_id"].optional and not error["ts"].optional
     assert TABLE["health"].open and not TABLE["verdict"].open
@@ -85,6 +86,7 @@ def record(verdict: Verdict, **kw: Any) -> VerdictRecord:
         threshold=0.2,
         model_name="hybrid",
         model_sha256="ab" * 32,
+        model_version=1,
         camera_serial="SIM-0001",
         frame_id=42,
         t_capture=now - 0.05,

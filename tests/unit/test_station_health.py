@@ -47,7 +47,7 @@ def pipeline(
         image=0.2, pixel=0.3, facts=lambda: {"parts": 10}, short_of_target=lambda: short
     )
     return SimpleNamespace(
-        bundle=SimpleNamespace(name="button", model_sha256="ab" * 32),
+        bundle=SimpleNamespace(name="button", version=1, model_sha256="ab" * 32),
         engine=SimpleNamespace(name="onnxruntime-cpu"),
         thresholds=thresholds,
         stats=SimpleNamespace(capture_failure=capture_failure, frames=0),
