@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from inspectd.commands import EXIT_CONFIG, Subparsers, add_version_args
-from inspectd.commands.versions import add_products_args, product_folder
+from inspectd.commands.versions import add_products_args, product_bundle
 
 if TYPE_CHECKING:
     from inspectd.config import StationConfig
@@ -37,16 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from inspectd.bundle import load_bundle
     from inspectd.commands import load_config
     from inspectd.logs import configure_logging
-    from inspectd.versions.layout import VersionError, active_version, is_product
+    from inspectd.versions.layout import VersionError, active_version
     from inspectd.versions.listing import rollback_target
     from inspectd.versions.store import VersionStoreError, activate
 
     configure_logging("warning", "console")
-    product = product_folder(args)
+    product = product_bundle(args, "rollback")
     if product is None:
-        return EXIT_CONFIG
-    if not is_product(product):
-        print(f"inspectd rollback: {product}: not a product bundle", file=sys.stderr)
         return EXIT_CONFIG
     try:
         current = active_version(product)

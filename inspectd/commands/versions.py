@@ -47,17 +47,25 @@ def product_folder(args: argparse.Namespace) -> Path | None:
     return (products or Path("products")) / args.product
 
 
+def product_bundle(args: argparse.Namespace, command: str) -> Path | None:
+    """``product_folder``, and None after saying so when it holds no product bundle."""
+    from inspectd.versions.layout import is_product
+
+    product = product_folder(args)
+    if product is not None and not is_product(product):
+        print(f"inspectd {command}: {product}: not a product bundle", file=sys.stderr)
+        return None
+    return product
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from inspectd.versions.layout import VersionError, is_product
+    from inspectd.versions.layout import VersionError
     from inspectd.versions.listing import HEADER, describe, history
 
-    product = product_folder(args)
+    product = product_bundle(args, "versions")
     if product is None:
-        return EXIT_CONFIG
-    if not is_product(product):
-        print(f"inspectd versions: {product}: not a product bundle", file=sys.stderr)
         return EXIT_CONFIG
     try:
         rows = history(product)
