@@ -54,7 +54,7 @@ def render_part(
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", image)
+    ok, buf = cv2.imencode(".png", image, PNG_PARAMS)
     if not ok:
         raise OSError(f"could not encode {path}")
     path.write_bytes(buf.tobytes())
