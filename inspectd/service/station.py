@@ -25,7 +25,6 @@ does (``inspectd.service.threads``).
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 import uuid
@@ -45,7 +44,7 @@ from inspectd.contract.topics import Topics
 from inspectd.delivery import Delivery
 from inspectd.drift import DriftMonitor
 from inspectd.engine import Engine, load_engine
-from inspectd.engine.slowed import SLOW_ENGINE_ENV, SlowedEngine
+from inspectd.engine.slowed import slowed_if_asked
 from inspectd.inspection import PipelineStats, VerdictSink
 from inspectd.mqtt.commands import CommandDesk
 from inspectd.mqtt.publisher import Credentials, MqttPublisher
@@ -496,10 +495,7 @@ class Station:
                 cuda_graphs=cfg.cuda_graphs,
                 state_dir=self.config.state_dir,
             )
-        slow_ms = os.environ.get(SLOW_ENGINE_ENV)
-        if slow_ms:  # tests and benches of the deadline (docs/plc.md)
-            engine = SlowedEngine(engine, float(slow_ms) / 1000.0)
-            log.warning("engine.slowed_on_purpose", env=SLOW_ENGINE_ENV, ms=float(slow_ms))
+        engine = slowed_if_asked(engine)  # tests and benches of the deadline (docs/plc.md)
         self.notifier.status(f"warming up engine {engine.name} for {bundle.name}")
         t0 = time.monotonic()
         engine.warmup()
@@ -518,31 +514,14 @@ class Station:
         m = self.config.metrics
         if not m.enabled:
             return None
-        from inspectd.service.metrics_http import (  # prometheus_client: only here
-            MetricsServer,
-            StationMetrics,
-        )
+        from inspectd.service.metrics_http import serve_metrics  # prometheus_client: only here
 
-        self.metrics = StationMetrics(
-            health=report.snapshot,
-            stats=pipeline.stats,
-            stalled=self.stalled,
-            product=pipeline.bundle.name,
-        )
-        pipeline.observer = self.metrics.observe  # every part from the first one on
         try:
-            server = MetricsServer(
-                self.metrics,
-                host=m.listen,
-                port=m.port,
-                stalled=self.stalled,
-                degraded=report.held_back,
-            )
+            self.metrics, server = serve_metrics(m, pipeline, report, stalled=self.stalled)
         except OSError as exc:
             raise StartupError(
                 f"metrics: cannot listen on {m.listen} port {m.port}: {exc.strerror or exc}"
             ) from exc
-        server.start()
         self._service.callback(server.stop)
         return server
 
@@ -560,11 +539,12 @@ class Station:
                     waited_s=FIRST_CONNECT_WAIT_S,
                     detail="ready anyway; verdicts wait in the outbox",
                 )
-        self.notifier.ready(self.service_status())
+        status = self._started().status_line  # the STATUS= line while inspecting
+        self.notifier.ready(status())
         watch = ServiceWatch(
             self.notifier,
             stalled=self.stalled,
-            status=self.service_status,
+            status=status,
             status_interval_s=self.config.service.status_interval_s,
         )
         watch.start()
@@ -580,24 +560,6 @@ class Station:
         """What holds work without progress, name -> seconds (the watchdog and /healthz); see
         ``StationHealth.stalled``. {} before start."""
         return self.report.stalled() if self.report is not None else {}
-
-    def service_status(self) -> str:
-        """The STATUS= line systemctl status shows while inspecting."""
-        h = self.health_snapshot()
-        v = self._started().pipeline.stats.verdicts
-        mqtt = (
-            "mqtt off"
-            if not h["mqtt"]["enabled"]
-            else ("mqtt connected" if h["mqtt"].get("connected") else "mqtt disconnected")
-        )
-        line = (
-            f"inspecting {h['product']}: {sum(v.values())} parts (OK {v['OK']}, NG {v['NG']}, "
-            f"ERROR {v['ERROR']}), {h['camera']['fps']:.1f} fps, {mqtt}, "
-            f"outbox {h['outbox']['depth']}"
-        )
-        if h["problems"]:
-            line += f"; {h['problems'][0]}"
-        return line
 
     def run(
         self, *, limit: int | None = None, stop: threading.Event | None = None
