@@ -120,16 +120,27 @@ class Station:
     def start(self) -> None:
         cfg = self.config
         bundle = self._load_bundle()
+        if cfg.camera.trigger != "free_run":
+            # before the engine loads: a PLC finds the servers listening from the start, with
+            # Ready 0 and triggers answered not_ready until the station has started
+            self.handshake = Handshake(starting=f"loading the engine for {bundle.name}")
+            self.plc = self._start_plc(self.handshake)
         engine = self._start_engine(bundle)
         self.outbox = self._open_outbox()
+        if self.handshake is not None:
+            self.handshake.set_starting(f"opening the camera ({cfg.camera.source})")
         self.source = self._open_camera(self.outbox)
         self.publisher = self._make_publisher(bundle)
         self.delivery = self._make_delivery(self.outbox, self.publisher)
         self._close_sinks_at_stop()
-        if cfg.camera.trigger != "free_run":
+        if self.handshake is not None:
             # First among the sinks: a trigger's answer must not wait for files and overlays
-            self.handshake = Handshake()
             self.sinks.append(self.handshake)
+            # Ready (engine warm, camera open) before MQTT connects: from here on a trigger
+            # waits in the queue for the pipeline, taken while the camera is online
+            self.handshake.started(offline=self.source.offline)
+            if self.plc is not None:
+                self.plc.link.changed()
         if self.publisher is not None:
             self.triggers = self._open_triggers(self.publisher)
             self.commands = self._open_commands(self.publisher)
@@ -166,7 +177,7 @@ class Station:
         self.metrics_server = self.report.metrics_server = self._serve_metrics(
             self.pipeline, self.report
         )
-        self.plc = self.report.plc = self._start_plc()  # before health: it names their ports
+        self.report.plc = self.plc  # before health: it names their ports
         self.health = self._start_health(self.report)
         self._watch_threads()
         log.info(
@@ -448,31 +459,17 @@ class Station:
         self._core.callback(last_word)
         return health
 
-    def _start_plc(self) -> PlcServers | None:
-        """The OPC UA and Modbus servers (docs/plc.md), last: Ready means ready. None when
-        both are off; asyncua and pymodbus are imported only then."""
+    def _start_plc(self, handshake: Handshake) -> PlcServers | None:
+        """The OPC UA and Modbus servers (docs/plc.md), before the engine loads; closed last of
+        the line, so the answers to parts never inspected still reach the PLC at stop. None
+        when both are off; asyncua and pymodbus are imported only then."""
         cfg = self.config
-        if not cfg.plc.enabled or self.handshake is None:
+        if not cfg.plc.enabled:
             return None
         from inspectd.plc.link import PlcLink
         from inspectd.plc.servers import PlcServers, PlcStartError
 
-        pipeline = self._started().pipeline
-
-        def counts() -> tuple[dict[str, int], dict[str, int]]:
-            return dict(pipeline.stats.verdicts), pipeline.stats.last_hour.snapshot()
-
-        link = PlcLink(
-            self.handshake,
-            deadline_ms=cfg.plc.result_deadline_ms,
-            products_dir=cfg.products_dir,
-            numbers=cfg.plc.products,
-            switch=self.control.switch,
-            health=self.health_snapshot,
-            counts=counts,
-            product=lambda: pipeline.next_bundle().name,
-        )
-        servers = PlcServers(cfg.plc, link, station=cfg.station.name)
+        servers = PlcServers(cfg.plc, PlcLink(handshake, self), station=cfg.station.name)
         self._line.callback(servers.stop)
         try:
             servers.start()
