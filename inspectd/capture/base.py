@@ -66,6 +66,11 @@ class CaptureSource(abc.ABC):
     def problems(self) -> list[str]:
         return []
 
+    def offline(self) -> str | None:
+        """Why the camera cannot take a part now, or None: a trigger is then refused
+        ``not_ready`` instead of queued (docs/plc.md). Cheap: asked for every trigger."""
+        return None
+
     def __enter__(self) -> CaptureSource:
         self.open()
         return self

@@ -19,7 +19,9 @@ The pieces, one module each:
 
 **While offline** ``grab()`` never hangs and never raises: it returns a Frame without image and
 with ``error="camera_offline: <reason>"``, so the part becomes an ERROR verdict.
-- Trigger mode: every request gets that answer at once (never silence).
+- Trigger mode: a request that reaches the grab gets that answer at once (never silence); the
+  station's handshake refuses new triggers ``not_ready`` meanwhile (``offline()``), so these
+  are the parts accepted before the camera went away.
 - Free run: the first grab after the camera went offline gets it at once; later grabs wait up
   to their timeout for the camera to come back and get it only if it did not: at most one ERROR
   per grab timeout (one a second in the pipeline) while the camera stays offline.
@@ -148,6 +150,13 @@ class IsolatedSource(CaptureSource):
         if process["state"] == "online":
             return []
         return [f"{OFFLINE}: {process['reason'] or process['state']}"]
+
+    def offline(self) -> str | None:
+        """While no child is online (down, restarting): a trigger is refused not_ready."""
+        sup = self._sup
+        if sup.online() is not None:
+            return None
+        return f"{OFFLINE}: {sup.reason or sup.state}"
 
     def state(self) -> dict[str, Any]:
         """The child process: state (online, starting, offline, …), reason, restarts, dropped

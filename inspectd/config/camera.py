@@ -16,8 +16,9 @@ class CameraIsolation(StrictModel):
 
     enabled: bool = Field(
         True,
-        description="Grab in a child process; a hung or dead camera is restarted and its parts "
-        "get ERROR verdicts (camera_offline) meanwhile.",
+        description="Grab in a child process; a hung or dead camera is restarted. Meanwhile "
+        "free-running parts get ERROR verdicts (camera_offline) and triggers are refused "
+        "not_ready.",
     )
     heartbeat_timeout_s: float = Field(
         3.0,

@@ -3,13 +3,26 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
+import structlog
 
 from inspectd.engine.base import Engine, InferenceResult
 
+log = structlog.get_logger(__name__)
+
 SLOW_ENGINE_ENV = "INSPECTD_SLOW_ENGINE_MS"
+
+
+def slowed_if_asked(engine: Engine) -> Engine:
+    """``engine``, slowed by ``INSPECTD_SLOW_ENGINE_MS`` where that is set (loudly)."""
+    slow_ms = os.environ.get(SLOW_ENGINE_ENV)
+    if not slow_ms:
+        return engine
+    log.warning("engine.slowed_on_purpose", env=SLOW_ENGINE_ENV, ms=float(slow_ms))
+    return SlowedEngine(engine, float(slow_ms) / 1000.0)
 
 
 class SlowedEngine(Engine):

@@ -13,8 +13,11 @@ request exactly once:
   settle time: the timer thread only makes the late answer prompt;
 - ``not_inspected`` when the station stops first.
 
-A request that cannot be taken (station not ready: product switching, stopping; queue full) is
-refused at once (``Refusal``): nothing was queued, so nothing can be lost.
+A request that cannot be taken is refused at once (``Refusal``): nothing was queued, so nothing
+can be lost. ``not_ready`` while the station starts (the PLC servers listen before the engine
+loads), while a product switch loads, while the station stops, and while the camera is offline
+(a part that was accepted before the camera went away is the camera's to answer: an ERROR
+verdict, recorded); ``overloaded`` when the queue is full.
 """
 
 from __future__ import annotations
@@ -149,7 +152,9 @@ class Handshake:
     the PLC servers' event loop), the pipeline settles and hands verdicts on from its publish
     thread, the deadline thread answers late."""
 
-    def __init__(self, *, queue_size: int = DEFAULT_QUEUE) -> None:
+    def __init__(self, *, queue_size: int = DEFAULT_QUEUE, starting: str | None = None) -> None:
+        """``starting``: what the station is doing before it can take triggers (``started``
+        ends it); None takes triggers at once."""
         self.queue: queue.Queue[TriggerRequest] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -157,6 +162,8 @@ class Handshake:
         self._deadlines: list[tuple[float, int, str]] = []  # heap: (deadline, tie, request_id)
         self._tie = itertools.count()
         self._switching: str | None = None  # the product being switched to
+        self._starting = starting
+        self._offline: Callable[[], str | None] = _never  # the camera's, once it is open
         self._closed = False
         self.counts = Counts()
         self._thread = threading.Thread(
@@ -170,12 +177,29 @@ class Handshake:
     # -- readiness --------------------------------------------------------------------------
 
     def not_ready(self) -> str | None:
-        """Why a trigger would be refused now, or None."""
+        """Why a trigger would be refused now, or None. Cheap: called for every trigger and
+        every PLC read of Ready."""
         if self._closed:
             return "the station is stopping"
+        if self._starting is not None:
+            return f"the station is starting: {self._starting}"
         if self._switching is not None:
             return f"product switching to {self._switching}"
-        return None
+        return self._offline()
+
+    def set_starting(self, step: str) -> None:
+        """What the starting station does now (the not_ready reason a PLC reads)."""
+        self._starting = step
+
+    @property
+    def starting_up(self) -> bool:
+        return self._starting is not None
+
+    def started(self, offline: Callable[[], str | None]) -> None:
+        """Triggers are taken from now on, but while ``offline()`` gives why the camera cannot
+        take a part (``CaptureSource.offline``)."""
+        with self._lock:
+            self._offline, self._starting = offline, None
 
     @contextmanager
     def changeover(self, product: str) -> Iterator[None]:
@@ -339,6 +363,10 @@ class Handshake:
                 "queue_max": self.queue.maxsize,
                 "switching": self._switching,
             }
+
+
+def _never() -> str | None:
+    return None
 
 
 def _late(request: TriggerRequest) -> Result:

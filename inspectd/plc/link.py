@@ -4,12 +4,12 @@ UA, by number over Modbus, through the station's own product switch) and the sta
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -22,9 +22,15 @@ from inspectd.plc.handshake import (
 )
 from inspectd.versions.layout import is_product
 
+if TYPE_CHECKING:
+    from inspectd.config import StationConfig
+    from inspectd.pipeline import Pipeline
+    from inspectd.service.control import ProductControl
+    from inspectd.service.health import HealthMonitor
+
 log = structlog.get_logger(__name__)
 
-STATE_TTL_S = 0.2  # the health snapshot is not free; PLCs poll every few ms
+STATE_TTL_S = 0.2  # counters and health are looked up at most this often; PLCs poll every ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,30 +50,31 @@ class StationState:
     last_hour: dict[str, int] = field(default_factory=dict)
 
 
-class PlcLink:
-    """The station as its PLC servers see it. ``switch(name)`` is the station's product switch
-    (raises on failure, the old product keeps running); ``health()`` its health snapshot;
-    ``counts()`` (since start, last hour); ``product()`` the product the next part is judged
-    with (a switch takes effect at the next part, so health's product lags until then)."""
+class StationView(Protocol):
+    """What the link reads of the station (``inspectd.service.station.Station``); ``pipeline``
+    and ``health`` are None until the station has made them."""
 
-    def __init__(
-        self,
-        handshake: Handshake,
-        *,
-        deadline_ms: float,
-        products_dir: Path,
-        numbers: tuple[str, ...],
-        switch: Callable[[str], Any],
-        health: Callable[[], dict[str, Any]],
-        counts: Callable[[], tuple[dict[str, int], dict[str, int]]],
-        product: Callable[[], str],
-    ) -> None:
+    config: StationConfig
+    control: ProductControl
+    pipeline: Pipeline | None
+    health: HealthMonitor | None
+
+
+class PlcLink:
+    """The station as its PLC servers see it, from before its engine loads: the product switch
+    is the station's own (``control.switch``: raises on failure, the old product keeps running);
+    health is the health monitor's last snapshot (at most a second old), never one computed
+    here: that takes the outbox's lock, which a commit holds for its fsync, and the servers'
+    loop must not wait for it; the product is the one the next part is judged with (a switch
+    takes effect at the next part, so health's product lags until then)."""
+
+    def __init__(self, handshake: Handshake, station: StationView) -> None:
+        cfg = station.config
         self.handshake = handshake
-        self.deadline_ms = deadline_ms
-        self.products_dir = products_dir
-        self.numbers = numbers
-        self._switch, self._health, self._counts = switch, health, counts
-        self._product = product
+        self.station = station
+        self.deadline_ms = cfg.plc.result_deadline_ms
+        self.products_dir = cfg.products_dir
+        self.numbers = cfg.plc.products
         self._lock = threading.Lock()
         self._changeover: tuple[str, str | None, str | None] = ("ready", None, None)
         self._cached: tuple[float, StationState] | None = None
@@ -85,6 +92,8 @@ class PlcLink:
         """Start switching to ``product`` (in a thread: loading an engine takes seconds), or a
         Refusal at once: an unknown product, or a switch already under way. The state says
         ``switching``, then ``ready`` with the new product, or ``refused`` with the code."""
+        if self.handshake.starting_up:
+            return Refusal(NOT_READY, "the station is starting")
         if (self.numbers and product not in self.numbers) or not is_product(
             self.products_dir / product
         ):
@@ -95,7 +104,7 @@ class PlcLink:
             if self._changeover[0] == "switching":
                 return Refusal(NOT_READY, "a product switch is already under way")
             self._changeover = ("switching", None, None)
-        self._changed()
+        self.changed()
         threading.Thread(
             target=self._run_switch, args=(product,), name="plc-product", daemon=True
         ).start()
@@ -103,7 +112,7 @@ class PlcLink:
 
     def _run_switch(self, product: str) -> None:
         try:
-            self._switch(product)
+            self.station.control.switch(product)
         except Exception as exc:  # CommandError, and anything else: the old product runs on
             log.warning("plc.product_refused", product=product, error=str(exc))
             self.set_changeover("refused", PRODUCT_FAILED, str(exc))
@@ -114,9 +123,10 @@ class PlcLink:
     def set_changeover(self, state: str, code: str | None, text: str | None) -> None:
         with self._lock:
             self._changeover = (state, code, text)
-        self._changed()
+        self.changed()
 
-    def _changed(self) -> None:
+    def changed(self) -> None:
+        """The state may have changed (a changeover, the station started): shown at once."""
         self._cached = None
         for listener in list(self.listeners):
             listener()
@@ -124,30 +134,38 @@ class PlcLink:
     # -- state ------------------------------------------------------------------------------
 
     def state(self) -> StationState:
+        """Ready as a trigger would find it now; the rest as of at most STATE_TTL_S ago."""
+        not_ready = self.handshake.not_ready()
         cached = self._cached
         now = time.monotonic()
-        if cached is not None and now - cached[0] < STATE_TTL_S:
-            return cached[1]
-        health = self._health()
-        since_start, last_hour = self._counts()
-        not_ready = self.handshake.not_ready()
+        if cached is None or now - cached[0] >= STATE_TTL_S:
+            cached = (now, self._facts())
+            self._cached = cached
+        return dataclasses.replace(cached[1], ready=not_ready is None, not_ready=not_ready)
+
+    def _facts(self) -> StationState:
+        pipeline, monitor = self.station.pipeline, self.station.health
+        health = monitor.last if monitor is not None else {}
+        since_start: dict[str, int] = {}
+        last_hour: dict[str, Any] = {}
+        product = self.station.config.product
+        if pipeline is not None:
+            since_start = dict(pipeline.stats.verdicts)
+            last_hour = pipeline.stats.last_hour.snapshot()
+            product = pipeline.next_bundle().name
         problems = tuple(health.get("problems", ()))
-        offline = next((p for p in problems if p.startswith("camera_")), None)
         with self._lock:
             changeover = self._changeover
-        product = self._product()
-        state = StationState(
-            ready=not_ready is None and offline is None,
-            not_ready=not_ready or offline,
+        return StationState(
+            ready=False,
+            not_ready=None,
             product=product,
             product_number=self.number_of(product),
             changeover=changeover[0],
             changeover_code=changeover[1],
             changeover_text=changeover[2],
-            health=health.get("state", "ok"),
+            health=health.get("state", "starting"),  # no snapshot yet: the station starts
             problems=problems,
             counts={k: since_start.get(k, 0) for k in ("OK", "NG", "ERROR")},
             last_hour={k: last_hour.get(k, 0) for k in ("OK", "NG", "ERROR")},
         )
-        self._cached = (now, state)
-        return state

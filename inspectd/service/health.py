@@ -264,6 +264,24 @@ class StationHealth:
             "plc": self.plc.stats() if self.plc is not None else None,
         }
 
+    def status_line(self) -> str:
+        """The STATUS= line systemctl status shows while inspecting."""
+        h = self.snapshot()
+        v = self.pipeline.stats.verdicts
+        mqtt = (
+            "mqtt off"
+            if not h["mqtt"]["enabled"]
+            else ("mqtt connected" if h["mqtt"].get("connected") else "mqtt disconnected")
+        )
+        line = (
+            f"inspecting {h['product']}: {sum(v.values())} parts (OK {v['OK']}, NG {v['NG']}, "
+            f"ERROR {v['ERROR']}), {h['camera']['fps']:.1f} fps, {mqtt}, "
+            f"outbox {h['outbox']['depth']}"
+        )
+        if h["problems"]:
+            line += f"; {h['problems'][0]}"
+        return line
+
     def _camera(self) -> tuple[dict[str, Any], list[str]]:
         """health's ``camera``: the config's facts, the fps, and what the source reports
         (an isolated source its child process and "offline", a watched folder its counters)."""

@@ -23,7 +23,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -33,6 +33,11 @@ from prometheus_client.registry import Collector
 
 from inspectd.contract.verdict import Verdict
 from inspectd.inspection import STAGES, THREADS, Inspection, PipelineStats
+
+if TYPE_CHECKING:
+    from inspectd.config.service import MetricsConfig
+    from inspectd.pipeline import Pipeline
+    from inspectd.service.health import StationHealth
 
 log = structlog.get_logger(__name__)
 disable_created_metrics()  # no *_created series: they double the output and nobody graphs them
@@ -356,6 +361,26 @@ class MetricsServer:
 
 class _V6Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
+
+
+def serve_metrics(
+    config: MetricsConfig,
+    pipeline: Pipeline,
+    report: StationHealth,
+    *,
+    stalled: Callable[[], dict[str, float]],
+) -> tuple[StationMetrics, MetricsServer]:
+    """A station's metrics, fed by its pipeline from the first part on, and their server,
+    started (OSError when it cannot listen)."""
+    metrics = StationMetrics(
+        health=report.snapshot, stats=pipeline.stats, stalled=stalled, product=pipeline.bundle.name
+    )
+    pipeline.observer = metrics.observe
+    server = MetricsServer(
+        metrics, host=config.listen, port=config.port, stalled=stalled, degraded=report.held_back
+    )
+    server.start()
+    return metrics, server
 
 
 def liveness(stalled: dict[str, float], degraded: list[str]) -> tuple[int, dict[str, Any]]:

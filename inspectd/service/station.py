@@ -25,7 +25,6 @@ does (``inspectd.service.threads``).
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 import uuid
@@ -45,7 +44,7 @@ from inspectd.contract.topics import Topics
 from inspectd.delivery import Delivery
 from inspectd.drift import DriftMonitor
 from inspectd.engine import Engine, load_engine
-from inspectd.engine.slowed import SLOW_ENGINE_ENV, SlowedEngine
+from inspectd.engine.slowed import slowed_if_asked
 from inspectd.inspection import PipelineStats, VerdictSink
 from inspectd.mqtt import login
 from inspectd.mqtt.commands import CommandDesk
@@ -122,16 +121,27 @@ class Station:
     def start(self) -> None:
         cfg = self.config
         bundle = self._load_bundle()
+        if cfg.camera.trigger != "free_run":
+            # before the engine loads: a PLC finds the servers listening from the start, with
+            # Ready 0 and triggers answered not_ready until the station has started
+            self.handshake = Handshake(starting=f"loading the engine for {bundle.name}")
+            self.plc = self._start_plc(self.handshake)
         engine = self._start_engine(bundle)
         self.outbox = self._open_outbox()
+        if self.handshake is not None:
+            self.handshake.set_starting(f"opening the camera ({cfg.camera.source})")
         self.source = self._open_camera(self.outbox)
         self.publisher = self._make_publisher(bundle)
         self.delivery = self._make_delivery(self.outbox, self.publisher)
         self._close_sinks_at_stop()
-        if cfg.camera.trigger != "free_run":
+        if self.handshake is not None:
             # First among the sinks: a trigger's answer must not wait for files and overlays
-            self.handshake = Handshake()
             self.sinks.append(self.handshake)
+            # Ready (engine warm, camera open) before MQTT connects: from here on a trigger
+            # waits in the queue for the pipeline, taken while the camera is online
+            self.handshake.started(offline=self.source.offline)
+            if self.plc is not None:
+                self.plc.link.changed()
         if self.publisher is not None:
             self.triggers = self._open_triggers(self.publisher)
             self.commands = self._open_commands(self.publisher)
@@ -168,7 +178,7 @@ class Station:
         self.metrics_server = self.report.metrics_server = self._serve_metrics(
             self.pipeline, self.report
         )
-        self.plc = self.report.plc = self._start_plc()  # before health: it names their ports
+        self.report.plc = self.plc  # before health: it names their ports
         self.health = self._start_health(self.report)
         self._watch_threads()
         log.info(
@@ -437,31 +447,17 @@ class Station:
         self._core.callback(last_word)
         return health
 
-    def _start_plc(self) -> PlcServers | None:
-        """The OPC UA and Modbus servers (docs/plc.md), last: Ready means ready. None when
-        both are off; asyncua and pymodbus are imported only then."""
+    def _start_plc(self, handshake: Handshake) -> PlcServers | None:
+        """The OPC UA and Modbus servers (docs/plc.md), before the engine loads; closed last of
+        the line, so the answers to parts never inspected still reach the PLC at stop. None
+        when both are off; asyncua and pymodbus are imported only then."""
         cfg = self.config
-        if not cfg.plc.enabled or self.handshake is None:
+        if not cfg.plc.enabled:
             return None
         from inspectd.plc.link import PlcLink
         from inspectd.plc.servers import PlcServers, PlcStartError
 
-        pipeline = self._started().pipeline
-
-        def counts() -> tuple[dict[str, int], dict[str, int]]:
-            return dict(pipeline.stats.verdicts), pipeline.stats.last_hour.snapshot()
-
-        link = PlcLink(
-            self.handshake,
-            deadline_ms=cfg.plc.result_deadline_ms,
-            products_dir=cfg.products_dir,
-            numbers=cfg.plc.products,
-            switch=self.control.switch,
-            health=self.health_snapshot,
-            counts=counts,
-            product=lambda: pipeline.next_bundle().name,
-        )
-        servers = PlcServers(cfg.plc, link, station=cfg.station.name)
+        servers = PlcServers(cfg.plc, PlcLink(handshake, self), station=cfg.station.name)
         self._line.callback(servers.stop)
         try:
             servers.start()
@@ -484,10 +480,7 @@ class Station:
                 cuda_graphs=cfg.cuda_graphs,
                 state_dir=self.config.state_dir,
             )
-        slow_ms = os.environ.get(SLOW_ENGINE_ENV)
-        if slow_ms:  # tests and benches of the deadline (docs/plc.md)
-            engine = SlowedEngine(engine, float(slow_ms) / 1000.0)
-            log.warning("engine.slowed_on_purpose", env=SLOW_ENGINE_ENV, ms=float(slow_ms))
+        engine = slowed_if_asked(engine)  # tests and benches of the deadline (docs/plc.md)
         self.notifier.status(f"warming up engine {engine.name} for {bundle.name}")
         t0 = time.monotonic()
         engine.warmup()
@@ -506,31 +499,14 @@ class Station:
         m = self.config.metrics
         if not m.enabled:
             return None
-        from inspectd.service.metrics_http import (  # prometheus_client: only here
-            MetricsServer,
-            StationMetrics,
-        )
+        from inspectd.service.metrics_http import serve_metrics  # prometheus_client: only here
 
-        self.metrics = StationMetrics(
-            health=report.snapshot,
-            stats=pipeline.stats,
-            stalled=self.stalled,
-            product=pipeline.bundle.name,
-        )
-        pipeline.observer = self.metrics.observe  # every part from the first one on
         try:
-            server = MetricsServer(
-                self.metrics,
-                host=m.listen,
-                port=m.port,
-                stalled=self.stalled,
-                degraded=report.held_back,
-            )
+            self.metrics, server = serve_metrics(m, pipeline, report, stalled=self.stalled)
         except OSError as exc:
             raise StartupError(
                 f"metrics: cannot listen on {m.listen} port {m.port}: {exc.strerror or exc}"
             ) from exc
-        server.start()
         self._service.callback(server.stop)
         return server
 
@@ -548,11 +524,12 @@ class Station:
                     waited_s=FIRST_CONNECT_WAIT_S,
                     detail="ready anyway; verdicts wait in the outbox",
                 )
-        self.notifier.ready(self.service_status())
+        status = self._started().status_line  # the STATUS= line while inspecting
+        self.notifier.ready(status())
         watch = ServiceWatch(
             self.notifier,
             stalled=self.stalled,
-            status=self.service_status,
+            status=status,
             status_interval_s=self.config.service.status_interval_s,
         )
         watch.start()
@@ -568,24 +545,6 @@ class Station:
         """What holds work without progress, name -> seconds (the watchdog and /healthz); see
         ``StationHealth.stalled``. {} before start."""
         return self.report.stalled() if self.report is not None else {}
-
-    def service_status(self) -> str:
-        """The STATUS= line systemctl status shows while inspecting."""
-        h = self.health_snapshot()
-        v = self._started().pipeline.stats.verdicts
-        mqtt = (
-            "mqtt off"
-            if not h["mqtt"]["enabled"]
-            else ("mqtt connected" if h["mqtt"].get("connected") else "mqtt disconnected")
-        )
-        line = (
-            f"inspecting {h['product']}: {sum(v.values())} parts (OK {v['OK']}, NG {v['NG']}, "
-            f"ERROR {v['ERROR']}), {h['camera']['fps']:.1f} fps, {mqtt}, "
-            f"outbox {h['outbox']['depth']}"
-        )
-        if h["problems"]:
-            line += f"; {h['problems'][0]}"
-        return line
 
     def run(
         self, *, limit: int | None = None, stop: threading.Event | None = None

@@ -26,8 +26,9 @@ _ANSWERS = 10
 _LIVE_OVERLAYS = 4  # overlays kept besides the strip's: the newest parts
 # topics a station publishes that the page does not show
 _IGNORED = {"reject", "trigger", "trigger/response"}
-# the verdict fields the page shows, for the last part and for each reject of the strip
-_VERDICT_FIELDS = ("seq", "part_id", "verdict", "score", "threshold", "t_verdict", "error")
+# the verdict fields the page shows, for the last part and for each reject of the strip; late:
+# decided after its trigger's deadline, the PLC having been answered NG at the deadline
+_VERDICT_FIELDS = ("seq", "part_id", "verdict", "score", "threshold", "t_verdict", "error", "late")
 
 
 def _epoch(ts: Any) -> float | None:

@@ -1,15 +1,19 @@
 """A PLC drives the running daemon over Modbus TCP (plc.modbus), with a real pymodbus client on
 loopback, through the handshake of docs/plc.md: one result per part with its part id, late NG
-by the deadline with the verdict still on MQTT, and bad writes answered with their code while
-nothing is lost."""
+by the deadline with the verdict still on MQTT, bad writes answered with their code while
+nothing is lost, and not_ready at once (Ready 0, nothing recorded) while the engine loads (the
+servers listen from before; OPC UA checked there too) and while the camera is offline."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
 
+from asyncua import Client
 from pymodbus.client import ModbusTcpClient
 
 from inspectd.plc import modbus as mb
@@ -17,7 +21,7 @@ from inspectd.plc.modbus import text_registers
 
 from support.daemon_process import Daemon
 from support.paths import needs_bundle
-from support.plc import ModbusPlc, plc_station_config
+from support.plc import ModbusPlc, opcua_station, plc_station_config, run
 from support.products import copy_bundle
 from support.requester import Requester, wait_online
 from support.station import BASE, VERDICT, jsonl
@@ -26,7 +30,10 @@ pytestmark = needs_bundle
 
 
 def modbus_port(daemon: Daemon) -> int:
-    return int(daemon.wait_event("plc.modbus.listening", timeout=60)[0]["port"])
+    """The server's port, once the station has started (Ready: it listens from before)."""
+    port = int(daemon.wait_event("plc.modbus.listening", timeout=60)[0]["port"])
+    daemon.wait_event("station.started", timeout=60)
+    return port
 
 
 def test_1000_parts_at_20_hz_each_get_exactly_one_result_with_their_part_id(tmp_path: Path):
@@ -205,3 +212,121 @@ def test_a_modbus_client_reads_the_station_state(tmp_path: Path):
         assert client.read_discrete_inputs(0, count=4).bits[:4] == [True, False, False, False]
         client.close()
         assert daemon.terminate() == 0, daemon.tail()
+
+
+def camera_child(tmp: Path, timeout: float = 20.0) -> int:
+    """The pid of the camera's child process, as health.json names it once it is online."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            camera = json.loads((tmp / "state" / "health.json").read_text())["camera"]
+        except (OSError, ValueError, KeyError):
+            camera = {}
+        pid = (camera.get("process") or {}).get("child_pid")
+        if camera.get("state") == "ok" and pid:
+            return int(pid)
+        assert time.monotonic() < deadline, camera
+        time.sleep(0.05)
+
+
+def test_a_trigger_while_the_camera_is_offline_is_not_ready_at_once_and_never_recorded(
+    tmp_path: Path,
+):
+    # The folder camera in a watched child process, as a GenICam one runs. Backoff 4 s: an
+    # offline spell long enough to trigger into.
+    isolate = {"enabled": True, "heartbeat_timeout_s": 3.0, "restart_backoff_s": 4.0}
+    config = plc_station_config(
+        tmp_path,
+        camera={"isolate": {**isolate, "restart_backoff_max_s": 4.0}},
+        modbus={"enabled": True, "port": 0},
+        result_deadline_ms=5000,
+    )
+    with Daemon(config) as daemon:
+        plc = ModbusPlc(modbus_port(daemon))
+        before = plc.inspect("before")
+        assert (before.verdict, before.code) == ("OK", None), before
+        child = camera_child(tmp_path)
+
+        # A part the camera was asked for when it died: taken, so answered with its ERROR
+        # verdict, recorded (the reliability rule: never silence)
+        os.kill(child, signal.SIGSTOP)  # the grab hangs in the stopped child
+        t0 = plc.start("in-flight")
+        time.sleep(0.5)
+        os.kill(child, signal.SIGKILL)
+        taken = plc.wait_result(t0)
+        assert (taken.verdict, taken.code, taken.part_id) == (
+            "ERROR",
+            "camera_offline",
+            "in-flight",
+        )
+        assert taken.seq > before.seq, taken
+
+        # While it is offline: Ready 0, and a trigger is answered not_ready at once, no verdict
+        daemon.wait_event("camera.offline")
+        deadline = time.monotonic() + 1
+        while plc.status() & 1:
+            assert time.monotonic() < deadline, "Ready while the camera is offline"
+            time.sleep(0.02)
+        assert plc.client.read_discrete_inputs(0, count=1).bits[0] is False
+        for i in range(2):
+            off = plc.inspect(f"offline-{i}")
+            assert (off.verdict, off.code, off.seq) == ("ERROR", "not_ready", 0), off
+            assert off.seconds < 0.25, off
+
+        # back with a new child: Ready again, parts inspected
+        daemon.wait_event("camera.restarted", timeout=20)
+        deadline = time.monotonic() + 5
+        while not plc.status() & 1:
+            assert time.monotonic() < deadline, "not Ready after the camera came back"
+            time.sleep(0.02)
+        after = plc.inspect("after")
+        assert (after.verdict, after.code) == ("OK", None), after
+        plc.close()
+        assert daemon.terminate() == 0, daemon.tail()
+    recorded = jsonl(tmp_path)
+    assert [v["part_id"] for v in recorded] == ["before", "in-flight", "after"]
+    assert recorded[1]["verdict"] == "ERROR" and recorded[1]["error"].startswith("camera_offline")
+
+
+def test_the_servers_listen_while_the_engine_loads_with_ready_0_and_triggers_not_ready(
+    tmp_path: Path,
+):
+    config = plc_station_config(
+        tmp_path,
+        modbus={"enabled": True, "port": 0},
+        opcua={"enabled": True, "port": 0},
+        result_deadline_ms=10000,
+    )
+
+    async def opcua_while_loading(url: str) -> tuple[bool, list]:
+        async with Client(url) as client:
+            station, idx = await opcua_station(client)
+            ready = await (
+                await station.get_child([f"{idx}:Handshake", f"{idx}:Ready"])
+            ).read_value()
+            return ready, await station.call_method(f"{idx}:Trigger", "ua-while-loading")
+
+    # the warm-up takes 4 s longer (and every part 4 s): the engine is still loading below
+    with Daemon(config, env={"INSPECTD_SLOW_ENGINE_MS": "4000"}) as daemon:
+        plc = ModbusPlc(int(daemon.wait_event("plc.modbus.listening", timeout=60)[0]["port"]))
+        port = daemon.wait_event("plc.opcua.listening")[0]["port"]
+        assert not plc.status() & 1, "Ready while the engine loads"
+        early = plc.inspect("mb-while-loading")
+        assert (early.verdict, early.code, early.seq) == ("ERROR", "not_ready", 0), early
+        assert early.seconds < 0.25, early
+        ready, answer = run(opcua_while_loading(f"opc.tcp://127.0.0.1:{port}/inspectd/"))
+        assert ready is False
+        assert (answer[1], answer[4]) == ("ERROR", "not_ready"), answer
+        assert "starting" in answer[5], answer
+        assert not daemon.events("station.started"), "the checks above came too late"
+
+        daemon.wait_event("station.started", timeout=60)
+        deadline = time.monotonic() + 5
+        while not plc.status() & 1:
+            assert time.monotonic() < deadline, "not Ready after the start"
+            time.sleep(0.02)
+        after = plc.inspect("after-start")
+        assert (after.verdict, after.code) == ("OK", None), after
+        plc.close()
+        assert daemon.terminate() == 0, daemon.tail()
+    assert [v["part_id"] for v in jsonl(tmp_path)] == ["after-start"]

@@ -26,7 +26,9 @@ pytestmark = needs_bundle
 
 
 def opcua_url(daemon: Daemon) -> str:
+    """The server's URL, once the station has started (Ready: it listens from before)."""
     port = daemon.wait_event("plc.opcua.listening", timeout=60)[0]["port"]
+    daemon.wait_event("station.started", timeout=60)
     return f"opc.tcp://127.0.0.1:{port}/inspectd/"
 
 
@@ -190,6 +192,7 @@ def test_off_loopback_only_encrypted_sessions_with_a_user_from_the_password_file
 
     with Daemon(config) as daemon:
         port = daemon.wait_event("plc.opcua.listening", timeout=60)[0]["port"]
+        daemon.wait_event("station.started", timeout=60)
         url = f"opc.tcp://{host}:{port}/inspectd/"
         endpoints = asyncio.run(Client(url, timeout=5).connect_and_get_server_endpoints())
         anonymous = asyncio.run(attempt(url, security=secure, user=None, password=None))

@@ -28,19 +28,20 @@ def plc_station_config(
     *,
     port: int | None = None,
     products_dir: Path = PRODUCTS,
+    camera: dict[str, Any] | None = None,
     sections: dict[str, Any] | None = None,
     **plc: Any,
 ) -> Path:
     """A station triggered by the PLC (camera.trigger: plc) on a looping folder of good parts;
     ``plc`` is merged into the plc section (port 0 = any free port, read from the log),
-    ``sections`` are more overrides for ``station_config``."""
+    ``camera`` into the camera section, ``sections`` are more overrides for ``station_config``."""
     frames = write_good_frames(tmp / "frames")
     section: dict[str, Any] = {"products": ["button"], **plc}
     return station_config(
         tmp,
         port=port,
         products_dir=products_dir,
-        camera={"path": str(frames), "loop": True, "trigger": "plc"},
+        camera={"path": str(frames), "loop": True, "trigger": "plc", **(camera or {})},
         plc=section,
         mqtt={"drain_timeout_s": 2} if port is not None else {"enabled": False},
         **(sections or {}),

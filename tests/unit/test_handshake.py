@@ -1,7 +1,7 @@
 """The handshake core (inspectd.plc.handshake) on its own: one answer per request, by the
-deadline, late = NG with the verdict flagged late, not_ready while a product switches,
-not_inspected at stop. The pipeline's part is played by hand: take the request off the queue,
-settle its record, hand it to the sink."""
+deadline, late = NG with the verdict flagged late, not_ready while the station starts, its
+camera is offline or a product switches, not_inspected at stop. The pipeline's part is played
+by hand: take the request off the queue, settle its record, hand it to the sink."""
 
 from __future__ import annotations
 
@@ -109,6 +109,21 @@ def test_triggers_during_a_product_switch_are_refused_not_ready_at_once() -> Non
         assert refusal is not None and refusal.code == "not_ready" and "other" in refusal.text
     assert core.queue.empty() and not answers.got
     assert core.submit("r2", "p2", None, answers) is None
+    core.close()
+
+
+def test_a_starting_station_and_an_offline_camera_are_refused_not_ready_at_once() -> None:
+    core, answers = Handshake(starting="loading the engine for button"), Answers()
+    refusal = core.submit("r1", "p1", None, answers)
+    assert refusal is not None and refusal.code == "not_ready"
+    assert refusal.text == "the station is starting: loading the engine for button"
+    camera: list[str | None] = ["camera_offline: the camera process was killed by SIGKILL"]
+    core.started(offline=lambda: camera[0])  # what CaptureSource.offline() says
+    refusal = core.submit("r2", "p2", None, answers)
+    assert refusal is not None and (refusal.code, refusal.text) == ("not_ready", camera[0])
+    assert core.queue.empty() and not answers.got and core.stats()["pending"] == 0
+    camera[0] = None  # back online
+    assert core.submit("r3", "p3", None, answers) is None and core.queue.qsize() == 1
     core.close()
 
 

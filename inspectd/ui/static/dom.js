@@ -40,6 +40,14 @@ export const fmt = {
   num: (v, d = 1) => (typeof v === "number" ? v.toFixed(d) : "–"),
 };
 
+// A verdict decided after its trigger's deadline (`late` on …/verdict): the PLC was answered NG
+// "late" at the deadline and rejected the part unseen, whatever this verdict says.
+export const LATE_WHY = "late: decided after its trigger's deadline; the PLC had been answered NG and rejected the part";
+
+export function lateBadge(v) {
+  return v && v.late ? h("span.late", { dataset: { testid: "late" }, title: LATE_WHY }, "late") : null;
+}
+
 export function overlayUrl(base, seq) {
   return `/api/overlay?base=${encodeURIComponent(base)}&seq=${seq}`;
 }

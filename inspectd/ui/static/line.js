@@ -1,6 +1,6 @@
 // The line view: a tile per station.
 import { productLine, shiftLine } from "./counts.js";
-import { fmt, h, overlayUrl, rerender } from "./dom.js";
+import { fmt, h, lateBadge, overlayUrl, rerender } from "./dom.js";
 
 const STATE_TEXT = { online: "online", offline: "OFFLINE", stopped: "STOPPED", unknown: "no status" };
 
@@ -36,6 +36,7 @@ export function tile(s) {
       img,
       h("div.last", {},
         last ? h(`div.verdict.v-${last.verdict}`, { dataset: { testid: "last-verdict" } }, last.verdict) : h("div.verdict", {}, "–"),
+        lateBadge(last),
         last ? h("div.part", {}, `#${last.seq} ${last.part_id}`) : null,
         last ? h("div.score", {}, `score ${fmt.score(last.score)} / ${fmt.score(last.threshold)}`) : null,
         last && last.error ? h("div.reason", {}, last.error) : null,

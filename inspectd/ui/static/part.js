@@ -2,7 +2,7 @@
 // the frame or the frame with its heatmap, its regions, its score against the threshold, what
 // judged it, and its review. A dialog of its own: the station view rebuilds under it as parts
 // arrive, this does not move.
-import { fmt, h, post } from "./dom.js";
+import { LATE_WHY, fmt, h, lateBadge, post } from "./dom.js";
 import { LABEL_BUTTON, LABEL_TEXT, LABEL_WHY, labelsFor } from "./labels.js";
 
 const ZOOMS = [1, 1.5, 2, 3, 4, 6, 8];
@@ -70,7 +70,7 @@ function facts(d) {
   const v = d.verdict;
   const model = v.model || {};
   const rows = [
-    ["verdict", `${v.verdict}${v.error ? ` — ${v.error}` : ""}`],
+    ["verdict", `${v.verdict}${v.error ? ` — ${v.error}` : ""}${v.late ? ` — ${LATE_WHY}` : ""}`],
     ["score", `${fmt.score(v.score)} against threshold ${fmt.score(v.threshold)}`],
     ["part id", v.part_id],
     ["seq", v.seq],
@@ -155,7 +155,7 @@ function render() {
   }, text);
   dialog.replaceChildren(
     h("div.part-head", {},
-      h("h2", { id: "part-title" }, h(`span.verdict.v-${v.verdict}`, {}, v.verdict), ` #${v.seq} ${v.part_id}`),
+      h("h2", { id: "part-title" }, h(`span.verdict.v-${v.verdict}`, {}, v.verdict), ` #${v.seq} ${v.part_id} `, lateBadge(v)),
       h("button.secondary", { dataset: { testid: "part-close" }, onclick: () => dialog.close(), "aria-label": "close the part view" }, "Close")),
     h("div.part-body", {},
       h("div.part-stage", {},

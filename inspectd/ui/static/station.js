@@ -4,7 +4,7 @@
 // The view is rebuilt whenever the station sends something, so what the operator is doing
 // lives here, per station, not in the elements: the answer being waited for or last shown,
 // an open confirmation, the product picked. A rebuild shows them again as they were.
-import { answerText, fmt, h, overlayUrl, post, rerender } from "./dom.js";
+import { LATE_WHY, answerText, fmt, h, lateBadge, overlayUrl, post, rerender } from "./dom.js";
 import { countsPanel } from "./counts.js";
 import { drawHistogram, histogramText } from "./histogram.js";
 import { LABEL_BUTTON, LABEL_TEXT, LABEL_WHY, labelsFor } from "./labels.js";
@@ -106,7 +106,9 @@ function livePart(d, me) {
     h("div.live-verdict", {},
       h(`span.verdict.v-${last.verdict}`, { dataset: { testid: "station-verdict" } }, last.verdict),
       h("span.part", { dataset: { testid: "station-part" } }, `#${last.seq} ${last.part_id}`),
+      lateBadge(last),
     ),
+    last.late ? h("div.why", { dataset: { testid: "late-why" } }, LATE_WHY) : null,
     h("div.scorebar", hasScore ? {
       role: "meter", "aria-label": "score against the threshold (the mark in the middle)",
       "aria-valuemin": "0", "aria-valuemax": String(2 * t), "aria-valuenow": String(Math.min(last.score, 2 * t)),
@@ -168,7 +170,7 @@ function rejectStrip(d, me) {
         dataset: { testid: "open", focus: `open:${r.seq}` }, "aria-label": `open #${r.seq} ${r.part_id}: frame, heatmap, regions`,
         onclick: () => open(d, me, { seq: r.seq, part_id: r.part_id }),
       }, r.overlay ? h("img", { src: overlayUrl(d.base, r.seq), alt: "" }) : h("div.thumb.none", {}, "no overlay")),
-      h("div.rhead", {}, h(`b.v-${r.verdict}`, {}, r.verdict), ` #${r.seq} ${r.part_id}`),
+      h("div.rhead", {}, h(`b.v-${r.verdict}`, {}, r.verdict), ` #${r.seq} ${r.part_id} `, lateBadge(r)),
       h(`div.${r.error ? "reason" : "why"}`, {}, r.error || `score ${fmt.score(r.score)} ≥ ${fmt.score(r.threshold)}, ${(r.regions || []).length} region(s)`),
       h("div.when", {}, fmt.time(r.t_verdict)),
       review(d, r, labelsFor(r.verdict), me),
