@@ -116,6 +116,10 @@ class CommandDesk:
         with self._lock:
             return {"errors": dict(self.errors)}
 
+    def problems(self) -> list[str]:
+        """None of its own: a refused command is answered to its requester (…/error)."""
+        return []
+
     def close(self) -> None:
         self._work.put(None)
         self._thread.join(timeout=30.0)

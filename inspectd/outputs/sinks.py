@@ -120,6 +120,10 @@ class Pictures:
     def stats(self) -> dict[str, int]:
         return {"skipped": self._worker.skipped}
 
+    def problems(self) -> list[str]:
+        """None: an overlay skipped to keep up is counted (``skipped``), not a fault."""
+        return []
+
     def threads(self) -> dict[str, threading.Thread | None]:
         return self._worker.threads()
 

@@ -21,19 +21,15 @@ from inspectd import __version__
 from inspectd.contract.messages import encode_json, health_message, stats_message
 from inspectd.contract.topics import Topics
 from inspectd.contract.verdict import iso_utc
+from inspectd.contract.vocabulary import HealthState
 from inspectd.mqtt.publisher import MqttPublisher
+from inspectd.reporting import Reporting, Reports
 from inspectd.service.threads import ThreadWatch
 
 if TYPE_CHECKING:
     from inspectd.capture.base import CaptureSource
     from inspectd.config import StationConfig
-    from inspectd.delivery import Delivery
-    from inspectd.drift import DriftMonitor
-    from inspectd.mqtt.commands import CommandDesk
-    from inspectd.mqtt.triggers import TriggerDesk
-    from inspectd.outbox import Outbox
-    from inspectd.outputs.archive import ArchiveSink
-    from inspectd.outputs.sinks import Pictures
+    from inspectd.config.camera import CameraConfig
     from inspectd.pipeline import Pipeline
     from inspectd.plc.servers import PlcServers
     from inspectd.service.metrics_http import MetricsServer
@@ -138,12 +134,96 @@ class HealthMonitor:
             self._thread.join(timeout=5.0)
 
 
+# The order health lists problems in, by the name each component reports under.
+PROBLEM_ORDER = (
+    "outbox",
+    "mqtt",
+    "delivery",  # refused by the broker, quarantined
+    "triggers",
+    "camera",
+    "stalls",  # pipeline threads without progress
+    "threads",  # watched threads that died
+    "archive",
+    "drift",
+    "thresholds",
+)
+# …/stats' sections, each a component's stats() (null when it is off)
+STATS_SECTIONS = ("outbox", "mqtt", "delivery", "triggers", "commands", "archive", "pictures")
+
+
+class CameraReport:
+    """health's ``camera``: the config's facts, the fps, and what the source reports (an
+    isolated source its child process and "offline", a watched folder its counters); a camera
+    that failed for good says only that."""
+
+    def __init__(self, cfg: CameraConfig, source: CaptureSource, pipeline: Pipeline) -> None:
+        self.cfg, self.source, self.pipeline = cfg, source, pipeline
+        self._fps = (time.monotonic(), 0, 0.0)  # (when, frames then, fps)
+
+    def stats(self) -> dict[str, Any]:
+        camera = {
+            "source": self.cfg.source,
+            "state": "ok",
+            "trigger": self.cfg.trigger,
+            "fps": self._camera_fps(),
+            "process": None,
+            **self.source.stats(),
+        }
+        if self.pipeline.stats.capture_failure:  # the run ends
+            camera["state"] = "failed"
+        return camera
+
+    def problems(self) -> list[str]:
+        failure = self.pipeline.stats.capture_failure
+        return [f"camera_failed: {failure}"] if failure else self.source.problems()
+
+    def _camera_fps(self) -> float:
+        then, frames_then, fps = self._fps
+        now, frames = time.monotonic(), self.pipeline.stats.frames
+        if now - then >= 1.0:
+            fps = (frames - frames_then) / (now - then)
+            self._fps = (now, frames, fps)
+        return round(fps, 2)
+
+
+class StallReport:
+    """The pipeline's threads without progress for ``stall_s``."""
+
+    def __init__(self, pipeline: Pipeline, stall_s: float) -> None:
+        self.pipeline, self.stall_s = pipeline, stall_s
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def problems(self) -> list[str]:
+        return [
+            f"stalled: {t} thread, no progress for {s:.0f} s"
+            for t, s in self.pipeline.stalled(self.stall_s).items()
+        ]
+
+
+class ThresholdReport:
+    """health's ``thresholds``; thresholds loaded from fewer good parts than their target
+    needs are a problem (a reload refuses them; at start they are said, not kept quiet)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def stats(self) -> dict[str, Any]:
+        t = self.pipeline.thresholds
+        return {"image": t.image, "pixel": t.pixel, "calibration": t.facts()}
+
+    def problems(self) -> list[str]:
+        short = self.pipeline.thresholds.short_of_target()
+        return [] if short is None else [f"thresholds: {short}"]
+
+
 class StationHealth:
     """The health JSON (docs/mqtt.md, …/health) and the …/stats payload of a started station,
-    combined from its components' ``stats()`` and ``problems()`` (``inspectd.reporting``).
-    Problems come in a fixed order: outbox, MQTT, delivery (refused, quarantined), triggers,
-    camera, stalled threads, dead threads, archive, drift. ``metrics_server`` is set once it
-    listens (health.json names its port); ``threads`` watches the long-lived threads."""
+    from the components registered by name (``register``; ``inspectd.reporting``), with
+    problems in ``PROBLEM_ORDER``. ``metrics_server`` is set once it listens (health.json names
+    its port), ``plc`` once the PLC servers listen; ``threads`` watches the long-lived threads.
+    The publisher is also kept typed: its PUBACK wait is one of the watchdog's stalls."""
 
     def __init__(
         self,
@@ -152,29 +232,26 @@ class StationHealth:
         boot_id: str,
         pipeline: Pipeline,
         source: CaptureSource,
-        outbox: Outbox,
         publisher: MqttPublisher | None,
-        triggers: TriggerDesk | None,
-        commands: CommandDesk | None,
-        archive: ArchiveSink | None,
-        pictures: Pictures | None,
-        drift: DriftMonitor | None,
-        delivery: Delivery | None = None,
         threads: ThreadWatch | None = None,
     ) -> None:
-        self.config, self.boot_id, self.pipeline, self.source = config, boot_id, pipeline, source
-        self.delivery = delivery
+        self.config, self.boot_id, self.pipeline = config, boot_id, pipeline
+        self.publisher = publisher
         self.threads = threads if threads is not None else ThreadWatch()
-        self.outbox, self.publisher, self.triggers, self.commands = (
-            outbox,
-            publisher,
-            triggers,
-            commands,
-        )
-        self.archive, self.pictures, self.drift = archive, pictures, drift
+        self.parts = Reports(PROBLEM_ORDER)
+        # health's own views of the pipeline, the source and the threads; the components
+        # the station starts register themselves (Station.start)
+        self.register("camera", CameraReport(config.camera, source, pipeline))
+        self.register("stalls", StallReport(pipeline, config.service.stall_s))
+        self.register("threads", self.threads)
+        self.register("thresholds", ThresholdReport(pipeline))
+        self.register("mqtt", publisher)
         self.metrics_server: MetricsServer | None = None
         self.plc: PlcServers | None = None  # set once they listen (docs/plc.md)
-        self._fps = (time.monotonic(), 0, 0.0)  # (when, frames then, fps)
+
+    def register(self, name: str, part: Reporting | None) -> None:
+        """``part`` reports under ``name`` (None: that component is off)."""
+        self.parts.add(name, part)
 
     def stalled(self) -> dict[str, float]:
         """What holds work without progress: pipeline threads for service.stall_s, "mqtt"
@@ -191,18 +268,23 @@ class StationHealth:
         """Verdicts held back while the station is up (refused by the broker, quarantined):
         /healthz says "degraded" for these, since nothing else shows them and a restart
         would not help."""
-        return self.delivery.problems() if self.delivery is not None else []
+        return self.parts.problems("delivery")
 
     def held_back(self) -> list[str]:
         """For /healthz: the delivery problems and verdicts the outbox could give no seq
         (ERROR, not published) while the state folder is broken."""
-        unsequenced = [p for p in self.outbox.problems() if p.startswith("seq_unavailable")]
-        return self.delivery_problems() + unsequenced
+        outbox = self.parts.problems("outbox")
+        return self.delivery_problems() + [p for p in outbox if p.startswith("seq_unavailable")]
 
     def snapshot(self) -> dict[str, Any]:
         # stats() before problems(): a component's problems then agree with what it reported
-        outbox = self.outbox.stats()
-        problems = self.outbox.problems()
+        parts = self.parts
+        outbox, triggers, camera = (
+            parts.stats("outbox"),
+            parts.stats("triggers"),
+            parts.stats("camera"),
+        )
+        drift = parts.stats("drift") or {"state": "off"}
         mqtt: dict[str, Any] = {"enabled": self.publisher is not None}
         if self.publisher is not None:
             p = self.publisher.stats()
@@ -213,32 +295,15 @@ class StationHealth:
                 awaiting_ack=p["awaiting_ack"],
                 handler_errors=p["handler_errors"],
             )
-            if self.delivery is not None:
-                mqtt["refused_waiting"] = self.delivery.stats()["refused_waiting"]
-            problems += self.publisher.problems()
-        problems += self.delivery_problems()
-        triggers = self.triggers.stats() if self.triggers is not None else None
-        if self.triggers is not None:
-            problems += self.triggers.problems()
-        camera, camera_problems = self._camera()
-        problems += camera_problems
-        problems += [
-            f"stalled: {t} thread, no progress for {s:.0f} s"
-            for t, s in self.pipeline.stalled(self.config.service.stall_s).items()
-        ]
-        problems += self.threads.problems()
-        if self.archive is not None:
-            problems += self.archive.problems()
-        drift = self.drift.stats() if self.drift is not None else {"state": "off"}
-        if self.drift is not None:
-            problems += self.drift.problems()
-        bundle, thresholds = self.pipeline.bundle, self.pipeline.thresholds
-        short = thresholds.short_of_target()
-        if short is not None:  # loaded at start (a reload refuses them): said, not kept quiet
-            problems.append(f"thresholds: {short}")
+            delivery = parts.stats("delivery")
+            if delivery is not None:
+                mqtt["refused_waiting"] = delivery["refused_waiting"]
+        thresholds = parts.stats("thresholds")
+        problems = parts.problems()
+        bundle = self.pipeline.bundle
         server = self.metrics_server
         return {
-            "state": "ok" if not problems else "degraded",
+            "state": HealthState.DEGRADED if problems else HealthState.OK,
             "problems": problems,
             "station": self.config.station.name,
             "boot_id": self.boot_id,
@@ -251,11 +316,7 @@ class StationHealth:
             "interval_s": self.config.mqtt.health_interval_s,
             "engine": self.pipeline.engine.name,
             "camera": camera,
-            "thresholds": {
-                "image": thresholds.image,
-                "pixel": thresholds.pixel,
-                "calibration": thresholds.facts(),
-            },
+            "thresholds": thresholds,
             "mqtt": mqtt,
             "triggers": triggers,
             "outbox": outbox,
@@ -282,32 +343,6 @@ class StationHealth:
             line += f"; {h['problems'][0]}"
         return line
 
-    def _camera(self) -> tuple[dict[str, Any], list[str]]:
-        """health's ``camera``: the config's facts, the fps, and what the source reports
-        (an isolated source its child process and "offline", a watched folder its counters)."""
-        cfg = self.config.camera
-        camera = {
-            "source": cfg.source,
-            "state": "ok",
-            "trigger": cfg.trigger,
-            "fps": self._camera_fps(),
-            "process": None,
-            **self.source.stats(),
-        }
-        failure = self.pipeline.stats.capture_failure
-        if failure:  # the camera failed for good (the run ends): that says it all
-            camera["state"] = "failed"
-            return camera, [f"camera_failed: {failure}"]
-        return camera, self.source.problems()
-
-    def _camera_fps(self) -> float:
-        then, frames_then, fps = self._fps
-        now, frames = time.monotonic(), self.pipeline.stats.frames
-        if now - then >= 1.0:
-            fps = (frames - frames_then) / (now - then)
-            self._fps = (now, frames, fps)
-        return round(fps, 2)
-
     def stats(self) -> dict[str, Any]:
         """The …/stats payload."""
         stats = self.pipeline.stats
@@ -321,11 +356,5 @@ class StationHealth:
                 s: round(stats.percentiles(v)[0], 3) for s, v in stats.stage_ms.items() if v
             },
             "sink_errors": stats.sink_errors,
-            "outbox": self.outbox.stats(),
-            "mqtt": self.publisher.stats() if self.publisher else None,
-            "delivery": self.delivery.stats() if self.delivery and self.publisher else None,
-            "triggers": self.triggers.stats() if self.triggers else None,
-            "commands": self.commands.stats() if self.commands else None,
-            "archive": self.archive.stats() if self.archive is not None else None,
-            "pictures": self.pictures.stats() if self.pictures is not None else None,
+            **{name: self.parts.stats(name) for name in STATS_SECTIONS},
         }

@@ -164,16 +164,19 @@ class Station:
             boot_id=self.boot_id,
             pipeline=self.pipeline,
             source=self.source,
-            outbox=self.outbox,
             publisher=self.publisher,
-            triggers=self.triggers,
-            commands=self.commands,
-            archive=self.archive,
-            pictures=self.pictures,
-            drift=self.drift,
-            delivery=self.delivery,
             threads=self.threads,
         )
+        for name, part in (
+            ("outbox", self.outbox),
+            ("delivery", self.delivery if self.publisher is not None else None),
+            ("triggers", self.triggers),
+            ("commands", self.commands),
+            ("archive", self.archive),
+            ("pictures", self.pictures),
+            ("drift", self.drift),
+        ):
+            self.report.register(name, part)
         # before health: health.json names the port
         self.metrics_server = self.report.metrics_server = self._serve_metrics(
             self.pipeline, self.report

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -60,6 +60,9 @@ class ThreadWatch:
                 if not thread.is_alive():
                     self._dead_since.setdefault(name, now)
             return {name: round(now - since, 1) for name, since in self._dead_since.items()}
+
+    def stats(self) -> dict[str, Any]:
+        return {"watched": self.names(), "dead": self.dead()}
 
     def problems(self) -> list[str]:
         return [

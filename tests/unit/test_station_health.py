@@ -11,10 +11,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from inspectd.capture.watched import WatchedFolderSource
 from inspectd.config import StationConfig
-from inspectd.outbox import Outbox
-from inspectd.reporting import Reporting
+from inspectd.inspection import PipelineStats
 from inspectd.service.health import StationHealth
 
 from support.contract import TABLE, check_keys
@@ -38,7 +39,7 @@ def config(tmp_path: Path, **camera: Any) -> StationConfig:
     return StationConfig.model_validate(station_dict(tmp_path, camera=camera))
 
 
-def pipeline(
+def stand_in_pipeline(
     capture_failure: str | None = None,
     stalled: dict[str, float] | None = None,
     short: str | None = None,
@@ -50,25 +51,29 @@ def pipeline(
         bundle=SimpleNamespace(name="button", version=1, model_sha256="ab" * 32),
         engine=SimpleNamespace(name="onnxruntime-cpu"),
         thresholds=thresholds,
-        stats=SimpleNamespace(capture_failure=capture_failure, frames=0),
+        stats=PipelineStats(capture_failure=capture_failure),
         stalled=lambda stall_s: dict(stalled or {}),
     )
 
 
-def health(tmp_path: Path, **parts: Any) -> StationHealth:
-    defaults: dict[str, Any] = dict(
-        pipeline=pipeline(),
-        source=Part({}),
-        outbox=Part({"depth": 0}),
+def health(
+    tmp_path: Path,
+    pipeline: Any = None,
+    source: Any = None,
+    **parts: Any,
+) -> StationHealth:
+    """A station's health with ``parts`` registered by name, in reverse of the documented order
+    (the order problems come in is health's, by name, not the registration's)."""
+    report = StationHealth(
+        config(tmp_path),
+        boot_id="b" * 32,
+        pipeline=pipeline or stand_in_pipeline(),
+        source=source or Part({}),
         publisher=None,
-        triggers=None,
-        commands=None,
-        archive=None,
-        pictures=None,
-        drift=None,
     )
-    defaults.update(parts)
-    return StationHealth(config(tmp_path), boot_id="b" * 32, **defaults)
+    for name, part in reversed({"outbox": Part({"depth": 0}), **parts}.items()):
+        report.register(name, part)
+    return report
 
 
 def test_a_well_station_is_ok_with_the_documented_keys(tmp_path: Path) -> None:
@@ -94,7 +99,7 @@ def test_problems_come_from_the_components_in_a_fixed_order(tmp_path: Path) -> N
         source=Part(
             {"state": "offline", "process": {"state": "offline"}}, ["camera_offline: gone"]
         ),
-        pipeline=pipeline(stalled={"publish": 12.0}),
+        pipeline=stand_in_pipeline(stalled={"publish": 12.0}),
         archive=Part({}, ["archive_failing: 1 errors since start, last: x"]),
         drift=Part({"state": "drift"}, ["drift: 90% of the last 100 OK parts ..."]),
     ).snapshot()
@@ -117,7 +122,7 @@ def test_thresholds_from_too_few_parts_for_their_target_are_a_problem(tmp_path: 
     """A reload refuses them (issue 35); loaded at start they run, but health says so, and the
     page shows it on the tile."""
     why = "calibrated from 1 good part, fewer than the 2995 a false-reject rate of 0.001 needs"
-    snapshot = health(tmp_path, pipeline=pipeline(short=why)).snapshot()
+    snapshot = health(tmp_path, pipeline=stand_in_pipeline(short=why)).snapshot()
     assert snapshot["state"] == "degraded" and snapshot["problems"] == [f"thresholds: {why}"]
 
 
@@ -135,7 +140,7 @@ def test_a_camera_that_failed_says_only_that(tmp_path: Path) -> None:
     snapshot = health(
         tmp_path,
         source=Part({"state": "offline"}, ["camera_offline: gone"]),
-        pipeline=pipeline(capture_failure="device lost"),
+        pipeline=stand_in_pipeline(capture_failure="device lost"),
     ).snapshot()
     assert snapshot["camera"]["state"] == "failed"
     assert snapshot["problems"] == ["camera_failed: device lost"]
@@ -145,7 +150,6 @@ def test_the_watched_folder_reports_its_counters_under_camera(tmp_path: Path) ->
     folder = tmp_path / "in"
     folder.mkdir()
     source = WatchedFolderSource(folder, settle_s=0.0, poll_s=0.05)
-    assert isinstance(source, Reporting)
     snapshot = health(tmp_path, source=source).snapshot()
     assert snapshot["camera"]["watch"] == {
         "inspected": 0,
@@ -157,23 +161,12 @@ def test_the_watched_folder_reports_its_counters_under_camera(tmp_path: Path) ->
     assert snapshot["camera"]["process"] is None and snapshot["problems"] == []
 
 
-def test_every_reporting_component_fits_the_protocol() -> None:
-    from inspectd.capture.base import CaptureSource
-    from inspectd.capture.isolated import IsolatedSource
-    from inspectd.drift import DriftMonitor
-    from inspectd.mqtt.publisher import MqttPublisher
-    from inspectd.mqtt.triggers import TriggerDesk
-    from inspectd.outputs.archive import ArchiveSink
-
-    for kind in (
-        ArchiveSink,
-        CaptureSource,
-        IsolatedSource,
-        DriftMonitor,
-        MqttPublisher,
-        TriggerDesk,
-        Outbox,
-    ):
-        assert callable(getattr(kind, "stats", None)) and callable(
-            getattr(kind, "problems", None)
-        ), kind
+def test_components_report_once_by_name_and_stats_are_theirs(tmp_path: Path) -> None:
+    archive = Part({"written": 4}, ["archive_failing: disk"])
+    report = health(tmp_path, archive=archive, commands=Part({"errors": {}}))
+    with pytest.raises(ValueError, match="already reports as 'archive'"):
+        report.register("archive", Part({}))
+    stats = report.stats()
+    assert stats["archive"] == {"written": 4} and stats["commands"] == {"errors": {}}
+    assert stats["triggers"] is None and stats["mqtt"] is None  # not registered: off
+    assert report.snapshot()["problems"] == ["archive_failing: disk"]
