@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from inspectd.contract.verdict import Verdict, VerdictRecord
+from inspectd.contract.vocabulary import ErrorCode
 from inspectd.frame import TriggerRequest
 from inspectd.inspection import TRIGGER_EXPIRED, Inspection
 
@@ -45,11 +46,12 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_QUEUE = 256  # requests waiting for the camera
 
-# Answer codes (docs/plc.md "Error codes"; Modbus carries their numbers).
+# Answer codes (docs/plc.md "Error codes"; Modbus carries their numbers). Those MQTT's …/error
+# shares are the contract's words (inspectd.contract.vocabulary.ErrorCode).
 LATE = "late"
-NOT_READY = "not_ready"
-OVERLOADED = "overloaded"
-NOT_INSPECTED = "not_inspected"
+NOT_READY = ErrorCode.NOT_READY
+OVERLOADED = ErrorCode.OVERLOADED
+NOT_INSPECTED = ErrorCode.NOT_INSPECTED
 INVALID_PART_ID = "invalid_part_id"
 UNKNOWN_PRODUCT = "unknown_product"
 PRODUCT_FAILED = "product_failed"
