@@ -30,31 +30,27 @@ from typing import Any
 
 import pytest
 
-from inspectd.mqtt.broker import LocalBroker, find_mosquitto, free_port
+from inspectd.mqtt.broker import LocalBroker, free_port
 from inspectd.synthetic import render_part
 from inspectd.train.datasets.mvtec import image_files
 from inspectd.ui.auth import hash_password
 
-from support.browser import CHROMIUM
 from support.daemon_process import Daemon
 from support.mqtt_client import Subscriber
-from support.paths import PRODUCTS, REPO, needs_bundle
+from support.paths import PRODUCTS, REPO
 from support.secure_broker import find_openssl, make_pki
 from support.station import BASE, station_config
-from support.ui import drop_part, ui_process, wait_until
+from support.ui import (
+    OPERATOR,
+    PAGE_TEST_MARKS,
+    drop_part,
+    ui_process,
+    wait_until,
+)
 
-OPERATOR = ("alice", "correct horse battery")
 VIEWER_TOKEN = "wall-display-token-0123456789"
 
-pytestmark = [
-    pytest.mark.skipif(
-        find_mosquitto() is None, reason="mosquitto is not installed (make test installs it)"
-    ),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test installs it)"
-    ),
-    needs_bundle,
-]
+pytestmark = PAGE_TEST_MARKS
 
 
 class Line:

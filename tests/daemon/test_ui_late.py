@@ -15,28 +15,22 @@ from typing import Any
 
 import pytest
 
-from inspectd.mqtt.broker import LocalBroker, find_mosquitto, free_port
+from inspectd.mqtt.broker import LocalBroker
 from inspectd.synthetic import render_part
-from inspectd.ui.auth import hash_password
 
-from support.browser import CHROMIUM
 from support.daemon_process import Daemon
-from support.paths import needs_bundle
 from support.requester import Requester, Station, request_station_config, wait_online
 from support.station import BASE, write_png
-from support.ui import contrast_failures, ui_process, wait_until
+from support.ui import (
+    OPERATOR,
+    PAGE_TEST_MARKS,
+    contrast_failures,
+    operator_page_config,
+    ui_process,
+    wait_until,
+)
 
-OPERATOR = ("alice", "correct horse battery")
-
-pytestmark = [
-    pytest.mark.skipif(
-        find_mosquitto() is None, reason="mosquitto is not installed (make test installs it)"
-    ),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test installs it)"
-    ),
-    needs_bundle,
-]
+pytestmark = PAGE_TEST_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +51,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Station, st
             mqtt={"overlays": "all", "health_interval_s": 1, "stats_interval_s": 1},
             archive={"enabled": True, "dir": str(tmp / "archive"), "ok_every": 1},
         )
-        ui_cfg = {
-            "listen": {"host": "127.0.0.1", "port": free_port()},
-            "mqtt": {"host": "127.0.0.1", "port": broker.port},
-            "stations": ["inspectd/v1/plant/l1/+"],
-            "access": {
-                "users": [
-                    {
-                        "name": OPERATOR[0],
-                        "role": "operator",
-                        "password_hash": hash_password(OPERATOR[1]),
-                    }
-                ]
-            },
-        }
+        ui_cfg = operator_page_config(broker.port)
         (tmp / "ui.yaml").write_text(json.dumps(ui_cfg))
         req = Requester(broker.host, broker.port, [f"{BASE}/#", "requester/#"])
         # every inference takes 600 ms: past a 100 ms deadline, well within the default one

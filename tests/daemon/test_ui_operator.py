@@ -28,34 +28,25 @@ import pytest
 import yaml
 
 from inspectd.bundle import load_bundle
-from inspectd.mqtt.broker import LocalBroker, find_mosquitto, free_port
+from inspectd.mqtt.broker import LocalBroker, free_port
 from inspectd.synthetic import render_part
-from inspectd.ui.auth import hash_password
 
-from support.browser import CHROMIUM
 from support.daemon_process import Daemon
 from support.mqtt_client import Subscriber
-from support.paths import BUNDLE, REPO, needs_bundle
+from support.paths import BUNDLE, REPO
 from support.station import BASE, station_config
 from support.ui import (
+    OPERATOR,
+    PAGE_TEST_MARKS,
     contrast_failures,
     drop_part,
+    operator_page_config,
     sideways_overflow,
     ui_process,
     wait_until,
 )
 
-OPERATOR = ("alice", "correct horse battery")
-
-pytestmark = [
-    pytest.mark.skipif(
-        find_mosquitto() is None, reason="mosquitto is not installed (make test installs it)"
-    ),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test installs it)"
-    ),
-    needs_bundle,
-]
+pytestmark = PAGE_TEST_MARKS
 
 
 class Shop:
@@ -101,20 +92,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
             archive={"enabled": True, "dir": str(tmp / "archive"), "ok_every": 1},
             output={"dir": None},
         )
-        ui_cfg = {
-            "listen": {"host": "127.0.0.1", "port": free_port()},
-            "mqtt": {"host": "127.0.0.1", "port": broker.port},
-            "stations": ["inspectd/v1/plant/l1/+"],
-            "access": {
-                "users": [
-                    {
-                        "name": OPERATOR[0],
-                        "role": "operator",
-                        "password_hash": hash_password(OPERATOR[1]),
-                    }
-                ]
-            },
-        }
+        ui_cfg = operator_page_config(broker.port)
         (tmp / "ui.yaml").write_text(json.dumps(ui_cfg))
         with (
             Subscriber(broker.host, broker.port, f"{BASE}/verdict") as verdicts,

@@ -18,10 +18,15 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
+
+from inspectd.mqtt.broker import find_mosquitto, free_port
+from inspectd.ui.auth import hash_password
 
 from support import waiting
+from support.browser import CHROMIUM
 from support.mqtt_client import Subscriber
-from support.paths import REPO
+from support.paths import REPO, needs_bundle
 
 # The page is asked every 20 ms: some checks time how soon it shows a verdict.
 wait_until = functools.partial(waiting.wait_until, every=0.02)
@@ -92,3 +97,36 @@ def drop_part(frames: Path, verdicts: Subscriber, part: str, image: np.ndarray) 
     v = verdicts.wait_for(before + 1, timeout=20)[before].json()
     assert v["part_id"] == part, v
     return v
+
+
+OPERATOR = ("alice", "correct horse battery")
+
+# what a page test needs: a broker, Debian's chromium and the bundle (make test installs them)
+PAGE_TEST_MARKS = [
+    pytest.mark.skipif(
+        find_mosquitto() is None, reason="mosquitto is not installed (make test installs it)"
+    ),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test installs it)"
+    ),
+    needs_bundle,
+]
+
+
+def operator_page_config(broker_port: int) -> dict[str, Any]:
+    """The page's config: on a free loopback port, the stations of inspectd/v1/plant/l1 on the
+    broker at ``broker_port``, one operator (``OPERATOR``)."""
+    return {
+        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "mqtt": {"host": "127.0.0.1", "port": broker_port},
+        "stations": ["inspectd/v1/plant/l1/+"],
+        "access": {
+            "users": [
+                {
+                    "name": OPERATOR[0],
+                    "role": "operator",
+                    "password_hash": hash_password(OPERATOR[1]),
+                }
+            ]
+        },
+    }
