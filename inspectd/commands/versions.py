@@ -50,13 +50,13 @@ def product_folder(args: argparse.Namespace) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from inspectd.versions.layout import VersionError, is_product
+    from inspectd.versions.layout import VersionError, is_product, version_ids
     from inspectd.versions.listing import HEADER, describe, history
 
     product = product_folder(args)
     if product is None:
         return EXIT_CONFIG
-    if not is_product(product):
+    if not is_product(product) and not version_ids(product):  # taught, none accepted yet
         print(f"inspectd versions: {product}: not a product bundle", file=sys.stderr)
         return EXIT_CONFIG
     try:
