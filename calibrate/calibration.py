@@ -391,7 +391,7 @@ def calibrate_bundle(bundle: Bundle, req: Request) -> Result:
                 _only_reviewed(paths, req.images)
             fresh, trained = split_training(paths, training_hashes(bundle))
             if trained and not req.drop_training:
-                where = ", ".join(map(str, req.images or ["the files given"]))
+                where = ", ".join(map(str, req.images)) if req.images else "the files given"
                 raise CalibrationError(
                     f"{len(trained)} of {len(paths)} images in {where} were used to train "
                     f"this model (e.g. {trained[0].name}); their scores are optimistic and would "

@@ -25,7 +25,7 @@ from inspectd.versions import layout
 from support.daemon_process import Daemon
 from support.paths import REPO
 from support.products import copy_bundle
-from support.requester import Requester, Station, correlation, wait_online
+from support.requester import Requester, Station, wait_online
 from support.station import BASE, VERDICT, jsonl, station_config, write_png
 
 SEED = 21
@@ -167,7 +167,7 @@ def test_the_station_takes_its_next_parts_to_teach_never_ok_and_switches_on_acce
         camera={"path": incoming, "watch": {"enabled": True, "settle_s": 0.2, "poll_s": 0.1}},
     )
     req = Requester(mosquitto.host, mosquitto.port, [f"{BASE}/#"])
-    with Daemon(config) as daemon, req:
+    with Daemon(config), req:
         wait_online(req)
         cli = subprocess.Popen(
             [
