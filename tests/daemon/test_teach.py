@@ -166,9 +166,10 @@ def test_the_station_takes_its_next_parts_to_teach_never_ok_and_switches_on_acce
         products_dir=products,
         camera={"path": incoming, "watch": {"enabled": True, "settle_s": 0.2, "poll_s": 0.1}},
     )
-    req = Requester(mosquitto.host, mosquitto.port, [f"{BASE}/#"])
-    with Daemon(config), req:
+    req = Requester(mosquitto.host, mosquitto.port, [f"{BASE}/#", "requester/#"])
+    with Daemon(config) as daemon, req:
         wait_online(req)
+        st = Station(daemon, req, tmp_path)
         cli = subprocess.Popen(
             [
                 sys.executable,
@@ -193,6 +194,13 @@ def test_the_station_takes_its_next_parts_to_teach_never_ok_and_switches_on_acce
             cwd=REPO,
         )
         req.wait(lambda m: m.topic == f"{BASE}/teach" and m.json()["state"] == "collecting")
+        # one teach at a time; malformed ones and discarding the running version refused
+        busy = st.error_for(st.command("teach", {"product": "button", "count": 5}))
+        assert busy["error"] == "command_failed" and "under way" in busy["detail"], busy
+        small = st.error_for(st.command("teach", {"product": "button", "count": 2}))
+        assert "count: 2" in small["detail"], small
+        running = st.error_for(st.command("discard", {"product": "button", "version": 1}))
+        assert "is active" in running["detail"], running
         write_good(incoming, 20, seed=SEED + 2)
         stdout, stderr = cli.communicate(timeout=300)
         assert cli.returncode == 0, stderr[-3000:]
