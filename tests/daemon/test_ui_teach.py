@@ -107,6 +107,7 @@ def test_an_operator_teaches_accepts_and_rolls_back_from_the_page(
     assert {(v["verdict"], v["error"]) for v in taken} == {("NG", "teach")}  # held, never OK
     wait_until(lambda: "version 2 written, not active" in state.inner_text(), 120, "version 2")
     assert "4 parts fitted, 4 calibrated" in state.inner_text()
+    panel.screenshot(path=str(tmp_path / "teach-written.png"))  # docs/ui-teach.png
 
     page.locator("[data-testid=teach-accept]").click()
     assert "Make button version 2 active?" in page.locator("[data-testid=confirm]").inner_text()
