@@ -337,9 +337,13 @@ def _link(source: Path, target: Path) -> None:
 
 
 def _write_parts(path: Path, parts: list[Part]) -> None:
-    with path.open("w") as f:
+    # replaced, never written in place: the stage may hold a hard link of the parent's list,
+    # and writing through it rewrote the parent's sealed file (its hash check then failed)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
         for p in parts:
             f.write(f"{p.sha256}  {p.role}  {p.name}\n")
+    os.replace(tmp, path)
 
 
 def file_part(path: Path, role: str = "good") -> Part:

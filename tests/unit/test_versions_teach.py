@@ -15,6 +15,7 @@ from inspectd.versions import layout
 from inspectd.versions.listing import history
 from inspectd.versions.store import (
     HELD,
+    Part,
     Provenance,
     VersionStoreError,
     activate,
@@ -105,3 +106,24 @@ def test_a_work_folder_is_kept_while_its_owner_lives_and_swept_after(tmp_path: P
     threshold_version(product, 0.3)
     assert not dead.exists()
     assert all(not p.name.startswith(".work-") for p in (product / "versions").iterdir())
+
+
+def test_a_version_made_from_one_with_a_parts_list_leaves_the_parent_s_list_sealed(
+    tmp_path: Path,
+) -> None:
+    # the child's parts.sha256 was written through the hard link of its parent's: version 2's
+    # list became version 3's and version 2 failed its hash check (found by a refit after a
+    # recalibration)
+    product = copy_bundle(tmp_path / "products", "button")
+    v2 = threshold_version(product, 0.5)
+    before = (v2.path / "parts.sha256").read_bytes()
+
+    def fill(stage: Path, parent: Bundle | None) -> tuple[dict, list[str]]:
+        assert parent is not None
+        return parent_manifest(parent), list(parent.manifest.files)  # parts.sha256 among them
+
+    other = Provenance("calibrate", "bob", [Part("part-2", "cd" * 32)])
+    v3 = write_version(product, other, fill)
+    assert load_bundle(product, 2).version == 2
+    assert (v2.path / "parts.sha256").read_bytes() == before
+    assert "part-2" in (v3.path / "parts.sha256").read_text()
