@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 import structlog
 import torch
+import yaml
 
 from inspectd import __version__
 from inspectd.bundle import (
     BUNDLE_SCHEMA,
+    MANIFEST,
     THRESHOLDS,
     TRAIN_IMAGES,
     Bundle,
@@ -129,31 +131,40 @@ def distinct(paths: list[Path]) -> list[Path]:
 
 
 def taught_parts(product: Path) -> list[Path]:
-    """The good parts the active version was taught or calibrated with (its parts.sha256),
-    each still on disk with the same bytes: what a refit starts from."""
+    """The good parts the active version was made from, each still on disk with the same bytes:
+    what a refit starts from. A recalibration lists only its calibration parts, so the
+    versions it was made from are read too, back to the teach or refit that fitted the memory."""
     try:
-        bundle = load_bundle(product)
+        number: int | None = load_bundle(product).version
     except BundleError as exc:
         raise TeachError(f"nothing to refit: {exc}") from exc
-    record = bundle.manifest.version
-    listed = bundle.path / (record.parts_file or "") if record is not None else None
-    if listed is None or not listed.is_file():
-        raise TeachError(
-            f"{product.name} version {bundle.version} lists no parts it was made from (a bundle "
-            "as built): teach it first (inspectd teach --images DIR), or give --images with "
-            "--from-reviews"
-        )
-    out, gone = [], 0
-    for line in listed.read_text().splitlines():
-        digest, role, name = line.split(None, 2)
-        path = Path(name)
-        if role in TAUGHT_ROLES and path.is_file() and sha256_of(path) == digest:
-            out.append(path)
-        elif role in TAUGHT_ROLES:
-            gone += 1
+    out: dict[str, Path] = {}  # by sha256: a part listed by two versions counts once
+    gone = 0
+    while number is not None and number in layout.version_ids(product):
+        folder = layout.version_path(product, number)
+        record = (yaml.safe_load((folder / MANIFEST).read_text()) or {}).get("version") or {}
+        listed = folder / str(record.get("parts_file") or "")
+        for line in listed.read_text().splitlines() if listed.is_file() else []:
+            digest, role, name = line.split(None, 2)
+            path = Path(name)
+            if role not in TAUGHT_ROLES or digest in out:
+                continue
+            if path.is_file() and sha256_of(path) == digest:
+                out[digest] = path
+            else:
+                gone += 1
+        if record.get("origin") in ("teach", "refit"):
+            break
+        number = record.get("parent")
     if gone:
-        log.warning("teach.parts_missing", missing=gone, found=len(out), listed=str(listed))
-    return out
+        log.warning("teach.parts_missing", missing=gone, found=len(out), product=product.name)
+    if not out:
+        raise TeachError(
+            f"{product.name}: its active version lists no good parts still on disk (a bundle as "
+            "built lists none): teach it first (inspectd teach --images DIR), or give the good "
+            "parts with --from-reviews --images DIR"
+        )
+    return list(out.values())
 
 
 def _setup(product: Path, req: TeachRequest) -> tuple[Bundle | None, PreprocessSpec, BuildRequest]:

@@ -30,11 +30,15 @@ def add_parser(sub: Subparsers) -> None:
         "(recorded NG, reason teach) and teaches from them.",
     )
     add_products_args(t)
-    what = t.add_mutually_exclusive_group(required=True)
+    what = t.add_mutually_exclusive_group()
     what.add_argument(
         "--images", type=Path, action="append", help="folder of good part images (again: more)"
     )
-    what.add_argument("--from-reviews", action="store_true", help="refit from reviewed parts")
+    t.add_argument(
+        "--from-reviews",
+        action="store_true",
+        help="refit from reviewed parts (with --images: those as the good parts)",
+    )
     what.add_argument("--count", type=int, help="with --config: the station's next N parts")
     what.add_argument("--accept", type=int, metavar="VERSION", help="make a taught version active")
     what.add_argument("--discard", type=int, metavar="VERSION", help="delete a taught version")
@@ -72,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     products = args.products or (config.products_dir if config else None) or Path("products")
     product = products / args.product
+    if args.from_reviews and (args.count, args.accept, args.discard) != (None, None, None):
+        return _fail("--from-reviews goes with --images or alone, not --count, --accept, --discard")
     if args.accept is not None or args.discard is not None:
         return _accept_or_discard(args, product, config)
     if args.count is not None:
@@ -83,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             config, "teach", _station_args(args), args.timeout, wait_event="teach"
         )
         return _print_station(answer, args.json)
+    if not args.images and not args.from_reviews:
+        return _fail("give --images DIR, --from-reviews, --count N, --accept ID or --discard ID")
     return _teach_files(args, product, config)
 
 
@@ -129,7 +137,7 @@ def _teach_files(args: argparse.Namespace, product: Path, config: StationConfig 
             archive = args.reviews or (config.archive.dir if config else None)
             if archive is None:
                 return _fail("--from-reviews: give --reviews ARCHIVE or the station's --config")
-            good = taught_parts(product)
+            good = good or taught_parts(product)
             reviewed = reviewed_frames(archive, "false_reject", args.product)
             if not reviewed:
                 return _fail(f"{archive}: no false rejects of {args.product} reviewed")

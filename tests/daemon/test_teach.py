@@ -368,3 +368,43 @@ def test_a_kill_during_the_fit_leaves_the_running_version_active(tmp_path):
     assert json.loads(again.stdout.splitlines()[-1])["version"] == 2
     assert not list((product / "versions").glob(".work-*"))
     assert load_bundle(product).version == 1  # still: a teach does not activate
+
+
+def test_a_refit_after_a_recalibration_starts_from_the_taught_parts_too(taught, tmp_path):
+    import shutil
+
+    from inspectd.train.teach import taught_parts
+
+    tmp, source, _ = taught
+    products = tmp_path / "products"
+    shutil.copytree(source, products)
+    product = products / "taught"
+    teach_cli("--product", "taught", "--products", str(products), "--accept", "2")
+    more = tmp_path / "more"
+    write_good(more, 3, seed=SEED + 7, split="test")
+    cal = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inspectd",
+            "calibrate",
+            "--product",
+            "taught",
+            "--products",
+            str(products),
+            "--images",
+            str(more),
+            "--force",
+            "--replace",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert cal.returncode == 0, cal.stderr[-3000:]
+    assert load_bundle(product).version == 3  # a calibration: it lists its 3 parts only
+    assert load_bundle(product, 2).version == 2  # its parent's sealed files untouched
+    parts = taught_parts(product)
+    assert len(parts) == 63  # and the 60 of the teach it was made from
+    assert {p.parent for p in parts} == {tmp / "teach", more}
