@@ -120,9 +120,13 @@ class TeachDesk:
         extra = _options(args)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         folder = self.config.state_dir / "teach" / product / stamp
+        pipeline = self.control.pipeline  # refused while the station starts
         self._start(product, "teach", extra)
-        folder.mkdir(parents=True, exist_ok=True)
-        pipeline = self.control.pipeline
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._busy = None
+            raise CommandError(f"cannot keep the teach's frames in {folder}: {exc}") from exc
 
         def taken(n: int, full: bool) -> None:
             self._event("collecting", taken=n, count=count)
