@@ -9,7 +9,6 @@ is computed, and the version calibrated stays as it was: a rollback goes back to
 from __future__ import annotations
 
 import hashlib
-import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from inspectd.bundle import (
     TRAIN_IMAGES,
     Bundle,
     BundleError,
+    Thresholds,
     load_bundle,
     sha256_of,
 )
@@ -47,6 +47,7 @@ from inspectd.reviews import is_reviewed_frame
 from inspectd.train.datasets.mvtec import GOOD, Sample, image_files
 from inspectd.versions.store import (
     DEFAULT_KEEP,
+    Origin,
     Part,
     Provenance,
     VersionStoreError,
@@ -68,9 +69,11 @@ class CalibrationError(Exception):
 class Request:
     bundle_dir: Path  # the product folder: its active version is calibrated
     images: list[Path] | None = None  # good parts from files (folders taken together) ...
+    files: list[Path] | None = None  # ... or these files (a teach's calibration share) ...
     camera: Any = None  # ... or live from a station's camera (its config section)
     count: int = 0
     defects: Path | None = None
+    defect_samples: list[Sample] | None = None  # defects as files (reviewed true defects)
     target_frr: float = 0.001
     confidence: float = stats.CONFIDENCE
     method: str = "order"  # order | tail
@@ -292,10 +295,9 @@ def defect_samples(folder: Path) -> list[Sample]:
     return samples
 
 
-def score_defects(engine: Engine, bundle: Bundle, folder: Path, progress: bool) -> Scored:
+def score_defects(engine: Engine, bundle: Bundle, samples: list[Sample], progress: bool) -> Scored:
     from inspectd.train.evaluate import mask_like_input
 
-    samples = defect_samples(folder)
     scored, skipped = score_files(engine, bundle, [s.path for s in samples], "defects", progress)
     if skipped:
         raise CalibrationError(f"{len(skipped)} defect image(s) unreadable: {skipped[0]}")
@@ -370,18 +372,26 @@ def calibrate(req: Request) -> Result:
         bundle = load_bundle(req.bundle_dir)
     except BundleError as exc:
         raise CalibrationError(str(exc)) from exc
+    return calibrate_bundle(bundle, req)
+
+
+def calibrate_bundle(bundle: Bundle, req: Request) -> Result:
+    """Thresholds for ``bundle`` from the good parts of ``req`` (teach calibrates the model it
+    has just fitted, before it is a version)."""
     if not 0 < req.target_frr < 1:
         raise CalibrationError(f"--target-frr must be between 0 and 1, got {req.target_frr}")
     engine = load_engine(bundle.model_path)
     try:
         skipped: list[str] = []
         dropped = 0
-        if req.images:
-            paths = good_images(req.images)
-            _only_reviewed(paths, req.images)
+        if req.images or req.files:
+            paths = list(req.files or [])
+            if req.images:
+                paths = good_images(req.images)
+                _only_reviewed(paths, req.images)
             fresh, trained = split_training(paths, training_hashes(bundle))
             if trained and not req.drop_training:
-                where = ", ".join(map(str, req.images))
+                where = ", ".join(map(str, req.images)) if req.images else "the files given"
                 raise CalibrationError(
                     f"{len(trained)} of {len(paths)} images in {where} were used to train "
                     f"this model (e.g. {trained[0].name}); their scores are optimistic and would "
@@ -414,7 +424,8 @@ def calibrate(req: Request) -> Result:
             image, method = tail.upper, "generalised Pareto tail fit (bootstrap upper bound)"
         else:
             image, method = order.threshold, "order statistic (one-sided binomial bound)"
-        defects = score_defects(engine, bundle, req.defects, req.progress) if req.defects else None
+        samples = defect_samples(req.defects) if req.defects else req.defect_samples
+        defects = score_defects(engine, bundle, samples, req.progress) if samples else None
     finally:
         engine.close()
 
@@ -439,11 +450,8 @@ def calibrate(req: Request) -> Result:
     )
 
 
-def write(result: Result, req: Request) -> list[Path]:
-    """The report and thresholds as a new version of the product, made from the version
-    calibrated, sealed and then made active (inspectd.versions.store)."""
-    from inspectd.calibrate.report import write_report
-
+def thresholds_of(result: Result, req: Request, model_sha256: str) -> Thresholds:
+    """The thresholds file's record of ``result``, for the model ``model_sha256``."""
     alternatives = {"order_statistic": result.order.threshold}
     if result.tail is not None:
         alternatives["tail_fit"] = result.tail.threshold
@@ -451,11 +459,11 @@ def write(result: Result, req: Request) -> list[Path]:
     if result.defect_metrics:
         alternatives["f1_optimal"] = result.defect_metrics["f1_threshold"]
     bound = result.order.frr_bound if result.method.startswith("order") else None
-    thresholds = record(
+    return record(
         image=result.image,
         pixel=result.pixel,
         min_area=result.min_area,
-        model_sha256=result.bundle.model_sha256,
+        model_sha256=model_sha256,
         method=f"{result.method}; pixel: quantile {req.pixel_quantile} of good map pixels",
         scores=result.good.scores,
         target_frr=req.target_frr,
@@ -463,9 +471,18 @@ def write(result: Result, req: Request) -> list[Path]:
         frr_bound=bound,
         alternatives=alternatives,
     )
+
+
+def write(result: Result, req: Request) -> list[Path]:
+    """The report and thresholds as a new version of the product, made from the version
+    calibrated, sealed and then made active (inspectd.versions.store)."""
+    from inspectd.calibrate.report import write_report
+
+    thresholds = thresholds_of(result, req, result.bundle.model_sha256)
     report: list[str] = []
 
-    def fill(stage: Path, parent: Bundle) -> tuple[dict[str, Any], list[str]]:
+    def fill(stage: Path, parent: Bundle | None) -> tuple[dict[str, Any], list[str]]:
+        assert parent is not None  # calibrate makes a version of an existing one
         report.extend(f.name for f in write_report(result, thresholds, stage))
         write_thresholds(stage, thresholds)
         return parent_manifest(parent), [*parent.manifest.files, *report]
@@ -484,7 +501,9 @@ def write(result: Result, req: Request) -> list[Path]:
     return [*(version.path / f for f in report), version.path / THRESHOLDS, version.path / MANIFEST]
 
 
-def provenance(result: Result, frr_bound: float | None, req: Request) -> Provenance:
+def provenance(
+    result: Result, frr_bound: float | None, req: Request, origin: Origin = "calibrate"
+) -> Provenance:
     """Who calibrated, from which parts, and the report's figures: the version's record."""
     parts = [Part(n, d) for n, d in zip(result.good.names, result.good.digests, strict=True)]
     if result.defects is not None:
@@ -505,68 +524,4 @@ def provenance(result: Result, frr_bound: float | None, req: Request) -> Provena
         figures.update(
             n_defects=m["n_defects"], recall=m["recall"], image_auroc=float(m["image_auroc"])
         )
-    return Provenance(origin="calibrate", by=req.by, parts=parts, figures=figures)
-
-
-def good_regions_text(result: Result) -> str:
-    areas = result.good_regions
-    n = result.good.scores.size
-    if not areas:
-        return f"no good part shows a region at the pixel threshold ({n} parts)"
-    q = np.quantile(areas, [0.5, 1.0])
-    return (
-        f"good parts show {len(areas)} regions at the pixel threshold ({n} parts; areas "
-        f"median {q[0]:.0f}, max {q[1]:.0f} map pixels)"
-    )
-
-
-def summary(result: Result, req: Request) -> str:
-    """What the terminal prints."""
-    o, n = result.order, result.good.scores.size
-    lines = [
-        f"product {result.bundle.name}: {n} good parts"
-        + (
-            f" ({result.dropped_training} training images left out)"
-            if result.dropped_training
-            else ""
-        )
-        + (f", {len(result.skipped)} skipped" if result.skipped else ""),
-        f"image threshold {result.image:.6g} ({result.method})",
-        f"  order statistic: {o.threshold:.6g}, rejects {o.exceed} of {n} good parts; false-reject "
-        f"rate <= {o.frr_bound:.4g} with {o.confidence:.0%} confidence (target {req.target_frr:g})",
-    ]
-    if not o.enough:
-        need = stats.parts_needed(req.target_frr, req.confidence)
-        lines.append(
-            f"  --force: {need} good parts are needed for the target; the bound is "
-            f"{o.frr_bound:.4g}, not {req.target_frr:g}"
-        )
-    if result.tail is not None:
-        t = result.tail
-        lines.append(
-            f"  tail fit: {t.threshold:.6g} (upper {t.upper:.6g}; shape {t.shape:.3f}, "
-            f"{t.n_tail} tail scores)"
-        )
-    else:
-        lines.append(f"  tail fit: not made ({result.tail_error})")
-    lines.append(
-        f"pixel threshold {result.pixel:.6g}, regions of at least {result.min_area} map pixels"
-    )
-    lines.append("  " + good_regions_text(result))
-    q = np.quantile(result.good.scores, [0.5, 0.9, 0.99, 1.0])
-    lines.append("good scores: p50 {:.4g}, p90 {:.4g}, p99 {:.4g}, max {:.4g}".format(*q))
-    m = result.defect_metrics
-    if m:
-        lines.append(
-            f"defects: {m['n_defects']}, recall {m['recall']:.1%} at the threshold, image AUROC "
-            f"{m['image_auroc']:.3f}, F1-max {m['f1_max']:.3f} at {m['f1_threshold']:.6g}"
-            + (
-                f", pixel AUROC {m['pixel_auroc']:.3f}, regions on the defect for "
-                f"{m['located']:.0%} of those found"
-                if "pixel_auroc" in m
-                else ""
-            )
-        )
-    if not math.isfinite(result.image):
-        lines.append("warning: the image threshold is not finite")
-    return "\n".join(lines)
+    return Provenance(origin=origin, by=req.by, parts=parts, figures=figures)

@@ -265,7 +265,7 @@ def write_report(result: Result, t: Thresholds, bundle_dir: Path) -> list[Path]:
 
 
 def markdown(result: Result, t: Thresholds) -> str:
-    from inspectd.calibrate.calibration import good_regions_text
+    from inspectd.calibrate.summary import good_regions_text
 
     o = result.order
     q = t.quantiles

@@ -191,7 +191,7 @@ class Bundle:
 def load_bundle(product: Path, version: int | None = None) -> Bundle:
     """Load and verify products/<name>/ at its active version (or at ``version``); raises
     BundleError saying what is wrong and where."""
-    if not is_product(product):
+    if version is None and not is_product(product):  # a named version may be one not active yet
         raise BundleError(f"{product}: not a product bundle (no {MANIFEST})")
     try:
         number = active_version(product) if version is None else version

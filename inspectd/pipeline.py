@@ -34,6 +34,7 @@ import structlog
 from inspectd.bundle import Bundle, Thresholds
 from inspectd.capture.base import RECEIPT, CaptureSource, CaptureTimeout, EndOfStream
 from inspectd.contract.verdict import Region, Verdict, VerdictRecord
+from inspectd.contract.vocabulary import TEACH
 from inspectd.decide import NonFiniteResult, decide
 from inspectd.engine.base import Engine
 from inspectd.frame import Frame, TriggerRequest
@@ -135,6 +136,8 @@ class Pipeline:
         self.observer = observer
         self.progress = {name: Progress(name) for name in THREADS}
         self._publish_thread: threading.Thread | None = None
+        # while a teach takes parts (inspectd.service.teaching.Tap): True = taken, verdict NG
+        self.tap: Callable[[Frame], bool] | None = None
 
     def stalled(self, limit_s: float) -> dict[str, float]:
         """Threads that hold work and have not moved on for more than ``limit_s`` seconds (a
@@ -357,9 +360,12 @@ class Pipeline:
                 )
             except NonFiniteResult as exc:
                 verdict, error, score = Verdict.ERROR, str(exc), None
+        frame = job.frame
+        tap = self.tap
+        if tap is not None and error is None and tap(frame):
+            verdict, regions, error = Verdict.NG, [], TEACH  # held, never OK: nobody judged it
         now = time.monotonic()
         job.times["decide"] = now - t0
-        frame = job.frame
         record = VerdictRecord(
             station=self.station,
             product=self.bundle.name,

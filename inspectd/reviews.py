@@ -279,3 +279,24 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def reviewed_frames(root: Path, label: str, product: str) -> list[Path]:
+    """The frames of the parts of ``product`` reviewed ``label`` under archive ``root``, oldest
+    review day first (what a refit adds: false rejects to the good parts, true and missed
+    defects to the report's defect set). A review without a frame (an OK part that was not
+    archived) has nothing to add."""
+    out = []
+    for doc_path in sorted((root / REVIEWS_DIR / label).glob("*/*.json")):
+        try:
+            doc = json.loads(doc_path.read_text())
+        except (OSError, ValueError):
+            continue
+        verdict = doc.get("verdict") if isinstance(doc, dict) else None
+        frame = doc.get("frame") if isinstance(doc, dict) else None
+        if not isinstance(verdict, dict) or verdict.get("product") != product or not frame:
+            continue
+        path = doc_path.parent / str(frame)
+        if path.suffix == ".png" and path.is_file():  # a .frame.npy is not an image file
+            out.append(path)
+    return out

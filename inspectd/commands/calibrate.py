@@ -84,7 +84,8 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inspectd.calibrate.calibration import CalibrationError, Request, calibrate, summary, write
+    from inspectd.calibrate.calibration import CalibrationError, Request, calibrate, write
+    from inspectd.calibrate.summary import summary
     from inspectd.capture.base import CaptureError
     from inspectd.logs import configure_logging
     from inspectd.versions.store import DEFAULT_KEEP

@@ -49,10 +49,11 @@ def product_folder(args: argparse.Namespace) -> Path | None:
 
 def product_bundle(args: argparse.Namespace, command: str) -> Path | None:
     """``product_folder``, and None after saying so when it holds no product bundle."""
-    from inspectd.versions.layout import is_product
+    from inspectd.versions.layout import is_product, version_ids
 
     product = product_folder(args)
-    if product is not None and not is_product(product):
+    # a taught product has versions before one is accepted, and no bundle at its top yet
+    if product is not None and not is_product(product) and not version_ids(product):
         print(f"inspectd {command}: {product}: not a product bundle", file=sys.stderr)
         return None
     return product

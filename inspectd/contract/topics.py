@@ -85,6 +85,11 @@ class Topics:
         return self._sub("error")
 
     @property
+    def teach(self) -> str:
+        """Events of a teach or refit (docs/mqtt.md#teaching)."""
+        return self._sub("teach")
+
+    @property
     def trigger(self) -> str:
         return self._sub("trigger")
 

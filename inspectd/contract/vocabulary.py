@@ -33,6 +33,17 @@ class Command(StrEnum):
     REVIEW = "review"
     UNREVIEW = "unreview"
     REVIEWS = "reviews"
+    TEACH = "teach"  # take the next N parts, fit, calibrate: a version not active
+    REFIT = "refit"  # the same from the parts reviewed false rejects
+    ACCEPT = "accept"  # make a taught version active
+    DISCARD = "discard"  # delete a taught version
+    VERSIONS = "versions"
+    ROLLBACK = "rollback"
+
+
+TEACH = "teach"
+"""A verdict's ``error`` for a part a station took to teach a product: verdict NG (held, as
+every NG is), never OK, since no model judged it (docs/teach.md)."""
 
 
 class ErrorCode(StrEnum):

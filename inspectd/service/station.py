@@ -59,6 +59,7 @@ from inspectd.reviews import ReviewDesk
 from inspectd.service.control import ProductControl
 from inspectd.service.health import HealthMonitor, StationHealth
 from inspectd.service.sd_notify import Notifier, ServiceWatch
+from inspectd.service.teaching import TeachDesk
 from inspectd.service.threads import Threaded, ThreadWatch
 
 if TYPE_CHECKING:
@@ -355,6 +356,7 @@ class Station:
             {
                 **self.control.commands(),
                 **ReviewDesk(archive).handlers(),
+                **TeachDesk(self.control, cfg, publisher, self.topics).handlers(),
                 "part": functools.partial(part_view, archive),  # the page's part view
             },
             max_bytes=cfg.mqtt.trigger_max_bytes,

@@ -43,7 +43,9 @@ log = structlog.get_logger(__name__)
 STATIC = Path(__file__).parent / "static"
 FLUSH_S = 0.25
 KEEPALIVE_S = 15.0
-COMMANDS = ("reload_thresholds", "product")  # the operator's actions; review has its own route
+# the operator's actions; review has its own route
+COMMANDS = ("reload_thresholds", "product", "teach", "refit", "accept", "discard", "rollback")
+SIGNED = ("teach", "refit", "accept", "rollback")  # the versions' record says who: the login
 LABELS = ("false_reject", "true_defect", "missed_defect")
 
 
@@ -344,6 +346,8 @@ def build_app(
             return JSONResponse(
                 {"ok": False, "error": f"command: one of {', '.join(COMMANDS)}"}, status_code=400
             )
+        if name in SIGNED:
+            args = {**args, "by": request.user.display_name}
         return await _ask(request, body["base"], name, args)
 
     async def favicon(request: Request) -> Response:

@@ -88,6 +88,7 @@ class StationState:
         self.products: list[str] | None = None  # installed bundles, from the station's answer
         self.answers: deque[dict[str, Any]] = deque(maxlen=_ANSWERS)
         self.errors: deque[dict[str, Any]] = deque(maxlen=_ANSWERS)  # …/error not ours
+        self.teach: dict[str, Any] | None = None  # the last …/teach event: a teach's progress
 
     @property
     def name(self) -> str:
@@ -124,6 +125,8 @@ class StationState:
             return self._on_verdict(doc)
         elif suffix == "error":
             self.errors.append(doc)
+        elif suffix == "teach":
+            self.teach = doc
         else:
             return False
         return True
@@ -352,6 +355,7 @@ class StationState:
             "engine": (self.health or {}).get("engine"),
             "answers": list(self.answers),
             "errors": list(self.errors),
+            "teach": self.teach,
         }
 
     def _live_overlay(self) -> dict[str, Any] | None:

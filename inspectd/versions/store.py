@@ -72,8 +72,10 @@ class Provenance:
 
 # fill(staging folder, parent) -> (manifest without files and version, files to seal). It
 # writes the new files into the staging folder; listed files it did not write are linked from
-# the parent.
-Fill = Callable[[Path, Bundle], tuple[dict[str, Any], list[str]]]
+# the parent. The parent is None for a product's first version (taught from nothing).
+Fill = Callable[[Path, Bundle | None], tuple[dict[str, Any], list[str]]]
+WORK = ".work-"  # versions/.work-<...>: a teach's scratch folder (never listed, swept when dead)
+HELD = ".held"  # locked by the process that uses a work folder
 
 
 class VersionStoreError(Exception):
@@ -85,7 +87,7 @@ def locked(product: Path) -> Iterator[None]:
     """One writer per product at a time (a lock the kernel drops with a killed process)."""
     folder = versions_dir(product)
     if not folder.is_dir():
-        folder.mkdir()
+        folder.mkdir(parents=True)  # a product taught from nothing has no folder yet
         fsync_dir(product)
     with (folder / LOCK).open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -111,13 +113,15 @@ def write_version(
     keep: int = DEFAULT_KEEP,
 ) -> Bundle:
     """Write a new version of ``product`` from ``parent`` (default: the active one) and return
-    it loaded; with ``activate`` stations load it from now on. Then prune to ``keep``."""
+    it loaded; with ``activate`` stations load it from now on. Then prune to ``keep``.
+
+    A product with no version at all (a new one, taught from its first parts) gets its first
+    version from nothing: ``fill`` is given no parent. It is version 2, since version 1 is the
+    bundle as built at the folder's top, which such a product never had; and it is not a
+    product stations can load until it is activated."""
     with locked(product):
         _sweep(product)
-        try:
-            base = load_bundle(product, parent)
-        except BundleError as exc:
-            raise VersionStoreError(f"no version written: {exc}") from exc
+        base = _parent(product, parent)
         number = max(layout.version_ids(product) + [BASE]) + 1
         stage = versions_dir(product) / f"{STAGING}{number}"
         stage.mkdir()
@@ -135,7 +139,7 @@ def write_version(
             "version.written",
             product=product.name,
             version=number,
-            parent=base.version,
+            parent=None if base is None else base.version,
             origin=provenance.origin,
         )
         if activate:
@@ -144,20 +148,37 @@ def write_version(
     return load_bundle(product, number)
 
 
+def _parent(product: Path, parent: int | None) -> Bundle | None:
+    """The version a new one is made from; None for a product with no version yet."""
+    if parent is None and not layout.version_ids(product) and layout.read_pointer(product) is None:
+        return None
+    try:
+        return load_bundle(product, parent)
+    except BundleError as exc:
+        raise VersionStoreError(f"no version written: {exc}") from exc
+
+
 def _stage(
-    stage: Path, product: Path, number: int, base: Bundle, provenance: Provenance, fill: Fill
+    stage: Path,
+    product: Path,
+    number: int,
+    base: Bundle | None,
+    provenance: Provenance,
+    fill: Fill,
 ) -> None:
     """Write, seal, fsync and check version ``number`` in its staging folder."""
     manifest, files = fill(stage, base)
     for name in files:  # what the version keeps from its parent
         if not (stage / name).exists():
+            if base is None:
+                raise VersionStoreError(f"version {number}: fill did not write {name}")
             _link(base.path / name, stage / name)
     if provenance.parts:
         _write_parts(stage / PARTS_FILE, provenance.parts)
         files = [*files, PARTS_FILE]
     manifest["version"] = {
         "id": number,
-        "parent": base.version,
+        "parent": None if base is None else base.version,
         "origin": provenance.origin,
         "by": provenance.by,
         "created": layout.now_utc(),
@@ -188,9 +209,10 @@ def activate(product: Path, version: int, by: str, why: Why = "activate") -> Act
 
 
 def _point(product: Path, version: int, by: str, why: Why) -> ActivePointer:
+    before = layout.active_version(product)
     pointer = ActivePointer(
         version=version,
-        previous=layout.active_version(product),
+        previous=before if before in layout.version_ids(product) else None,
         by=by,
         at=layout.now_utc(),
         why=why,
@@ -240,11 +262,70 @@ def _sweep(product: Path) -> None:
     for entry in versions_dir(product).iterdir():
         if entry.is_dir() and entry.name.startswith((STAGING, TRASH)):
             shutil.rmtree(entry)
+        elif entry.is_dir() and entry.name.startswith(WORK) and not _in_use(entry):
+            shutil.rmtree(entry)
         elif entry.name.startswith(layout.POINTER_TEMP) and entry.name.endswith(".tmp"):
             entry.unlink()
         else:
             continue
         log.warning("version.stale_removed", product=product.name, left=entry.name)
+
+
+@contextlib.contextmanager
+def workspace(product: Path) -> Iterator[Path]:
+    """A scratch folder in ``versions/`` (same file system: its files become a version's by
+    hard links) for work done before the version is written, outside the product's lock (a
+    teach's fit and calibration take a minute; a rollback meanwhile must not wait). A killed
+    owner leaves it behind; the next writer removes it, seeing its lock free."""
+    import tempfile
+
+    folder = versions_dir(product)
+    folder.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=WORK, dir=folder))
+    try:
+        with (work / HELD).open("w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _in_use(work: Path) -> bool:
+    """Whether a live process holds this work folder (the kernel drops a killed one's lock)."""
+    try:
+        with (work / HELD).open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
+
+
+def discard(product: Path, version: int) -> None:
+    """Delete a version nobody runs (a taught one the operator did not accept): never the
+    active one, version 1, nor one another version was made from."""
+    with locked(product):
+        try:
+            layout.checked_path(product, version)
+        except layout.VersionError as exc:
+            raise VersionStoreError(str(exc)) from exc
+        if version == BASE or version == layout.active_version(product):
+            raise VersionStoreError(f"{product.name}: version {version} is active or the base")
+        children = [n for n in layout.version_ids(product) if _parent_of(product, n) == version]
+        if children:
+            raise VersionStoreError(
+                f"{product.name}: version {version} is the parent of version(s) "
+                f"{', '.join(map(str, children))}; it stays"
+            )
+        folder = versions_dir(product)
+        trash = folder / f"{TRASH}{version}"
+        os.rename(layout.version_path(product, version), trash)
+        fsync_dir(folder)
+        shutil.rmtree(trash)
+        log.info("version.discarded", product=product.name, version=version)
 
 
 def _link(source: Path, target: Path) -> None:
@@ -256,9 +337,13 @@ def _link(source: Path, target: Path) -> None:
 
 
 def _write_parts(path: Path, parts: list[Part]) -> None:
-    with path.open("w") as f:
+    # replaced, never written in place: the stage may hold a hard link of the parent's list,
+    # and writing through it rewrote the parent's sealed file (its hash check then failed)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
         for p in parts:
             f.write(f"{p.sha256}  {p.role}  {p.name}\n")
+    os.replace(tmp, path)
 
 
 def file_part(path: Path, role: str = "good") -> Part:

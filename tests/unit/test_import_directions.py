@@ -16,7 +16,7 @@ from support.paths import REPO
 TOOLS = ("inspectd.train", "inspectd.calibrate", "inspectd.deploy")
 # inspectd/commands/<name>.py that run an offline tool
 TOOL_COMMANDS = frozenset(
-    {"train.py", "calibrate.py", "evaluate.py", "export.py", "verify_engine.py"}
+    {"train.py", "calibrate.py", "evaluate.py", "export.py", "verify_engine.py", "teach.py"}
 )
 
 

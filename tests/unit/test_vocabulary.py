@@ -9,6 +9,7 @@ from pathlib import Path
 from inspectd.contract.vocabulary import Command, ErrorCode, HealthState, StationState
 from inspectd.reviews import ReviewDesk
 from inspectd.service.control import ProductControl
+from inspectd.service.teaching import TeachDesk
 
 from support.contract import TABLE
 from support.paths import REPO
@@ -34,6 +35,7 @@ def test_the_commands_are_documented_and_are_the_ones_the_station_serves(tmp_pat
     named = set(re.findall(r"`(\w+)` \(`\{", row))  # `name` ({payload})
     served = set(ProductControl(tmp_path, lambda bundle: None).commands())  # type: ignore[arg-type,return-value]
     served |= set(ReviewDesk(None).handlers())
+    served |= set(TeachDesk(None, None, None, None).handlers())  # type: ignore[arg-type]
     assert set(Command) == named == served
 
 

@@ -9,6 +9,7 @@ import { countsPanel } from "./counts.js";
 import { drawHistogram, histogramText } from "./histogram.js";
 import { LABEL_BUTTON, LABEL_TEXT, LABEL_WHY, labelsFor } from "./labels.js";
 import { openPart } from "./part.js";
+import { teachPanel } from "./teach.js";
 
 const views = new Map(); // base -> { answer, confirm, product }
 function view(base) {
@@ -276,6 +277,7 @@ export function renderStation(root, d, me, refresh) {
     finder(d, me),
     rejectStrip(d, me),
     actions(d, me),
+    teachPanel(d, me, { view: (base) => Object.assign(view(base), { redraw }), act, confirmBox, blocked: offlineReason(d) }),
   ].filter(Boolean));
   const canvas = root.querySelector("canvas.hist");
   if (canvas) drawHistogram(canvas, d.histogram);
