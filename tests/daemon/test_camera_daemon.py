@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from support.daemon_process import Daemon
 from support.genicam import COLOR, MONO, genicam_station
-from support.paths import needs_bundle
+from support.paths import REPO, needs_bundle
+from support.products import copy_bundle
 from support.requester import Requester, Station, stop_cleanly, wait_online
 from support.station import BASE, HEALTH, REJECT, VERDICT
 
@@ -207,3 +210,40 @@ def test_the_camera_process_logs_in_the_station_format(tmp_path):
     assert not line.lstrip().startswith("{"), line
     assert "[info" in line and "process=camera" in line and f"serial={MONO}" in line, line
     assert not [x for x in daemon.lines if x.startswith("{")]  # no JSON from either process
+
+
+def test_a_station_on_the_gentl_simulator_teaches_from_its_own_camera(mosquitto, tmp_path):
+    """Issue 34 on a GenICam camera: the next parts the simulated camera takes are taught
+    (recorded NG 'teach', never OK), and once accepted the station judges with the new
+    version between two parts."""
+    products = tmp_path / "products"
+    copy_bundle(products, "button")
+    path = write_config(tmp_path, {"serial": MONO}, mosquitto.port, products_dir=str(products))
+    req = Requester(mosquitto.host, mosquitto.port, [f"{BASE}/#"])
+    with Daemon(path), req:
+        wait_online(req, timeout=60)
+        req.wait(VERDICT, n=2, timeout=30)  # free run: inspecting with version 1
+        taught = subprocess.run(
+            [sys.executable, "-m", "inspectd", "teach", "--product", "button"]
+            + ["--config", str(path), "--count", "12", "--json", "--timeout", "240"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+        )
+        assert taught.returncode == 0, taught.stderr[-3000:]
+        assert json.loads(taught.stdout.splitlines()[-1])["version"] == 2
+        teach = [v for v in (m.json() for m in req.messages(VERDICT)) if v["error"] == "teach"]
+        assert len(teach) == 12 and {v["verdict"] for v in teach} == {"NG"}
+        accepted = subprocess.run(
+            [sys.executable, "-m", "inspectd", "teach", "--product", "button"]
+            + ["--config", str(path), "--accept", "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
+        assert accepted.returncode == 0, accepted.stderr[-3000:]
+        seen = len(req.messages(VERDICT))
+        after = req.wait(VERDICT, n=seen + 2, timeout=30)[-1].json()
+        assert after["model"]["version"] == 2 and after["model"]["name"] == "patchcore"
