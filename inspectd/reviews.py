@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from typing import Any
 
 from inspectd.contract.verdict import iso_utc
 from inspectd.contract.vocabulary import Command
+from inspectd.durable import fsync_dir, link_or_copy
 from inspectd.mqtt.commands import CommandError
 from inspectd.outputs.archive import ARCHIVE_SCHEMA, SUFFIXES, ArchiveEntry, find_entry
 
@@ -175,7 +175,7 @@ class ReviewDesk:
             out.flush()
             os.fsync(out.fileno())  # an operator's word must survive a power cut
         os.replace(tmp, target)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return target, bool(doc.get("frame"))
 
     def _today(self, root: Path) -> dict[str, int]:
@@ -258,7 +258,7 @@ def _remove_reviews(root: Path, seq: int, part_id: str, keep: str | None = None)
             stem = doc.name.removesuffix(".json")
             for f in doc.parent.glob(f"{glob_escape(stem)}.*"):
                 f.unlink()
-            _fsync_dir(doc.parent)
+            fsync_dir(doc.parent)
             removed.append(label)
     return removed
 
@@ -266,19 +266,9 @@ def _remove_reviews(root: Path, seq: int, part_id: str, keep: str | None = None)
 def _link_or_copy(src: Path, dst: Path) -> None:
     dst.unlink(missing_ok=True)
     try:
-        os.link(src, dst)
+        link_or_copy(src, dst)
     except FileNotFoundError as exc:
         raise CommandError(f"{src.name}: deleted by the archive's bound meanwhile") from exc
-    except OSError:  # another file system, or links not allowed: a copy then
-        shutil.copy2(src, dst)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def reviewed_frames(root: Path, label: str, product: str) -> list[Path]:

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from inspectd.config.base import StrictModel
 from inspectd.config.loader import ConfigError, load_yaml_model
+from inspectd.durable import fsync_dir
 
 MANIFEST = "manifest.yaml"
 VERSIONS = "versions"
@@ -131,23 +132,6 @@ def now_utc() -> str:
 
 
 # -- durable writes ------------------------------------------------------------------------------
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` survive a power cut."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_pointer(product: Path, pointer: ActivePointer) -> None:

@@ -27,6 +27,7 @@ import yaml
 
 from inspectd.bundle import Bundle, BundleError, load_bundle, load_bundle_folder, sha256_of
 from inspectd.bundle_seal import seal
+from inspectd.durable import fsync_dir, fsync_file, link_or_copy
 from inspectd.versions import layout
 from inspectd.versions.layout import (
     BASE,
@@ -36,8 +37,6 @@ from inspectd.versions.layout import (
     TRASH,
     ActivePointer,
     Why,
-    fsync_dir,
-    fsync_file,
     versions_dir,
 )
 
@@ -330,10 +329,7 @@ def discard(product: Path, version: int) -> None:
 
 def _link(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or one without hard links
-        shutil.copy2(source, target)
+    link_or_copy(source, target)
 
 
 def _write_parts(path: Path, parts: list[Part]) -> None:
