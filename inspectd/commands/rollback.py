@@ -4,15 +4,11 @@ a running station take it (its ``product`` command, the product switch between t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from typing import TYPE_CHECKING
 
 from inspectd.commands import EXIT_CONFIG, Subparsers, add_version_args
+from inspectd.commands.station_link import tell_station
 from inspectd.commands.versions import add_products_args, product_bundle
-
-if TYPE_CHECKING:
-    from inspectd.config import StationConfig
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -67,66 +63,4 @@ def run(args: argparse.Namespace) -> int:
             f'command, {{"product": "{product.name}"}}) or its next start'
         )
         return 0
-    return asyncio.run(_tell_station(config, product.name, args.timeout))
-
-
-async def _tell_station(config: StationConfig, product: str, timeout: float) -> int:
-    """Ask the station what it runs; when it is this product, switch it to the product again,
-    which loads the active version (a station running another product is left alone)."""
-    from inspectd.ui.config import UiMqtt
-    from inspectd.ui.link import CommandTimeout, MqttLink
-
-    m = config.mqtt
-    if not m.enabled:
-        print("the station's MQTT is off: it takes the version at its next start or switch")
-        return 0
-    base = config.topic_base()
-    connected = asyncio.Event()
-    refused: list[str] = []
-
-    def on_connection(ok: bool, detail: str | None) -> None:
-        if ok:
-            connected.set()
-        elif detail:
-            refused.append(detail)
-
-    cfg = UiMqtt(
-        host=m.host,
-        port=m.port,
-        protocol=m.protocol,
-        username=m.username,
-        password_file=m.password_file,
-        tls=m.tls,
-    )
-    link = MqttLink(cfg, (base,), lambda *_: None, on_connection, password=m.password)
-    link.start(asyncio.get_running_loop())
-    try:
-        try:
-            await asyncio.wait_for(connected.wait(), timeout)
-        except TimeoutError:
-            why = refused[-1] if refused else "no answer"
-            print(f"station not told: broker {m.host}:{m.port}: {why}", file=sys.stderr)
-            return 1
-        try:
-            running = await link.request(base, "products", {}, timeout)
-            if not running["ok"]:
-                print(f"station {base}: {running['refusal']}", file=sys.stderr)
-                return 1
-            if running["result"].get("current") != product:
-                print(
-                    f"station {base} runs {running['result'].get('current')}: it takes the "
-                    f"version at its next switch to {product}"
-                )
-                return 0
-            answer = await link.request(base, "product", {"product": product}, timeout)
-        except CommandTimeout as exc:
-            print(f"station not told: {exc}", file=sys.stderr)
-            return 1
-    finally:
-        link.stop()
-    if not answer["ok"]:
-        print(f"station {base} refused: {answer['refusal'].get('detail')}", file=sys.stderr)
-        return 1
-    r = answer["result"]
-    print(f"station {base} switched to {product} version {r.get('version')} between two parts")
-    return 0
+    return tell_station(config, product.name, args.timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -82,3 +83,30 @@ async def _request(
         return answer
     finally:
         link.stop()
+
+
+def tell_station(config: StationConfig, product: str, timeout: float) -> int:
+    """Ask the station what it runs; when it is ``product``, switch it to the product again,
+    which loads the active version (a station running another product is left alone). The
+    exit status for rollback and teach --accept; what happened is printed."""
+    if not config.mqtt.enabled:
+        print("the station's MQTT is off: it takes the version at its next start or switch")
+        return 0
+    base = config.topic_base()
+    running = request_station(config, "products", {}, timeout)
+    if running["ok"] and running["result"].get("current") != product:
+        print(
+            f"station {base} runs {running['result'].get('current')}: it takes the "
+            f"version at its next switch to {product}"
+        )
+        return 0
+    answer = request_station(config, "product", {"product": product}, timeout)
+    if "error" in answer:  # no broker, no answer
+        print(f"station not told: {answer['error']}", file=sys.stderr)
+        return 1
+    if not answer["ok"]:
+        print(f"station {base} refused: {answer['refusal'].get('detail')}", file=sys.stderr)
+        return 1
+    r = answer["result"]
+    print(f"station {base} switched to {product} version {r.get('version')} between two parts")
+    return 0

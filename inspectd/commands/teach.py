@@ -219,8 +219,6 @@ def _accept_or_discard(
     print(f"{product.name}: version {args.accept} is active")
     if config is None:
         return 0
-    import asyncio
+    from inspectd.commands.station_link import tell_station
 
-    from inspectd.commands.rollback import _tell_station
-
-    return asyncio.run(_tell_station(config, product.name, min(args.timeout, 60.0)))
+    return tell_station(config, product.name, min(args.timeout, 60.0))
