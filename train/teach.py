@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,7 @@ import structlog
 import torch
 import yaml
 
-from inspectd import __version__
 from inspectd.bundle import (
-    BUNDLE_SCHEMA,
     MANIFEST,
     THRESHOLDS,
     TRAIN_IMAGES,
@@ -47,7 +44,7 @@ from inspectd.bundle import (
 from inspectd.bundle_seal import seal, write_thresholds
 from inspectd.calibrate import calibration as cal
 from inspectd.calibrate.thresholds import max_of_good
-from inspectd.deploy.export import OPSET, PARITY_TOLERANCE, export_onnx, parity, torch_results
+from inspectd.deploy.export import PARITY_TOLERANCE, export_onnx, parity, torch_results
 from inspectd.engine import load_engine
 from inspectd.imagefile import read_image
 from inspectd.models.patchcore import PatchCore
@@ -56,7 +53,13 @@ from inspectd.threshold_stats import CONFIDENCE
 from inspectd.train.datasets.mvtec import Sample
 from inspectd.train.families import family
 from inspectd.train.memory import fit_memory
-from inspectd.train.train_bundle import CHECKPOINT, BuildRequest, build_model, scoring_spec
+from inspectd.train.train_bundle import (
+    CHECKPOINT,
+    BuildRequest,
+    build_model,
+    manifest_head,
+    scoring_spec,
+)
 from inspectd.versions import layout
 from inspectd.versions.store import (
     DEFAULT_KEEP,
@@ -225,20 +228,7 @@ def _fitted(
     write_thresholds(folder, max_of_good(own.score, own.anomaly_map, sha256_of(onnx_path)))
     (folder / TRAIN_IMAGES).write_text("".join(f"{sha256_of(p)}  {p}\n" for p in paths))
     manifest = {
-        "schema": BUNDLE_SCHEMA,
-        "name": build.product,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tool_version": __version__,
-        "model": {
-            "family": FAMILY,
-            "file": "model.onnx",
-            "opset": OPSET,
-            "params": params,
-            "checkpoint": CHECKPOINT,
-            "settled": fam.settled,
-        },
-        "preprocess": spec.model_dump(mode="json"),
-        "scoring": {**fam.scoring, **scoring.model_dump(include=set(fam.scoring))},
+        **manifest_head(build.product, fam, params, spec, scoring),
         "training": {
             "command": "inspectd teach",
             "images": len(paths),

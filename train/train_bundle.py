@@ -200,6 +200,34 @@ def fit(
     return facts, val
 
 
+def manifest_head(
+    product: str,
+    fam: Family,
+    params: dict[str, Any],
+    spec: PreprocessSpec,
+    scoring: ScoringSpec,
+) -> dict[str, Any]:
+    """What every bundle's manifest starts with (train and teach write the same): schema,
+    name, when, the tool, the model, preprocessing and scoring; ``training`` and ``metrics``
+    are the caller's."""
+    return {
+        "schema": BUNDLE_SCHEMA,
+        "name": product,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tool_version": __version__,
+        "model": {
+            "family": fam.name,
+            "file": "model.onnx",
+            "opset": OPSET,
+            "params": params,
+            "checkpoint": CHECKPOINT,
+            "settled": fam.settled,
+        },
+        "preprocess": spec.model_dump(mode="json"),
+        "scoring": {**fam.scoring, **scoring.model_dump(include=set(fam.scoring))},
+    }
+
+
 def scoring_spec(fam: Family, overrides: dict[str, Any] | None) -> ScoringSpec:
     """The family's scoring section with `overrides` (its own settings only)."""
     unknown = sorted(set(overrides or {}) - set(fam.scoring) | {"method"} & set(overrides or {}))
@@ -274,20 +302,7 @@ def build_product(req: BuildRequest) -> Path:
     digest, lines = data_digest(good, req.data)
     (req.out / TRAIN_IMAGES).write_text("\n".join(lines) + "\n")
     manifest = {
-        "schema": BUNDLE_SCHEMA,
-        "name": req.product,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tool_version": __version__,
-        "model": {
-            "family": fam.name,
-            "file": "model.onnx",
-            "opset": OPSET,
-            "params": params,
-            "checkpoint": CHECKPOINT,
-            "settled": fam.settled,
-        },
-        "preprocess": spec.model_dump(mode="json"),
-        "scoring": {**fam.scoring, **scoring.model_dump(include=set(fam.scoring))},
+        **manifest_head(req.product, fam, params, spec, scoring),
         "training": {
             "command": " ".join(shlex.quote(a) for a in ["inspectd", *sys.argv[1:]]),
             "data": req.data.name,
