@@ -194,6 +194,20 @@ def stats_message(topics: Topics, stats: dict[str, Any]) -> OutgoingMessage:
     return OutgoingMessage(topics.stats, encode_json(stats), qos=0, label="stats")
 
 
+def teach_message(
+    topics: Topics, state: str, product: str | None, kind: str | None, **fields: Any
+) -> OutgoingMessage:
+    """A teach's or refit's progress on …/teach: collecting, fitting, written or failed."""
+    payload = {
+        "state": state,
+        "product": product,
+        "kind": kind,
+        **fields,
+        "ts": iso_utc(time.time()),
+    }
+    return OutgoingMessage(topics.teach, encode_json(payload), qos=1, label=f"teach {state}")
+
+
 # -- answers: replies and …/error ---------------------------------------------------------------
 
 # What an answer or a log line quotes of a request is cut to this many characters: a 1 MiB field

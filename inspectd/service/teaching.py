@@ -28,7 +28,7 @@ import cv2
 import structlog
 
 from inspectd.config.base import NAME_PATTERN
-from inspectd.contract.messages import OutgoingMessage, encode_json
+from inspectd.contract.messages import teach_message
 from inspectd.contract.vocabulary import Command
 from inspectd.mqtt.commands import CommandError
 from inspectd.versions import layout, listing, store
@@ -96,17 +96,9 @@ class TeachDesk:
 
     def _event(self, state: str, **fields: Any) -> None:
         job = self._busy or {}
-        payload = {
-            "state": state,
-            "product": job.get("product"),
-            "kind": job.get("kind"),
-            **fields,
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        }
-        log.info("teach.event", **payload)
-        self.publisher.enqueue(
-            OutgoingMessage(self.topics.teach, encode_json(payload), qos=1, label=f"teach {state}")
-        )
+        product, kind = job.get("product"), job.get("kind")
+        log.info("teach.event", state=state, product=product, kind=kind, **fields)
+        self.publisher.enqueue(teach_message(self.topics, state, product, kind, **fields))
 
     # -- teach and refit -------------------------------------------------------------------------
 

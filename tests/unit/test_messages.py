@@ -26,6 +26,7 @@ from inspectd.contract.messages import (
     reply_message,
     stats_message,
     status_message,
+    teach_message,
     trigger_answer,
     verdict_messages,
 )
@@ -334,3 +335,10 @@ def test_command_topics_are_written_and_read_in_one_place() -> None:
         assert command_topic(other) is None
     with pytest.raises(ValueError, match="set or result"):
         TOPICS.cmd("product", "get")
+
+
+@pytest.mark.parametrize("state", sorted(TABLE["teach"].keys["state"].values))  # type: ignore[index]
+def test_teach_events_are_as_documented(state: str) -> None:
+    message = teach_message(TOPICS, state, "button", "teach", version=2)
+    payload = check_row("teach", message)
+    assert payload["state"] == state and payload["version"] == 2
