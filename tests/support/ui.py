@@ -130,3 +130,16 @@ def operator_page_config(broker_port: int) -> dict[str, Any]:
             ]
         },
     }
+
+
+# (root) -> [smallest font size in px of any shown text under root, that text]
+SMALLEST_TEXT_JS = """(root) => {
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  let least = Infinity, which = "";
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (!n.textContent.trim() || !n.parentElement.getClientRects().length) continue;
+    const px = parseFloat(getComputedStyle(n.parentElement).fontSize);
+    if (px < least) { least = px; which = n.textContent.trim().slice(0, 30); }
+  }
+  return [least, which];
+}"""

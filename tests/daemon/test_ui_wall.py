@@ -1,0 +1,122 @@
+"""The wall display with a line of stations: every tile on the one 1920 x 1080 screen, read from
+three metres, with 6 and 9 stations (the page's own process and a private mosquitto; the stations
+are their retained status and health and one verdict each, published with the contract's
+builders: what the page draws is what it receives)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from inspectd.contract.messages import encode_json, health_message, status_message, verdict_messages
+from inspectd.contract.topics import Topics
+from inspectd.contract.verdict import Verdict, VerdictRecord
+from inspectd.contract.vocabulary import StationState
+from inspectd.mqtt.broker import LocalBroker
+
+from support.ui import (
+    OPERATOR,
+    PAGE_TEST_MARKS,
+    SMALLEST_TEXT_JS,
+    operator_page_config,
+    ui_process,
+    wait_until,
+)
+
+pytestmark = PAGE_TEST_MARKS
+
+FIELDS = {"boot_id": "b" * 32, "version": "0.1.0", "product": "button", "model_sha256": "ab" * 32}
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, mqtt.Client]]:
+    tmp = tmp_path_factory.mktemp("wall")
+    with LocalBroker.start_mosquitto() as broker:
+        (tmp / "ui.yaml").write_text(json.dumps(operator_page_config(broker.port)))
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        try:
+            with ui_process(tmp / "ui.yaml") as (_, url):
+                yield url, client
+        finally:
+            client.loop_stop()
+            client.disconnect()
+
+
+def add_station(client: mqtt.Client, n: int) -> None:
+    topics = Topics(f"inspectd/v1/plant/l1/cam{n}")
+    health = {"state": "ok", "problems": [], "product": "button", "model_sha256": "ab" * 32}
+    now = time.time()
+    record = VerdictRecord(
+        station=f"cam{n}",
+        product="button",
+        part_id=f"P{n:05d}",
+        verdict=Verdict.NG if n % 3 == 0 else Verdict.OK,
+        score=0.3 if n % 3 == 0 else 0.1,
+        threshold=0.2,
+        model_name="patchcore",
+        model_sha256="ab" * 32,
+        model_version=1,
+        camera_serial="SIM",
+        frame_id=1,
+        t_capture=now - 0.02,
+        t_verdict=now,
+        latency_ms=20.0,
+        seq=1,
+        t_mono=time.monotonic(),
+        regions=[],
+        error=None,
+    )
+    messages = [
+        status_message(topics, StationState.ONLINE, FIELDS),
+        health_message(topics, encode_json(health)),
+        *verdict_messages(topics, record, 10.0),
+    ]
+    for m in messages:
+        client.publish(m.topic, m.payload, qos=1, retain=m.retain).wait_for_publish(5)
+
+
+# what must stay readable on every tile; the rest may give way
+ESSENTIAL = ("name", "state", "last-verdict", "counts")
+ELEMENTS_JS = """(tile) => ["h2.name", "[data-testid=state]", "[data-testid=last-verdict]",
+  "[data-testid=counts]"].map((sel) => {
+    const el = tile.querySelector(sel), r = el && el.getBoundingClientRect();
+    return r ? [r.top, r.bottom, r.height] : null; })"""
+
+
+@pytest.mark.parametrize("stations", [6, 9])
+def test_every_station_fits_the_wall_without_scrolling(
+    line: tuple[str, mqtt.Client], browser: Any, stations: int
+) -> None:
+    url, client = line
+    for n in range(1, stations + 1):
+        add_station(client, n)  # retained: again for the second size is harmless
+    context = browser.new_context(
+        viewport={"width": 1920, "height": 1080},
+        http_credentials={"username": OPERATOR[0], "password": OPERATOR[1]},
+    )
+    wall = context.new_page()
+    wall.goto(f"{url}/#/wall")
+    tiles = wall.locator("[data-testid=tile]")
+    wait_until(lambda: tiles.count() == stations, 10, f"{stations} tiles")
+    # before: 6 stations took 1370 px, the second row of tiles below the screen's edge
+    assert wall.evaluate("document.documentElement.scrollHeight") <= 1080
+    for k in range(stations):
+        t = tiles.nth(k)
+        box = t.bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 1080, (k, box)
+        shown = t.evaluate(ELEMENTS_JS)
+        for what, rect in zip(ESSENTIAL, shown, strict=True):
+            assert rect is not None and rect[2] > 0, (k, what)
+            # inside the tile, not cut by its edge
+            assert box["y"] <= rect[0] and rect[1] <= box["y"] + box["height"], (k, what, rect)
+        least, which = wall.evaluate(SMALLEST_TEXT_JS, t.element_handle())
+        assert least >= 28, f"tile {k}: {which!r} is {least} px"
+    context.close()
