@@ -1,23 +1,33 @@
-"""The wall display with a line of stations: every tile on the one 1920 x 1080 screen, read from
-three metres, with 6 and 9 stations (the page's own process and a private mosquitto; the stations
-are their retained status and health and one verdict each, published with the contract's
-builders: what the page draws is what it receives)."""
+"""The page against stations made of their messages (the page's own process and a private
+mosquitto; a station here is its retained status and health and a verdict, published with the
+contract's builders, and for one test an older station's answer): the wall display with 6 and 9
+stations, and a product switch on a station too old to list its products."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from inspectd.contract.messages import encode_json, health_message, status_message, verdict_messages
+from inspectd.contract.messages import (
+    encode_json,
+    error_message,
+    health_message,
+    status_message,
+    verdict_messages,
+)
 from inspectd.contract.topics import Topics
 from inspectd.contract.verdict import Verdict, VerdictRecord
-from inspectd.contract.vocabulary import StationState
+from inspectd.contract.vocabulary import ErrorCode, StationState
 from inspectd.mqtt.broker import LocalBroker
 
 from support.ui import (
@@ -39,7 +49,7 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, mqtt.C
     tmp = tmp_path_factory.mktemp("wall")
     with LocalBroker.start_mosquitto() as broker:
         (tmp / "ui.yaml").write_text(json.dumps(operator_page_config(broker.port)))
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         client.connect(broker.host, broker.port)
         client.loop_start()
         try:
@@ -120,3 +130,63 @@ def test_every_station_fits_the_wall_without_scrolling(
         least, which = wall.evaluate(SMALLEST_TEXT_JS, t.element_handle())
         assert least >= 28, f"tile {k}: {which!r} is {least} px"
     context.close()
+
+
+def test_a_station_too_old_to_list_its_products_gets_a_typed_name_still_confirmed(
+    line: tuple[str, mqtt.Client], browser: Any
+) -> None:
+    """An older station refuses ``products`` (unknown_command): the page offers a text field
+    instead of the list, and the name typed is still asked about before it is sent."""
+    url, client = line
+    topics = Topics("inspectd/v1/plant/l1/old")
+    sent: list[dict[str, Any]] = []
+    got = threading.Event()
+
+    def old_station(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        corr = getattr(msg.properties, "CorrelationData", None)
+        if msg.topic == topics.cmd("products", "set"):
+            refusal = error_message(
+                topics,
+                ErrorCode.UNKNOWN_COMMAND,
+                "'products' is not a command; allowed: product, reload_thresholds",
+                source_topic=msg.topic,
+                correlation_data=corr,
+            )
+            c.publish(refusal.topic, refusal.payload, qos=1, properties=props_of(refusal))
+        elif msg.topic == topics.cmd("product", "set"):
+            sent.append(json.loads(msg.payload))
+            got.set()
+
+    client.message_callback_add(topics.cmd_filter, old_station)
+    client.subscribe(topics.cmd_filter, qos=1)
+    status = status_message(topics, StationState.ONLINE, FIELDS)
+    client.publish(status.topic, status.payload, qos=1, retain=True).wait_for_publish(5)
+    health = health_message(topics, encode_json({"state": "ok", "problems": []}))
+    client.publish(health.topic, health.payload, qos=1, retain=True).wait_for_publish(5)
+
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900},
+        http_credentials={"username": OPERATOR[0], "password": OPERATOR[1]},
+    )
+    page = context.new_page()
+    page.goto(f"{url}/#/station/{urllib.parse.quote(topics.base, safe='')}")
+    typed = page.locator("[data-testid=product-name]")
+    typed.wait_for(timeout=10_000)  # the field, once the station refused to list its products
+    assert page.locator("[data-testid=product-choice]").count() == 0
+    typed.fill("button-b")
+    page.locator("[data-testid=switch]").click()
+    confirm = page.locator("[data-testid=confirm]")
+    assert "to button-b?" in confirm.inner_text()
+    assert not got.wait(1.0)  # asked first: nothing sent yet
+    confirm.locator("[data-testid=confirm-yes]").click()
+    assert got.wait(10), "the product command never reached the station"
+    assert sent == [{"product": "button-b"}]
+    context.close()
+
+
+def props_of(message: Any) -> Properties:
+    """MQTT 5 properties of a contract message (its correlation data, for the page to match)."""
+    props = Properties(PacketTypes.PUBLISH)
+    if message.correlation_data is not None:
+        props.CorrelationData = message.correlation_data
+    return props
