@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -26,10 +25,11 @@ from inspectd.contract.messages import (
     verdict_messages,
 )
 from inspectd.contract.topics import Topics
-from inspectd.contract.verdict import Verdict, VerdictRecord
+from inspectd.contract.verdict import Verdict
 from inspectd.contract.vocabulary import ErrorCode, StationState
 from inspectd.mqtt.broker import LocalBroker
 
+from support.contract import verdict_record
 from support.ui import (
     OPERATOR,
     PAGE_TEST_MARKS,
@@ -63,26 +63,13 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, mqtt.C
 def add_station(client: mqtt.Client, n: int) -> None:
     topics = Topics(f"inspectd/v1/plant/l1/cam{n}")
     health = {"state": "ok", "problems": [], "product": "button", "model_sha256": "ab" * 32}
-    now = time.time()
-    record = VerdictRecord(
+    ng = n % 3 == 0
+    record = verdict_record(
+        Verdict.NG if ng else Verdict.OK,
         station=f"cam{n}",
-        product="button",
         part_id=f"P{n:05d}",
-        verdict=Verdict.NG if n % 3 == 0 else Verdict.OK,
-        score=0.3 if n % 3 == 0 else 0.1,
-        threshold=0.2,
-        model_name="patchcore",
-        model_sha256="ab" * 32,
-        model_version=1,
-        camera_serial="SIM",
-        frame_id=1,
-        t_capture=now - 0.02,
-        t_verdict=now,
-        latency_ms=20.0,
+        score=0.3 if ng else 0.1,
         seq=1,
-        t_mono=time.monotonic(),
-        regions=[],
-        error=None,
     )
     messages = [
         status_message(topics, StationState.ONLINE, FIELDS),

@@ -15,28 +15,23 @@ from typing import Any
 import pytest
 
 from inspectd.bundle import load_bundle
-from inspectd.mqtt.broker import LocalBroker, find_mosquitto, free_port
+from inspectd.mqtt.broker import LocalBroker
 from inspectd.synthetic import render_part
-from inspectd.ui.auth import hash_password
 
-from support.browser import CHROMIUM
 from support.daemon_process import Daemon
 from support.mqtt_client import Subscriber
-from support.paths import BUNDLE, needs_bundle
+from support.paths import BUNDLE
 from support.station import BASE, station_config
-from support.ui import drop_part, ui_process, wait_until
+from support.ui import (
+    OPERATOR,
+    PAGE_TEST_MARKS,
+    drop_part,
+    operator_page_config,
+    ui_process,
+    wait_until,
+)
 
-OPERATOR = ("alice", "correct horse battery")
-
-pytestmark = [
-    pytest.mark.skipif(
-        find_mosquitto() is None, reason="mosquitto is not installed (make test installs it)"
-    ),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test installs it)"
-    ),
-    needs_bundle,
-]
+pytestmark = PAGE_TEST_MARKS
 
 
 @pytest.fixture
@@ -53,21 +48,7 @@ def line(tmp_path: Path) -> Iterator[tuple[Path, str, Subscriber]]:
             archive={"enabled": True, "dir": str(tmp_path / "archive")},
             output={"dir": None},
         )
-        ui_cfg = {
-            "listen": {"host": "127.0.0.1", "port": free_port()},
-            "mqtt": {"host": "127.0.0.1", "port": broker.port},
-            "stations": ["inspectd/v1/plant/l1/+"],
-            "review_timeout_s": 30,
-            "access": {
-                "users": [
-                    {
-                        "name": OPERATOR[0],
-                        "role": "operator",
-                        "password_hash": hash_password(OPERATOR[1]),
-                    }
-                ]
-            },
-        }
+        ui_cfg = {**operator_page_config(broker.port), "review_timeout_s": 30}
         (tmp_path / "ui.yaml").write_text(json.dumps(ui_cfg))
         with (
             Subscriber(broker.host, broker.port, f"{BASE}/verdict") as verdicts,

@@ -5,8 +5,11 @@ message builders against it, test_station_health.py the health snapshot)."""
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from inspectd.contract.verdict import Region, Verdict, VerdictRecord
 
 from support.paths import REPO
 
@@ -140,3 +143,30 @@ def check_keys(payload: dict[str, Any], keys: dict[str, Key], is_open: bool, whe
         if spec.children is not None:
             for item in value if isinstance(value, list) else [value]:
                 check_keys(item, spec.children, False, f"{where}.{name}")
+
+
+def verdict_record(verdict: Verdict, **kw: Any) -> VerdictRecord:
+    """A part's record as the pipeline makes it, decided now; ``kw`` replaces any field."""
+    now = time.time()
+    fields: dict[str, Any] = dict(
+        station="st1",
+        product="button",
+        part_id="P00042",
+        verdict=verdict,
+        score=None if verdict is Verdict.ERROR else 0.3,
+        threshold=0.2,
+        model_name="hybrid",
+        model_sha256="ab" * 32,
+        model_version=1,
+        camera_serial="SIM-0001",
+        frame_id=42,
+        t_capture=now - 0.05,
+        t_verdict=now,
+        latency_ms=50.0,
+        seq=42,
+        t_mono=time.monotonic(),
+        regions=[Region(1, 2, 3, 4, 12, 0.9)] if verdict is Verdict.NG else [],
+        error="camera timeout" if verdict is Verdict.ERROR else None,
+    )
+    fields.update(kw)
+    return VerdictRecord(**fields)

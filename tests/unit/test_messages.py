@@ -31,10 +31,10 @@ from inspectd.contract.messages import (
     verdict_messages,
 )
 from inspectd.contract.topics import Topics, command_topic
-from inspectd.contract.verdict import Region, Verdict, VerdictRecord
+from inspectd.contract.verdict import Verdict
 from inspectd.contract.vocabulary import StationState
 
-from support.contract import TABLE, check_keys
+from support.contract import TABLE, check_keys, verdict_record
 
 TOPICS = Topics("inspectd/v1/site/line1/st1")
 STATUS_FIELDS = {
@@ -74,32 +74,6 @@ def test_the_table_parses_as_documented() -> None:
 
 
 # -- the builders -----------------------------------------------------------------------------
-
-
-def record(verdict: Verdict, **kw: Any) -> VerdictRecord:
-    now = time.time()
-    fields: dict[str, Any] = dict(
-        station="st1",
-        product="button",
-        part_id="P00042",
-        verdict=verdict,
-        score=None if verdict is Verdict.ERROR else 0.3,
-        threshold=0.2,
-        model_name="hybrid",
-        model_sha256="ab" * 32,
-        model_version=1,
-        camera_serial="SIM-0001",
-        frame_id=42,
-        t_capture=now - 0.05,
-        t_verdict=now,
-        latency_ms=50.0,
-        seq=42,
-        t_mono=time.monotonic(),
-        regions=[Region(1, 2, 3, 4, 12, 0.9)] if verdict is Verdict.NG else [],
-        error="camera timeout" if verdict is Verdict.ERROR else None,
-    )
-    fields.update(kw)
-    return VerdictRecord(**fields)
 
 
 def payload_of(message: OutgoingMessage) -> dict[str, Any]:
@@ -192,7 +166,7 @@ def test_status_is_as_documented(state: str) -> None:
 
 @pytest.mark.parametrize("verdict", list(Verdict))
 def test_verdict_and_reject_are_as_documented(verdict: Verdict) -> None:
-    rec = record(verdict, request_id="r-1" if verdict is Verdict.NG else None)
+    rec = verdict_record(verdict, request_id="r-1" if verdict is Verdict.NG else None)
     messages = verdict_messages(TOPICS, rec, travel_window_s=10.0)
     payload = check_row("verdict", messages[0])
     assert payload["seq"] == 42 and payload["verdict"] == verdict.value
@@ -208,11 +182,16 @@ def test_verdict_and_reject_are_as_documented(verdict: Verdict) -> None:
 
 def test_schema_is_the_documented_one() -> None:
     (schema,) = TABLE["verdict"].keys["schema"].values  # type: ignore[index]
-    assert payload_of(verdict_messages(TOPICS, record(Verdict.OK), 10.0)[0])["schema"] == schema
+    assert (
+        payload_of(verdict_messages(TOPICS, verdict_record(Verdict.OK), 10.0)[0])["schema"]
+        == schema
+    )
 
 
 def test_a_trigger_deadline_is_the_reject_deadline() -> None:
-    rec = record(Verdict.NG, deadline_ts=time.time() + 3.0, deadline_mono=time.monotonic() + 3.0)
+    rec = verdict_record(
+        Verdict.NG, deadline_ts=time.time() + 3.0, deadline_mono=time.monotonic() + 3.0
+    )
     reject = verdict_messages(TOPICS, rec, travel_window_s=60.0)[1]
     assert reject.expires == rec.deadline_ts and reject.expires_mono == rec.deadline_mono
 
@@ -284,7 +263,9 @@ def test_an_answer_with_a_lone_surrogate_is_still_sent() -> None:
         ("cmd/<name>/result", command_answer("product", {"product": "button"})),
         (
             "trigger/response",
-            trigger_answer("r-1", "p-1", "done", Verdict.NG, record(Verdict.NG, part_id="p-1")),
+            trigger_answer(
+                "r-1", "p-1", "done", Verdict.NG, verdict_record(Verdict.NG, part_id="p-1")
+            ),
         ),
         (
             "trigger/response",
@@ -310,7 +291,7 @@ def test_replies_are_as_documented(topic: str, payload: dict[str, Any]) -> None:
 
 def test_overlay_is_as_documented() -> None:
     row = TABLE["overlay"]
-    message = overlay_message(TOPICS.overlay, b"\xff\xd8jpeg", record(Verdict.NG))
+    message = overlay_message(TOPICS.overlay, b"\xff\xd8jpeg", verdict_record(Verdict.NG))
     check_row("overlay", message)
     listed = re.search(r"user properties ((?:`\w+`,? ?)+)", row.payload)
     assert listed is not None
