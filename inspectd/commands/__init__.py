@@ -28,12 +28,21 @@ def load_config(path: Path) -> StationConfig | None:
         return None
 
 
-def add_bundle_args(parser: argparse.ArgumentParser) -> None:
-    """--product and --products, for the commands that work on one bundle."""
+def add_bundle_args(parser: argparse.ArgumentParser, *, from_config: bool = False) -> None:
+    """--product and --products, for the commands that work on one bundle; ``from_config``:
+    --products defaults to the station config's products_dir (None here, resolved later)."""
     parser.add_argument("--product", required=True)
-    parser.add_argument(
-        "--products", type=Path, default=Path("products"), help="folder holding the bundles"
-    )
+    if from_config:
+        parser.add_argument(
+            "--products",
+            type=Path,
+            default=None,
+            help="products folder (default: the station config's, else ./products)",
+        )
+    else:
+        parser.add_argument(
+            "--products", type=Path, default=Path("products"), help="folder holding the bundles"
+        )
 
 
 def add_version_args(parser: argparse.ArgumentParser, *, keep: bool = True) -> None:

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from inspectd.commands import EXIT_CONFIG, Subparsers, add_version_args, load_config
+from inspectd.commands import (
+    EXIT_CONFIG,
+    Subparsers,
+    add_bundle_args,
+    add_version_args,
+    load_config,
+)
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -19,13 +25,7 @@ def add_parser(sub: Subparsers) -> None:
         "the product, made active (inspectd rollback goes back). A running daemon picks the "
         "thresholds up on SIGHUP or the reload command.",
     )
-    cal.add_argument("--product", required=True)
-    cal.add_argument(
-        "--products",
-        type=Path,
-        default=None,
-        help="products folder (default: the station config's, else ./products)",
-    )
+    add_bundle_args(cal, from_config=True)
     good = cal.add_mutually_exclusive_group(required=True)
     good.add_argument(
         "--images",

@@ -6,18 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from inspectd.commands import EXIT_CONFIG, Subparsers, load_config
+from inspectd.commands import EXIT_CONFIG, Subparsers, add_bundle_args, load_config
 
 
 def add_products_args(parser: argparse.ArgumentParser) -> None:
     """--product, --products and --config (whose products_dir is the default)."""
-    parser.add_argument("--product", required=True)
-    parser.add_argument(
-        "--products",
-        type=Path,
-        default=None,
-        help="products folder (default: the station config's, else ./products)",
-    )
+    add_bundle_args(parser, from_config=True)
     parser.add_argument("--config", type=Path, default=None, help="the station's YAML")
 
 

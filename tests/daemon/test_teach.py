@@ -34,6 +34,17 @@ SEED = 21
 SHIFTED = ButtonStyle(light_jitter_deg=70.0, brightness=0.16)
 
 
+def teach_process(*args: str) -> subprocess.Popen[str]:
+    """``inspectd teach`` started, not waited for (its output piped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "inspectd", "teach", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
 def teach_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "inspectd", "teach", *args],
@@ -170,28 +181,18 @@ def test_the_station_takes_its_next_parts_to_teach_never_ok_and_switches_on_acce
     with Daemon(config) as daemon, req:
         wait_online(req)
         st = Station(daemon, req, tmp_path)
-        cli = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "inspectd",
-                "teach",
-                "--product",
-                "button",
-                "--config",
-                str(config),
-                "--count",
-                "20",
-                "--by",
-                "carol",
-                "--json",
-                "--timeout",
-                "240",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
+        cli = teach_process(
+            "--product",
+            "button",
+            "--config",
+            str(config),
+            "--count",
+            "20",
+            "--by",
+            "carol",
+            "--json",
+            "--timeout",
+            "240",
         )
         req.wait(lambda m: m.topic == f"{BASE}/teach" and m.json()["state"] == "collecting")
         # one teach at a time; malformed ones and discarding the running version refused
@@ -321,22 +322,8 @@ def test_a_kill_during_the_fit_leaves_the_running_version_active(tmp_path):
     product = copy_bundle(products, "button")
     before = load_bundle(product)
     write_good(tmp_path / "teach", 60)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "inspectd",
-            "teach",
-            "--product",
-            "button",
-            "--products",
-            str(products),
-            "--images",
-            str(tmp_path / "teach"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=REPO,
+    proc = teach_process(
+        "--product", "button", "--products", str(products), "--images", str(tmp_path / "teach")
     )
     deadline = time.monotonic() + 120
     work: list[Path] = []
