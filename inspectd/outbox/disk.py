@@ -22,7 +22,6 @@ from inspectd.outbox.schema import (
     KINDS,
     SEQ_RESERVE,
     count_quarantined,
-    meta,
     open_database,
     set_meta,
     transaction,
@@ -83,11 +82,10 @@ class OutboxFile:
 
     def _open(self, start_after: int) -> sqlite3.Connection:
         opened = open_database(self.path, self.sync, self.clock, start_after, self.seq_reserve)
-        self._conn = conn = opened.conn
         self._depth, self._quarantined = opened.depth, opened.quarantined
         self._last_seq, self._reserved = opened.last_seq, opened.last_seq + self.seq_reserve
         self._inherited_seq = opened.max_row_seq  # rows up to here: an earlier process's
-        self._dropped = {k: meta(conn, f"dropped_{k}") for k in KINDS}
+        self._dropped = opened.dropped
         log.info(
             "outbox.opened",
             path=str(self.path),
@@ -97,7 +95,7 @@ class OutboxFile:
             rebased=opened.rebased or None,
             quarantined=self._quarantined or None,
         )
-        return conn
+        return opened.conn
 
     def _append_with_retry(
         self,

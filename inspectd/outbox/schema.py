@@ -177,6 +177,7 @@ class Opened(NamedTuple):
     last_seq: int  # the highest seq that may have been handed out (the reservation's start)
     max_row_seq: int  # the highest seq of a stored row
     rebased: int  # rows whose monotonic times were moved to this boot's clock
+    dropped: dict[str, int]  # verdicts dropped by kind since the file was made
 
 
 def open_database(
@@ -214,7 +215,8 @@ def open_database(
             rebased = rebase_clocks(conn, clock)
             (depth,) = conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()
             quarantined = count_quarantined(conn)
+        dropped = {k: meta(conn, f"dropped_{k}") for k in KINDS}
     except BaseException:
         conn.close()
         raise
-    return Opened(conn, depth, quarantined, last, max_row_seq, rebased)
+    return Opened(conn, depth, quarantined, last, max_row_seq, rebased, dropped)
